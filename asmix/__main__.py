@@ -1,0 +1,5 @@
+"""``python -m asmix`` (also what ``torchrun -m asmix`` runs)."""
+
+from asmix.cli import main
+
+main()

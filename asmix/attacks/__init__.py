@@ -1,0 +1,5 @@
+"""Attacks: each takes (model, x, y) and returns adversarial x in [0, 1]."""
+
+from asmix.attacks.pgd import PGD, NORMS
+
+__all__ = ["NORMS", "PGD"]

@@ -1,0 +1,58 @@
+"""Options shared by several commands, the progress display, and the PairSource builder."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+stdout = Console()
+
+StdOption = Annotated[str, typer.Option("--std", help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.")]
+RobOption = Annotated[str, typer.Option("--rob", help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.")]
+DatasetOption = Annotated[str, typer.Option("--dataset", help="demo, mnist, cifar10, cifar100 or imagenet.")]
+DataOption = Annotated[Optional[Path], typer.Option("--data", help=".npz/.pt file with arrays x and y (overrides --dataset's data).")]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", help="Folder of the named dataset's files.")]
+NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples.")]
+ModelDirOption = Annotated[Optional[Path], typer.Option("--model-dir", help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models).")]
+StdWeightsOption = Annotated[Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")]
+RobWeightsOption = Annotated[Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")]
+NormOption = Annotated[str, typer.Option("--norm", help="Threat model: linf or l2.")]
+EpsOption = Annotated[Optional[float], typer.Option("--eps", help="Attack radius (default: 0.3 on demo/mnist, 8/255 on CIFAR).")]
+StepsOption = Annotated[int, typer.Option("--steps", help="PGD steps.")]
+StepSizeOption = Annotated[Optional[float], typer.Option("--step-size", help="PGD step size (default 2.5*eps/steps).")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (PGD random starts).")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSON, CSV and PNG outputs.")]
+JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
+
+
+def pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm):
+    """Build the library's ``PairSource`` from the shared CLI options."""
+    from asmix.experiments.inputs import PairSource
+
+    as_text = lambda value: None if value is None else str(value)  # noqa: E731
+    return PairSource(std=std, rob=rob, dataset=dataset, data=as_text(data), data_dir=str(data_dir),
+                      n_examples=n_examples, model_dir=as_text(model_dir), std_weights=as_text(std_weights),
+                      rob_weights=as_text(rob_weights), norm=norm)
+
+
+@contextmanager
+def progress_callback():
+    """A rich progress display and a ``ProgressFn`` that drives it (one bar per task name)."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(task: str, completed: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = progress.add_task(task, total=total)
+            progress.update(tasks[task], completed=completed, total=total)
+
+        yield update

@@ -1,0 +1,45 @@
+"""Environment shims, in one place. Each says why it exists."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+from asmix.errors import AsmixError
+
+
+def register_autoattack() -> types.ModuleType:
+    """Make ``import autoattack`` work and return the module.
+
+    RobustBench 1.1.1 imports ``autoattack`` but the registry package that provides AutoAttack,
+    ``pyautoattack``, installs it under that other name. We alias it (and its submodules that
+    RobustBench imports) once, before RobustBench is imported.
+    """
+    if "autoattack" in sys.modules:
+        return sys.modules["autoattack"]
+    try:
+        return importlib.import_module("autoattack")
+    except ImportError:
+        pass
+    try:
+        package = importlib.import_module("pyautoattack")
+    except ImportError as error:
+        raise AsmixError("AutoAttack is not installed: pip install pyautoattack") from error
+    sys.modules["autoattack"] = package
+    for submodule in ("autoattack", "autopgd_base", "fab_pt", "square", "state", "checks", "other_utils"):
+        try:
+            sys.modules[f"autoattack.{submodule}"] = importlib.import_module(f"pyautoattack.{submodule}")
+        except ImportError:
+            continue
+    return package
+
+
+def import_robustbench() -> types.ModuleType:
+    """Import RobustBench after the AutoAttack alias is in place (it needs ``pkg_resources`` too,
+    hence ``setuptools<81`` in the dependencies)."""
+    register_autoattack()
+    try:
+        return importlib.import_module("robustbench")
+    except ImportError as error:
+        raise AsmixError(f"RobustBench cannot be imported ({error}); pip install robustbench 'setuptools<81'") from error

@@ -1,0 +1,171 @@
+"""Evaluation and training data as tensors: images in [0, 1] (N, C, H, W) float32, labels int64."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asmix.errors import AsmixError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What asmix needs to know about a named dataset."""
+
+    num_classes: int
+    default_eps: float
+    default_norm: str = "linf"
+
+
+DATASETS = {
+    "demo": DatasetInfo(10, 0.3),
+    "mnist": DatasetInfo(10, 0.3),
+    "cifar10": DatasetInfo(10, 8 / 255),
+    "cifar100": DatasetInfo(100, 8 / 255),
+    "imagenet": DatasetInfo(1000, 4 / 255),
+}
+
+DEMO_DATA_FILE = "mnist_demo.npz"
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Facts about dataset ``name``, with a clear error for an unknown name."""
+    if name not in DATASETS:
+        raise AsmixError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_data(
+    dataset: str = "demo",
+    *,
+    data_path: str | Path | None = None,
+    data_dir: str | Path = "./data",
+    n_examples: int | None = None,
+    split: str = "test",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n_examples`` of a named dataset's split, or of the arrays in ``data_path``."""
+    if n_examples is not None and n_examples <= 0:
+        raise AsmixError(f"n-examples must be positive, got {n_examples}")
+    if split not in ("train", "test"):
+        raise AsmixError(f"split must be 'train' or 'test', got {split!r}")
+    if data_path is not None:
+        x, y = load_array_file(data_path)
+    else:
+        dataset_info(dataset)
+        x, y = _NAMED_LOADERS[dataset](Path(data_dir), split, n_examples)
+    return x[:n_examples], y[:n_examples]
+
+
+def load_array_file(path: str | Path, x_key: str = "x", y_key: str = "y") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels from an ``.npz`` or ``.pt`` file with arrays ``x`` and ``y``.
+
+    ``x`` may be (N, C, H, W), (N, H, W) or (N, H, W, C), uint8 in 0..255 or float in [0, 1].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AsmixError(f"data file not found: {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                x, y = arrays[x_key], arrays[y_key]
+        elif path.suffix == ".pt":
+            arrays = torch.load(path, map_location="cpu", weights_only=True)
+            x, y = arrays[x_key], arrays[y_key]
+        else:
+            raise AsmixError(f"data file must be .npz or .pt, got {path.name}")
+    except KeyError as error:
+        raise AsmixError(f"data file {path} must contain arrays {x_key!r} and {y_key!r}") from error
+    except AsmixError:
+        raise
+    except Exception as error:
+        raise AsmixError(f"cannot read data file {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+    return to_image_tensor(x, source=str(path)), to_label_tensor(y, len(x), source=str(path))
+
+
+def to_image_tensor(x: np.ndarray | torch.Tensor, *, source: str = "data") -> torch.Tensor:
+    """Images as float32 (N, C, H, W) in [0, 1], from uint8 or float and any usual layout."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif x.is_floating_point():
+        x = x.float()
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise AsmixError(f"{source}: float images must lie in [0, 1]")
+    else:
+        raise AsmixError(f"{source}: images must be uint8 or float, got {x.dtype}")
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise AsmixError(f"{source}: images must have 3 or 4 dimensions, got shape {tuple(x.shape)}")
+    return x.contiguous()
+
+
+def to_label_tensor(y: np.ndarray | torch.Tensor, n: int, *, source: str = "data") -> torch.Tensor:
+    """Labels as int64 of length ``n``."""
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    if y.ndim != 1 or len(y) != n or y.is_floating_point():
+        raise AsmixError(f"{source}: labels must be {n} integers, got shape {tuple(y.shape)} {y.dtype}")
+    return y.long()
+
+
+def demo_data_file() -> Path:
+    """The MNIST subset shipped in the package (first 2,000 test and 10,000 train images)."""
+    return Path(str(resources.files("asmix") / "assets" / DEMO_DATA_FILE))
+
+
+def _load_demo(data_dir: Path, split: str, n_examples: int | None):
+    return load_array_file(demo_data_file(), f"x_{split}", f"y_{split}")
+
+
+def _load_mnist(data_dir: Path, split: str, n_examples: int | None):
+    from torchvision.datasets import MNIST
+
+    try:
+        data = MNIST(str(data_dir), train=split == "train", download=True)
+    except Exception as error:
+        raise AsmixError(f"MNIST not found in {data_dir / 'MNIST'} and the download failed; put the raw files there") from error
+    return to_image_tensor(data.data), data.targets.long()
+
+
+def _load_cifar(name: str):
+    def load(data_dir: Path, split: str, n_examples: int | None):
+        from torchvision import datasets
+
+        dataset_class = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        try:
+            data = dataset_class(str(data_dir), train=split == "train", download=True)
+        except Exception as error:
+            folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+            raise AsmixError(f"{name} not found in {data_dir / folder} and the download failed; put the extracted dataset there") from error
+        return to_image_tensor(data.data[:n_examples]), torch.as_tensor(data.targets[:n_examples]).long()
+
+    return load
+
+
+def _load_imagenet(data_dir: Path, split: str, n_examples: int | None):
+    from asmix.compat import import_robustbench
+
+    import_robustbench()
+    from robustbench.data import load_imagenet
+
+    if split != "test":
+        raise AsmixError("only the ImageNet validation split (split 'test') is supported")
+    try:
+        return load_imagenet(n_examples=n_examples or 5000, data_dir=str(data_dir))
+    except Exception as error:
+        raise AsmixError(f"ImageNet validation images not found under {data_dir / 'val'} ({error})") from error
+
+
+_NAMED_LOADERS = {
+    "demo": _load_demo,
+    "mnist": _load_mnist,
+    "cifar10": _load_cifar("cifar10"),
+    "cifar100": _load_cifar("cifar100"),
+    "imagenet": _load_imagenet,
+}

@@ -1,0 +1,1 @@
+"""Experiments: each takes models, data and a config dataclass and returns a result dataclass."""

@@ -1,0 +1,53 @@
+"""What every experiment starts from: the (g, h) pair and the data, loaded and checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from asmix.data import dataset_info, load_data
+from asmix.models import check_model_fits, load_model
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """The models and data a user names; defaults are the embedded demo pair and data."""
+
+    std: str = "demo-std"
+    rob: str = "demo-rob"
+    dataset: str = "demo"
+    data: str | None = None
+    data_dir: str = "./data"
+    n_examples: int | None = None
+    model_dir: str | None = None
+    std_weights: str | None = None
+    rob_weights: str | None = None
+    norm: str = "linf"
+
+    @property
+    def default_eps(self) -> float:
+        return dataset_info(self.dataset).default_eps
+
+
+@dataclass(frozen=True)
+class LoadedPair:
+    std: nn.Module
+    rob: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    names: dict[str, str]
+
+
+def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
+    """Load data first (cheap, fails fast), then both models, then check they fit the data."""
+    info = dataset_info(source.dataset)
+    x, y = load_data(source.dataset, data_path=source.data, data_dir=source.data_dir,
+                     n_examples=source.n_examples, split=split)
+    models = {}
+    for role, spec, weights in (("std", source.std, source.std_weights), ("rob", source.rob, source.rob_weights)):
+        models[role] = load_model(spec, dataset=source.dataset, norm=source.norm,
+                                  model_dir=source.model_dir, weights=weights)
+        check_model_fits(models[role], x, info.num_classes, role="STD (g)" if role == "std" else "ROB (h)")
+    return LoadedPair(models["std"], models["rob"], x, y, {"std": source.std, "rob": source.rob})

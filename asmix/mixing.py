@@ -1,0 +1,184 @@
+"""The mixed classifier of eq. 3.4: logits = log((1 - alpha) * softmax(g(x)) + alpha * softmax(h(x)))."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asmix.errors import AsmixError
+
+MixSpace = Literal["prob", "logit"]
+MIX_SPACES = ("prob", "logit")
+
+# Where alpha is a tensor, log(1 - alpha) and log(alpha) are floored here so that alpha = 0 or 1
+# still has a finite gradient (0 * inf would be NaN); exp(-69) is far below float32 resolution of 1.
+_LOG_FLOOR = 1e-30
+
+
+@runtime_checkable
+class AlphaSource(Protocol):
+    """A per-input source of alpha (the mixing network, Section 4) that plugs into ``MixedClassifier``.
+
+    ``run`` does the one forward pass of each base model (reading their features as it goes) and
+    returns ``(std_logits, rob_logits, alpha)`` with alpha of shape (N,) in [0, 1].
+    """
+
+    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ...
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put a base model in eval mode with no gradient to its weights (gradients still reach x)."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def check_alpha(alpha: float) -> float:
+    """Validate a fixed mixing weight."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
+        raise AsmixError(f"alpha must be in [0, 1], got {alpha}")
+    return alpha
+
+
+def std_log_probs(std_logits: torch.Tensor, *, scale: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(scale * g / temperature); temperature 0 is the hard-max of g (App. A.2).
+
+    The hard-max puts log 1 = 0 on g's top class and -inf elsewhere.
+    """
+    if temperature == 0:
+        top = std_logits.argmax(dim=1, keepdim=True)
+        log_probs = torch.full_like(std_logits, float("-inf"))
+        return log_probs.scatter(1, top, 0.0)
+    return F.log_softmax(std_logits * (scale / temperature), dim=1)
+
+
+def mix_logits(
+    std_logits: torch.Tensor | None,
+    rob_logits: torch.Tensor | None,
+    alpha: float | torch.Tensor,
+    *,
+    mix_space: MixSpace = "prob",
+    std_scale: float = 1.0,
+    rob_scale: float = 1.0,
+    std_temperature: float = 1.0,
+) -> torch.Tensor:
+    """Mix base logits into the output of h_alpha (eq. 3.4), stably.
+
+    ``prob``: logsumexp([log(1-alpha) + log_softmax(g), log(alpha) + log_softmax(h)]), the log of the
+    mixed probabilities, exact at alpha 0 and 1 (then the unused logits may be None).
+    ``logit``: (1-alpha) * g + alpha * h, the logit-space ablation of Figure 1.
+    ``alpha`` is a float or a per-example tensor of shape (N,) or (N, 1).
+    """
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.reshape(-1, 1)
+    if mix_space == "logit":
+        return _mix_in_logit_space(std_logits, rob_logits, alpha, std_scale, rob_scale)
+    if mix_space != "prob":
+        raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {mix_space!r}")
+    if not isinstance(alpha, torch.Tensor):
+        if alpha == 0.0:
+            return std_log_probs(std_logits, scale=std_scale, temperature=std_temperature)
+        if alpha == 1.0:
+            return F.log_softmax(rob_logits * rob_scale, dim=1)
+        log_std_weight, log_rob_weight = math.log1p(-alpha), math.log(alpha)
+    else:
+        log_std_weight = torch.log((1 - alpha).clamp_min(_LOG_FLOOR))
+        log_rob_weight = torch.log(alpha.clamp_min(_LOG_FLOOR))
+    std_part = log_std_weight + std_log_probs(std_logits, scale=std_scale, temperature=std_temperature)
+    rob_part = log_rob_weight + F.log_softmax(rob_logits * rob_scale, dim=1)
+    return torch.logsumexp(torch.stack((std_part, rob_part)), dim=0)
+
+
+def _mix_in_logit_space(std_logits, rob_logits, alpha, std_scale, rob_scale) -> torch.Tensor:
+    if not isinstance(alpha, torch.Tensor) and alpha in (0.0, 1.0):
+        return std_logits * std_scale if alpha == 0.0 else rob_logits * rob_scale
+    return (1 - alpha) * std_logits * std_scale + alpha * rob_logits * rob_scale
+
+
+class MixedClassifier(nn.Module):
+    """h_alpha from eq. 3.4 as a drop-in ``nn.Module`` returning logits.
+
+    ``std`` is g (accurate), ``rob`` is h (robust); both are frozen and kept in eval mode.
+    ``alpha`` is a float in [0, 1], a per-example tensor, or an ``AlphaSource`` module (the mixing
+    network), which is registered as ``alpha_source`` and follows train/eval. At a float alpha of 0
+    (or 1) only g (or h) runs. ``std_temperature=0`` uses g's hard-max (App. A.2); ``std_scale``/``rob_scale``
+    multiply the logits before the softmax (App. D.1).
+    """
+
+    def __init__(
+        self,
+        std: nn.Module,
+        rob: nn.Module,
+        alpha: float | torch.Tensor | AlphaSource = 0.5,
+        *,
+        mix_space: MixSpace = "prob",
+        std_scale: float = 1.0,
+        rob_scale: float = 1.0,
+        std_temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if mix_space not in MIX_SPACES:
+            raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {mix_space!r}")
+        if std_temperature < 0:
+            raise AsmixError(f"std temperature must be >= 0, got {std_temperature}")
+        self.std = freeze(std)
+        self.rob = freeze(rob)
+        self.alpha_source: nn.Module | None = None
+        if isinstance(alpha, AlphaSource) and isinstance(alpha, nn.Module):
+            self.alpha_source = alpha
+            self.alpha = None
+        else:
+            self.alpha = alpha if isinstance(alpha, torch.Tensor) else check_alpha(alpha)
+        self.mix_space = mix_space
+        self.std_scale = float(std_scale)
+        self.rob_scale = float(rob_scale)
+        self.std_temperature = float(std_temperature)
+
+    def train(self, mode: bool = True) -> "MixedClassifier":
+        """Base models stay in eval mode whatever the mode of the mix."""
+        super().train(mode)
+        self.std.eval()
+        self.rob.eval()
+        return self
+
+    @property
+    def adaptive(self) -> bool:
+        return self.alpha_source is not None
+
+    def forward(self, x: torch.Tensor, return_alpha: bool = False):
+        """Logits of h_alpha; with ``return_alpha`` also the alpha used per example, shape (N,)."""
+        if self.alpha_source is not None:
+            std_logits, rob_logits, alpha = self.alpha_source.run(x, self.std, self.rob)
+        else:
+            alpha = self.alpha
+            std_logits = None if _is_fixed(alpha, 1.0) else self.std(x)
+            rob_logits = None if _is_fixed(alpha, 0.0) else self.rob(x)
+        logits = self.mix(std_logits, rob_logits, alpha)
+        if not return_alpha:
+            return logits
+        if not isinstance(alpha, torch.Tensor):
+            alpha = torch.full((len(x),), alpha, device=logits.device, dtype=logits.dtype)
+        return logits, alpha.reshape(-1)
+
+    def mix(self, std_logits, rob_logits, alpha) -> torch.Tensor:
+        """Mix precomputed base logits with this classifier's settings (no forward pass)."""
+        return mix_logits(
+            std_logits,
+            rob_logits,
+            alpha,
+            mix_space=self.mix_space,
+            std_scale=self.std_scale,
+            rob_scale=self.rob_scale,
+            std_temperature=self.std_temperature,
+        )
+
+
+def _is_fixed(alpha: float | torch.Tensor, value: float) -> bool:
+    return not isinstance(alpha, torch.Tensor) and alpha == value

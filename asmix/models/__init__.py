@@ -1,0 +1,28 @@
+"""Model loading: one resolver over spec kinds, plus the checks that a (g, h) pair fits the data."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from asmix.errors import AsmixError
+from asmix.models.registry import ALIASES, ModelSpec, default_model_dir, load_model, parse_spec
+
+__all__ = ["ALIASES", "ModelSpec", "check_model_fits", "default_model_dir", "load_model", "parse_spec"]
+
+
+def check_model_fits(model: nn.Module, x_probe: torch.Tensor, num_classes: int, *, role: str) -> None:
+    """Run one example through ``model`` and fail clearly if it rejects the input shape or
+    returns the wrong number of classes: caught before any long job starts."""
+    try:
+        with torch.no_grad():
+            logits = model(x_probe[:1])
+    except Exception as error:
+        raise AsmixError(
+            f"{role} model does not accept inputs of shape {tuple(x_probe.shape[1:])}: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise AsmixError(f"{role} model must return logits of shape (N, classes), got {getattr(logits, 'shape', type(logits))}")
+    if logits.shape[1] != num_classes:
+        raise AsmixError(f"{role} model returns {logits.shape[1]} classes, the data has {num_classes}")

@@ -1,0 +1,253 @@
+"""One resolver for every model spec: ``timm:``, ``rb:`` (or a bare zoo name), ``file:``, ``py:``,
+``demo-*``, and a table of aliases (``bit-r152``, ``Wang2023``)."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from asmix.data import dataset_info
+from asmix.errors import AsmixError
+from asmix.models import bit
+from asmix.models.adapters import InputAdapter
+from asmix.models.demo import DEMO_WIDTHS, build_demo_model
+from asmix.models.weights import load_weights
+
+ALIASES = {
+    "bit-r152": "bit:resnetv2_152x2_bit",
+    "bit-r50": "bit:resnetv2_50x1_bit",
+    "Wang2023": "rb:Wang2023Better_WRN-70-16",
+}
+
+THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
+
+
+def default_model_dir() -> Path:
+    """Where downloaded or hand-placed checkpoints live (``$ASMIX_MODEL_DIR`` or a cache folder)."""
+    return Path(os.environ.get("ASMIX_MODEL_DIR", Path.home() / ".cache" / "asmix" / "models"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed spec: ``kind`` selects the loader, ``name`` is what it loads."""
+
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return self.name if self.kind == "demo" else f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a loader needs besides the name."""
+
+    dataset: str
+    threat_model: str
+    model_dir: Path
+    weights: Path | None
+
+    @property
+    def num_classes(self) -> int:
+        return dataset_info(self.dataset).num_classes
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """Turn a user's spec string into a ``ModelSpec`` (aliases resolved, bare names are zoo names)."""
+    text = text.strip()
+    if not text:
+        raise AsmixError("empty model spec")
+    text = ALIASES.get(text, text)
+    if text in DEMO_WIDTHS:
+        return ModelSpec("demo", text)
+    kind, sep, name = text.partition(":")
+    if sep and kind in _LOADERS:
+        if not name:
+            raise AsmixError(f"model spec {text!r} has no name after '{kind}:'")
+        return ModelSpec(kind, name)
+    return ModelSpec("rb", text)
+
+
+def load_model(
+    spec: str | ModelSpec,
+    *,
+    dataset: str = "demo",
+    norm: str = "linf",
+    model_dir: str | Path | None = None,
+    weights: str | Path | None = None,
+) -> nn.Module:
+    """Build the model a spec names, in eval mode, taking images in [0, 1].
+
+    ``weights`` loads a state dict (safetensors or ``.pt`` read with ``weights_only=True``) into
+    the resolved architecture instead of its default weights.
+    """
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if norm not in THREAT_MODELS:
+        raise AsmixError(f"norm must be one of {', '.join(THREAT_MODELS)}, got {norm!r}")
+    context = LoadContext(
+        dataset=dataset,
+        threat_model=THREAT_MODELS[norm],
+        model_dir=Path(model_dir) if model_dir is not None else default_model_dir(),
+        weights=Path(weights) if weights is not None else None,
+    )
+    dataset_info(dataset)
+    return _LOADERS[spec.kind](spec.name, context).eval()
+
+
+def _load_demo(name: str, context: LoadContext) -> nn.Module:
+    model = build_demo_model(name, pretrained=context.weights is None)
+    return load_weights(model, context.weights) if context.weights else model
+
+
+def _load_timm(name: str, context: LoadContext) -> nn.Module:
+    """``timm:NAME`` or ``timm:NAME@SIZE`` (resize inputs to SIZE x SIZE first)."""
+    import timm
+
+    name, _, size = name.partition("@")
+    if not timm.is_model(name.split(".")[0]):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise AsmixError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if context.weights is not None:
+        network = timm.create_model(name, pretrained=False, num_classes=context.num_classes)
+        load_weights(network, context.weights)
+    else:
+        try:
+            network = timm.create_model(name, pretrained=True)
+        except Exception as error:
+            raise AsmixError(
+                f"cannot fetch pretrained weights of timm model {name!r} (offline?): put them in the "
+                f"Hugging Face cache ($HF_HOME) or pass a state dict with --std-weights/--rob-weights"
+            ) from error
+        if network.num_classes != context.num_classes:
+            raise AsmixError(
+                f"timm model {name!r} has {network.num_classes} classes, dataset {context.dataset!r} has "
+                f"{context.num_classes}: pass weights fine-tuned on it with --std-weights/--rob-weights"
+            )
+    config = network.pretrained_cfg
+    return InputAdapter(network, config.get("mean"), config.get("std"), int(size) if size else None)
+
+
+def _load_bit(name: str, context: LoadContext) -> nn.Module:
+    """BiT-M on timm's ResNetV2, resized the way the reference does (128x128 on CIFAR)."""
+    import timm
+
+    network = timm.create_model(name, pretrained=False, num_classes=context.num_classes)
+    path = bit.bit_weights_path(context.weights, context.model_dir, context.dataset)
+    state = bit.load_bit_state_dict(path)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise AsmixError(f"BiT weights {path} do not fit {name}: {str(error).splitlines()[0]}") from error
+    return InputAdapter(network, bit.BIT_MEAN, bit.BIT_STD, bit.BIT_INPUT_SIZE.get(context.dataset))
+
+
+def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
+    from asmix.compat import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.utils import load_model as rb_load_model
+
+    if context.dataset not in ("cifar10", "cifar100", "imagenet"):
+        raise AsmixError(f"RobustBench has no {context.dataset!r} models; use --dataset cifar10, cifar100 or imagenet")
+    zoo = model_dicts[BenchmarkDataset(context.dataset)][ThreatModel(context.threat_model)]
+    name = resolve_zoo_name(name, list(zoo))
+    if context.weights is not None:
+        return load_weights(zoo[name]["model"](), context.weights)
+    folder = context.model_dir / context.dataset / context.threat_model
+    try:
+        return rb_load_model(name, model_dir=str(context.model_dir), dataset=context.dataset,
+                             threat_model=context.threat_model)
+    except Exception as error:
+        raise AsmixError(
+            f"cannot load RobustBench model {name}: put {name}.pt in {folder} (download failed: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from error
+
+
+def resolve_zoo_name(name: str, names: list[str]) -> str:
+    """An exact zoo name, or a unique prefix of one; otherwise an error listing candidates."""
+    if name in names:
+        return name
+    matches = [candidate for candidate in names if candidate.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise AsmixError(f"model name {name!r} is ambiguous: {', '.join(sorted(matches)[:8])}")
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    raise AsmixError(f"unknown model {name!r} (not an alias, a spec kind or a RobustBench name){hint}")
+
+
+def _load_file(name: str, context: LoadContext) -> nn.Module:
+    """A ``torch.export`` program (``.pt2``) or a TorchScript file: both hold code-free graphs."""
+    path = Path(name)
+    if not path.is_file():
+        raise AsmixError(f"model file not found: {path}")
+    if context.weights is not None:
+        raise AsmixError("--std-weights/--rob-weights do not apply to file: models (the file holds its weights)")
+    try:
+        if path.suffix == ".pt2":
+            return _Exported(torch.export.load(str(path)).module())
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:
+        raise AsmixError(f"cannot load model file {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+
+
+class _Exported(nn.Module):
+    """Holds an exported program's module; ``eval()`` on it is not supported, so we no-op it."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "_Exported":
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def _load_python(name: str, context: LoadContext) -> nn.Module:
+    """``py:module.path:factory`` or ``py:path/to/file.py:factory``, called with no arguments."""
+    target, sep, attribute = name.rpartition(":")
+    if not sep or not target or not attribute:
+        raise AsmixError(f"python spec must be py:MODULE:CALLABLE, got py:{name}")
+    try:
+        if target.endswith(".py"):
+            module_spec = importlib.util.spec_from_file_location(Path(target).stem, target)
+            if module_spec is None or not Path(target).is_file():
+                raise AsmixError(f"python file not found: {target}")
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+        factory = getattr(module, attribute)
+    except AsmixError:
+        raise
+    except (ImportError, AttributeError) as error:
+        raise AsmixError(f"cannot import {attribute} from {target}: {error}") from error
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise AsmixError(f"py:{name} returned {type(model).__name__}, not a torch.nn.Module")
+    return load_weights(model, context.weights) if context.weights else model
+
+
+_LOADERS: dict[str, Callable[[str, LoadContext], nn.Module]] = {
+    "demo": _load_demo,
+    "timm": _load_timm,
+    "bit": _load_bit,
+    "rb": _load_robustbench,
+    "file": _load_file,
+    "py": _load_python,
+}

@@ -1,0 +1,71 @@
+"""Device resolution, per-batch seeding and batched inference: shared by every experiment."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from asmix.errors import AsmixError
+
+ProgressFn = Callable[[str, int, int], None]
+"""Progress callback: (task description, completed units, total units)."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → the first CUDA device if there is one, else CPU; ``cuda[:N]`` must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise AsmixError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AsmixError(f"device {name!r} is not available: no CUDA GPU found")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AsmixError(f"device {name!r} is not available: {torch.cuda.device_count()} GPU(s) found")
+    elif device.type != "cpu":
+        raise AsmixError(f"unsupported device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def check_batch_size(batch_size: int) -> int:
+    if batch_size <= 0:
+        raise AsmixError(f"batch size must be positive, got {batch_size}")
+    return batch_size
+
+
+def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)``."""
+    check_batch_size(batch_size)
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def batch_generator(seed: int, *keys: object) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and ``keys`` (task name, batch start...): results of a
+    batch do not depend on which batches ran before it, so runs can resume and shard."""
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    batch_size: int,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+    task: str = "predict",
+) -> torch.Tensor:
+    """Logits of ``model`` on all of ``x``, computed in batches on ``device``, returned on CPU."""
+    outputs = []
+    for part in batch_slices(len(x), batch_size):
+        outputs.append(model(x[part].to(device)).float().cpu())
+        if progress:
+            progress(task, part.stop, len(x))
+    return torch.cat(outputs) if outputs else torch.empty(0)
