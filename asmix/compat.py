@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import warnings
 
 from asmix.errors import AsmixError
 
@@ -40,6 +41,16 @@ def import_robustbench() -> types.ModuleType:
     hence ``setuptools<81`` in the dependencies)."""
     register_autoattack()
     try:
-        return importlib.import_module("robustbench")
+        with warnings.catch_warnings():  # robustbench's own pkg_resources deprecation notice
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*torch.jit.interface.* is deprecated", category=FutureWarning)
+            return importlib.import_module("robustbench")
     except ImportError as error:
         raise AsmixError(f"RobustBench cannot be imported ({error}); pip install robustbench 'setuptools<81'") from error
+
+
+def silence_dependency_warnings() -> None:
+    """Hide deprecation notices that dependencies raise on import (timm and RobustBench touch
+    ``torch.jit.interface`` and ``pkg_resources``); users cannot act on them. Called by the CLI only."""
+    warnings.filterwarnings("ignore", message=".*torch.jit.interface.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)

@@ -18,6 +18,9 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     import click
 
+    from asmix.compat import silence_dependency_warnings
+
+    silence_dependency_warnings()
     try:
         app(standalone_mode=False)
     except AsmixError as error:

@@ -11,6 +11,8 @@ from importlib import resources
 import torch
 from torch import nn
 
+from asmix.errors import AsmixError
+
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -54,5 +56,9 @@ def build_demo_model(name: str, *, pretrained: bool = True) -> DemoCNN:
 
     model = DemoCNN(width=DEMO_WIDTHS[name])
     if pretrained:
-        model.load_state_dict(load_file(demo_weights_file(name)))
+        path = demo_weights_file(name)
+        try:
+            model.load_state_dict(load_file(path))
+        except FileNotFoundError as error:
+            raise AsmixError(f"the shipped weights of {name} are missing ({path}): reinstall asmix") from error
     return model.eval()

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -122,9 +124,11 @@ def _load_timm(name: str, context: LoadContext) -> nn.Module:
         try:
             network = timm.create_model(name, pretrained=True)
         except Exception as error:
+            hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None) or name
             raise AsmixError(
-                f"cannot fetch pretrained weights of timm model {name!r} (offline?): put them in the "
-                f"Hugging Face cache ($HF_HOME) or pass a state dict with --std-weights/--rob-weights"
+                f"cannot download timm weights {hub_id!r} (offline?): put that repository's model.safetensors "
+                f"in the Hugging Face cache (~/.cache/huggingface/hub or $HF_HOME), or pass a state dict "
+                f"with --std-weights/--rob-weights"
             ) from error
         if network.num_classes != context.num_classes:
             raise AsmixError(
@@ -158,19 +162,23 @@ def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
     from robustbench.utils import load_model as rb_load_model
 
     if context.dataset not in ("cifar10", "cifar100", "imagenet"):
-        raise AsmixError(f"RobustBench has no {context.dataset!r} models; use --dataset cifar10, cifar100 or imagenet")
+        raise AsmixError(
+            f"unknown model {name!r}: not demo-std/demo-rob, an alias ({', '.join(ALIASES)}) or a spec "
+            f"(timm:, bit:, rb:, file:, py:); RobustBench names need --dataset cifar10, cifar100 or imagenet"
+        )
     zoo = model_dicts[BenchmarkDataset(context.dataset)][ThreatModel(context.threat_model)]
     name = resolve_zoo_name(name, list(zoo))
     if context.weights is not None:
         return load_weights(zoo[name]["model"](), context.weights)
     folder = context.model_dir / context.dataset / context.threat_model
     try:
-        return rb_load_model(name, model_dir=str(context.model_dir), dataset=context.dataset,
-                             threat_model=context.threat_model)
+        with contextlib.redirect_stdout(sys.stderr):  # RobustBench prints download notices
+            return rb_load_model(name, model_dir=str(context.model_dir), dataset=context.dataset,
+                                 threat_model=context.threat_model)
     except Exception as error:
         raise AsmixError(
-            f"cannot load RobustBench model {name}: put {name}.pt in {folder} (download failed: "
-            f"{str(error).splitlines()[0] if str(error) else type(error).__name__})"
+            f"cannot load RobustBench model {name}: put {name}.pt in {folder} "
+            f"(download failed: {type(error).__name__})"
         ) from error
 
 

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from asmix import AsmixError, load_data
+from asmix.data import dataset_info, load_array_file
+
+
+def test_shipped_demo_data():
+    x, y = load_data("demo")
+    assert x.shape == (2000, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert 0 <= x.min() and x.max() <= 1 and x.max() == 1.0
+    x_train, y_train = load_data("demo", split="train", n_examples=500)
+    assert x_train.shape == (500, 1, 28, 28) and set(y_train.tolist()) == set(range(10))
+    # the first N examples, in file order
+    assert torch.equal(load_data("demo", n_examples=7)[0], x[:7])
+
+
+@pytest.mark.parametrize("shape, to_nchw", [
+    ((5, 6, 7), lambda a: a[:, None]),
+    ((5, 6, 7, 3), lambda a: a.transpose(0, 3, 1, 2)),
+    ((5, 3, 6, 7), lambda a: a),
+])
+def test_array_layouts(tmp_path, shape, to_nchw):
+    x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(5))
+    loaded, labels = load_array_file(tmp_path / "d.npz")
+    np.testing.assert_allclose(loaded.numpy(), to_nchw(x).astype(np.float32) / 255, rtol=1e-6)
+    assert labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_float_and_pt_files(tmp_path):
+    x = torch.rand(4, 3, 8, 8)
+    torch.save({"x": x, "y": torch.tensor([1, 2, 3, 4])}, tmp_path / "d.pt")
+    loaded, labels = load_data(data_path=tmp_path / "d.pt", n_examples=2)
+    assert torch.equal(loaded, x[:2]) and labels.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((2, 4, 4), np.uint8)}, "must contain arrays 'x' and 'y'"),
+    ({"x": np.full((2, 4, 4), 2.0), "y": np.zeros(2, int)}, r"must lie in \[0, 1\]"),
+    ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(3, int)}, "labels must be 2 integers"),
+])
+def test_bad_data_files(tmp_path, arrays, message):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(AsmixError, match=message):
+        load_array_file(tmp_path / "d.npz")
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(AsmixError, match="data file not found"):
+        load_data(data_path=tmp_path / "absent.npz")
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(AsmixError, match="cannot read data file"):
+        load_data(data_path=tmp_path / "bad.npz")
+    with pytest.raises(AsmixError, match="unknown dataset 'svhn'"):
+        dataset_info("svhn")
+    with pytest.raises(AsmixError, match="n-examples must be positive"):
+        load_data("demo", n_examples=0)
+
+
+def test_cifar_offline_names_the_folder(tmp_path):
+    with pytest.raises(AsmixError, match=f"cifar10 not found in {tmp_path / 'cifar-10-batches-py'}"):
+        load_data("cifar10", data_dir=tmp_path)

@@ -1,0 +1,204 @@
+"""Every spec kind resolves offline, with checkpoint files the tests create."""
+
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from asmix import AsmixError, load_model
+from asmix.models import check_model_fits, parse_spec
+from asmix.models.bit import BAI2023_STD_FILE, bit_to_timm_state_dict
+from asmix.models.registry import resolve_zoo_name
+from conftest import LinearImageModel
+
+
+def random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights (batch-norm variances kept positive) so outputs are not the default init's."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            value = torch.randn(value.shape, generator=generator) * 0.05
+            if key.endswith("running_var"):
+                value = value.abs() + 0.5
+        state[key] = value.contiguous()
+    return state
+
+
+@pytest.mark.parametrize("text, kind, name", [
+    ("demo-std", "demo", "demo-std"),
+    ("bit-r152", "bit", "resnetv2_152x2_bit"),
+    ("Wang2023", "rb", "Wang2023Better_WRN-70-16"),
+    ("Carmon2019Unlabeled", "rb", "Carmon2019Unlabeled"),
+    ("rb:Ding2020MMA", "rb", "Ding2020MMA"),
+    ("timm:resnet18@224", "timm", "resnet18@224"),
+    ("file:/tmp/m.pt2", "file", "/tmp/m.pt2"),
+    ("py:pkg.mod:build", "py", "pkg.mod:build"),
+])
+def test_parse_spec(text, kind, name):
+    spec = parse_spec(text)
+    assert (spec.kind, spec.name) == (kind, name)
+
+
+def test_zoo_names_resolve_by_unique_prefix_and_fail_clearly():
+    names = ["Wang2023Better_WRN-28-10", "Wang2023Better_WRN-70-16", "Carmon2019Unlabeled"]
+    assert resolve_zoo_name("Carmon", names) == "Carmon2019Unlabeled"
+    with pytest.raises(AsmixError, match="ambiguous: Wang2023Better_WRN-28-10, Wang2023Better_WRN-70-16"):
+        resolve_zoo_name("Wang2023", names)
+    with pytest.raises(AsmixError, match="closest: Carmon2019Unlabeled"):
+        resolve_zoo_name("Carmon2019Unlabelled", names)
+
+
+def test_demo_models_load_with_shipped_weights():
+    std, rob = load_model("demo-std"), load_model("demo-rob")
+    assert not std.training and std(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert sum(p.numel() for p in rob.parameters()) > sum(p.numel() for p in std.parameters())
+
+
+def test_timm_model_from_local_weights_normalises_inputs(tmp_path):
+    reference = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    state = random_state(reference)
+    reference.load_state_dict(state)
+    save_file(state, tmp_path / "r18.safetensors")
+    model = load_model("timm:resnet18", dataset="cifar10", weights=tmp_path / "r18.safetensors")
+    x = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor(reference.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(reference.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference((x - mean) / std), atol=1e-5)
+        resized = load_model("timm:resnet18@64", dataset="cifar10", weights=tmp_path / "r18.safetensors")
+        expected = reference((F.interpolate(x, size=(64, 64), mode="bilinear") - mean) / std)
+        assert torch.allclose(resized(x), expected, atol=1e-5)
+
+
+def test_timm_errors_are_one_line(monkeypatch):
+    with pytest.raises(AsmixError, match="unknown timm model 'resnet19'; did you mean"):
+        load_model("timm:resnet19", dataset="cifar10")
+    monkeypatch.setattr(timm, "create_model", mock.Mock(side_effect=OSError("offline")))
+    with pytest.raises(AsmixError, match="timm/resnet18.*Hugging Face cache.*--std-weights"):
+        load_model("timm:resnet18", dataset="cifar10")
+
+
+def google_bit_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A BiT-M R50x1 state dict in Google's layout, from RobustBench's BiT implementation."""
+    from asmix.compat import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo.architectures import bit_rn
+
+    with mock.patch.object(torch.Tensor, "cuda", lambda self, *args, **kwargs: self):  # it calls .cuda()
+        reference = bit_rn.KNOWN_MODELS["BiT-M-R50x1"](head_size=10).eval()
+    reference.load_state_dict(random_state(reference, seed))
+    return reference
+
+
+def test_bit_layout_conversion_is_exact():
+    reference = google_bit_state()
+    converted = timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=10).eval()
+    converted.load_state_dict(bit_to_timm_state_dict(reference.state_dict()))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(reference(x)[0], converted((x - 0.5) / 0.5), atol=1e-5)
+
+
+def test_bit_loads_the_bai2023_std_checkpoint_and_resizes_to_128(tmp_path):
+    reference = google_bit_state(seed=1)
+    folder = tmp_path / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, folder / BAI2023_STD_FILE)
+    model = load_model("bit-r50", dataset="cifar10", model_dir=tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(F.interpolate(x, size=(128, 128), mode="bilinear"))[0]
+        assert torch.allclose(model(x), expected, atol=1e-4)
+
+
+def test_bit_without_weights_names_file_and_folder(tmp_path):
+    with pytest.raises(AsmixError, match=f"put {BAI2023_STD_FILE}.*in {tmp_path / 'cifar10' / 'Linf'}"):
+        load_model("bit-r152", dataset="cifar10", model_dir=tmp_path)
+
+
+def test_robustbench_model_from_local_checkpoint(tmp_path):
+    from asmix.compat import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    zoo = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf]
+    reference = zoo["Ding2020MMA"]["model"]().eval()
+    state = random_state(reference, seed=3)
+    reference.load_state_dict(state)
+    folder = tmp_path / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": state}, folder / "Ding2020MMA.pt")
+    model = load_model("Ding2020", dataset="cifar10", model_dir=tmp_path)  # unique prefix
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-5)
+    torch.save(state, tmp_path / "w.pt")
+    assert torch.allclose(load_model("rb:Ding2020MMA", dataset="cifar10", weights=tmp_path / "w.pt")(x), reference(x), atol=1e-5)
+
+
+def test_robustbench_missing_checkpoint_names_the_file(tmp_path, monkeypatch):
+    import robustbench.utils
+
+    monkeypatch.setattr(robustbench.utils, "download_gdrive_new", mock.Mock(side_effect=ConnectionError("offline")))
+    with pytest.raises(AsmixError, match=f"put Ding2020MMA.pt in {tmp_path / 'cifar10' / 'Linf'}"):
+        load_model("rb:Ding2020MMA", dataset="cifar10", model_dir=tmp_path)
+
+
+def test_exported_and_torchscript_files(tmp_path):
+    model = LinearImageModel(4, 3).eval()
+    x = torch.rand(2, 1, 2, 2)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
+    torch.jit.save(torch.jit.trace(model, x), tmp_path / "m.ts")
+    for name in ("m.pt2", "m.ts"):
+        assert torch.allclose(load_model(f"file:{tmp_path / name}")(x), model(x), atol=1e-6)
+    with pytest.raises(AsmixError, match="model file not found"):
+        load_model(f"file:{tmp_path / 'nope.pt2'}")
+    (tmp_path / "broken.pt2").write_bytes(b"not a model")
+    with pytest.raises(AsmixError, match="cannot load model file"):
+        load_model(f"file:{tmp_path / 'broken.pt2'}")
+
+
+def test_python_factory_and_weights(tmp_path):
+    (tmp_path / "factory.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))\n"
+        "\ndef not_a_model():\n    return 3\n")
+    model = load_model(f"py:{tmp_path / 'factory.py'}:build")
+    state = random_state(model, seed=4)
+    save_file(state, tmp_path / "w.safetensors")
+    loaded = load_model(f"py:{tmp_path / 'factory.py'}:build", weights=tmp_path / "w.safetensors")
+    assert torch.equal(loaded.state_dict()["1.weight"], state["1.weight"])
+    with pytest.raises(AsmixError, match="not a torch.nn.Module"):
+        load_model(f"py:{tmp_path / 'factory.py'}:not_a_model")
+    with pytest.raises(AsmixError, match="cannot import"):
+        load_model("py:asmix.nothing_here:build")
+
+
+def test_weights_are_checked_and_never_unpickle_code(tmp_path):
+    save_file({"wrong.weight": torch.zeros(2)}, tmp_path / "wrong.safetensors")
+    with pytest.raises(AsmixError, match="do not fit the model: missing"):
+        load_model("demo-std", weights=tmp_path / "wrong.safetensors")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(AsmixError, match="cannot read weights"):
+        load_model("demo-std", weights=tmp_path / "corrupt.safetensors")
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "evil": Path("/tmp")}, tmp_path / "pickled.pt")
+    with pytest.raises(AsmixError, match="cannot read weights"):
+        load_model("demo-std", weights=tmp_path / "pickled.pt")
+    with pytest.raises(AsmixError, match="weights file not found"):
+        load_model("demo-std", weights=tmp_path / "absent.pt")
+
+
+def test_model_fit_checks():
+    model = LinearImageModel(4, 3)
+    check_model_fits(model, torch.rand(1, 1, 2, 2), 3, role="STD (g)")
+    with pytest.raises(AsmixError, match="returns 3 classes, the data has 10"):
+        check_model_fits(model, torch.rand(1, 1, 2, 2), 10, role="STD (g)")
+    with pytest.raises(AsmixError, match=r"does not accept inputs of shape \(3, 32, 32\)"):
+        check_model_fits(model, torch.rand(1, 3, 32, 32), 3, role="ROB (h)")

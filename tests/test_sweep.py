@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+
+from asmix import AsmixError, SweepConfig, load_data, load_model, sweep_alpha
+from asmix.experiments.sweep import parse_alphas
+from conftest import LinearImageModel
+
+
+class Counting(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+@pytest.mark.parametrize("text, expected", [("0,0.5,1", (0.0, 0.5, 1.0)), ("1, 0.5,0.5", (0.5, 1.0)),
+                                            ("0:1:0.25", (0.0, 0.25, 0.5, 0.75, 1.0))])
+def test_parse_alphas(text, expected):
+    assert parse_alphas(text) == expected
+    assert len(parse_alphas("0:1:0.05")) == 21
+
+
+@pytest.mark.parametrize("text", ["0,2", "a,b", "0:1:0", ""])
+def test_bad_alphas(text):
+    with pytest.raises(AsmixError):
+        parse_alphas(text)
+
+
+def test_bad_configs():
+    with pytest.raises(AsmixError, match="unknown attack"):
+        SweepConfig(attacks=("std", "fgsm"))
+    with pytest.raises(AsmixError, match="batch size must be positive"):
+        SweepConfig(batch_size=0)
+    with pytest.raises(AsmixError, match="eps must be >= 0"):
+        SweepConfig(eps=-1)
+
+
+def test_base_outputs_and_base_attacks_run_once_whatever_the_number_of_alphas():
+    x, y = torch.rand(20, 1, 4, 4), torch.randint(0, 3, (20,))
+    calls = {}
+    for alphas in ((0.3,), (0.3, 0.7)):
+        std, rob = Counting(LinearImageModel(16, 3, 1)), Counting(LinearImageModel(16, 3, 2))
+        sweep_alpha(std, rob, x, y, SweepConfig(alphas=alphas, eps=0.1, steps=4))
+        calls[len(alphas)] = (std.calls, rob.calls)
+    # one more alpha costs exactly one MIX attack: 4 PGD steps + 1 prediction, one batch
+    assert calls[2][0] - calls[1][0] == 5 and calls[2][1] - calls[1][1] == 5
+    # clean (1) + STD attack (4 steps + 1) + ROB-attack prediction (1) + MIX (5)
+    assert calls[1][0] == 1 + 5 + 1 + 5
+
+
+def test_mix_attack_at_alpha_zero_reuses_the_std_attack_exactly():
+    x, y = torch.rand(30, 1, 4, 4), torch.randint(0, 3, (30,))
+    std, rob = LinearImageModel(16, 3, 1), LinearImageModel(16, 3, 2)
+    reused = sweep_alpha(std, rob, x, y, SweepConfig(alphas=(0.0, 1.0), eps=0.2, steps=5))
+    direct = sweep_alpha(std, rob, x, y, SweepConfig(alphas=(0.0, 1.0), attacks=("mix",), eps=0.2, steps=5))
+    assert [r.mix_attack for r in reused.rows] == [reused.base["std"].std_attack, reused.base["rob"].rob_attack]
+    assert [r.mix_attack for r in direct.rows] == pytest.approx([r.mix_attack for r in reused.rows], abs=1 / 30)
+    assert direct.rows[0].std_attack is None
+
+
+def test_sweep_on_demo_pair_shows_the_trade_off():
+    std, rob = load_model("demo-std"), load_model("demo-rob")
+    x, y = load_data("demo", n_examples=100)
+    result = sweep_alpha(std, rob, x, y, SweepConfig(alphas=(0.0, 0.6, 1.0), eps=0.3, steps=10, batch_size=50))
+    rows = {row.alpha: row for row in result.rows}
+    assert result.base["std"].clean >= 0.97 and result.base["std"].std_attack <= 0.05
+    assert result.base["rob"].rob_attack >= 0.75
+    assert rows[0.0].mix_attack <= 0.05  # alpha 0 is g: broken
+    assert rows[1.0].mix_attack >= 0.75  # alpha 1 is h: robust
+    assert rows[0.6].clean >= 0.95 and rows[0.6].mix_attack >= 0.5
+    assert rows[0.0].clean == result.base["std"].clean and rows[1.0].rob_attack == result.base["rob"].rob_attack
+    data = json.loads(json.dumps(result.to_dict()))
+    assert set(data) == {"config", "base", "rows"}
+    assert set(data["rows"][0]) == {"alpha", "clean", "std_attack", "rob_attack", "mix_attack"}
