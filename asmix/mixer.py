@@ -1,0 +1,396 @@
+"""Feature taps and the mixing network alpha_theta(x) of Section 4.3 (Figure 3, Appendix D.1).
+
+The mixing network reads two intermediate feature maps ("upstream": stem + first stage, "middle":
+second stage) of BOTH frozen base models, captured by forward hooks during their one normal forward
+pass, and maps them to alpha = alpha_min + (alpha_max - alpha_min) * sigmoid(s * BN(z)).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from asmix.errors import AsmixError
+from asmix.io import atomic_write, atomic_write_json
+
+MIXER_WEIGHTS = "mixer.safetensors"
+MIXER_CONFIG = "mixer.json"
+MIXER_FORMAT = "asmix-mixer"
+MIXER_FORMAT_VERSION = 1
+
+DEFAULT_TAPS: dict[str, tuple[str, str]] = {
+    "DemoCNN": ("layer1", "layer2"),
+    "ResNet": ("layer1", "layer2"),
+    "ResNetV2": ("stages.0", "stages.1"),
+    "WideResNet": ("block1", "block2"),
+    "DMWideResNet": ("layer.0", "layer.1"),
+    "DMPreActResNet": ("layer_0", "layer_1"),
+}
+"""Architecture class name -> (upstream, middle) module names (relative to the unwrapped network)."""
+
+FALLBACK_TAPS: tuple[tuple[str, str], ...] = (
+    ("layer1", "layer2"), ("stages.0", "stages.1"), ("block1", "block2"), ("layer.0", "layer.1"),
+    ("layers.0", "layers.1"),
+)
+"""Name patterns tried, in order, for architectures not in ``DEFAULT_TAPS``."""
+
+Features = tuple[torch.Tensor, torch.Tensor]
+
+
+def tap_root(model: nn.Module) -> nn.Module:
+    """The network whose layers the taps name: the model itself, or the one an adapter wraps
+    (``InputAdapter.model``)."""
+    from asmix.models.adapters import InputAdapter
+
+    while isinstance(model, InputAdapter):
+        model = model.model
+    return model
+
+
+def candidate_layers(model: nn.Module, max_depth: int = 2, limit: int = 30) -> list[str]:
+    """Module names a user could pass as taps (non-leaf modules up to ``max_depth`` dots deep)."""
+    names = [name for name, module in tap_root(model).named_modules()
+             if name and name.count(".") < max_depth and any(True for _ in module.children())]
+    return names[:limit]
+
+
+def default_layers(model: nn.Module) -> tuple[str, str]:
+    """The (upstream, middle) taps of a known architecture; an AsmixError listing candidates if none."""
+    root = tap_root(model)
+    names = dict(root.named_modules())
+    known = DEFAULT_TAPS.get(type(root).__name__)
+    for pair in ((known,) if known else ()) + FALLBACK_TAPS:
+        if all(name in names for name in pair):
+            return pair
+    raise AsmixError(
+        f"no default feature taps for {type(root).__name__}: pass --std-layers/--rob-layers UPSTREAM,MIDDLE "
+        f"(candidates: {', '.join(candidate_layers(model)) or 'none'})"
+    )
+
+
+def parse_layers(text: str | Sequence[str] | None) -> tuple[str, str] | None:
+    """``"layer1,layer2"`` (or a 2-sequence) -> ("layer1", "layer2"); None stays None (use defaults)."""
+    if text is None:
+        return None
+    parts = [part.strip() for part in (text.split(",") if isinstance(text, str) else text) if part.strip()]
+    if len(parts) != 2:
+        raise AsmixError(f"feature taps must be two module names UPSTREAM,MIDDLE, got {text!r}")
+    return parts[0], parts[1]
+
+
+def resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> tuple[str, str]:
+    """Check that the named taps exist in ``model`` (or use its defaults)."""
+    layers = default_layers(model) if layers is None else parse_layers(layers)
+    for name in layers:
+        _find_module(model, name)
+    return layers
+
+
+def _find_module(model: nn.Module, name: str) -> nn.Module:
+    for root in (tap_root(model), model):
+        try:
+            return root.get_submodule(name)
+        except AttributeError:
+            continue
+    raise AsmixError(
+        f"{type(tap_root(model)).__name__} has no module {name!r} to tap "
+        f"(candidates: {', '.join(candidate_layers(model)) or 'none'})"
+    )
+
+
+@contextmanager
+def capture_features(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, every forward of ``model`` stores the outputs of ``layers`` in the yielded
+    dict (by name). Hooks are removed on exit, so the model is left as it was."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(module, inputs, output):
+            captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    handles = [_find_module(model, name).register_forward_hook(hook_for(name)) for name in layers]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_with_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, Features]:
+    """One forward of ``model``: its logits and the (upstream, middle) feature maps."""
+    with capture_features(model, layers) as captured:
+        logits = model(x)
+    missing = [name for name in layers if name not in captured]
+    if missing:
+        raise AsmixError(f"module(s) {', '.join(missing)} did not run in the forward pass of {type(tap_root(model)).__name__}")
+    features = tuple(captured[name] for name in layers)
+    for name, feature in zip(layers, features):
+        if not isinstance(feature, torch.Tensor) or feature.ndim != 4:
+            raise AsmixError(f"tap {name!r} must output a feature map (N, C, H, W), got {getattr(feature, 'shape', type(feature))}")
+    return logits, features
+
+
+class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics span all ranks of a process group (gloo or nccl).
+
+    ``nn.SyncBatchNorm`` refuses CPU tensors; this one uses autograd-aware all-reduces, so a DDP run
+    normalises over the global batch exactly as a single process does. Without a process group it
+    is a plain batch norm (same formula, so 1-process and N-process runs compute alike).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        dims = [0] + list(range(2, x.ndim))
+        shape = [1, -1] + [1] * (x.ndim - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        total = x.sum(dims)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            with warnings.catch_warnings():  # deprecated in favour of a private API; still the public one
+                warnings.simplefilter("ignore", FutureWarning)
+                from torch.distributed.nn.functional import all_reduce
+
+                count = all_reduce(count)
+                total = all_reduce(total)
+                mean = total / count
+                square = all_reduce(((x - mean.view(shape)) ** 2).sum(dims))
+        else:
+            mean = total / count
+            square = ((x - mean.view(shape)) ** 2).sum(dims)
+        var = square / count
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                momentum = self.momentum if self.momentum is not None else 0.1
+                unbiased = var * (count / (count - 1).clamp_min(1))
+                self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
+                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.detach())
+                self.num_batches_tracked.add_(1)
+        out = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.ndim not in (2, 4):
+            raise ValueError(f"expected 2-d or 4-d input, got {x.ndim}-d")
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation ResNet block ("RNB" of Figure 3): BN-ReLU-conv3x3-BN-ReLU-conv3x3 + shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = SyncedBatchNorm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = SyncedBatchNorm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+                         if stride != 1 or in_channels != out_channels else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(*(PreActBlock(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
+                           for i in range(blocks)))
+
+
+def resize_to(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a feature map to ``size``: average pooling to shrink, bilinear to grow."""
+    if tuple(feature.shape[-2:]) == tuple(size):
+        return feature
+    if feature.shape[-2] >= size[0] and feature.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(feature, size)
+    return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+
+
+class MixingNetwork(nn.Module):
+    """alpha_theta(x) (Section 4.3, Fig. 3/10): an ``AlphaSource`` for ``MixedClassifier``.
+
+    concat(upstream g, upstream h) -> ResNet stage (stride 2); concat(middle g, middle h) -> 1x1 conv,
+    added; ``stages`` more ResNet stages; global average pool; linear -> z; 1-d BN without affine;
+    alpha = alpha_min + (alpha_max - alpha_min) * sigmoid(scale * BN(z)). The range applies in eval
+    mode only; training (and ``full_range()``) uses (0, 1) (App. D.1). Channel counts come from the
+    taps: ``std_channels``/``rob_channels`` are the (upstream, middle) channels of g and h.
+    """
+
+    def __init__(
+        self,
+        std_channels: Sequence[int],
+        rob_channels: Sequence[int],
+        *,
+        std_layers: Sequence[str] = ("layer1", "layer2"),
+        rob_layers: Sequence[str] = ("layer1", "layer2"),
+        width: int | None = None,
+        blocks: int = 2,
+        stages: int = 2,
+        scale: float = 2.0,
+        alpha_range: Sequence[float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__()
+        self.std_channels = tuple(int(c) for c in std_channels)
+        self.rob_channels = tuple(int(c) for c in rob_channels)
+        self.std_layers = tuple(std_layers)
+        self.rob_layers = tuple(rob_layers)
+        if len(self.std_channels) != 2 or len(self.rob_channels) != 2:
+            raise AsmixError("std_channels and rob_channels must be (upstream, middle) pairs")
+        up_channels = self.std_channels[0] + self.rob_channels[0]
+        mid_channels = self.std_channels[1] + self.rob_channels[1]
+        self.width = int(width) if width else max(16, mid_channels // 2)
+        if blocks < 1 or stages < 0 or self.width < 1:
+            raise AsmixError(f"mixer needs blocks >= 1, stages >= 0 and width >= 1, got {blocks}, {stages}, {self.width}")
+        self.blocks, self.stages = int(blocks), int(stages)
+        self.scale = float(scale)
+        self.set_alpha_range(*alpha_range)
+        self.upstream = _stage(up_channels, self.width, self.blocks, stride=2)
+        self.middle = nn.Conv2d(mid_channels, self.width, 1, bias=False)
+        self.downstream = nn.Sequential(*(_stage(self.width, self.width, self.blocks, stride=2) for _ in range(self.stages)))
+        self.head_norm = SyncedBatchNorm(self.width)
+        self.linear = nn.Linear(self.width, 1, bias=False)  # a bias would be removed by the BN below
+        self.output_norm = SyncedBatchNorm(1, affine=False)
+        self._full_range = False
+
+    @classmethod
+    def build(
+        cls,
+        std: nn.Module,
+        rob: nn.Module,
+        x_probe: torch.Tensor,
+        *,
+        std_layers: Sequence[str] | str | None = None,
+        rob_layers: Sequence[str] | str | None = None,
+        **kwargs: Any,
+    ) -> "MixingNetwork":
+        """A mixing network sized for this (g, h) pair: taps resolved (defaults where None) and their
+        channel counts read from one probe forward of each model."""
+        std_layers = resolve_layers(std, parse_layers(std_layers))
+        rob_layers = resolve_layers(rob, parse_layers(rob_layers))
+        with torch.no_grad():
+            _, std_features = run_with_features(std, x_probe[:1], std_layers)
+            _, rob_features = run_with_features(rob, x_probe[:1], rob_layers)
+        return cls([f.shape[1] for f in std_features], [f.shape[1] for f in rob_features],
+                   std_layers=std_layers, rob_layers=rob_layers, **kwargs)
+
+    def set_alpha_range(self, alpha_min: float, alpha_max: float) -> None:
+        """The evaluation range (alpha_min, alpha_max) within [0, 1] (App. D.1)."""
+        alpha_min, alpha_max = float(alpha_min), float(alpha_max)
+        if not 0.0 <= alpha_min <= alpha_max <= 1.0:
+            raise AsmixError(f"alpha range must satisfy 0 <= alpha_min <= alpha_max <= 1, got ({alpha_min}, {alpha_max})")
+        self.alpha_min, self.alpha_max = alpha_min, alpha_max
+
+    @contextmanager
+    def full_range(self) -> Iterator["MixingNetwork"]:
+        """Within the block alpha uses the training range (0, 1) even in eval mode (training-time attacks)."""
+        previous, self._full_range = self._full_range, True
+        try:
+            yield self
+        finally:
+            self._full_range = previous
+
+    def architecture(self) -> dict[str, Any]:
+        """Everything needed to rebuild this network (stored in mixer.json)."""
+        return {"std_channels": list(self.std_channels), "rob_channels": list(self.rob_channels),
+                "std_layers": list(self.std_layers), "rob_layers": list(self.rob_layers), "width": self.width,
+                "blocks": self.blocks, "stages": self.stages, "scale": self.scale,
+                "alpha_range": [self.alpha_min, self.alpha_max]}
+
+    def features(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> tuple[torch.Tensor, torch.Tensor, Features, Features]:
+        """One forward of g and of h: (std_logits, rob_logits, std features, rob features)."""
+        std_logits, std_features = run_with_features(std, x, self.std_layers)
+        rob_logits, rob_features = run_with_features(rob, x, self.rob_layers)
+        return std_logits, rob_logits, std_features, rob_features
+
+    def forward(self, std_features: Features, rob_features: Features) -> torch.Tensor:
+        """The sigmoid input t = scale * BN(z) per example, shape (N,)."""
+        (std_up, std_mid), (rob_up, rob_mid) = std_features, rob_features
+        up_size = tuple(min(a, b) for a, b in zip(std_up.shape[-2:], rob_up.shape[-2:]))
+        up = torch.cat((resize_to(std_up, up_size), resize_to(rob_up, up_size)), dim=1)
+        out = self.upstream(up)
+        size = tuple(out.shape[-2:])
+        mid = torch.cat((resize_to(std_mid, size), resize_to(rob_mid, size)), dim=1)
+        out = self.downstream(out + self.middle(mid))
+        out = F.relu(self.head_norm(out)).mean(dim=(2, 3))
+        return self.scale * self.output_norm(self.linear(out)).reshape(-1)
+
+    def alpha_from_logit(self, logit: torch.Tensor) -> torch.Tensor:
+        """sigmoid(t) in train mode (or ``full_range``), mapped into (alpha_min, alpha_max) in eval."""
+        alpha = torch.sigmoid(logit)
+        if self.training or self._full_range:
+            return alpha
+        return self.alpha_min + (self.alpha_max - self.alpha_min) * alpha
+
+    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``AlphaSource.run``: each base model runs once; returns (std_logits, rob_logits, alpha (N,))."""
+        std_logits, rob_logits, std_features, rob_features = self.features(x, std, rob)
+        return std_logits, rob_logits, self.alpha_from_logit(self(std_features, rob_features))
+
+
+def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str, Any]) -> Path:
+    """Write ``mixer.safetensors`` (weights and BN buffers) and ``mixer.json`` (architecture plus
+    ``config``: base model specs under ``models``, training settings, data fingerprint) atomically."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in mixer.state_dict().items()}
+    atomic_write(directory / MIXER_WEIGHTS, lambda path: save_file(state, str(path)))
+    document = {"format": MIXER_FORMAT, "version": MIXER_FORMAT_VERSION, **config,
+                "architecture": mixer.architecture()}
+    atomic_write_json(directory / MIXER_CONFIG, document)
+    return directory
+
+
+def load_mixer(directory: str | Path, *, std: str | None = None, rob: str | None = None) -> tuple[MixingNetwork, dict]:
+    """Read a saved mixer (eval mode, on CPU) and its config; if ``std``/``rob`` specs are given they
+    must match the base models it was trained with (aliases resolved)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / MIXER_CONFIG, directory / MIXER_WEIGHTS
+    if not directory.is_dir():
+        raise AsmixError(f"mixer directory not found: {directory}")
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise AsmixError(f"mixer directory {directory} has no {path.name} (train one with asmix train-mixer)")
+    try:
+        config = json.loads(config_path.read_text())
+        if not isinstance(config, dict) or config.get("format") != MIXER_FORMAT:
+            raise ValueError("not an asmix mixer config")
+        architecture = dict(config["architecture"])
+        mixer = MixingNetwork(**architecture)
+    except (ValueError, KeyError, TypeError) as error:
+        raise AsmixError(f"corrupt mixer config {config_path}: {error}") from error
+    for role, given in (("std", std), ("rob", rob)):
+        stored = config.get("models", {}).get(role)
+        if given is not None and stored is not None and _canonical_spec(given) != _canonical_spec(stored):
+            raise AsmixError(f"mixer in {directory} was trained with --{role} {stored}, not {given}")
+    try:
+        state = load_file(str(weights_path))
+        mixer.load_state_dict(state, strict=True)
+    except Exception as error:  # safetensors' own errors, shape/key mismatches, I/O
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise AsmixError(f"corrupt mixer weights {weights_path}: {message}") from error
+    return mixer.eval(), config
+
+
+def _canonical_spec(text: str) -> str:
+    from asmix.models import parse_spec
+
+    try:
+        return str(parse_spec(text))
+    except AsmixError:
+        return text.strip()

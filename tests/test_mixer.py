@@ -1,0 +1,224 @@
+"""Feature taps, the mixing network (Fig. 3), its use in MixedClassifier, and save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from asmix.errors import AsmixError
+from asmix.mixer import (MixingNetwork, SyncedBatchNorm, default_layers, load_mixer, resolve_layers,
+                         run_with_features, save_mixer)
+from asmix.mixing import AlphaSource, MixedClassifier, mix_logits
+from asmix.models.adapters import InputAdapter
+from asmix.models.demo import DemoCNN
+
+
+def _timm_resnet18(size: int | None = None) -> nn.Module:
+    import timm
+
+    return InputAdapter(timm.create_model("resnet18", pretrained=False, num_classes=10),
+                        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), size).eval()
+
+
+def _demo_pair() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(1)
+    return DemoCNN(width=4).eval(), DemoCNN(width=8).eval()
+
+
+class CallCounter(nn.Module):
+    """Counts forward calls of the wrapped model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def test_demo_taps_shapes():
+    model = DemoCNN(width=4).eval()
+    layers = default_layers(model)
+    assert layers == ("layer1", "layer2")
+    logits, (up, mid) = run_with_features(model, torch.rand(3, 1, 28, 28), layers)
+    assert logits.shape == (3, 10) and up.shape == (3, 4, 14, 14) and mid.shape == (3, 8, 7, 7)
+    assert not model._forward_hooks and not model.layer1._forward_hooks  # hooks removed
+
+
+def test_timm_resnet_taps_through_adapter():
+    model = _timm_resnet18()
+    layers = default_layers(model)
+    assert layers == ("layer1", "layer2")
+    _, (up, mid) = run_with_features(model, torch.rand(2, 3, 32, 32), layers)
+    assert up.shape == (2, 64, 8, 8) and mid.shape == (2, 128, 4, 4)
+
+
+def test_timm_resnetv2_default_taps():
+    from timm.models.resnetv2 import ResNetV2  # the BiT architecture, made small
+
+    model = InputAdapter(ResNetV2(layers=(1, 1, 1, 1), channels=(128, 256, 512, 1024), num_classes=10)).eval()
+    assert default_layers(model) == ("stages.0", "stages.1")
+    _, (up, mid) = run_with_features(model, torch.rand(1, 3, 32, 32), default_layers(model))
+    assert up.shape == (1, 128, 8, 8) and mid.shape == (1, 256, 4, 4)
+
+
+def test_robustbench_wide_resnet_taps():
+    from asmix.compat import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo.architectures.dm_wide_resnet import DMWideResNet
+    from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+    wrn = WideResNet(depth=10, widen_factor=1).eval()
+    assert default_layers(wrn) == ("block1", "block2")
+    _, (up, mid) = run_with_features(wrn, torch.rand(2, 3, 32, 32), default_layers(wrn))
+    assert up.shape == (2, 16, 32, 32) and mid.shape == (2, 32, 16, 16)
+    dm = DMWideResNet(depth=10, width=1).eval()
+    assert default_layers(dm) == ("layer.0", "layer.1")
+    _, (up, mid) = run_with_features(dm, torch.rand(2, 3, 32, 32), default_layers(dm))
+    assert up.shape == (2, 16, 32, 32) and mid.shape == (2, 32, 16, 16)
+
+
+def test_unknown_architecture_lists_candidates():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sequential(nn.ReLU(), nn.Flatten()))
+    with pytest.raises(AsmixError, match=r"no default feature taps for Sequential.*candidates: 1"):
+        default_layers(model)
+    with pytest.raises(AsmixError, match="has no module 'nope'.*candidates"):
+        resolve_layers(DemoCNN(width=2), ["layer1", "nope"])
+    with pytest.raises(AsmixError, match="two module names"):
+        resolve_layers(DemoCNN(width=2), "layer1")
+
+
+def test_custom_layers_by_name():
+    model = DemoCNN(width=4).eval()
+    assert resolve_layers(model, "stem,layer1") == ("stem", "layer1")
+    _, (up, mid) = run_with_features(model, torch.rand(1, 1, 28, 28), ("stem", "layer1"))
+    assert up.shape == (1, 4, 28, 28) and mid.shape == (1, 4, 14, 14)
+
+
+def test_mixing_network_channels_come_from_taps():
+    std, rob = _demo_pair()
+    mixer = MixingNetwork.build(std, rob, torch.rand(2, 1, 28, 28))
+    assert mixer.std_channels == (4, 8) and mixer.rob_channels == (8, 16)
+    assert mixer.upstream[0].conv1.in_channels == 12 and mixer.middle.in_channels == 24
+    assert isinstance(mixer, AlphaSource)
+
+
+def test_alpha_range_in_eval_full_range_in_train():
+    std, rob = _demo_pair()
+    mixer = MixingNetwork.build(std, rob, torch.rand(2, 1, 28, 28), alpha_range=(0.6, 0.9))
+    x = torch.rand(16, 1, 28, 28)
+    mixer.train()
+    _, _, alpha = mixer.run(x, std, rob)
+    assert alpha.shape == (16,) and ((alpha > 0) & (alpha < 1)).all() and alpha.min() < 0.6
+    mixer.eval()
+    with torch.no_grad():
+        mixer.output_norm.running_mean.fill_(-1e3)  # saturate the sigmoid
+        _, _, high = mixer.run(x, std, rob)
+        mixer.output_norm.running_mean.fill_(1e3)
+        _, _, low = mixer.run(x, std, rob)
+    assert torch.allclose(high, torch.full((16,), 0.9)) and torch.allclose(low, torch.full((16,), 0.6))
+    with mixer.full_range(), torch.no_grad():
+        _, _, full = mixer.run(x, std, rob)
+    assert full.max() < 1e-6
+
+
+def test_mixed_classifier_runs_each_model_once_and_mixes_eq_3_4():
+    std, rob = _demo_pair()
+    counted_std, counted_rob = CallCounter(std), CallCounter(rob)
+    mixer = MixingNetwork.build(counted_std, counted_rob, torch.rand(2, 1, 28, 28), std_layers="model.layer1,model.layer2",
+                                rob_layers=("model.layer1", "model.layer2")).eval()
+    counted_std.calls = counted_rob.calls = 0
+    mixed = MixedClassifier(counted_std, counted_rob, alpha=mixer).eval()
+    assert mixed.alpha_source is mixer
+    x = torch.rand(5, 1, 28, 28)
+    logits, alpha = mixed(x, return_alpha=True)
+    assert counted_std.calls == 1 and counted_rob.calls == 1
+    expected = mix_logits(std(x), rob(x), alpha)
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert torch.allclose(logits.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_gradients_reach_input_and_mixer_not_base_models():
+    std, rob = _demo_pair()
+    mixer = MixingNetwork.build(std, rob, torch.rand(2, 1, 28, 28))
+    mixed = MixedClassifier(std, rob, alpha=mixer).eval()
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    logits, alpha = mixed(x, return_alpha=True)
+    (logits[:, 0].sum() + alpha.sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert mixer.linear.weight.grad is not None and mixer.upstream[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in std.parameters()) and all(p.grad is None for p in rob.parameters())
+
+
+def test_different_feature_sizes_are_resized():
+    std = _timm_resnet18(size=64)  # g runs at 64x64: layer1 16x16, h at 32x32: layer1 8x8
+    rob = _timm_resnet18()
+    x = torch.rand(2, 3, 32, 32)
+    mixer = MixingNetwork.build(std, rob, x, width=8, stages=1, blocks=1).eval()
+    _, _, alpha = mixer.run(x, std, rob)
+    assert alpha.shape == (2,) and torch.isfinite(alpha).all()
+
+
+def test_synced_batch_norm_matches_batch_norm():
+    x = torch.randn(6, 3, 4, 4) * 2 + 1
+    ours, reference = SyncedBatchNorm(3), nn.BatchNorm2d(3)
+    with torch.no_grad():
+        ours.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        reference.weight.copy_(ours.weight)
+    assert torch.allclose(ours(x), reference(x), atol=1e-5)
+    assert torch.allclose(ours.running_mean, reference.running_mean, atol=1e-6)
+    assert torch.allclose(ours.running_var, reference.running_var, atol=1e-5)
+    ours.eval(), reference.eval()
+    assert torch.allclose(ours(x), reference(x), atol=1e-5)
+
+
+def _trained_looking_mixer():
+    std, rob = _demo_pair()
+    mixer = MixingNetwork.build(std, rob, torch.rand(2, 1, 28, 28), alpha_range=(0.2, 0.8), width=8)
+    mixer.train()
+    with torch.no_grad():
+        mixer.run(torch.rand(8, 1, 28, 28), std, rob)  # moves the BN running statistics
+    return std, rob, mixer.eval()
+
+
+def test_save_load_roundtrip(tmp_path):
+    std, rob, mixer = _trained_looking_mixer()
+    config = {"models": {"std": "demo-std", "rob": "bit-r152"}, "training": {"epochs": 1}}
+    save_mixer(mixer, tmp_path / "m", config=config)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["mixer.json", "mixer.safetensors"]
+    loaded, stored = load_mixer(tmp_path / "m", std="demo-std", rob="bit:resnetv2_152x2_bit")
+    assert stored["training"] == {"epochs": 1} and stored["architecture"]["alpha_range"] == [0.2, 0.8]
+    assert not loaded.training and (loaded.alpha_min, loaded.alpha_max) == (0.2, 0.8)
+    assert torch.equal(loaded.head_norm.running_mean, mixer.head_norm.running_mean)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded.run(x, std, rob)[2], mixer.run(x, std, rob)[2])
+
+
+def test_load_errors(tmp_path):
+    std, rob, mixer = _trained_looking_mixer()
+    with pytest.raises(AsmixError, match="not found"):
+        load_mixer(tmp_path / "missing")
+    directory = save_mixer(mixer, tmp_path / "m", config={"models": {"std": "demo-std", "rob": "demo-rob"}})
+    with pytest.raises(AsmixError, match="trained with --rob demo-rob, not timm:resnet18"):
+        load_mixer(directory, rob="timm:resnet18")
+    weights = (directory / "mixer.safetensors").read_bytes()
+    (directory / "mixer.safetensors").write_bytes(weights[:100])
+    with pytest.raises(AsmixError, match="corrupt mixer weights"):
+        load_mixer(directory)
+    (directory / "mixer.safetensors").unlink()
+    with pytest.raises(AsmixError, match="no mixer.safetensors"):
+        load_mixer(directory)
+    (directory / "mixer.safetensors").write_bytes(weights)
+    (directory / "mixer.json").write_text("{not json")
+    with pytest.raises(AsmixError, match="corrupt mixer config"):
+        load_mixer(directory)
+    (directory / "mixer.json").write_text(json.dumps({"format": "asmix-mixer", "architecture": {"width": 3}}))
+    with pytest.raises(AsmixError, match="corrupt mixer config"):
+        load_mixer(directory)
