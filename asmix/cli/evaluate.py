@@ -1,0 +1,111 @@
+"""``asmix evaluate``: Table-2-style robustness of h_alpha (and g, h) under PGD, transfer and AutoAttack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from asmix.cli.app import app
+from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+                               JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
+                               StdOption, StdWeightsOption, StepsOption, StepSizeOption, console, pair_source,
+                               progress_callback, stdout)
+
+DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
+
+NExamples = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples.")]
+Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Fixed mixing weight (default 0.5).")]
+Mixer = Annotated[Optional[Path], typer.Option("--mixer", help="Mixing network folder (train-mixer): adaptive alpha.")]
+Attacks = Annotated[str, typer.Option("--attack", "--attacks", help="Comma list of clean, pgd, pgd-graybox, "
+                                      "transfer-std, transfer-rob, aa, aa-adaptive.")]
+Bases = Annotated[bool, typer.Option("--bases", help="Also evaluate g and h alone.")]
+AlphaWeight = Annotated[float, typer.Option("--alpha-weight", help="Weight of the adaptive APGD's alpha term.")]
+SquareQueries = Annotated[int, typer.Option("--square-queries", help="Square's query budget (standard: 5000).")]
+StdScale = Annotated[Optional[float], typer.Option("--std-scale", help="Scale of g's logits (default: the mixer's, else 1).")]
+RobScale = Annotated[Optional[float], typer.Option("--rob-scale", help="Scale of h's logits (default: the mixer's, else 1).")]
+SaveAdv = Annotated[bool, typer.Option("--save-adv", help="Also save the adversarial examples in --out.")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Per-example results (.npz or .pt); makes the run resumable.")]
+
+
+@app.command("evaluate")
+def evaluate_command(
+    std: StdOption = "demo-std",
+    rob: RobOption = "demo-rob",
+    dataset: DatasetOption = "demo",
+    data: DataOption = None,
+    data_dir: DataDirOption = Path("./data"),
+    n_examples: NExamples = 100,
+    model_dir: ModelDirOption = None,
+    std_weights: StdWeightsOption = None,
+    rob_weights: RobWeightsOption = None,
+    alpha: Alpha = None,
+    mixer: Mixer = None,
+    attack: Attacks = DEFAULT_ATTACKS,
+    bases: Bases = False,
+    norm: NormOption = "linf",
+    eps: EpsOption = None,
+    steps: StepsOption = 20,
+    step_size: StepSizeOption = None,
+    batch_size: BatchSizeOption = 100,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    alpha_weight: AlphaWeight = 1.0,
+    square_queries: SquareQueries = 5000,
+    std_scale: StdScale = None,
+    rob_scale: RobScale = None,
+    save_adv: SaveAdv = False,
+    out: Out = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Accuracy of the mixed classifier (and, with --bases, g and h) clean and under attack: PGD white-box
+    (B) and gray-box (A), transfer from g or h, AutoAttack (C) and adaptive AutoAttack (D)."""
+    from asmix import distributed
+    from asmix.errors import AsmixError
+    from asmix.experiments.evaluate import EvalConfig, check_out_path, evaluate, parse_attacks
+    from asmix.experiments.inputs import load_pair
+    from asmix.report.evaluate import evaluate_table, trail_table, write_evaluate_json
+    from asmix.runtime import resolve_device
+
+    attacks = parse_attacks(attack)
+    if alpha is not None and mixer is not None:
+        raise AsmixError("give either --alpha (fixed) or --mixer (adaptive), not both")
+    if out is not None:
+        check_out_path(out)
+    mixer_net, mixer_config = None, {}
+    if mixer is not None:
+        from asmix.mixer import load_mixer
+
+        mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob)
+    training = mixer_config.get("training", {}) if isinstance(mixer_config.get("training"), dict) else {}
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm)
+    config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=norm,
+                        eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
+                        batch_size=batch_size, seed=seed, alpha_weight=alpha_weight, square_queries=square_queries,
+                        save_adv=save_adv,
+                        std_scale=std_scale if std_scale is not None else float(training.get("std_scale", 1.0)),
+                        rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)))
+    device_ = resolve_device(device)
+    distributed.init_distributed(device_)
+    device_ = distributed.local_device(device_)
+    pair = load_pair(source)
+    names = pair.names | ({"mixer": str(mixer)} if mixer is not None else {})
+    is_main = distributed.is_main_process()
+    if is_main:
+        with progress_callback() as progress:
+            result = evaluate(pair.std, pair.rob, pair.x, pair.y, config, mixer=mixer_net, device=device_,
+                              progress=progress, models=names, out=out)
+    else:
+        result = evaluate(pair.std, pair.rob, pair.x, pair.y, config, mixer=mixer_net, device=device_,
+                          models=names, out=out)
+    if not is_main:
+        return
+    stdout.print(evaluate_table(result))
+    trail = trail_table(result)
+    if trail is not None:
+        stdout.print(trail)
+    if json_path:
+        console.print(f"wrote {write_evaluate_json(result, json_path)}")
+    if out:
+        console.print(f"wrote {out}")

@@ -1,0 +1,372 @@
+"""Robustness evaluation of the mixed classifier (Tables 2/3): clean accuracy and accuracy under
+PGD white-box (setting B) and gray-box (A), transfer attacks from g or h (Section 5.1.1), standard
+AutoAttack (C) and adaptive AutoAttack (D), with g and h alone as baseline rows.
+
+Examples are processed in fixed batches, each seeded from ``(seed, attack, model, batch start)``, so a
+batch's numbers do not depend on the batches run before it. With ``out`` every finished batch is
+written atomically to ``<out>.parts/`` and reused by a rerun of the same evaluation (resume); under
+torchrun the batches are shared out across ranks and rank 0 merges them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asmix import distributed
+from asmix.attacks.autoattack import (ALPHA_ATTACK, SQUARE_QUERIES, STANDARD_ATTACKS, AutoAttackRun, accuracy_trail,
+                                      adaptive_autoattack, potentially_unreliable, standard_autoattack)
+from asmix.attacks.pgd import PGD
+from asmix.errors import AsmixError
+from asmix.io import atomic_write
+from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha
+from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
+
+ATTACKS = ("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob", "aa", "aa-adaptive")
+"""Evaluation columns: clean, B (white-box PGD), A (gray-box PGD), transfer from g / h, C, D."""
+
+AUTOATTACKS = ("aa", "aa-adaptive")
+MODELS = ("mixed", "std", "rob")
+"""Row keys: the mixed classifier h_alpha, then g and h alone (with ``bases``)."""
+
+EXAMPLE_SUFFIXES = (".npz", ".pt")
+
+
+def parse_attacks(text: str) -> tuple[str, ...]:
+    """``clean,pgd,aa`` → the attacks in that order, checked against ``ATTACKS``."""
+    attacks = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not attacks:
+        raise AsmixError(f"no attacks in {text!r}: choose from {', '.join(ATTACKS)}")
+    check_attacks(attacks)
+    return attacks
+
+
+def check_attacks(attacks: tuple[str, ...]) -> None:
+    unknown = [attack for attack in attacks if attack not in ATTACKS]
+    if unknown:
+        raise AsmixError(f"unknown attack(s) {', '.join(unknown)}: choose from {', '.join(ATTACKS)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of ``asmix evaluate``; every CLI option that changes the numbers is a field here.
+
+    ``alpha`` is the fixed mixing weight used when no mixing network is given; ``steps`` and
+    ``step_size`` are those of the PGD attacks (PGD-20 in the paper); ``alpha_weight`` weighs the
+    term of the adaptive APGD that pushes alpha down (setting D); ``square_queries`` below the
+    standard 5000 gives a quicker, weaker AutoAttack.
+    """
+
+    attacks: tuple[str, ...] = ATTACKS
+    bases: bool = False
+    alpha: float = 0.5
+    norm: str = "linf"
+    eps: float = 0.3
+    steps: int = 20
+    step_size: float | None = None
+    batch_size: int = 100
+    seed: int = 0
+    alpha_weight: float = 1.0
+    square_queries: int = SQUARE_QUERIES
+    save_adv: bool = False
+    mix_space: str = "prob"
+    std_scale: float = 1.0
+    rob_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_attacks(tuple(self.attacks))
+        if not self.attacks:
+            raise AsmixError(f"no attacks given: choose from {', '.join(ATTACKS)}")
+        check_alpha(self.alpha)
+        check_batch_size(self.batch_size)
+        if self.mix_space not in MIX_SPACES:
+            raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {self.mix_space!r}")
+        if self.alpha_weight < 0:
+            raise AsmixError(f"alpha weight must be >= 0, got {self.alpha_weight}")
+        if self.square_queries <= 0:
+            raise AsmixError(f"square queries must be positive, got {self.square_queries}")
+        self.pgd()
+
+    def pgd(self) -> PGD:
+        return PGD(eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm)
+
+
+@dataclass(frozen=True)
+class AttackAccuracy:
+    """One cell of the table: accuracy under one attack (fraction) and the mean alpha on the attacked
+    inputs; for AutoAttack also the accuracy after each of its attacks and the unreliable flag."""
+
+    accuracy: float
+    mean_alpha: float
+    trail: dict[str, float] | None = None
+    unreliable: bool | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Table 2/3 for one (g, h, alpha) setting: ``rows[model][attack]``; ``examples`` holds the
+    per-example arrays (see ``evaluate``), kept out of ``to_dict``."""
+
+    config: EvalConfig
+    n_examples: int
+    rows: dict[str, dict[str, AttackAccuracy]]
+    models: dict[str, str] = field(default_factory=dict)
+    adaptive: bool = False
+    examples: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        config = asdict(self.config) | {"n_examples": self.n_examples, "models": self.models,
+                                        "adaptive": self.adaptive,
+                                        "step_size": self.config.pgd().resolved_step_size}
+        rows = {model: {attack: asdict(cell) for attack, cell in cells.items()} for model, cells in self.rows.items()}
+        return {"config": config, "rows": rows}
+
+    def accuracy(self, model: str, attack: str) -> float:
+        return self.rows[model][attack].accuracy
+
+
+def evaluate(
+    std: nn.Module,
+    rob: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: EvalConfig = EvalConfig(),
+    *,
+    mixer: AlphaSource | None = None,
+    device: torch.device = torch.device("cpu"),
+    progress: ProgressFn | None = None,
+    models: dict[str, str] | None = None,
+    out: str | Path | None = None,
+) -> EvalResult:
+    """Accuracy of h_alpha (and, with ``config.bases``, of g and h) clean and under each attack.
+
+    ``mixer`` (the mixing network, an ``AlphaSource``) makes alpha adaptive; otherwise
+    ``config.alpha`` is used. Per example and per (model, attack), ``result.examples`` has
+    ``{model}/{attack}/correct``, ``/alpha``, ``/margin`` (softmax probability of the true class minus
+    the largest other: > 0 iff correct), ``/robust`` for AutoAttack (flags after each of its attacks)
+    and ``/x_adv`` with ``config.save_adv``. With ``out`` (``.npz`` or ``.pt``) the run is resumable and
+    the arrays are written there at the end (by rank 0 under torchrun).
+    """
+    if len(x) == 0:
+        raise AsmixError("no examples to evaluate")
+    if len(x) != len(y):
+        raise AsmixError(f"{len(x)} inputs but {len(y)} labels")
+    out_path = check_out_path(out) if out is not None else None
+    mixed = MixedClassifier(std, rob, mixer if mixer is not None else config.alpha, mix_space=config.mix_space,
+                            std_scale=config.std_scale, rob_scale=config.rob_scale).to(device).eval()
+    parts = _Parts(out_path, _fingerprint(config, x, y, mixed, models or {})) if out_path else None
+    batches = list(batch_slices(len(x), config.batch_size))
+    mine = batches[distributed.shard_slice(len(batches))]
+    records, done = [], 0
+    total = sum(part.stop - part.start for part in mine)
+    for part in mine:
+        record = parts.load(part) if parts else None
+        if record is None:
+            record = _evaluate_batch(mixed, x[part], y[part], part.start, config, device)
+            if parts:
+                parts.save(part, record)
+        records.append(record)
+        done += part.stop - part.start
+        if progress:
+            progress("evaluate", done, total)
+    records = [record for rank_records in distributed.gather_objects(records) for record in rank_records]
+    examples = {key: torch.cat([record[key] for record in records]) for key in records[0]}
+    examples["y"] = y.cpu().clone()
+    result = _summarize(examples, config, len(x), models or {}, mixed.adaptive)
+    if out_path and distributed.is_main_process():
+        save_examples(result, out_path)
+        parts.remove()
+    distributed.barrier()
+    return result
+
+
+def check_out_path(out: str | Path) -> Path:
+    """Per-example results go to a ``.npz`` or ``.pt`` file."""
+    out = Path(out)
+    if out.suffix not in EXAMPLE_SUFFIXES:
+        raise AsmixError(f"--out must end in .npz or .pt (per-example results), got {str(out)!r}")
+    if out.is_dir():
+        raise AsmixError(f"--out {str(out)!r} is a folder; give a .npz or .pt file name")
+    return out
+
+
+def save_examples(result: EvalResult, path: str | Path) -> Path:
+    """Write ``result.examples`` (plus the config as JSON) to ``.npz`` or ``.pt``, atomically."""
+    path = check_out_path(path)
+    meta = json.dumps(result.to_dict())
+    if path.suffix == ".pt":
+        payload = dict(result.examples) | {"result_json": meta}
+        return atomic_write(path, lambda temporary: torch.save(payload, temporary))
+    arrays = {key: value.numpy() for key, value in result.examples.items()} | {"result_json": np.array(meta)}
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_examples(path: str | Path) -> dict[str, torch.Tensor]:
+    """Per-example arrays written by ``save_examples`` (``result_json`` left out)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AsmixError(f"no per-example results at {str(path)!r}")
+    if path.suffix == ".pt":
+        data = torch.load(path, weights_only=True)
+        return {key: value for key, value in data.items() if key != "result_json"}
+    with np.load(path, allow_pickle=False) as data:
+        return {key: torch.from_numpy(data[key]) for key in data.files if key != "result_json"}
+
+
+def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, start: int, config: EvalConfig,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    """Every requested (model, attack) on one batch; every attack seeded by (seed, attack, model, start)."""
+    x, y = x.to(device), y.to(device)
+    targets = {"mixed": mixed} | ({"std": mixed.std, "rob": mixed.rob} if config.bases else {})
+    pgd = config.pgd()
+    crafted: dict[str, torch.Tensor] = {}
+
+    def craft(source: str) -> torch.Tensor:
+        """PGD crafted on ``source`` (a row name, or ``mixed-graybox``); shared by every row that needs it."""
+        if source == "mixed-graybox" and not mixed.adaptive:
+            source = "mixed"
+        if source not in crafted:
+            if source == "mixed-graybox":
+                model, objective = mixed, _graybox_objective
+            else:
+                model, objective = {"mixed": mixed, "std": mixed.std, "rob": mixed.rob}[source], _cross_entropy
+            crafted[source] = pgd.perturb(model, x, y, generator=batch_generator(config.seed, "pgd", source, start),
+                                          objective=objective)
+        return crafted[source]
+
+    record = {"index": torch.arange(start, start + len(x))}
+    for name, model in targets.items():
+        runs: dict[str, AutoAttackRun] = {}
+        for attack in config.attacks:
+            robust = None
+            if attack == "clean":
+                x_adv = x
+            elif attack == "pgd":
+                x_adv = craft(name)
+            elif attack == "pgd-graybox":
+                x_adv = craft("mixed-graybox" if name == "mixed" else name)
+            elif attack in ("transfer-std", "transfer-rob"):
+                x_adv = craft(attack.removeprefix("transfer-"))
+            else:
+                aa_seed = batch_generator(config.seed, "aa", name, start).initial_seed()
+                if "aa" not in runs:
+                    runs["aa"] = standard_autoattack(model, x, y, eps=config.eps, norm=config.norm, seed=aa_seed,
+                                                     square_queries=config.square_queries)
+                if attack == "aa-adaptive":
+                    runs[attack] = adaptive_autoattack(model, x, y, eps=config.eps, norm=config.norm, seed=aa_seed,
+                                                       alpha_weight=config.alpha_weight, standard=runs["aa"])
+                x_adv, robust = runs[attack].x_adv, runs[attack].robust
+            with torch.no_grad():
+                logits, alpha = _logits_and_alpha(name, model, x_adv)
+            key = f"{name}/{attack}"
+            correct = logits.argmax(1) == y
+            if robust is not None:
+                record[f"{key}/robust"] = robust
+                correct = robust[:, -1].to(device)
+            record[f"{key}/correct"] = correct.cpu()
+            record[f"{key}/alpha"] = alpha.float().cpu()
+            record[f"{key}/margin"] = _margin(logits, y).cpu()
+            if config.save_adv and attack != "clean":
+                record[f"{key}/x_adv"] = x_adv.detach().float().cpu()
+    return record
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y, reduction="none")
+
+
+def _graybox_objective(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Setting A: cross-entropy of h_alpha with alpha detached (gradients of g and h only)."""
+    std_logits, rob_logits, alpha = mixed.alpha_source.run(x, mixed.std, mixed.rob)
+    return F.cross_entropy(mixed.mix(std_logits, rob_logits, alpha.detach()), y, reduction="none")
+
+
+def _logits_and_alpha(name: str, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the alpha in effect: the mix's own, or 0 for g alone and 1 for h alone."""
+    if name == "mixed":
+        return model(x, return_alpha=True)
+    logits = model(x)
+    return logits, torch.full((len(x),), 0.0 if name == "std" else 1.0, device=logits.device)
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)_y - max_{i != y} softmax(logits)_i per example (positive iff correct)."""
+    probs = F.softmax(logits.float(), dim=1)
+    true = probs.gather(1, y.view(-1, 1)).squeeze(1)
+    others = probs.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
+    return true - others
+
+
+def _summarize(examples: dict[str, torch.Tensor], config: EvalConfig, n: int, models: dict[str, str],
+               adaptive: bool) -> EvalResult:
+    rows: dict[str, dict[str, AttackAccuracy]] = {}
+    for name in MODELS:
+        if f"{name}/{config.attacks[0]}/correct" not in examples:
+            continue
+        cells = {}
+        for attack in config.attacks:
+            key = f"{name}/{attack}"
+            trail = unreliable = None
+            if attack in AUTOATTACKS:
+                stages = ("clean", *STANDARD_ATTACKS) + ((ALPHA_ATTACK,) if attack == "aa-adaptive" else ())
+                trail = accuracy_trail(examples[f"{key}/robust"], stages)
+                unreliable = potentially_unreliable(trail)
+            cells[attack] = AttackAccuracy(examples[f"{key}/correct"].float().mean().item(),
+                                           examples[f"{key}/alpha"].mean().item(), trail, unreliable)
+        rows[name] = cells
+    return EvalResult(config, n, rows, models, adaptive, examples)
+
+
+def _fingerprint(config: EvalConfig, x: torch.Tensor, y: torch.Tensor, mixed: nn.Module,
+                 models: dict[str, str]) -> str:
+    """What a batch's numbers depend on: settings, model names and weights, data. Saved batches with
+    another fingerprint are recomputed, never mixed in."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([asdict(config), models], sort_keys=True, default=str).encode())
+    for tensor in (x, y):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for name, tensor in mixed.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _Parts:
+    """Finished batches saved atomically beside ``out`` (``<out>.parts/``), for resuming."""
+
+    def __init__(self, out: Path, fingerprint: str) -> None:
+        self.folder = out.with_name(out.name + ".parts")
+        self.fingerprint = fingerprint
+
+    def _path(self, part: slice) -> Path:
+        return self.folder / f"batch-{part.start:09d}-{part.stop:09d}.pt"
+
+    def load(self, part: slice) -> dict[str, torch.Tensor] | None:
+        path = self._path(part)
+        if not path.is_file():
+            return None
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception:  # a part from an incompatible version: recompute it
+            return None
+        return saved["record"] if saved.get("fingerprint") == self.fingerprint else None
+
+    def save(self, part: slice, record: dict[str, torch.Tensor]) -> None:
+        payload = {"fingerprint": self.fingerprint, "record": record}
+        atomic_write(self._path(part), lambda temporary: torch.save(payload, temporary))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""Rendering of ``EvalResult``: the Table-2-style accuracy table, the AutoAttack trail, JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from asmix.report import percent, write_json
+
+ATTACK_LABELS = {
+    "clean": "clean",
+    "pgd": "PGD B",
+    "pgd-graybox": "gray PGD A",
+    "transfer-std": "from g",
+    "transfer-rob": "from h",
+    "aa": "AA C",
+    "aa-adaptive": "adapt. AA D",
+}
+"""Column titles, with the paper's attack settings A-D (Section 4.2)."""
+
+SHORT_MODEL_LABELS = {"mixed": "h_alpha", "std": "g", "rob": "h"}
+
+UNRELIABLE_MARK = " †"
+
+
+def model_label(result, name: str) -> str:
+    """Row title: h_alpha with its alpha (or mixing network), g and h with their specs."""
+    models = result.models
+    if name == "mixed":
+        if result.adaptive:
+            return f"h_alpha ({Path(models['mixer']).name})" if "mixer" in models else "h_alpha (mixer)"
+        return f"h_alpha ({result.config.alpha:g})"
+    label = "g" if name == "std" else "h"
+    return f"{label} ({models[name]})" if name in models else label
+
+
+def evaluate_table(result) -> Table:
+    """One row per model, one column per attack (accuracy in %); † marks AutoAttack's
+    "potentially unreliable" flag."""
+    config = result.config
+    table = Table(title=f"Robust accuracy (%) · {result.n_examples} examples · {config.norm} eps={config.eps:.4g} · "
+                        f"PGD-{config.steps}")
+    table.add_column("model")
+    for attack in config.attacks:
+        table.add_column(ATTACK_LABELS[attack], justify="right")
+    for name, cells in result.rows.items():
+        values = []
+        for attack in config.attacks:
+            cell = cells[attack]
+            values.append(percent(cell.accuracy) + (UNRELIABLE_MARK if cell.unreliable else ""))
+        table.add_row(model_label(result, name), *values, style=None if name == "mixed" else "dim")
+    if any(cell.unreliable for cells in result.rows.values() for cell in cells.values()):
+        table.caption = "† AutoAttack flags this as potentially unreliable: Square lowered accuracy by >= 0.2 points"
+    return table
+
+
+def trail_table(result) -> Table | None:
+    """Accuracy (%) after each AutoAttack stage, one row per (model, AutoAttack column); None without AA."""
+    rows = [(name, attack, cell) for name, cells in result.rows.items() for attack, cell in cells.items()
+            if cell.trail is not None]
+    if not rows:
+        return None
+    stages = max((tuple(cell.trail) for _, _, cell in rows), key=len)
+    table = Table(title="AutoAttack accuracy after each attack (%)")
+    table.add_column("model")
+    table.add_column("run")
+    for stage in stages:
+        table.add_column(stage, justify="right")
+    table.add_column("flag")
+    for name, attack, cell in rows:
+        table.add_row(SHORT_MODEL_LABELS[name], attack, *(percent(cell.trail.get(stage)) for stage in stages),
+                      "unreliable" if cell.unreliable else "ok")
+    return table
+
+
+def write_evaluate_json(result, path: str | Path) -> Path:
+    """The result (config, rows, trails, flags) as JSON, written atomically."""
+    return write_json(result, path)

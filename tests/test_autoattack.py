@@ -1,0 +1,180 @@
+"""AutoAttack wrappers: the unreliable flag, the per-attack trail, seeding, and the adaptive APGD."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from asmix.attacks.autoattack import (ALPHA_ATTACK, AlphaAPGD, accuracy_trail, adaptive_autoattack, alpha_penalty,
+                                      package_norm, potentially_unreliable, standard_autoattack)
+from asmix.compat import register_autoattack
+from asmix.errors import AsmixError
+from asmix.mixing import MixedClassifier
+
+
+def tiny_linear(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(36, 10)).eval()
+
+
+class TinyAlpha(nn.Module):
+    """A stand-in mixing network: alpha = sigmoid(w * mean pixel + b), differentiable in x."""
+
+    def __init__(self, weight: float = 8.0, bias: float = -2.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.linear.weight.fill_(weight)
+            self.linear.bias.fill_(bias)
+
+    def run(self, x, std, rob):
+        alpha = torch.sigmoid(self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1))).squeeze(1)
+        return std(x), rob(x), alpha
+
+
+def adaptive_mix() -> MixedClassifier:
+    rob = tiny_linear(1)
+    with torch.no_grad():
+        rob[1].weight.mul_(0.3)
+    return MixedClassifier(tiny_linear(0), rob, TinyAlpha()).eval()
+
+
+def predicted(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+@pytest.fixture
+def data():
+    torch.manual_seed(1)
+    x = torch.rand(24, 1, 6, 6)
+    return x, tiny_linear(0)(x).argmax(1)
+
+
+@pytest.mark.parametrize("trail, flagged", [
+    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.447}, True),    # 0.3 points
+    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.449}, False),   # 0.1 points
+    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.448}, True),    # exactly 0.2
+    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.45}, False),
+    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45}, False),                                  # no Square
+    ({"clean": 0.9, "square": 0.1}, False),                                                   # nothing before
+    ({"clean": 0.9, "apgd-ce": 0.5, "square": 0.5, ALPHA_ATTACK: 0.2}, False),                # later APGD ignored
+])
+def test_unreliable_flag(trail, flagged):
+    assert potentially_unreliable(trail) is flagged
+
+
+def test_unreliable_flag_matches_the_package_check(caplog):
+    checks = register_autoattack().checks
+    trail = {"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.44}
+    import logging
+
+    logger = logging.getLogger("asmix-test-square")
+    with caplog.at_level(logging.WARNING, logger="asmix-test-square"):
+        checks.check_square_sr(trail, logger=logger)
+    assert "unreliable" in caplog.text
+    assert potentially_unreliable(trail)
+
+
+def test_accuracy_trail_counts_examples():
+    robust = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    assert accuracy_trail(robust, ("clean", "apgd-ce", "square")) == {"clean": 0.75, "apgd-ce": 0.5, "square": 0.25}
+    with pytest.raises(ValueError):
+        accuracy_trail(robust, ("clean",))
+
+
+def test_package_norm():
+    assert package_norm("linf") == "Linf" and package_norm("l2") == "L2"
+    with pytest.raises(AsmixError):
+        package_norm("l1")
+
+
+def test_standard_autoattack_trail_is_consistent_and_seeded(data):
+    x, y = data
+    model = tiny_linear(0)
+    rng_before = torch.random.get_rng_state()
+    run = standard_autoattack(model, x, y, eps=0.1, seed=3, square_queries=50)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    assert run.stages == ("clean", "apgd-ce", "apgd-t", "fab-t", "square")
+    trail = list(run.trail.values())
+    assert trail[0] == 1.0 and all(a >= b for a, b in zip(trail, trail[1:]))
+    assert 0 < trail[-1] < 1  # some examples broken, some robust at this radius
+    assert (run.x_adv - x).abs().max() <= 0.1 + 1e-6
+    with torch.no_grad():
+        still_correct = model(run.x_adv).argmax(1) == y
+    assert torch.equal(still_correct, run.robust[:, -1])
+    again = standard_autoattack(model, x, y, eps=0.1, seed=3, square_queries=50)
+    assert torch.equal(again.x_adv, run.x_adv) and torch.equal(again.robust, run.robust)
+
+
+def test_standard_autoattack_breaks_a_model_at_a_large_radius(data):
+    x, y = data
+    run = standard_autoattack(tiny_linear(0), x, y, eps=0.5, seed=0, square_queries=20)
+    assert run.trail["clean"] == 1.0 and run.trail["apgd-ce"] == 0.0 and run.trail["square"] == 0.0
+
+
+def test_standard_autoattack_rejects_unknown_attack(data):
+    x, y = data
+    with pytest.raises(AsmixError, match="unknown AutoAttack"):
+        standard_autoattack(tiny_linear(0), x, y, eps=0.1, attacks=("apgd-ce", "pgd"))
+
+
+def test_alpha_apgd_equals_apgd_ce_when_alpha_is_fixed(data):
+    x, y = data
+    mixed = MixedClassifier(tiny_linear(0), tiny_linear(1), 0.7)
+    apgd = register_autoattack().autopgd_base.APGDAttack(mixed, n_iter=20, eps=0.05, seed=5, loss="ce")
+    adaptive = AlphaAPGD(mixed, eps=0.05, n_iter=20, seed=5, alpha_weight=3.0)
+    with torch.no_grad():
+        plain, ours = apgd.perturb(x, y), adaptive.perturb(x, y)
+    assert (plain != x).any()
+    torch.testing.assert_close(ours, plain)
+
+
+def test_alpha_apgd_pushes_alpha_down(data):
+    x, _ = data
+    mixed = adaptive_mix()
+    y = predicted(mixed, x)
+    results = {}
+    for weight in (0.0, 50.0):
+        attack = AlphaAPGD(mixed, eps=0.1, n_iter=20, seed=0, alpha_weight=weight)
+        # best_loss=True returns the highest-loss point for every example, fooled or not
+        with torch.no_grad():
+            x_adv = attack.perturb(x, y, best_loss=True)
+            results[weight] = mixed(x_adv, return_alpha=True)[1].mean().item()
+    with torch.no_grad():
+        clean_alpha = mixed(x, return_alpha=True)[1].mean().item()
+    assert results[50.0] < clean_alpha - 0.1
+    assert results[50.0] < results[0.0]
+
+
+def test_alpha_penalty_is_bce_with_label_one():
+    alpha = torch.tensor([0.25, 0.5, 1.0])
+    expected = torch.nn.functional.binary_cross_entropy(alpha, torch.ones(3), reduction="none")
+    torch.testing.assert_close(alpha_penalty(alpha), expected)
+
+
+def test_adaptive_autoattack_equals_standard_for_fixed_alpha(data):
+    x, _ = data
+    mixed = MixedClassifier(tiny_linear(0), tiny_linear(1), 0.6)
+    y = predicted(mixed, x)
+    standard = standard_autoattack(mixed, x, y, eps=0.04, seed=1, square_queries=30)
+    adaptive = adaptive_autoattack(mixed, x, y, eps=0.04, seed=1, square_queries=30)
+    assert 0 < standard.trail["square"] < 1
+    assert adaptive.stages == (*standard.stages, ALPHA_ATTACK)
+    assert torch.equal(adaptive.robust[:, :-1], standard.robust)
+    assert torch.equal(adaptive.robust[:, -1], standard.robust[:, -1])
+    assert torch.equal(adaptive.x_adv, standard.x_adv)
+
+
+def test_adaptive_autoattack_is_at_least_as_strong(data):
+    x, _ = data
+    mixed = adaptive_mix()
+    y = predicted(mixed, x)
+    standard = standard_autoattack(mixed, x, y, eps=0.04, seed=1, square_queries=30)
+    adaptive = adaptive_autoattack(mixed, x, y, eps=0.04, seed=1, standard=standard, alpha_weight=2.0)
+    assert 0 < standard.trail["square"] < 1  # the adaptive APGD had examples left to attack
+    assert not (adaptive.robust[:, -1] & ~standard.robust[:, -1]).any()
+    assert adaptive.trail[ALPHA_ATTACK] <= standard.trail["square"]
+    with torch.no_grad():
+        assert torch.equal(mixed(adaptive.x_adv).argmax(1) == y, adaptive.robust[:, -1])

@@ -1,0 +1,334 @@
+"""``evaluate``: the table's numbers, per-example outputs, resume, sharding, and bad inputs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asmix.errors import AsmixError
+from asmix.experiments import evaluate as evaluate_module
+from asmix.experiments.evaluate import EvalConfig, evaluate, load_examples, parse_attacks
+from asmix.mixing import MixedClassifier
+from asmix.report.evaluate import evaluate_table, trail_table
+
+FAST_AA = {"square_queries": 20}
+
+
+class TinyNet(nn.Module):
+    """Flatten then linear, seeded: a small differentiable 10-class image classifier."""
+
+    def __init__(self, seed: int, scale: float = 1.0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.linear = nn.Linear(36, 10)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(10, 36, generator=generator) * scale)
+            self.linear.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+class TinyAlpha(nn.Module):
+    """A stand-in mixing network: alpha = sigmoid(w * mean pixel + b), differentiable in x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.linear.weight.fill_(8.0)
+            self.linear.bias.fill_(-3.0)
+
+    def run(self, x, std, rob):
+        alpha = torch.sigmoid(self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1))).squeeze(1)
+        return std(x), rob(x), alpha
+
+
+def tiny_problem(n: int = 30, adaptive: bool = False):
+    """g, h, a mixer (or None) and data labelled so the mix is right on about 80% of clean inputs."""
+    std, rob = TinyNet(0), TinyNet(1, scale=0.3)
+    mixer = TinyAlpha() if adaptive else None
+    x = torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = MixedClassifier(std, rob, mixer if adaptive else 0.5)(x).argmax(1)
+    y[::5] = (y[::5] + 1) % 10
+    return std, rob, mixer, x, y
+
+
+def test_parse_attacks_and_unknown_names():
+    assert parse_attacks("aa, clean,aa") == ("aa", "clean")
+    with pytest.raises(AsmixError, match="unknown attack\\(s\\) cw"):
+        parse_attacks("clean,cw")
+    with pytest.raises(AsmixError, match="unknown attack"):
+        EvalConfig(attacks=("pgd", "fgsm"))
+    with pytest.raises(AsmixError, match="no attacks"):
+        parse_attacks(" , ")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": 1.5}, "alpha must be in"),
+    ({"batch_size": 0}, "batch size must be positive"),
+    ({"eps": -1.0}, "eps must be >= 0"),
+    ({"square_queries": 0}, "square queries"),
+    ({"alpha_weight": -1.0}, "alpha weight"),
+])
+def test_bad_config(kwargs, message):
+    with pytest.raises(AsmixError, match=message):
+        EvalConfig(**kwargs)
+
+
+def test_clean_and_pgd_numbers():
+    std, rob, _, x, y = tiny_problem()
+    config = EvalConfig(attacks=("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob"), bases=True,
+                        eps=0.05, steps=10, batch_size=8, save_adv=True)
+    result = evaluate(std, rob, x, y, config)
+    mixed = MixedClassifier(std, rob, 0.5)
+    with torch.no_grad():
+        logits = mixed(x)
+        expected_clean = (logits.argmax(1) == y).float().mean().item()
+        assert result.accuracy("mixed", "clean") == pytest.approx(expected_clean)
+        assert result.accuracy("std", "clean") == pytest.approx((std(x).argmax(1) == y).float().mean().item())
+        examples = result.examples
+        # the saved adversarial examples are what the accuracy was measured on, within eps
+        x_adv = examples["mixed/pgd/x_adv"]
+        assert (x_adv - x).abs().max() <= 0.05 + 1e-6
+        assert torch.equal(mixed(x_adv).argmax(1) == y, examples["mixed/pgd/correct"])
+        transfer = examples["mixed/transfer-std/x_adv"]
+        assert torch.equal(mixed(transfer).argmax(1) == y, examples["mixed/transfer-std/correct"])
+    assert 0 < result.accuracy("mixed", "pgd") < result.accuracy("mixed", "clean")
+    # PGD on g is the transfer-from-g attack evaluated on g; fixed alpha: gray-box is white-box
+    assert torch.equal(examples["std/transfer-std/x_adv"], examples["std/pgd/x_adv"])
+    assert torch.equal(examples["mixed/pgd-graybox/x_adv"], examples["mixed/pgd/x_adv"])
+    assert torch.all(examples["mixed/clean/alpha"] == 0.5)
+    assert torch.all(examples["std/pgd/alpha"] == 0.0) and torch.all(examples["rob/pgd/alpha"] == 1.0)
+    margin = examples["mixed/clean/margin"]
+    assert torch.equal(margin > 0, examples["mixed/clean/correct"])
+    probs = F.softmax(logits, 1)
+    top2 = probs.topk(2, dim=1).values
+    correct = examples["mixed/clean/correct"]
+    torch.testing.assert_close(margin[correct], (top2[:, 0] - top2[:, 1])[correct])
+    assert set(result.rows) == {"mixed", "std", "rob"}
+    assert result.to_dict()["rows"]["mixed"]["clean"]["accuracy"] == pytest.approx(expected_clean)
+
+
+def test_graybox_detaches_alpha_with_a_mixer():
+    std, rob, mixer, x, y = tiny_problem(adaptive=True)
+    config = EvalConfig(attacks=("clean", "pgd", "pgd-graybox"), eps=0.05, steps=10, batch_size=30, save_adv=True)
+    result = evaluate(std, rob, x, y, config, mixer=mixer)
+    assert result.adaptive
+    white, gray = result.examples["mixed/pgd/x_adv"], result.examples["mixed/pgd-graybox/x_adv"]
+    assert not torch.equal(white, gray)
+    alpha = result.examples["mixed/clean/alpha"]
+    assert alpha.min() > 0 and alpha.max() < 1 and alpha.std() > 0
+
+
+@pytest.mark.slow
+def test_autoattack_columns_trail_and_adaptive():
+    std, rob, mixer, x, y = tiny_problem(n=20, adaptive=True)
+    config = EvalConfig(attacks=("clean", "pgd", "aa", "aa-adaptive"), eps=0.04, steps=20, batch_size=10, **FAST_AA)
+    result = evaluate(std, rob, x, y, config, mixer=mixer)
+    aa, adaptive = result.rows["mixed"]["aa"], result.rows["mixed"]["aa-adaptive"]
+    assert list(aa.trail) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert aa.trail["clean"] == pytest.approx(result.accuracy("mixed", "clean"))
+    assert aa.accuracy == pytest.approx(aa.trail["square"])
+    assert adaptive.accuracy <= aa.accuracy
+    assert aa.unreliable is False
+    assert 0 < aa.accuracy <= result.accuracy("mixed", "pgd")
+    assert evaluate_table(result).row_count == 1 and trail_table(result).row_count == 2
+
+
+def run_until_killed(std, rob, mixer, x, y, config, out, kill_after):
+    """Run ``evaluate`` and interrupt it (as a kill would) after ``kill_after`` batches."""
+    def progress(task, done, total):
+        if done >= kill_after * config.batch_size:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(std, rob, x, y, config, mixer=mixer, progress=progress, out=out)
+
+
+@pytest.mark.parametrize("suffix, attacks", [
+    (".npz", ("clean", "pgd", "aa", "aa-adaptive")),
+    (".pt", ("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob")),
+])
+def test_resume_after_a_kill_gives_the_same_numbers(tmp_path, monkeypatch, suffix, attacks):
+    std, rob, mixer, x, y = tiny_problem(n=24, adaptive=True)
+    # at eps 0.1 APGD-CE leaves a few examples to APGD-T: both attacks' seeding is exercised, quickly
+    config = EvalConfig(attacks=attacks, bases=suffix == ".pt", eps=0.1, steps=5, batch_size=8, **FAST_AA)
+    reference = evaluate(std, rob, x, y, config, mixer=mixer, out=tmp_path / f"reference{suffix}")
+
+    out = tmp_path / f"resumed{suffix}"
+    run_until_killed(std, rob, mixer, x, y, config, out, kill_after=2)
+    parts = sorted((tmp_path / f"resumed{suffix}.parts").iterdir())
+    assert [part.name for part in parts] == ["batch-000000000-000000008.pt", "batch-000000008-000000016.pt"]
+    assert not out.exists()
+
+    computed = []
+    original = evaluate_module._evaluate_batch
+
+    def counting(mixed, x_batch, *args):
+        computed.append(len(x_batch))
+        return original(mixed, x_batch, *args)
+
+    monkeypatch.setattr(evaluate_module, "_evaluate_batch", counting)
+    resumed = evaluate(std, rob, x, y, config, mixer=mixer, out=out)
+    assert computed == [8]  # only the batch the kill interrupted
+    assert resumed.to_dict() == reference.to_dict()
+    saved, expected = load_examples(out), load_examples(tmp_path / f"reference{suffix}")
+    assert saved.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(saved[key], expected[key]), key
+    assert not (tmp_path / f"resumed{suffix}.parts").exists()
+
+
+def test_parts_of_another_run_are_not_reused(tmp_path):
+    std, rob, _, x, y = tiny_problem(n=16)
+    config = EvalConfig(attacks=("clean", "pgd"), eps=0.05, steps=5, batch_size=8)
+    out = tmp_path / "run.npz"
+    run_until_killed(std, rob, None, x, y, config, out, kill_after=1)
+    other = EvalConfig(attacks=("clean", "pgd"), eps=0.1, steps=5, batch_size=8)
+    result = evaluate(std, rob, x, y, other, out=out)
+    fresh = evaluate(std, rob, x, y, other)
+    assert result.to_dict() == fresh.to_dict()
+
+
+def test_out_must_be_npz_or_pt(tmp_path):
+    std, rob, _, x, y = tiny_problem(n=4)
+    with pytest.raises(AsmixError, match=r"\.npz or \.pt"):
+        evaluate(std, rob, x, y, EvalConfig(attacks=("clean",)), out=tmp_path / "results.json")
+    with pytest.raises(AsmixError, match="no examples"):
+        evaluate(std, rob, x[:0], y[:0], EvalConfig(attacks=("clean",)))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SHARD_CONFIG = dict(attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"), eps=0.1, steps=5, batch_size=5,
+                    square_queries=20)
+
+
+def _shard_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        std, rob, mixer, x, y = tiny_problem(n=23, adaptive=True)
+        totals = []
+        evaluate(std, rob, x, y, EvalConfig(**SHARD_CONFIG), mixer=mixer, out=out,
+                 progress=lambda task, done, total: totals.append(total))
+        Path(f"{out}.rank{rank}").write_text(str(totals[-1]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_give_the_same_numbers_as_one(tmp_path):
+    import torch.multiprocessing as mp
+
+    std, rob, mixer, x, y = tiny_problem(n=23, adaptive=True)
+    single = evaluate(std, rob, x, y, EvalConfig(**SHARD_CONFIG), mixer=mixer, out=tmp_path / "single.npz")
+    sys.path.insert(0, str(Path(__file__).parent))
+    mp.spawn(_shard_worker, args=(2, _free_port(), str(tmp_path / "sharded.npz")), nprocs=2, join=True)
+    # 23 examples in batches of 5: rank 0 takes batches 0-2 (15 examples), rank 1 batches 3-4 (8)
+    assert [(tmp_path / f"sharded.npz.rank{rank}").read_text() for rank in (0, 1)] == ["15", "8"]
+    sharded, expected = load_examples(tmp_path / "sharded.npz"), load_examples(tmp_path / "single.npz")
+    assert sharded.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(sharded[key], expected[key]), key
+    trail = single.rows["mixed"]["aa"].trail
+    assert trail["apgd-ce"] > trail["apgd-t"]  # APGD-T had work to do in some shard
+
+
+def run_cli(monkeypatch, capsys, *args):
+    from asmix.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["asmix", "evaluate", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture
+def saved_mixer(tmp_path):
+    """A (random) mixing network for the demo CNNs, saved as trained with demo-std and demo-rob."""
+    from asmix.mixer import MixingNetwork, save_mixer
+
+    mixer = MixingNetwork([16, 16], [32, 64], width=8, blocks=1, stages=0)
+    return save_mixer(mixer, tmp_path / "mixer", config={"models": {"std": "demo-std", "rob": "demo-rob"}})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attack", "clean,cw"], "unknown attack(s) cw"),
+    (["--mixer", "/nonexistent/mixer"], "mixer directory not found"),
+    (["--alpha", "0.5", "--mixer", "/nonexistent/mixer"], "either --alpha"),
+    (["--out", "results.csv"], ".npz or .pt"),
+    (["--alpha", "2"], "alpha must be in [0, 1]"),
+])
+def test_cli_bad_input_is_one_line(monkeypatch, capsys, args, message):
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_rejects_a_mixer_trained_for_other_base_models(monkeypatch, capsys, saved_mixer):
+    code, _, err = run_cli(monkeypatch, capsys, "--std", "demo-std", "--rob", "demo-std", "--mixer", str(saved_mixer))
+    assert code == 2 and "was trained with --rob demo-rob, not demo-std" in err
+
+
+def test_real_mixing_network_adaptive_attacks():
+    from asmix.mixer import MixingNetwork
+    from asmix.models.demo import DemoCNN
+
+    torch.manual_seed(0)
+    std, rob = DemoCNN(width=4).eval(), DemoCNN(width=6).eval()
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    mixer = MixingNetwork.build(std, rob, x, width=8, blocks=1, stages=0).eval()
+    with torch.no_grad():
+        y = MixedClassifier(std, rob, mixer)(x).argmax(1)
+    config = EvalConfig(attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"), eps=0.05, steps=5, batch_size=6,
+                        square_queries=10, save_adv=True)
+    result = evaluate(std, rob, x, y, config, mixer=mixer)
+    assert result.adaptive and result.accuracy("mixed", "clean") == 1.0
+    assert not torch.equal(result.examples["mixed/pgd/x_adv"], result.examples["mixed/pgd-graybox/x_adv"])
+    assert result.accuracy("mixed", "aa-adaptive") <= result.accuracy("mixed", "aa")
+    assert result.examples["mixed/clean/alpha"].std() > 0
+
+
+@pytest.mark.slow
+def test_cli_with_a_mixer_writes_table_json_and_examples(monkeypatch, capsys, tmp_path):
+    import json
+
+    from asmix.cli import main
+    from asmix.mixer import MixingNetwork, save_mixer
+
+    mixer_dir = save_mixer(MixingNetwork([16, 32], [16, 32], width=8, blocks=1, stages=0), tmp_path / "mixer",
+                           config={"models": {"std": "demo-std", "rob": "demo-std"}})
+    out, json_path = tmp_path / "examples.npz", tmp_path / "result.json"
+    monkeypatch.setattr(sys, "argv", [
+        "asmix", "evaluate", "--rob", "demo-std", "--mixer", str(mixer_dir), "--n-examples", "6", "--batch-size", "3",
+        "--attack", "clean,pgd,pgd-graybox,aa-adaptive", "--steps", "3", "--square-queries", "10", "--bases",
+        "--device", "cpu", "--out", str(out), "--json", str(json_path), "--save-adv"])
+    try:
+        main()
+    except SystemExit as done:  # the entry point may exit like a console script
+        assert done.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "Robust accuracy" in printed and "h_alpha" in printed and "AutoAttack accuracy after each" in printed
+    document = json.loads(json_path.read_text())
+    assert document["config"]["adaptive"] and document["config"]["models"]["mixer"] == str(mixer_dir)
+    assert set(document["rows"]) == {"mixed", "std", "rob"}
+    examples = load_examples(out)
+    assert examples["mixed/aa-adaptive/x_adv"].shape == (6, 1, 28, 28)
+    assert examples["mixed/clean/correct"].float().mean().item() == document["rows"]["mixed"]["clean"]["accuracy"]
