@@ -1,0 +1,72 @@
+"""``asmix margins``: Table 1's confidence margins, Lemma 3.2's count and eq. C.1 Lipschitz estimates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from asmix.cli.app import app
+from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+                               JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
+                               SeedOption, StdOption, StdWeightsOption, StepSizeOption, console, pair_source,
+                               progress_callback, stdout)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@app.command("margins")
+def margins_command(
+    std: StdOption = "demo-std",
+    rob: RobOption = "demo-rob",
+    dataset: DatasetOption = "demo",
+    data: DataOption = None,
+    data_dir: DataDirOption = Path("./data"),
+    n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (0: all).")] = 100,
+    model_dir: ModelDirOption = None,
+    std_weights: StdWeightsOption = None,
+    rob_weights: RobWeightsOption = None,
+    attacks: Annotated[str, typer.Option("--attacks", help="Comma list of pgd, autoattack (clean always runs).")] = "pgd,autoattack",
+    classifiers: Annotated[str, typer.Option("--classifiers", help="Comma list of std, rob, mix (rob is required).")] = "std,rob,mix",
+    norm: NormOption = "linf",
+    eps: EpsOption = None,
+    steps: Annotated[int, typer.Option("--steps", help="PGD steps (also per class for --lipschitz).")] = 20,
+    step_size: StepSizeOption = None,
+    aa_steps: Annotated[int, typer.Option("--aa-steps", help="APGD iterations (standard AutoAttack: 100).")] = 20,
+    target_classes: Annotated[int, typer.Option("--target-classes", help="APGD-T target classes (standard AutoAttack: 9; 0 skips APGD-T).")] = 2,
+    alpha: Annotated[float, typer.Option("--alpha", help="Mixing weight of h_alpha and of the Lemma 3.2 count.")] = 0.6,
+    lipschitz: Annotated[bool, typer.Option("--lipschitz/--no-lipschitz", help="Estimate softmax(h)'s local Lipschitz constant (eq. C.1).")] = False,
+    lipschitz_classes: Annotated[Optional[int], typer.Option("--lipschitz-classes", help="Only the K most likely other classes (many classes).")] = None,
+    batch_size: BatchSizeOption = 256,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    mix_space: Annotated[str, typer.Option("--mix-space", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
+    out: OutOption = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Accuracy and confidence gaps of g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs (Table 1)."""
+    from asmix.experiments.inputs import load_pair
+    from asmix.experiments.margins import MarginsConfig, margins
+    from asmix.report import write_json
+    from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
+    from asmix.runtime import resolve_device
+
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples or None, model_dir, std_weights, rob_weights, norm)
+    config = MarginsConfig(attacks=_split(attacks), classifiers=_split(classifiers), norm=norm,
+                           eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
+                           aa_steps=aa_steps, target_classes=target_classes, alpha=alpha, lipschitz=lipschitz,
+                           lipschitz_classes=lipschitz_classes, batch_size=batch_size, seed=seed, mix_space=mix_space)
+    device_ = resolve_device(device)
+    pair = load_pair(source)
+    with progress_callback() as progress:
+        result = margins(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
+    stdout.print(margins_table(result))
+    stdout.print(lemma32_table(result))
+    table = lipschitz_table(result)
+    if table is not None:
+        stdout.print(table)
+    for path in ([write_json(result, json_path)] if json_path else []) + (write_margins_outputs(result, out) if out else []):
+        console.print(f"wrote {path}")

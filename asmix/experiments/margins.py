@@ -1,0 +1,293 @@
+"""Confidence margins of g, h and h_alpha (Table 1, Section 5.1.2), local Lipschitz estimates of
+softmax(h) (App. C.3) and the empirical check of Lemma 3.2.
+
+Each model is attacked on its own: PGD (cross-entropy, final iterate) and the min-margin AutoAttack
+(APGD-CE + APGD-T, per example the iterate with the smallest margin; App. D.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from asmix.attacks.margin import local_lipschitz, min_margin_autoattack, probability_gap, true_class_margin
+from asmix.attacks.pgd import PGD
+from asmix.certify import lemma32_threshold, lipschitz_radius_per_class, satisfies_lemma32
+from asmix.errors import AsmixError
+from asmix.mixing import MixedClassifier, check_alpha
+from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
+
+MODELS = ("std", "rob", "mix")
+INPUTS = ("clean", "pgd", "autoattack")
+
+
+@dataclass(frozen=True)
+class MarginsConfig:
+    """Settings of ``asmix margins``; every CLI option is a field here. The AutoAttack defaults are
+    small for the CPU demo; the standard AutoAttack uses ``aa_steps=100, target_classes=9``."""
+
+    attacks: tuple[str, ...] = ("pgd", "autoattack")
+    classifiers: tuple[str, ...] = MODELS
+    norm: str = "linf"
+    eps: float = 0.3
+    steps: int = 20
+    step_size: float | None = None
+    aa_steps: int = 20
+    target_classes: int = 2
+    alpha: float = 0.6
+    lipschitz: bool = False
+    lipschitz_classes: int | None = None
+    batch_size: int = 256
+    seed: int = 0
+    mix_space: str = "prob"
+    std_scale: float = 1.0
+    rob_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.attacks) - set(INPUTS[1:])
+        if unknown:
+            raise AsmixError(f"unknown attack(s) {', '.join(sorted(unknown))}: choose from pgd, autoattack")
+        unknown = set(self.classifiers) - set(MODELS)
+        if unknown or "rob" not in self.classifiers:
+            raise AsmixError(f"classifiers must be among {', '.join(MODELS)} and include rob (h), "
+                             f"got {', '.join(self.classifiers)}")
+        check_alpha(self.alpha)
+        check_batch_size(self.batch_size)
+        self.pgd()
+        if self.aa_steps <= 0:
+            raise AsmixError(f"AutoAttack steps must be positive, got {self.aa_steps}")
+        if self.target_classes < 0:
+            raise AsmixError(f"target classes must be >= 0, got {self.target_classes}")
+        if self.lipschitz_classes is not None and self.lipschitz_classes < 1:
+            raise AsmixError(f"lipschitz classes must be >= 1, got {self.lipschitz_classes}")
+        if self.lipschitz and self.eps <= 0:
+            raise AsmixError("the Lipschitz estimate needs eps > 0")
+
+    def pgd(self) -> PGD:
+        return PGD(eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return ("clean",) + tuple(name for name in INPUTS[1:] if name in self.attacks)
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    return values.mean().item() if len(values) else None
+
+
+def _median(values: torch.Tensor) -> float | None:
+    return values.median().item() if len(values) else None
+
+
+@dataclass(frozen=True)
+class MarginStats:
+    """One model on one kind of input: accuracy and the Table-1 gaps (p_top - p_runner_up) over
+    correctly (✓) and wrongly (✗) classified examples; ``None`` where there are none. ``gaps``,
+    ``margins`` (p_y - max_{i != y} p_i) and ``correct`` are per example."""
+
+    accuracy: float
+    n_correct: int
+    n_wrong: int
+    mean_gap_correct: float | None
+    median_gap_correct: float | None
+    mean_gap_wrong: float | None
+    median_gap_wrong: float | None
+    gaps: tuple[float, ...] = field(repr=False, default=())
+    margins: tuple[float, ...] = field(repr=False, default=())
+    correct: tuple[bool, ...] = field(repr=False, default=())
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, y: torch.Tensor) -> "MarginStats":
+        gaps = probability_gap(logits)
+        correct = logits.argmax(dim=1) == y
+        return cls(
+            accuracy=correct.float().mean().item(),
+            n_correct=int(correct.sum()),
+            n_wrong=int((~correct).sum()),
+            mean_gap_correct=_mean(gaps[correct]),
+            median_gap_correct=_median(gaps[correct]),
+            mean_gap_wrong=_mean(gaps[~correct]),
+            median_gap_wrong=_median(gaps[~correct]),
+            gaps=tuple(gaps.tolist()),
+            margins=tuple(true_class_margin(logits, y).tolist()),
+            correct=tuple(correct.tolist()),
+        )
+
+    def summary(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key not in ("gaps", "margins", "correct")}
+
+
+@dataclass(frozen=True)
+class Lemma32Row:
+    """Lemma 3.2 on one kind of input: examples where h is correct with margin >= (1-alpha)/alpha,
+    next to the accuracy of h_alpha attacked on its own (the lemma predicts at least the former)."""
+
+    inputs: str
+    alpha: float
+    threshold: float
+    n_satisfied: int
+    share_satisfied: float
+    mix_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class LipschitzStats:
+    """Eq. C.1 estimates of softmax(h) over the examples (mean, quantiles, per example), with the
+    number of other classes used (``classes_used`` of ``num_classes - 1``) and, when all classes
+    were used, ``local_radius_at_eps``: examples where h is right and the local Thm 3.5 radius with
+    the estimated one-sided constants is >= eps for ``alpha`` (App. C.3). PGD only finds lower
+    bounds of the local constants, so this count is an optimistic estimate, not a certificate."""
+
+    mean: float
+    median: float
+    p90: float
+    max: float
+    classes_used: int
+    num_classes: int
+    local_radius_at_eps: int | None
+    values: tuple[float, ...] = field(repr=False, default=())
+
+    def summary(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key != "values"}
+
+
+@dataclass(frozen=True)
+class MarginsResult:
+    config: MarginsConfig
+    n_examples: int
+    stats: dict[str, dict[str, MarginStats]]
+    lemma32: tuple[Lemma32Row, ...]
+    lipschitz: LipschitzStats | None = None
+    models: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        config = asdict(self.config) | {"n_examples": self.n_examples, "models": self.models,
+                                        "step_size": self.config.pgd().resolved_step_size}
+        return {
+            "config": config,
+            "table": {model: {inputs: stats.summary() for inputs, stats in by_input.items()}
+                      for model, by_input in self.stats.items()},
+            "lemma32": [asdict(row) for row in self.lemma32],
+            "lipschitz": None if self.lipschitz is None else self.lipschitz.summary(),
+            "examples": {
+                "rob_gaps": {inputs: list(stats.gaps) for inputs, stats in self.stats["rob"].items()},
+                "rob_correct": {inputs: list(stats.correct) for inputs, stats in self.stats["rob"].items()},
+                "rob_lipschitz": None if self.lipschitz is None else list(self.lipschitz.values),
+            },
+        }
+
+
+def margins(
+    std: nn.Module,
+    rob: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: MarginsConfig = MarginsConfig(),
+    *,
+    device: torch.device = torch.device("cpu"),
+    progress: ProgressFn | None = None,
+    models: dict[str, str] | None = None,
+) -> MarginsResult:
+    """Table 1 for g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs, Lemma 3.2's
+    empirical count for ``config.alpha`` and (``config.lipschitz``) eq. C.1 estimates for h."""
+    if len(x) == 0:
+        raise AsmixError("no examples to evaluate")
+    mixed = MixedClassifier(std, rob, config.alpha, mix_space=config.mix_space,
+                            std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
+    networks = {"std": mixed.std, "rob": mixed.rob, "mix": mixed}
+    chosen = tuple(model for model in MODELS if model in config.classifiers)
+    logits = {model: {inputs: [] for inputs in config.inputs} for model in chosen}
+    lipschitz_parts = []
+    pgd = config.pgd()
+    total = len(x) * len(chosen)
+    for part in batch_slices(len(x), config.batch_size):
+        x_batch, y_batch = x[part].to(device), y[part].to(device)
+        for model in chosen:
+            network = networks[model]
+            with torch.no_grad():
+                logits[model]["clean"].append(network(x_batch).float().cpu())
+            _report(progress, "clean", chosen, model, part, total)
+            if "pgd" in config.attacks:
+                x_adv = pgd.perturb(network, x_batch, y_batch, generator=batch_generator(config.seed, "pgd", part.start))
+                with torch.no_grad():
+                    logits[model]["pgd"].append(network(x_adv).float().cpu())
+                _report(progress, f"PGD-{config.steps}", chosen, model, part, total)
+            if "autoattack" in config.attacks:
+                seed = batch_generator(config.seed, "apgd", part.start).initial_seed()
+                x_adv, _ = min_margin_autoattack(network, x_batch, y_batch, eps=config.eps, norm=config.norm,
+                                                 steps=config.aa_steps, target_classes=config.target_classes,
+                                                 seed=seed)
+                with torch.no_grad():
+                    logits[model]["autoattack"].append(network(x_adv).float().cpu())
+                _report(progress, "AutoAttack (min margin)", chosen, model, part, total)
+        if config.lipschitz:
+            estimate = local_lipschitz(mixed.rob, x_batch, y_batch, eps=config.eps, norm=config.norm,
+                                       steps=config.steps, step_size=config.step_size,
+                                       classes=config.lipschitz_classes,
+                                       generator=batch_generator(config.seed, "lipschitz", part.start))
+            lipschitz_parts.append(estimate)
+            if progress:
+                progress("Lipschitz (eq. C.1)", part.stop, len(x))
+    merged = {model: {inputs: torch.cat(parts) for inputs, parts in by_input.items()} for model, by_input in logits.items()}
+    stats = {model: {inputs: MarginStats.from_logits(value, y) for inputs, value in by_input.items()}
+             for model, by_input in merged.items()}
+    lipschitz = _lipschitz_stats(lipschitz_parts, merged["rob"]["clean"], y, config) if config.lipschitz else None
+    return MarginsResult(config, len(x), stats, _lemma32_rows(merged, y, config), lipschitz, models or {})
+
+
+def _report(progress: ProgressFn | None, task: str, chosen: tuple[str, ...], model: str, part: slice,
+            total: int) -> None:
+    """Units done once ``model`` has finished batch ``part`` (batches outer, models inner)."""
+    if progress:
+        progress(task, part.start * len(chosen) + (chosen.index(model) + 1) * (part.stop - part.start), total)
+
+
+def _lemma32_rows(logits: dict, y: torch.Tensor, config: MarginsConfig) -> tuple[Lemma32Row, ...]:
+    """Lemma 3.2 per input kind, plus the per-example worst case over all inputs ("worst")."""
+    if config.alpha == 0.0:
+        return ()
+    threshold = lemma32_threshold(config.alpha)
+    rob_margins = {inputs: true_class_margin(value, y) for inputs, value in logits["rob"].items()}
+    mix_correct = {inputs: value.argmax(dim=1) == y for inputs, value in logits.get("mix", {}).items()}
+    if len(rob_margins) > 1:
+        rob_margins["worst"] = torch.stack(list(rob_margins.values())).min(dim=0).values
+        if mix_correct:
+            mix_correct["worst"] = torch.stack(list(mix_correct.values())).all(dim=0)
+    rows = []
+    for inputs, margin in rob_margins.items():
+        satisfied = satisfies_lemma32(margin, config.alpha) & (margin > 0)
+        rows.append(Lemma32Row(inputs, config.alpha, threshold, int(satisfied.sum()), satisfied.float().mean().item(),
+                               mix_correct[inputs].float().mean().item() if mix_correct else None))
+    return tuple(rows)
+
+
+def _lipschitz_stats(parts, rob_clean_logits: torch.Tensor, y: torch.Tensor, config: MarginsConfig) -> LipschitzStats:
+    values = torch.cat([part.value.cpu() for part in parts])
+    num_classes = parts[0].num_classes
+    classes_used = parts[0].rise.shape[1]
+    certified = None
+    if classes_used == num_classes - 1 and config.alpha > 0:
+        # App. C.3: local one-sided constants per class in the radius of Thm 3.5; certified at eps
+        # where h is correct and the local radius is at least eps.
+        constants = torch.zeros(len(y), num_classes)
+        for part, start in zip(parts, _starts(parts)):
+            rows = torch.arange(len(part.value))
+            constants[start + rows, y[start:start + len(rows)]] = part.drop.cpu()
+            constants[(start + rows)[:, None], part.classes.cpu()] = part.rise.cpu()
+        probs = torch.softmax(rob_clean_logits, dim=1)
+        radius = lipschitz_radius_per_class(probs, config.alpha, constants.clamp_min(1e-12))
+        correct = probs.argmax(dim=1) == y
+        certified = int((correct & (radius >= config.eps)).sum())
+    return LipschitzStats(mean=values.mean().item(), median=values.median().item(),
+                          p90=values.quantile(0.9).item(), max=values.max().item(), classes_used=classes_used,
+                          num_classes=num_classes, local_radius_at_eps=certified, values=tuple(values.tolist()))
+
+
+def _starts(parts) -> list[int]:
+    starts, position = [], 0
+    for part in parts:
+        starts.append(position)
+        position += len(part.value)
+    return starts
