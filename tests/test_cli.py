@@ -18,9 +18,9 @@ def run_cli(monkeypatch, capsys, *args):
 
 
 def run_ok(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["asmix", *args])
-    main()
-    return capsys.readouterr()
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    return out
 
 
 @pytest.fixture
@@ -59,10 +59,10 @@ def test_unknown_option_is_a_usage_error(monkeypatch, capsys):
 
 
 def test_sweep_writes_json_csv_and_plots(monkeypatch, capsys, tmp_path):
-    captured = run_ok(monkeypatch, capsys, "sweep-alpha", "--n-examples", "20", "--alphas", "0,0.5,1",
+    out = run_ok(monkeypatch, capsys, "sweep-alpha", "--n-examples", "20", "--alphas", "0,0.5,1",
                       "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "out"),
                       "--json", str(tmp_path / "r.json"))
-    assert "Fixed-alpha sweep" in captured.out
+    assert "Fixed-alpha sweep" in out
     data = json.loads((tmp_path / "r.json").read_text())
     assert [row["alpha"] for row in data["rows"]] == [0.0, 0.5, 1.0]
     assert data["config"]["models"] == {"std": "demo-std", "rob": "demo-rob"} and data["config"]["eps"] == 0.3

@@ -9,29 +9,27 @@ import sys
 
 from asmix.cli.app import app
 from asmix.cli import sweep  # noqa: F401  (registers sweep-alpha)
+from asmix.cli import train  # noqa: F401  (registers train-mixer)
+from asmix.cli import evaluate  # noqa: F401  (registers evaluate)
+from asmix.cli import certify, margins  # noqa: F401  (registers certify, margins)
 from asmix.errors import AsmixError
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
-    import click
+    """Console entry point: user errors become one line on stderr and exit code 2, never a traceback.
 
+    Usage errors (unknown option, bad value type) are reported by Typer itself, also with exit code 2.
+    """
     from asmix.compat import silence_dependency_warnings
 
     silence_dependency_warnings()
     try:
-        app(standalone_mode=False)
+        app()
     except AsmixError as error:
         print(f"asmix: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
-        print("asmix: aborted", file=sys.stderr)
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         print("asmix: interrupted", file=sys.stderr)
         sys.exit(130)
