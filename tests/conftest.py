@@ -41,6 +41,10 @@ class Exploding(nn.Module):
 
 
 @pytest.fixture(autouse=True)
-def _deterministic():
+def _deterministic_single_thread():
+    """Seeded, and one intra-op thread: tiny models run far faster so, above all on a shared CPU."""
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)

@@ -12,15 +12,6 @@ from asmix.certify import (bounded_top_two, certified_accuracy, clopper_pearson,
                            satisfies_lemma32, smoothed_probabilities, smoothing_lipschitz, smoothing_radius)
 from asmix.errors import AsmixError
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is far faster than contended threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 def test_lemma32_threshold_and_count():
     assert lemma32_threshold(0.8) == pytest.approx(0.25)

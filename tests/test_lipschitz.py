@@ -9,15 +9,6 @@ from torch import nn
 from asmix.attacks.margin import local_lipschitz
 from asmix.errors import AsmixError
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is far faster than contended threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 def _linear(weight, bias):
     model = nn.Linear(weight.shape[1], weight.shape[0])

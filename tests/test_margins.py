@@ -13,15 +13,6 @@ from asmix.compat import register_autoattack
 from asmix.errors import AsmixError
 from asmix.experiments.margins import MarginsConfig, MarginsResult, margins
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is far faster than contended threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 class _Fixed(nn.Module):
     """Logits that do not depend on the input (but keep it in the graph): outputs known exactly."""

@@ -10,7 +10,7 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption,
-                               StdWeightsOption, console, pair_source, progress_callback, stdout)
+                               StdWeightsOption, pair_source, progress_callback, stdout, write_results)
 from asmix.errors import AsmixError
 
 
@@ -56,7 +56,6 @@ def certify_command(
     """Certified accuracy vs l_2 radius of h_alpha and of h alone, by Thm 3.5 and Thm A.2 (Figures 6, 7)."""
     from asmix.experiments.certify import CertifyConfig, certify
     from asmix.experiments.inputs import load_pair
-    from asmix.report import write_json
     from asmix.report.certify import certify_table, write_certify_outputs
     from asmix.runtime import resolve_device
 
@@ -70,5 +69,4 @@ def certify_command(
     with progress_callback() as progress:
         result = certify(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
     stdout.print(certify_table(result))
-    for path in ([write_json(result, json_path)] if json_path else []) + (write_certify_outputs(result, out) if out else []):
-        console.print(f"wrote {path}")
+    write_results(result, json_path, out, write_certify_outputs)

@@ -10,8 +10,8 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
-                               SeedOption, StdOption, StdWeightsOption, StepSizeOption, console, pair_source,
-                               progress_callback, stdout)
+                               SeedOption, StdOption, StdWeightsOption, StepSizeOption, pair_source,
+                               progress_callback, stdout, write_results)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -50,7 +50,6 @@ def margins_command(
     """Accuracy and confidence gaps of g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs (Table 1)."""
     from asmix.experiments.inputs import load_pair
     from asmix.experiments.margins import MarginsConfig, margins
-    from asmix.report import write_json
     from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
     from asmix.runtime import resolve_device
 
@@ -68,5 +67,4 @@ def margins_command(
     table = lipschitz_table(result)
     if table is not None:
         stdout.print(table)
-    for path in ([write_json(result, json_path)] if json_path else []) + (write_margins_outputs(result, out) if out else []):
-        console.print(f"wrote {path}")
+    write_results(result, json_path, out, write_margins_outputs)

@@ -56,3 +56,14 @@ def progress_callback():
             progress.update(tasks[task], completed=completed, total=total)
 
         yield update
+
+
+def write_results(result, json_path: Path | None, out: Path | None, write_outputs) -> None:
+    """Write a result's ``--json`` file and its ``--out`` folder (``write_outputs(result, out)``), saying where."""
+    from asmix.report import write_json
+
+    paths = [write_json(result, json_path)] if json_path else []
+    if out:
+        paths += write_outputs(result, out)
+    for path in paths:
+        console.print(f"wrote {path}")

@@ -11,7 +11,7 @@ from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
-                               StepSizeOption, console, pair_source, progress_callback, stdout)
+                               StepSizeOption, pair_source, progress_callback, stdout, write_results)
 
 
 @app.command("sweep-alpha")
@@ -43,7 +43,6 @@ def sweep_alpha_command(
     """Accuracy vs fixed alpha, clean and under PGD crafted on g (STD), h (ROB) and the mix (MIX)."""
     from asmix.experiments.inputs import load_pair
     from asmix.experiments.sweep import SweepConfig, parse_alphas, sweep_alpha
-    from asmix.report import write_json
     from asmix.report.sweep import sweep_table, write_sweep_outputs
     from asmix.runtime import resolve_device
 
@@ -56,5 +55,4 @@ def sweep_alpha_command(
     with progress_callback() as progress:
         result = sweep_alpha(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
     stdout.print(sweep_table(result))
-    for path in ([write_json(result, json_path)] if json_path else []) + (write_sweep_outputs(result, out) if out else []):
-        console.print(f"wrote {path}")
+    write_results(result, json_path, out, write_sweep_outputs)

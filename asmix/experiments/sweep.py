@@ -14,7 +14,7 @@ from torch import nn
 
 from asmix.attacks.pgd import PGD
 from asmix.errors import AsmixError
-from asmix.mixing import MixedClassifier, check_alpha, mix_logits
+from asmix.mixing import MixedClassifier, check_alpha
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size, predict_logits
 
 ATTACKS = ("std", "rob", "mix")
