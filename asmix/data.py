@@ -19,10 +19,11 @@ class DatasetInfo:
     num_classes: int
     default_eps: float
     default_norm: str = "linf"
+    default_n_examples: int | None = None  # None: all examples
 
 
 DATASETS = {
-    "demo": DatasetInfo(10, 0.3),
+    "demo": DatasetInfo(10, 0.3, default_n_examples=500),  # keeps no-argument runs to minutes on a CPU
     "mnist": DatasetInfo(10, 0.3),
     "cifar10": DatasetInfo(10, 8 / 255),
     "cifar100": DatasetInfo(100, 8 / 255),

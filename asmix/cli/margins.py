@@ -25,7 +25,7 @@ def margins_command(
     dataset: DatasetOption = "demo",
     data: DataOption = None,
     data_dir: DataDirOption = Path("./data"),
-    n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (0: all).")] = 100,
+    n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (0: the dataset default, 500 on demo, else all).")] = 100,
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,

@@ -18,7 +18,7 @@ RobOption = Annotated[str, typer.Option("--rob", help="Robust model h: demo-rob,
 DatasetOption = Annotated[str, typer.Option("--dataset", help="demo, mnist, cifar10, cifar100 or imagenet.")]
 DataOption = Annotated[Optional[Path], typer.Option("--data", help=".npz/.pt file with arrays x and y (overrides --dataset's data).")]
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="Folder of the named dataset's files.")]
-NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples.")]
+NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (default: 500 on demo, else all).")]
 ModelDirOption = Annotated[Optional[Path], typer.Option("--model-dir", help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models).")]
 StdWeightsOption = Annotated[Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")]
 RobWeightsOption = Annotated[Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")]

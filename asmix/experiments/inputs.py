@@ -41,10 +41,14 @@ class LoadedPair:
 
 
 def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
-    """Load data first (cheap, fails fast), then both models, then check they fit the data."""
+    """Load data first (cheap, fails fast), then both models, then check they fit the data.
+
+    Without ``n_examples`` the dataset's default applies (the first 500 on ``demo``, else all).
+    """
     info = dataset_info(source.dataset)
+    n_examples = source.n_examples if source.n_examples is not None else info.default_n_examples
     x, y = load_data(source.dataset, data_path=source.data, data_dir=source.data_dir,
-                     n_examples=source.n_examples, split=split)
+                     n_examples=n_examples, split=split)
     models = {}
     for role, spec, weights in (("std", source.std, source.std_weights), ("rob", source.rob, source.rob_weights)):
         models[role] = load_model(spec, dataset=source.dataset, norm=source.norm,
