@@ -24,7 +24,8 @@ from torch import nn
 from asmix import distributed
 from asmix.attacks.autoattack import (ALPHA_ATTACK, SQUARE_QUERIES, STANDARD_ATTACKS, AutoAttackRun, accuracy_trail,
                                       adaptive_autoattack, potentially_unreliable, standard_autoattack)
-from asmix.attacks.pgd import PGD
+from asmix.attacks.margin import true_class_margin
+from asmix.attacks.pgd import PGD, cross_entropy_objective
 from asmix.errors import AsmixError
 from asmix.io import atomic_write
 from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha
@@ -242,7 +243,7 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
             if source == "mixed-graybox":
                 model, objective = mixed, _graybox_objective
             else:
-                model, objective = {"mixed": mixed, "std": mixed.std, "rob": mixed.rob}[source], _cross_entropy
+                model, objective = {"mixed": mixed, "std": mixed.std, "rob": mixed.rob}[source], cross_entropy_objective
             crafted[source] = pgd.perturb(model, x, y, generator=batch_generator(config.seed, "pgd", source, start),
                                           objective=objective)
         return crafted[source]
@@ -278,14 +279,10 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
                 correct = robust[:, -1].to(device)
             record[f"{key}/correct"] = correct.cpu()
             record[f"{key}/alpha"] = alpha.float().cpu()
-            record[f"{key}/margin"] = _margin(logits, y).cpu()
+            record[f"{key}/margin"] = true_class_margin(logits, y).cpu()
             if config.save_adv and attack != "clean":
                 record[f"{key}/x_adv"] = x_adv.detach().float().cpu()
     return record
-
-
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y, reduction="none")
 
 
 def _graybox_objective(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -300,14 +297,6 @@ def _logits_and_alpha(name: str, model: nn.Module, x: torch.Tensor) -> tuple[tor
         return model(x, return_alpha=True)
     logits = model(x)
     return logits, torch.full((len(x),), 0.0 if name == "std" else 1.0, device=logits.device)
-
-
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """softmax(logits)_y - max_{i != y} softmax(logits)_i per example (positive iff correct)."""
-    probs = F.softmax(logits.float(), dim=1)
-    true = probs.gather(1, y.view(-1, 1)).squeeze(1)
-    others = probs.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
-    return true - others
 
 
 def _summarize(examples: dict[str, torch.Tensor], config: EvalConfig, n: int, models: dict[str, str],
