@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from asmix import AsmixError, load_model
+from asmix import AsmixError, load_data, load_model
 from asmix.models import check_model_fits, parse_spec
 from asmix.models.bit import BAI2023_STD_FILE, bit_to_timm_state_dict
 from asmix.models.registry import resolve_zoo_name
@@ -53,10 +53,15 @@ def test_zoo_names_resolve_by_unique_prefix_and_fail_clearly():
         resolve_zoo_name("Carmon2019Unlabelled", names)
 
 
-def test_demo_models_load_with_shipped_weights():
+def test_demo_models_load_with_shipped_weights_and_show_the_clean_accuracy_gap():
     std, rob = load_model("demo-std"), load_model("demo-rob")
-    assert not std.training and std(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    assert sum(p.numel() for p in rob.parameters()) > sum(p.numel() for p in std.parameters())
+    assert not std.training and not rob.training
+    x, y = load_data("demo", n_examples=1000)
+    with torch.no_grad():
+        std_acc = (std(x).argmax(1) == y).float().mean().item()
+        rob_acc = (rob(x).argmax(1) == y).float().mean().item()
+    # measured: 99.2% and 97.9%; the robust model pays for its robustness in clean accuracy
+    assert std_acc >= 0.99 and 0.97 <= rob_acc <= std_acc - 0.01
 
 
 def test_timm_model_from_local_weights_normalises_inputs(tmp_path):
