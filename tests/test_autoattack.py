@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from asmix.attacks.autoattack import (ALPHA_ATTACK, AlphaAPGD, accuracy_trail, adaptive_autoattack, alpha_penalty,
+from asmix.attacks.autoattack import (ALPHA_ATTACK, AlphaAPGD, AlphaAPGDTargeted, accuracy_trail, adaptive_autoattack, alpha_penalty,
                                       package_norm, potentially_unreliable, standard_autoattack)
 from asmix.compat import register_autoattack
 from asmix.errors import AsmixError
@@ -146,6 +146,38 @@ def test_alpha_apgd_pushes_alpha_down(data):
         clean_alpha = mixed(x, return_alpha=True)[1].mean().item()
     assert results[50.0] < clean_alpha - 0.1
     assert results[50.0] < results[0.0]
+
+
+def test_targeted_alpha_apgd_equals_the_package_apgd_t_without_the_alpha_term(data):
+    x, _ = data
+    mixed = adaptive_mix()
+    y = predicted(mixed, x)
+    package = register_autoattack().autopgd_base.APGDAttack_targeted(mixed, n_iter=15, eps=0.1, seed=3,
+                                                                      n_target_classes=2)
+    ours = AlphaAPGDTargeted(mixed, eps=0.1, n_iter=15, seed=3, n_target_classes=2, alpha_weight=0.0)
+    with torch.no_grad():
+        plain, adapted = package.perturb(x, y), ours.perturb(x, y)
+    assert (plain != x).any()
+    torch.testing.assert_close(adapted, plain)
+
+
+def test_targeted_alpha_apgd_pushes_alpha_down(data):
+    x, _ = data
+    mixed = adaptive_mix()
+    y = predicted(mixed, x)
+    with torch.no_grad():
+        runner_up = mixed(x).sort(1)[1][:, -2]
+    mean_alpha = {}
+    for weight in (0.0, 50.0):
+        attack = AlphaAPGDTargeted(mixed, eps=0.1, n_iter=20, seed=0, n_target_classes=1, alpha_weight=weight)
+        attack.init_hyperparam(x)
+        attack.y_target = runner_up
+        torch.manual_seed(0)
+        # one run of the package's inner loop: its first output is the highest-loss point per example
+        x_best = attack.attack_single_run(x, y)[0]
+        with torch.no_grad():
+            mean_alpha[weight] = mixed(x_best, return_alpha=True)[1].mean().item()
+    assert mean_alpha[50.0] < mean_alpha[0.0] - 0.1
 
 
 def test_alpha_penalty_is_bce_with_label_one():

@@ -149,11 +149,10 @@ def alpha_penalty(alpha: torch.Tensor) -> torch.Tensor:
     return -torch.log(alpha.clamp_min(1e-12))
 
 
-def _package_apgd():
-    return register_autoattack().autopgd_base.APGDAttack
+_AUTOPGD = register_autoattack().autopgd_base  # the package's APGD module, under either import name
 
 
-class AlphaAPGD(_package_apgd()):
+class AlphaAPGD(_AUTOPGD.APGDAttack):
     """APGD (the package's) whose loss is ``CE (or DLR) + alpha_weight * BCE(alpha(x), 1)``: the
     adaptive attack of setting D (Section 4.2) that also pushes the mixing network's alpha down.
 
@@ -183,6 +182,25 @@ class AlphaAPGD(_package_apgd()):
         else:
             base = super().dlr_loss(logits, y)
         return base + self.alpha_weight * alpha_penalty(self.tap.alpha)
+
+
+class AlphaAPGDTargeted(_AUTOPGD.APGDAttack_targeted):
+    """The package's APGD-T (targeted DLR) with ``alpha_weight`` * BCE(alpha(x), 1) added to its loss,
+    as ``AlphaAPGD`` does for APGD-CE; ``train-mixer --setting C`` uses both."""
+
+    def __init__(self, mixed: nn.Module, *, eps: float, norm: str = "linf", alpha_weight: float = 1.0,
+                 n_iter: int = 100, n_restarts: int = 1, n_target_classes: int = 9, seed: int = 0,
+                 rho: float = 0.75, device: torch.device | None = None) -> None:
+        if alpha_weight < 0:
+            raise AsmixError(f"alpha weight must be >= 0, got {alpha_weight}")
+        self.tap = _AlphaTap(mixed)
+        super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=float(eps),
+                         seed=int(seed), rho=rho, n_target_classes=n_target_classes, device=device)
+        self.alpha_weight = float(alpha_weight)
+
+    def dlr_loss_targeted(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Targeted DLR toward ``self.y_target`` plus the alpha term of the tap's last forward pass."""
+        return super().dlr_loss_targeted(logits, y) + self.alpha_weight * alpha_penalty(self.tap.alpha)
 
 
 def adaptive_autoattack(

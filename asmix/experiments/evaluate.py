@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from asmix import distributed
 from asmix.attacks.autoattack import (ALPHA_ATTACK, SQUARE_QUERIES, STANDARD_ATTACKS, AutoAttackRun, accuracy_trail,
                                       adaptive_autoattack, potentially_unreliable, standard_autoattack)
 from asmix.attacks.margin import true_class_margin
+from asmix.attacks.objectives import graybox_objective
 from asmix.attacks.pgd import PGD, cross_entropy_objective
 from asmix.errors import AsmixError
 from asmix.io import atomic_write
@@ -241,7 +241,7 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
             source = "mixed"
         if source not in crafted:
             if source == "mixed-graybox":
-                model, objective = mixed, _graybox_objective
+                model, objective = mixed, graybox_objective
             else:
                 model, objective = {"mixed": mixed, "std": mixed.std, "rob": mixed.rob}[source], cross_entropy_objective
             crafted[source] = pgd.perturb(model, x, y, generator=batch_generator(config.seed, "pgd", source, start),
@@ -283,12 +283,6 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
             if config.save_adv and attack != "clean":
                 record[f"{key}/x_adv"] = x_adv.detach().float().cpu()
     return record
-
-
-def _graybox_objective(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Setting A: cross-entropy of h_alpha with alpha detached (gradients of g and h only)."""
-    std_logits, rob_logits, alpha = mixed.alpha_source.run(x, mixed.std, mixed.rob)
-    return F.cross_entropy(mixed.mix(std_logits, rob_logits, alpha.detach()), y, reduction="none")
 
 
 def _logits_and_alpha(name: str, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

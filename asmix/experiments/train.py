@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asmix import distributed
+from asmix.attacks.objectives import mixed_objective
 from asmix.attacks.pgd import PGD
 from asmix.errors import AsmixError
 from asmix.io import atomic_write, atomic_write_text
@@ -210,26 +211,6 @@ class _ShardPGD(PGD):
         return full[self.offset:self.offset + len(x)].to(x.device, x.dtype)
 
 
-def mixed_objective(setting: str, bce_weight: float = 0.0) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The attack objective on ``MixedClassifier`` with a mixing network: CE of h_alpha, plus
-    ``bce_weight`` * BCE(alpha, 1) = -log alpha, which pushes alpha down (Section 5.2). Setting A
-    (gray-box) detaches alpha, so only g's and h's gradients steer the attack."""
-
-    def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        mixer = model.alpha_source
-        std_logits, rob_logits, std_features, rob_features = mixer.features(x, model.std, model.rob)
-        logit = mixer(std_features, rob_features)
-        alpha = mixer.alpha_from_logit(logit)
-        if setting == "A":
-            return F.cross_entropy(model.mix(std_logits, rob_logits, alpha.detach()), y, reduction="none")
-        loss = F.cross_entropy(model.mix(std_logits, rob_logits, alpha), y, reduction="none")
-        if bce_weight > 0:
-            loss = loss + bce_weight * F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit), reduction="none")
-        return loss
-
-    return objective
-
-
 def _uniform(generator: torch.Generator) -> float:
     return torch.rand((), generator=generator).item()
 
@@ -248,7 +229,7 @@ def attack_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, confi
     try:
         with mixer.full_range():
             if config.setting == "C":
-                return _apgd_batch(mixed, x, y, eps, steps, config, generator)
+                return _apgd_batch(mixed, x, y, eps, steps, config, generator, bce_weight)
             pgd = _ShardPGD(eps=eps, steps=steps, norm=config.norm, offset=offset, total=total)
             return pgd.perturb(mixed, x, y, generator=generator, objective=mixed_objective(config.setting, bce_weight))
     finally:
@@ -256,22 +237,16 @@ def attack_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, confi
 
 
 def _apgd_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-                config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Setting C: APGD-CE or APGD-T (targeted DLR), chosen per batch, from the AutoAttack package."""
-    from asmix.compat import register_autoattack
+                config: TrainConfig, generator: torch.Generator, alpha_down_weight: float) -> torch.Tensor:
+    """Setting C: APGD-CE or APGD-T (targeted DLR, one target class), chosen per batch: the AutoAttack
+    package's attacks with ``alpha_down_weight`` * BCE(alpha, 1) added to their loss."""
+    from asmix.attacks.autoattack import AlphaAPGD, AlphaAPGDTargeted
 
-    register_autoattack()
-    from autoattack.autopgd_base import APGDAttack, APGDAttack_targeted
-
-    norm = {"linf": "Linf", "l2": "L2"}[config.norm]
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+    settings = dict(eps=eps, norm=config.norm, n_iter=steps, seed=seed, alpha_weight=alpha_down_weight,
+                    device=x.device)
     targeted = _uniform(generator) < 0.5
-    if targeted:
-        attack = APGDAttack_targeted(mixed, n_restarts=1, n_iter=steps, norm=norm, eps=eps, seed=seed,
-                                     device=x.device, n_target_classes=1)
-    else:
-        attack = APGDAttack(mixed, n_restarts=1, n_iter=steps, norm=norm, eps=eps, seed=seed, loss="ce",
-                            device=x.device)
+    attack = AlphaAPGDTargeted(mixed, n_target_classes=1, **settings) if targeted else AlphaAPGD(mixed, **settings)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):  # APGD reseeds torch
         x_adv = attack.perturb(x, y)
     return x_adv.detach()
