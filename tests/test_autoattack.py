@@ -120,15 +120,24 @@ def test_standard_autoattack_rejects_unknown_attack(data):
         standard_autoattack(tiny_linear(0), x, y, eps=0.1, attacks=("apgd-ce", "pgd"))
 
 
-def test_alpha_apgd_equals_apgd_ce_when_alpha_is_fixed(data):
-    x, y = data
-    mixed = MixedClassifier(tiny_linear(0), tiny_linear(1), 0.7)
-    apgd = register_autoattack().autopgd_base.APGDAttack(mixed, n_iter=20, eps=0.05, seed=5, loss="ce")
-    adaptive = AlphaAPGD(mixed, eps=0.05, n_iter=20, seed=5, alpha_weight=3.0)
+@pytest.mark.parametrize("ours, package_attack, extra", [
+    (AlphaAPGD, "APGDAttack", {"loss": "ce"}),
+    (AlphaAPGDTargeted, "APGDAttack_targeted", {"n_target_classes": 2}),
+])
+@pytest.mark.parametrize("adaptive, weight", [(False, 3.0), (True, 0.0)])
+def test_alpha_apgd_equals_the_package_attack_when_the_alpha_term_is_constant(data, ours, package_attack, extra,
+                                                                            adaptive, weight):
+    """A fixed alpha (the term has no gradient) or a zero weight leaves the package's attack unchanged."""
+    x, _ = data
+    mixed = adaptive_mix() if adaptive else MixedClassifier(tiny_linear(0), tiny_linear(1), 0.7)
+    y = predicted(mixed, x)
+    package = getattr(register_autoattack().autopgd_base, package_attack)(mixed, n_iter=15, eps=0.1, seed=5, **extra)
+    extra = {k: v for k, v in extra.items() if k != "loss"}
+    attack = ours(mixed, eps=0.1, n_iter=15, seed=5, alpha_weight=weight, **extra)
     with torch.no_grad():
-        plain, ours = apgd.perturb(x, y), adaptive.perturb(x, y)
+        plain, adapted = package.perturb(x, y), attack.perturb(x, y)
     assert (plain != x).any()
-    torch.testing.assert_close(ours, plain)
+    torch.testing.assert_close(adapted, plain)
 
 
 def test_alpha_apgd_pushes_alpha_down(data):
@@ -146,19 +155,6 @@ def test_alpha_apgd_pushes_alpha_down(data):
         clean_alpha = mixed(x, return_alpha=True)[1].mean().item()
     assert results[50.0] < clean_alpha - 0.1
     assert results[50.0] < results[0.0]
-
-
-def test_targeted_alpha_apgd_equals_the_package_apgd_t_without_the_alpha_term(data):
-    x, _ = data
-    mixed = adaptive_mix()
-    y = predicted(mixed, x)
-    package = register_autoattack().autopgd_base.APGDAttack_targeted(mixed, n_iter=15, eps=0.1, seed=3,
-                                                                      n_target_classes=2)
-    ours = AlphaAPGDTargeted(mixed, eps=0.1, n_iter=15, seed=3, n_target_classes=2, alpha_weight=0.0)
-    with torch.no_grad():
-        plain, adapted = package.perturb(x, y), ours.perturb(x, y)
-    assert (plain != x).any()
-    torch.testing.assert_close(adapted, plain)
 
 
 def test_targeted_alpha_apgd_pushes_alpha_down(data):

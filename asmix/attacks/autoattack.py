@@ -143,6 +143,13 @@ class _AlphaTap(nn.Module):
         logits, self.alpha = self.mixed(x, return_alpha=True)
         return logits
 
+    def alpha_term(self, weight: float) -> torch.Tensor | float:
+        """``weight`` * BCE(alpha, 1) of the last forward pass; exactly 0 where alpha is fixed, so the
+        attack is then the package's own, bit for bit (a constant would only perturb its rounding)."""
+        if weight == 0 or not getattr(self.mixed, "adaptive", False):
+            return 0.0
+        return weight * alpha_penalty(self.alpha)
+
 
 def alpha_penalty(alpha: torch.Tensor) -> torch.Tensor:
     """BCE(alpha, 1) = -log(alpha) per example: grows as alpha falls toward 0 (trusting g)."""
@@ -157,7 +164,7 @@ class AlphaAPGD(_AUTOPGD.APGDAttack):
     adaptive attack of setting D (Section 4.2) that also pushes the mixing network's alpha down.
 
     ``mixed`` is a ``MixedClassifier``; its alpha is read from ``mixed(x, return_alpha=True)``. With a
-    fixed alpha the extra term is a constant, so the attack follows plain APGD exactly. The composite
+    fixed alpha the extra term is left out, so the attack follows plain APGD exactly. The composite
     loss is plugged in through the package's hook for a loss given as a method (``dlr_loss``, used for
     ``loss='dlr'``); the base loss is chosen by ``loss``.
     """
@@ -181,7 +188,7 @@ class AlphaAPGD(_AUTOPGD.APGDAttack):
             base = F.cross_entropy(logits, y, reduction="none")
         else:
             base = super().dlr_loss(logits, y)
-        return base + self.alpha_weight * alpha_penalty(self.tap.alpha)
+        return base + self.tap.alpha_term(self.alpha_weight)
 
 
 class AlphaAPGDTargeted(_AUTOPGD.APGDAttack_targeted):
@@ -200,7 +207,7 @@ class AlphaAPGDTargeted(_AUTOPGD.APGDAttack_targeted):
 
     def dlr_loss_targeted(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Targeted DLR toward ``self.y_target`` plus the alpha term of the tap's last forward pass."""
-        return super().dlr_loss_targeted(logits, y) + self.alpha_weight * alpha_penalty(self.tap.alpha)
+        return super().dlr_loss_targeted(logits, y) + self.tap.alpha_term(self.alpha_weight)
 
 
 def adaptive_autoattack(
