@@ -228,3 +228,26 @@ def test_train_data_splits_are_disjoint(tmp_path):
     assert (len(demo.x_train), len(demo.x_val), len(demo.x_test)) == (64, 100, 1900)
     with pytest.raises(AsmixError, match="val split"):
         load_train_data(PairSource(), 64, 100, "dev")
+
+
+def test_cli_json_holds_the_training_result_and_the_comparison(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from asmix.cli import main
+
+    monkeypatch.setattr(sys, "argv", [
+        "asmix", "train-mixer", "--n-train", "64", "--n-val", "32", "--epochs", "1", "--batch-size", "32",
+        "--steps-range", "1:1", "--val-steps", "1", "--mixer-width", "8", "--mixer-stages", "1", "--mixer-blocks", "1",
+        "--device", "cpu", "--compare", "--n-examples", "20", "--out", str(tmp_path / "run"),
+        "--json", str(tmp_path / "result.json")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["config"]["epochs"] == 1 and len(summary["history"]) == 1
+    rows = {row["name"].split(" ")[0]: row for row in summary["comparison"]["rows"]}
+    assert summary["comparison"]["n_examples"] == 20
+    assert rows["g"]["alpha"] == 0.0 and rows["h"]["alpha"] == 1.0
+    assert rows["g"]["attacked_acc"] == 0.0  # demo-std breaks under PGD-20 at eps 0.3
+    assert summary["comparison"] == json.loads((tmp_path / "run" / "comparison.json").read_text())
+

@@ -30,7 +30,7 @@ def train_mixer_command(
     rob_weights: RobWeightsOption = None,
     norm: NormOption = "linf",
     setting: Annotated[str, _option("--setting", "Training attacks: A gray-box PGD, B white-box PGD, C APGD-CE + APGD-T.")] = "B",
-    epochs: Annotated[Optional[int], _option("--epochs", "Epochs (default 3 on demo, 10 otherwise).")] = None,
+    epochs: Annotated[Optional[int], _option("--epochs", "Epochs (default 8 on demo, 10 otherwise).")] = None,
     batch_size: Annotated[Optional[int], _option("--batch-size", "Global batch of clean images (as many attacked ones are added; default 64 on demo, 128 otherwise).")] = None,
     lr: Annotated[float, _option("--lr", "AdamW learning rate (cosine schedule).")] = 1e-3,
     weight_decay: Annotated[float, _option("--weight-decay", "AdamW weight decay.")] = 1e-2,
@@ -40,12 +40,12 @@ def train_mixer_command(
     c_prod: Annotated[float, _option("--c-prod", "Weight of CE*BCE in the composite loss.")] = 0.2,
     eps_max: Annotated[Optional[float], _option("--eps-max", "Largest training attack radius (default: the dataset's eps).")] = None,
     eps_min_fraction: Annotated[float, _option("--eps-min-fraction", "Radius drawn per batch from [f*eps-max, eps-max].")] = 0.25,
-    steps_range: Annotated[Optional[str], _option("--steps-range", "Attack steps drawn per batch from LOW:HIGH (default 2:4 on demo, 5:20).")] = None,
-    attack_bce_max: Annotated[float, _option("--attack-bce-max", "Largest random weight of the alpha-down BCE term in the attack.")] = 1.0,
+    steps_range: Annotated[Optional[str], _option("--steps-range", "Attack steps drawn per batch from LOW:HIGH (default 5:10 on demo, 5:20).")] = None,
+    attack_bce_max: Annotated[float, _option("--attack-bce-max", "Largest random weight of the alpha-down BCE term in the attack.")] = 2.0,
     val_eps: Annotated[Optional[float], _option("--val-eps", "Validation PGD radius (default eps-max).")] = None,
-    val_steps: Annotated[Optional[int], _option("--val-steps", "Validation PGD steps (default 5 on demo, 20).")] = None,
-    n_train: Annotated[Optional[int], _option("--n-train", "Training examples from the start of the train split (default 768 on demo, all).")] = None,
-    n_val: Annotated[Optional[int], _option("--n-val", "Held-out examples (the end of --val-split) for validation and --target-clean-acc (default 256 on demo, 1000).")] = None,
+    val_steps: Annotated[Optional[int], _option("--val-steps", "Validation PGD steps (default 10 on demo, 20).")] = None,
+    n_train: Annotated[Optional[int], _option("--n-train", "Training examples from the start of the train split (default 4096 on demo, all).")] = None,
+    n_val: Annotated[Optional[int], _option("--n-val", "Held-out examples (the end of --val-split) for validation and --target-clean-acc (default 500 on demo, 1000).")] = None,
     val_split: Annotated[str, _option("--val-split", "Split the held-out examples come from: test (its last --n-val; evaluate on the rest) or train.")] = "test",
     scale: Annotated[float, _option("--scale", "Sigmoid scale s of the mixer output (Table 7).")] = 2.0,
     mixer_width: Annotated[Optional[int], _option("--mixer-width", "Channels of the mixing network (default: half the middle channels of g and h).")] = None,
@@ -57,7 +57,7 @@ def train_mixer_command(
     rob_scale: Annotated[float, _option("--rob-scale", "Multiply h's logits before the softmax.")] = 1.0,
     alpha_range: Annotated[str, _option("--alpha-range", "Evaluation range MIN:MAX of alpha (training uses 0:1).")] = "0:1",
     target_clean_acc: Annotated[Optional[float], _option("--target-clean-acc", "Choose the alpha range on held-out data for this clean accuracy (fraction or percent).")] = None,
-    compare: Annotated[bool, _option("--compare", "After training, compare with the best fixed alpha under white-box PGD-20 on the first --n-examples evaluation examples (default 500 on demo, 1000 otherwise).")] = False,
+    compare: Annotated[bool, _option("--compare", "After training, compare with the best fixed alpha under white-box PGD-20 on the first --n-examples evaluation examples (default 1000).")] = False,
     out: Annotated[Path, _option("--out", "Folder for the mixer, checkpoint and log.")] = Path("asmix-mixer"),
     resume: Annotated[bool, _option("--resume", "Continue from the checkpoint in --out.")] = False,
     device: DeviceOption = "auto",
@@ -71,7 +71,7 @@ def train_mixer_command(
                                          parse_range, train_mixer)
     from asmix.mixer import parse_layers
     from asmix.mixing import MixedClassifier
-    from asmix.report import write_json
+    from asmix.io import atomic_write_json
     from asmix.report.train import comparison_table, epoch_line, history_table, selection_line, write_train_outputs
     from asmix.runtime import resolve_device
 
@@ -117,6 +117,7 @@ def train_mixer_command(
         stdout.print(selection_line(result.selection))
     if comparison is not None:
         stdout.print(comparison_table(comparison))
-    for path in write_train_outputs(result, out, comparison) + ([write_json(result, json_path)] if json_path else []):
+    summary = {**result.to_dict(), "comparison": comparison.to_dict() if comparison is not None else None}
+    for path in write_train_outputs(result, out, comparison) + ([atomic_write_json(json_path, summary)] if json_path else []):
         console.print(f"wrote {path}")
     console.print(f"wrote {out / 'mixer.safetensors'} and {out / 'mixer.json'}")

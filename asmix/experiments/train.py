@@ -57,7 +57,7 @@ class TrainConfig:
     eps_max: float = 0.3
     eps_min_fraction: float = 0.25
     steps_range: tuple[int, int] = (5, 20)
-    attack_bce_max: float = 1.0
+    attack_bce_max: float = 2.0
     val_eps: float | None = None
     val_steps: int = 20
     seed: int = 0
@@ -706,7 +706,7 @@ def load_train_data(source, n_train: int | None, n_val: int, val_split: str = "t
 
 @dataclass(frozen=True)
 class RunSize:
-    """How much data and work a run gets by default: small on the demo data (a few CPU minutes)."""
+    """How much data and work a run gets by default: smaller on the demo data (about 3 CPU minutes)."""
 
     n_train: int | None
     n_val: int
@@ -720,7 +720,7 @@ class RunSize:
 def default_run_size(dataset: str) -> RunSize:
     """Defaults per dataset; every value can be overridden from the CLI."""
     if dataset == "demo":
-        return RunSize(n_train=768, n_val=256, epochs=3, batch_size=64, steps_range=(2, 4), val_steps=5, n_compare=500)
+        return RunSize(n_train=4096, n_val=500, epochs=8, batch_size=64, steps_range=(5, 10), val_steps=10, n_compare=1000)
     return RunSize(n_train=None, n_val=1000, epochs=10, batch_size=128, steps_range=(5, 20), val_steps=20,
                    n_compare=1000)
 
