@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from asmix.errors import AsmixError
-from asmix.experiments.train import (TrainConfig, attack_batch, composite_loss, mixed_objective, pseudo_labels,
-                                     select_alpha_range, train_mixer)
+from asmix.experiments.train import (TrainConfig, attack_batch, composite_loss, fixed_alpha_robustness, mixed_objective,
+                                     pseudo_labels, select_alpha_range, train_mixer, validate)
 from asmix.mixer import MixingNetwork, load_mixer
 from asmix.mixing import MixedClassifier
 from asmix.models.demo import DemoCNN
@@ -179,6 +179,20 @@ def test_select_alpha_range_meets_target():
         assert (mixed(x).argmax(1) == y).float().mean().item() == 1.0
 
 
+def test_range_selection_scores_a_range_by_its_fixed_alpha_floor():
+    std, rob = _pair()
+    x, y = _data(24)
+    mixer = MixingNetwork.build(std, rob, x, **TINY).eval()
+    mixed = MixedClassifier(std, rob, alpha=mixer).eval()
+    settings = dict(eps=0.3, steps=3, norm="linf", batch_size=12, seed=0, device=torch.device("cpu"))
+    floors = fixed_alpha_robustness(mixed, x, y, [0.0, 0.5, 1.0], **settings)
+    for alpha, accuracy in floors.items():  # each floor is the end-to-end PGD accuracy of that fixed alpha
+        fixed = MixedClassifier(std, rob, alpha)
+        assert accuracy == validate(fixed, x, y, **settings)[1]
+    selection = select_alpha_range(mixed, x, y, 0.0, floor_grid=0.5, **settings)
+    assert selection.floor_attacked_acc == floors[0.5 if selection.alpha_min >= 0.5 else 0.0]
+
+
 @pytest.mark.slow
 def test_short_demo_training_lowers_loss_and_separates_alpha():
     from asmix.data import load_data
@@ -251,3 +265,13 @@ def test_cli_json_holds_the_training_result_and_the_comparison(tmp_path, monkeyp
     assert rows["g"]["attacked_acc"] == 0.0  # demo-std breaks under PGD-20 at eps 0.3
     assert summary["comparison"] == json.loads((tmp_path / "run" / "comparison.json").read_text())
 
+
+
+def test_selection_line_warns_when_the_fixed_alpha_floor_is_weak():
+    from asmix.experiments.train import RangeSelection
+    from asmix.report.train import selection_line
+
+    weak = selection_line(RangeSelection(0.41, 0.71, 0.99, True, 0.99, 0.826, 0.006, 0.808))
+    sound = selection_line(RangeSelection(0.6, 1.0, 0.98, True, 0.98, 0.88, 0.80, 0.86))
+    assert "warning: an attack that steers alpha down to 0.41 faces only 0.60% robustness" in weak
+    assert "warning" not in sound and "fixed alpha 0.6 80.00%" in sound

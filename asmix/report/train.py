@@ -36,12 +36,21 @@ def history_table(result) -> Table:
     return table
 
 
+WEAK_FLOOR_GAP = 0.1
+"""Warn when the chosen range's fixed-alpha floor is this far (a fraction) below its PGD accuracy."""
+
+
 def selection_line(selection) -> str:
     """The alpha range chosen for ``--target-clean-acc``."""
     status = "target met" if selection.met else "target NOT met, most accurate range chosen"
     return (f"alpha range ({selection.alpha_min:.3f}, {selection.alpha_max:.3f}) for clean >= "
             f"{percent(selection.target_clean_acc)}% ({status}): held-out clean {percent(selection.clean_acc)}%, "
-            f"PGD {percent(selection.attacked_acc)}% (estimate {percent(selection.estimated_attacked_acc)}%)")
+            f"PGD {percent(selection.attacked_acc)}% (estimate {percent(selection.estimated_attacked_acc)}%, "
+            f"fixed alpha {selection.alpha_min:g} {percent(selection.floor_attacked_acc)}%)"
+            + (f"\nwarning: an attack that steers alpha down to {selection.alpha_min:g} faces only "
+               f"{percent(selection.floor_attacked_acc)}% robustness; check with `asmix evaluate --attack aa` "
+               f"or choose a lower --target-clean-acc"
+               if selection.floor_attacked_acc < selection.attacked_acc - WEAK_FLOOR_GAP else ""))
 
 
 def comparison_table(comparison) -> Table:
