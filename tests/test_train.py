@@ -191,6 +191,11 @@ def test_range_selection_scores_a_range_by_its_fixed_alpha_floor():
         assert accuracy == validate(fixed, x, y, **settings)[1]
     selection = select_alpha_range(mixed, x, y, 0.0, floor_grid=0.5, **settings)
     assert selection.floor_attacked_acc == floors[0.5 if selection.alpha_min >= 0.5 else 0.0]
+    trusting = select_alpha_range(mixed, x, y, 0.0, floor_grid=0.5, floor_weight=0.0, **settings)
+    cautious = select_alpha_range(mixed, x, y, 0.0, floor_grid=0.5, floor_weight=1.0, **settings)
+    assert trusting.estimated_attacked_acc >= cautious.estimated_attacked_acc  # weight 0: the best PGD estimate
+    assert cautious.floor_attacked_acc >= trusting.floor_attacked_acc          # weight 1: the best worst case
+    assert cautious.floor_attacked_acc == max(floors[0.0], floors[0.5])  # alpha_min < 1 for every candidate range
 
 
 @pytest.mark.slow

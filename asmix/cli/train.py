@@ -57,6 +57,7 @@ def train_mixer_command(
     rob_scale: Annotated[float, _option("--rob-scale", "Multiply h's logits before the softmax.")] = 1.0,
     alpha_range: Annotated[str, _option("--alpha-range", "Evaluation range MIN:MAX of alpha (training uses 0:1).")] = "0:1",
     target_clean_acc: Annotated[Optional[float], _option("--target-clean-acc", "Choose the alpha range on held-out data for this clean accuracy (fraction or percent).")] = None,
+    floor_weight: Annotated[float, _option("--floor-weight", "Range score: (1-w) * PGD through the mixer + w * PGD of the fixed alpha_min (1: worst case).")] = 0.5,
     compare: Annotated[bool, _option("--compare", "After training, compare with the best fixed alpha under white-box PGD-20 on the first --n-examples evaluation examples (default 1000).")] = False,
     out: Annotated[Path, _option("--out", "Folder for the mixer, checkpoint and log.")] = Path("asmix-mixer"),
     resume: Annotated[bool, _option("--resume", "Continue from the checkpoint in --out.")] = False,
@@ -89,7 +90,8 @@ def train_mixer_command(
         attack_bce_max=attack_bce_max, val_eps=val_eps, val_steps=size.val_steps if val_steps is None else val_steps,
         seed=seed, scale=scale, width=mixer_width, blocks=mixer_blocks, stages=mixer_stages,
         std_layers=parse_layers(std_layers), rob_layers=parse_layers(rob_layers), std_scale=std_scale,
-        rob_scale=rob_scale, alpha_range=parse_range(alpha_range, name="--alpha-range"), target_clean_acc=target_clean_acc)
+        rob_scale=rob_scale, alpha_range=parse_range(alpha_range, name="--alpha-range"), target_clean_acc=target_clean_acc,
+        floor_weight=floor_weight)
     device_ = distributed.local_device(resolve_device(device))
     distributed.init_distributed(device_)
     main = distributed.is_main_process()

@@ -71,6 +71,7 @@ class TrainConfig:
     rob_scale: float = 1.0
     alpha_range: tuple[float, float] = (0.0, 1.0)
     target_clean_acc: float | None = None
+    floor_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -98,6 +99,8 @@ class TrainConfig:
             raise AsmixError(f"alpha range must be MIN:MAX with MIN <= MAX, got {self.alpha_range}")
         if self.target_clean_acc is not None and not 0.0 < self.target_clean_acc <= 1.0:
             raise AsmixError(f"target clean accuracy must be a fraction in (0, 1], got {self.target_clean_acc}")
+        if not 0.0 <= self.floor_weight <= 1.0:
+            raise AsmixError(f"floor weight must be in [0, 1], got {self.floor_weight}")
         PGD(eps=self.eps_max, steps=high, norm=self.norm)
 
     @property
@@ -399,7 +402,8 @@ def train_mixer(
     if config.target_clean_acc is not None:
         selection = select_alpha_range(ema_mixed, x_val, y_val, config.target_clean_acc, eps=config.resolved_val_eps,
                                        steps=config.val_steps, norm=config.norm, batch_size=config.batch_size,
-                                       seed=config.seed, device=device, progress=progress)
+                                       seed=config.seed, floor_weight=config.floor_weight, device=device,
+                                       progress=progress)
         final.set_alpha_range(selection.alpha_min, selection.alpha_max)
     if writer:
         save_mixer(final, out_dir, config={
@@ -486,6 +490,7 @@ def select_alpha_range(
     widths: tuple[float, ...] = RANGE_WIDTHS,
     grid: float = 0.01,
     floor_grid: float = 0.05,
+    floor_weight: float = 0.5,
     device: torch.device = torch.device("cpu"),
     progress: ProgressFn | None = None,
 ) -> RangeSelection:
@@ -495,10 +500,11 @@ def select_alpha_range(
     the full-range mixer; every candidate range (width in ``widths``, alpha_min on a ``grid``) is
     scored from cached base logits and sigmoid outputs. PGD through the mixing network can overrate
     it (on the demo pair AutoAttack's black-box Square attack steered alpha down where PGD could not),
-    so a range scores the lower of that estimate and its floor: the white-box PGD accuracy of the
-    fixed alpha at alpha_min (on a ``floor_grid``, rounded down), which an attack that fully controls
-    alpha would face. The best range is re-attacked end to end. If no range meets the target, the
-    most accurate one is returned with ``met=False``."""
+    while the floor, the white-box PGD accuracy of the fixed alpha at alpha_min (on a ``floor_grid``,
+    rounded down), is what an attack that fully controls alpha would face. A range scores
+    ``(1 - floor_weight) * estimate + floor_weight * floor``: 0 trusts PGD through the mixer, 1 assumes
+    the worst case (and then the best range is close to a fixed alpha). The best range is re-attacked
+    end to end. If no range meets the target, the most accurate one is returned with ``met=False``."""
     mixer = mixed.alpha_source
     mixed.eval()
     floors = fixed_alpha_robustness(mixed, x, y, [round(i * floor_grid, 6) for i in range(int(round(1 / floor_grid)) + 1)],
@@ -537,10 +543,14 @@ def select_alpha_range(
                 break
             candidates.append((accuracy(clean, low, high), accuracy(attacked, low, high), low, high))
     meeting = [c for c in candidates if c[0] >= target_clean_acc]
+
+    def score(candidate) -> float:
+        return (1 - floor_weight) * candidate[1] + floor_weight * floor(candidate[2])
+
     if meeting:
-        clean_acc, estimate, low, high = max(meeting, key=lambda c: (min(c[1], floor(c[2])), c[1], c[0], -c[2]))
+        clean_acc, estimate, low, high = max(meeting, key=lambda c: (score(c), c[1], c[0], -c[2]))
     else:
-        clean_acc, estimate, low, high = max(candidates, key=lambda c: (c[0], min(c[1], floor(c[2]))))
+        clean_acc, estimate, low, high = max(candidates, key=lambda c: (c[0], score(c)))
     previous = (mixer.alpha_min, mixer.alpha_max)
     mixer.set_alpha_range(low, high)
     try:
