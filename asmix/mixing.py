@@ -152,6 +152,11 @@ class MixedClassifier(nn.Module):
     def adaptive(self) -> bool:
         return self.alpha_source is not None
 
+    def with_alpha(self, alpha: "float | torch.Tensor | AlphaSource") -> "MixedClassifier":
+        """The same g and h (shared, not copied) and settings, mixed with another ``alpha``."""
+        return MixedClassifier(self.std, self.rob, alpha, mix_space=self.mix_space, std_scale=self.std_scale,
+                               rob_scale=self.rob_scale, std_temperature=self.std_temperature)
+
     def forward(self, x: torch.Tensor, return_alpha: bool = False):
         """Logits of h_alpha; with ``return_alpha`` also the alpha used per example, shape (N,)."""
         if self.alpha_source is not None:

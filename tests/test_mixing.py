@@ -112,3 +112,13 @@ def test_return_alpha_for_fixed_alpha():
 def test_bad_settings_raise(kwargs):
     with pytest.raises(AsmixError):
         MixedClassifier(FixedLogits(STD_LOGITS), FixedLogits(ROB_LOGITS), **kwargs)
+
+
+def test_with_alpha_keeps_models_and_settings():
+    mixed = MixedClassifier(FixedLogits(STD_LOGITS), FixedLogits(ROB_LOGITS), 0.2, std_scale=2.0, rob_scale=0.5,
+                            std_temperature=4.0)
+    other = mixed.with_alpha(0.4)
+    assert other.std is mixed.std and other.rob is mixed.rob and mixed.alpha == 0.2
+    x = torch.zeros(2, 3)
+    expected = reference(STD_LOGITS * 0.5, ROB_LOGITS * 0.5, 0.4)
+    np.testing.assert_allclose(other(x).detach().numpy(), expected, atol=1e-6)

@@ -280,3 +280,24 @@ def test_selection_line_warns_when_the_fixed_alpha_floor_is_weak():
     sound = selection_line(RangeSelection(0.6, 1.0, 0.98, True, 0.98, 0.88, 0.80, 0.86))
     assert "warning: an attack that steers alpha down to 0.41 faces only 0.60% robustness" in weak
     assert "warning" not in sound and "fixed alpha 0.6 80.00%" in sound
+
+
+def test_compare_picks_the_largest_fixed_alpha_as_accurate_as_the_mixer():
+    from asmix.experiments.train import compare_fixed_alpha
+
+    std, rob = _pair()
+    x, _ = _data(40)
+    with torch.no_grad():
+        y = std(x).argmax(1)  # g is right everywhere, h on some
+    mixer = MixingNetwork.build(std, rob, x, **TINY).eval()
+    mixed = MixedClassifier(std, rob, alpha=mixer).eval()
+    comparison = compare_fixed_alpha(mixed, x, y, eps=0.05, steps=1, batch_size=20, grid=0.1)
+    g_row, h_row, fixed_row, adaptive_row = comparison.rows
+    with torch.no_grad():
+        std_logits, rob_logits = std(x), rob(x)
+    clean = {round(a / 10, 6): (mixed.mix(std_logits, rob_logits, a / 10).argmax(1) == y).float().mean().item()
+             for a in range(11)}
+    feasible = [a for a, acc in clean.items() if acc >= adaptive_row.clean_acc - 1e-9]
+    expected = max(feasible) if feasible else max(clean, key=lambda a: (clean[a], a))
+    assert (g_row.alpha, h_row.alpha, fixed_row.alpha) == (0.0, 1.0, expected)
+    assert g_row.clean_acc == 1.0 and fixed_row.clean_acc == pytest.approx(clean[expected])

@@ -567,8 +567,7 @@ def fixed_alpha_robustness(mixed: MixedClassifier, x: torch.Tensor, y: torch.Ten
     """White-box PGD accuracy of the mix at each fixed alpha (same base models, scales and space)."""
     robustness = {}
     for done, alpha in enumerate(alphas, 1):
-        fixed = MixedClassifier(mixed.std, mixed.rob, alpha, mix_space=mixed.mix_space, std_scale=mixed.std_scale,
-                                rob_scale=mixed.rob_scale, std_temperature=mixed.std_temperature)
+        fixed = mixed.with_alpha(alpha)
         robustness[alpha] = validate(fixed, x, y, eps=eps, steps=max(steps, 1), norm=norm, batch_size=batch_size,
                                      seed=seed, device=device)[1]
         if progress:
@@ -636,11 +635,10 @@ def compare_fixed_alpha(
     clean_by_alpha = {a: (mixed.mix(std_logits, rob_logits, a).argmax(1) == y_device).float().mean().item()
                       for a in alphas}
     feasible = [a for a in alphas if clean_by_alpha[a] >= clean - 0.5 / len(x)]  # same count of correct examples
-    best = max(feasible) if feasible else 0.0
+    best = max(feasible) if feasible else max(alphas, key=lambda a: (clean_by_alpha[a], a))  # else the most accurate
     rows = []
     for name, alpha in (("g (std)", 0.0), ("h (rob)", 1.0), (f"fixed alpha = {best:g}", best)):
-        fixed = MixedClassifier(mixed.std, mixed.rob, alpha, mix_space=mixed.mix_space, std_scale=mixed.std_scale,
-                                rob_scale=mixed.rob_scale, std_temperature=mixed.std_temperature)
+        fixed = mixed.with_alpha(alpha)
         clean_acc, attacked_acc, _, _ = validate(fixed, x, y, **settings)
         rows.append(ComparisonRow(name, alpha, clean_acc, attacked_acc))
         if progress:
