@@ -132,23 +132,27 @@ def standard_autoattack(
 
 
 class _AlphaTap(nn.Module):
-    """Calls a ``MixedClassifier`` and keeps the alpha of the last forward pass (with its graph)."""
+    """Calls a ``MixedClassifier`` and keeps the alpha of the last forward pass (with its graph), for
+    the adaptive APGDs' ``alpha_weight`` * BCE(alpha, 1) term."""
 
-    def __init__(self, mixed: nn.Module) -> None:
+    def __init__(self, mixed: nn.Module, alpha_weight: float) -> None:
+        if alpha_weight < 0:
+            raise AsmixError(f"alpha weight must be >= 0, got {alpha_weight}")
         super().__init__()
         self.mixed = mixed
+        self.alpha_weight = float(alpha_weight)
         self.alpha: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, self.alpha = self.mixed(x, return_alpha=True)
         return logits
 
-    def alpha_term(self, weight: float) -> torch.Tensor | float:
-        """``weight`` * BCE(alpha, 1) of the last forward pass; exactly 0 where alpha is fixed, so the
-        attack is then the package's own, bit for bit (a constant would only perturb its rounding)."""
-        if weight == 0 or not getattr(self.mixed, "adaptive", False):
+    def alpha_term(self) -> torch.Tensor | float:
+        """``alpha_weight`` * BCE(alpha, 1) of the last forward pass; exactly 0 where alpha is fixed, so
+        the attack is then the package's own, bit for bit (a constant would only perturb its rounding)."""
+        if self.alpha_weight == 0 or not getattr(self.mixed, "adaptive", False):
             return 0.0
-        return weight * alpha_penalty(self.alpha)
+        return self.alpha_weight * alpha_penalty(self.alpha)
 
 
 def alpha_penalty(alpha: torch.Tensor) -> torch.Tensor:
@@ -174,13 +178,10 @@ class AlphaAPGD(_AUTOPGD.APGDAttack):
                  rho: float = 0.75, device: torch.device | None = None) -> None:
         if loss not in ("ce", "dlr"):
             raise AsmixError(f"adaptive APGD loss must be ce or dlr, got {loss!r}")
-        if alpha_weight < 0:
-            raise AsmixError(f"alpha weight must be >= 0, got {alpha_weight}")
-        self.tap = _AlphaTap(mixed)
+        self.tap = _AlphaTap(mixed, alpha_weight)
         super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=float(eps),
                          seed=int(seed), loss="dlr", rho=rho, device=device)
         self.base_loss = loss
-        self.alpha_weight = float(alpha_weight)
 
     def dlr_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example loss to maximise; ``logits`` come from the tap's last forward pass."""
@@ -188,7 +189,7 @@ class AlphaAPGD(_AUTOPGD.APGDAttack):
             base = F.cross_entropy(logits, y, reduction="none")
         else:
             base = super().dlr_loss(logits, y)
-        return base + self.tap.alpha_term(self.alpha_weight)
+        return base + self.tap.alpha_term()
 
 
 class AlphaAPGDTargeted(_AUTOPGD.APGDAttack_targeted):
@@ -198,16 +199,13 @@ class AlphaAPGDTargeted(_AUTOPGD.APGDAttack_targeted):
     def __init__(self, mixed: nn.Module, *, eps: float, norm: str = "linf", alpha_weight: float = 1.0,
                  n_iter: int = 100, n_restarts: int = 1, n_target_classes: int = 9, seed: int = 0,
                  rho: float = 0.75, device: torch.device | None = None) -> None:
-        if alpha_weight < 0:
-            raise AsmixError(f"alpha weight must be >= 0, got {alpha_weight}")
-        self.tap = _AlphaTap(mixed)
+        self.tap = _AlphaTap(mixed, alpha_weight)
         super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=float(eps),
                          seed=int(seed), rho=rho, n_target_classes=n_target_classes, device=device)
-        self.alpha_weight = float(alpha_weight)
 
     def dlr_loss_targeted(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Targeted DLR toward ``self.y_target`` plus the alpha term of the tap's last forward pass."""
-        return super().dlr_loss_targeted(logits, y) + self.tap.alpha_term(self.alpha_weight)
+        return super().dlr_loss_targeted(logits, y) + self.tap.alpha_term()
 
 
 def adaptive_autoattack(
