@@ -507,12 +507,18 @@ def select_alpha_range(
     end to end. If no range meets the target, the most accurate one is returned with ``met=False``."""
     mixer = mixed.alpha_source
     mixed.eval()
-    floors = fixed_alpha_robustness(mixed, x, y, [round(i * floor_grid, 6) for i in range(int(round(1 / floor_grid)) + 1)],
-                                    eps=eps, steps=steps, norm=norm, batch_size=batch_size, seed=seed, device=device,
-                                    progress=progress)
+    floor_alphas = [round(i * floor_grid, 6) for i in range(int(round(1 / floor_grid)) + 1)]
+    floors: dict[float, float] = {}
 
     def floor(low: float) -> float:
-        return floors[max(a for a in floors if a <= low + 1e-9)]
+        """PGD accuracy of the grid alpha at or below ``low``, attacked only when first needed."""
+        alpha = max(a for a in floor_alphas if a <= low + 1e-9)
+        if alpha not in floors:
+            floors.update(fixed_alpha_robustness(mixed, x, y, [alpha], eps=eps, steps=steps, norm=norm,
+                                                 batch_size=batch_size, seed=seed, device=device))
+            if progress:
+                progress("fixed-alpha floors", len(floors), len(floor_alphas))
+        return floors[alpha]
 
     clean_parts, attacked_parts = [], []
     with mixer.full_range():
@@ -545,6 +551,8 @@ def select_alpha_range(
     meeting = [c for c in candidates if c[0] >= target_clean_acc]
 
     def score(candidate) -> float:
+        if floor_weight == 0:
+            return candidate[1]  # no floor is attacked but the chosen range's
         return (1 - floor_weight) * candidate[1] + floor_weight * floor(candidate[2])
 
     if meeting:
