@@ -11,7 +11,7 @@ from asmix.data import load_data
 from asmix.attacks import PGD
 from asmix.mixer import MixingNetwork, load_mixer, save_mixer
 from asmix.experiments.sweep import SweepConfig, SweepResult, sweep_alpha
-from asmix.experiments.train import TrainConfig, TrainResult, compare_fixed_alpha, select_alpha_range, train_mixer
+from asmix.experiments.train import TrainConfig, TrainResult, judge, select_head, train_mixer
 from asmix.experiments.evaluate import EvalConfig, EvalResult, evaluate
 from asmix.experiments.margins import MarginsConfig, MarginsResult, margins
 from asmix.experiments.certify import CertifyConfig, CertifyResult
@@ -19,7 +19,7 @@ from asmix.experiments.certify import CertifyConfig, CertifyResult
 __all__ = [
     "AsmixError", "CertifyConfig", "CertifyResult", "EvalConfig", "EvalResult", "MarginsConfig", "MarginsResult",
     "MixedClassifier", "MixingNetwork", "PGD", "SweepConfig", "SweepResult", "TrainConfig", "TrainResult",
-    "compare_fixed_alpha", "evaluate", "load_data", "load_mixer", "load_model", "margins", "mix_logits",
-    "save_mixer", "select_alpha_range", "sweep_alpha", "train_mixer",
+    "evaluate", "judge", "load_data", "load_mixer", "load_model", "margins", "mix_logits",
+    "save_mixer", "select_head", "sweep_alpha", "train_mixer",
 ]
 __version__ = "0.1.0"

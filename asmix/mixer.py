@@ -8,6 +8,7 @@ pass, and maps them to alpha = alpha_min + (alpha_max - alpha_min) * sigmoid(s *
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,11 +22,12 @@ from torch import nn
 
 from asmix.errors import AsmixError
 from asmix.io import atomic_write, atomic_write_json
+from asmix.mixing import MixParts
 
 MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_CONFIG = "mixer.json"
 MIXER_FORMAT = "asmix-mixer"
-MIXER_FORMAT_VERSION = 1
+MIXER_FORMAT_VERSION = 2
 
 DEFAULT_TAPS: dict[str, tuple[str, str]] = {
     "DemoCNN": ("layer1", "layer2"),
@@ -241,6 +243,9 @@ class MixingNetwork(nn.Module):
         stages: int = 2,
         scale: float = 2.0,
         alpha_range: Sequence[float] = (0.0, 1.0),
+        alpha_bias: float = 0.0,
+        clamp_std: float = 0.6,
+        bn_momentum: float = 0.01,
     ) -> None:
         super().__init__()
         self.std_channels = tuple(int(c) for c in std_channels)
@@ -256,13 +261,17 @@ class MixingNetwork(nn.Module):
             raise AsmixError(f"mixer needs blocks >= 1, stages >= 0 and width >= 1, got {blocks}, {stages}, {self.width}")
         self.blocks, self.stages = int(blocks), int(stages)
         self.scale = float(scale)
+        if clamp_std < 0 or not 0 < bn_momentum <= 1:
+            raise AsmixError(f"mixer needs clamp_std >= 0 and bn_momentum in (0, 1], got {clamp_std}, {bn_momentum}")
+        self.clamp_std, self.bn_momentum = float(clamp_std), float(bn_momentum)
         self.set_alpha_range(*alpha_range)
+        self.set_alpha_bias(alpha_bias)
         self.upstream = _stage(up_channels, self.width, self.blocks, stride=2)
         self.middle = nn.Conv2d(mid_channels, self.width, 1, bias=False)
         self.downstream = nn.Sequential(*(_stage(self.width, self.width, self.blocks, stride=2) for _ in range(self.stages)))
         self.head_norm = SyncedBatchNorm(self.width)
         self.linear = nn.Linear(self.width, 1, bias=False)  # a bias would be removed by the BN below
-        self.output_norm = SyncedBatchNorm(1, affine=False)
+        self.output_norm = SyncedBatchNorm(1, affine=False, momentum=self.bn_momentum)
         self._full_range = False
 
     @classmethod
@@ -293,9 +302,22 @@ class MixingNetwork(nn.Module):
             raise AsmixError(f"alpha range must satisfy 0 <= alpha_min <= alpha_max <= 1, got ({alpha_min}, {alpha_max})")
         self.alpha_min, self.alpha_max = alpha_min, alpha_max
 
+    def set_alpha_bias(self, alpha_bias: float) -> None:
+        """The evaluation bias added to the sigmoid input (App. D.1 code: 1.05-1.3 on CIFAR); training uses 0."""
+        alpha_bias = float(alpha_bias)
+        if not math.isfinite(alpha_bias):
+            raise AsmixError(f"alpha bias must be a finite number, got {alpha_bias}")
+        self.alpha_bias = alpha_bias
+
+    @property
+    def evaluation_head(self) -> bool:
+        """True where the evaluation range and bias apply (eval mode outside ``full_range``)."""
+        return not self.training and not self._full_range
+
     @contextmanager
     def full_range(self) -> Iterator["MixingNetwork"]:
-        """Within the block alpha uses the training range (0, 1) even in eval mode (training-time attacks)."""
+        """Within the block alpha uses the training head, range (0, 1) and bias 0, even in eval mode
+        (training-time attacks)."""
         previous, self._full_range = self._full_range, True
         try:
             yield self
@@ -307,7 +329,8 @@ class MixingNetwork(nn.Module):
         return {"std_channels": list(self.std_channels), "rob_channels": list(self.rob_channels),
                 "std_layers": list(self.std_layers), "rob_layers": list(self.rob_layers), "width": self.width,
                 "blocks": self.blocks, "stages": self.stages, "scale": self.scale,
-                "alpha_range": [self.alpha_min, self.alpha_max]}
+                "alpha_range": [self.alpha_min, self.alpha_max], "alpha_bias": self.alpha_bias,
+                "clamp_std": self.clamp_std, "bn_momentum": self.bn_momentum}
 
     def features(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> tuple[torch.Tensor, torch.Tensor, Features, Features]:
         """One forward of g and of h: (std_logits, rob_logits, std features, rob features)."""
@@ -316,7 +339,9 @@ class MixingNetwork(nn.Module):
         return std_logits, rob_logits, std_features, rob_features
 
     def forward(self, std_features: Features, rob_features: Features) -> torch.Tensor:
-        """The sigmoid input t = scale * BN(z) per example, shape (N,)."""
+        """The bias-free score scale * BN(z) per example, shape (N,); in training z is first clamped to
+        its batch mean +- ``clamp_std`` standard deviations, as the paper's code does, so that outliers do
+        not dominate the batch statistics."""
         (std_up, std_mid), (rob_up, rob_mid) = std_features, rob_features
         up_size = tuple(min(a, b) for a, b in zip(std_up.shape[-2:], rob_up.shape[-2:]))
         up = torch.cat((resize_to(std_up, up_size), resize_to(rob_up, up_size)), dim=1)
@@ -325,19 +350,39 @@ class MixingNetwork(nn.Module):
         mid = torch.cat((resize_to(std_mid, size), resize_to(rob_mid, size)), dim=1)
         out = self.downstream(out + self.middle(mid))
         out = F.relu(self.head_norm(out)).mean(dim=(2, 3))
-        return self.scale * self.output_norm(self.linear(out)).reshape(-1)
+        z = self.linear(out)
+        if self.training and self.clamp_std > 0 and len(z) > 1:
+            mean, std = _batch_mean_std(z.detach())
+            z = torch.clamp(z, mean - self.clamp_std * std, mean + self.clamp_std * std)
+        return self.scale * self.output_norm(z).reshape(-1)
+
+    def alpha_logit(self, score: torch.Tensor) -> torch.Tensor:
+        """The sigmoid input: ``score`` plus the evaluation bias where the evaluation head applies."""
+        return score + self.alpha_bias if self.evaluation_head else score
 
     def alpha_from_logit(self, logit: torch.Tensor) -> torch.Tensor:
-        """sigmoid(t) in train mode (or ``full_range``), mapped into (alpha_min, alpha_max) in eval."""
+        """sigmoid(logit), mapped into (alpha_min, alpha_max) where the evaluation head applies."""
         alpha = torch.sigmoid(logit)
-        if self.training or self._full_range:
+        if not self.evaluation_head:
             return alpha
         return self.alpha_min + (self.alpha_max - self.alpha_min) * alpha
 
-    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``AlphaSource.run``: each base model runs once; returns (std_logits, rob_logits, alpha (N,))."""
+    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> MixParts:
+        """``AlphaSource.run``: each base model runs once; alpha (N,) and its pre-range logit."""
         std_logits, rob_logits, std_features, rob_features = self.features(x, std, rob)
-        return std_logits, rob_logits, self.alpha_from_logit(self(std_features, rob_features))
+        logit = self.alpha_logit(self(std_features, rob_features))
+        return MixParts(std_logits, rob_logits, self.alpha_from_logit(logit), logit)
+
+
+def _batch_mean_std(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation of ``z`` over the global batch (all ranks under torchrun)."""
+    stats = torch.stack((z.sum(), (z * z).sum(), torch.tensor(float(z.numel()), dtype=z.dtype, device=z.device)))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stats)
+    total, squares, count = stats
+    mean = total / count
+    var = ((squares - count * mean * mean) / (count - 1).clamp_min(1)).clamp_min(0)
+    return mean, var.sqrt()
 
 
 def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str, Any]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -19,15 +20,27 @@ MIX_SPACES = ("prob", "logit")
 _LOG_FLOOR = 1e-30
 
 
+@dataclass(frozen=True)
+class MixParts:
+    """What one forward pass of h_alpha computes before mixing: g's and h's logits (None where a fixed
+    alpha of 1 or 0 skips the model), alpha per example (N,) or a float, and, for a mixing network,
+    its pre-range logit (N,) (the sigmoid input; attacks push it down, Section 4.2 setting D)."""
+
+    std_logits: torch.Tensor | None
+    rob_logits: torch.Tensor | None
+    alpha: torch.Tensor | float
+    alpha_logit: torch.Tensor | None = None
+
+
 @runtime_checkable
 class AlphaSource(Protocol):
     """A per-input source of alpha (the mixing network, Section 4) that plugs into ``MixedClassifier``.
 
     ``run`` does the one forward pass of each base model (reading their features as it goes) and
-    returns ``(std_logits, rob_logits, alpha)`` with alpha of shape (N,) in [0, 1].
+    returns ``MixParts`` with alpha of shape (N,) in [0, 1] and the pre-range ``alpha_logit``.
     """
 
-    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> MixParts:
         ...
 
 
@@ -157,20 +170,25 @@ class MixedClassifier(nn.Module):
         return MixedClassifier(self.std, self.rob, alpha, mix_space=self.mix_space, std_scale=self.std_scale,
                                rob_scale=self.rob_scale, std_temperature=self.std_temperature)
 
+    def parts(self, x: torch.Tensor) -> MixParts:
+        """One forward of each base model that ``alpha`` needs, and alpha itself (see ``MixParts``)."""
+        if self.alpha_source is not None:
+            return self.alpha_source.run(x, self.std, self.rob)
+        alpha = self.alpha
+        return MixParts(None if _is_fixed(alpha, 1.0) else self.std(x),
+                        None if _is_fixed(alpha, 0.0) else self.rob(x), alpha)
+
     def forward(self, x: torch.Tensor, return_alpha: bool = False):
         """Logits of h_alpha; with ``return_alpha`` also the alpha used per example, shape (N,)."""
-        if self.alpha_source is not None:
-            std_logits, rob_logits, alpha = self.alpha_source.run(x, self.std, self.rob)
-        else:
-            alpha = self.alpha
-            std_logits = None if _is_fixed(alpha, 1.0) else self.std(x)
-            rob_logits = None if _is_fixed(alpha, 0.0) else self.rob(x)
-        logits = self.mix(std_logits, rob_logits, alpha)
+        parts = self.parts(x)
+        logits = self.mix_parts(parts)
         if not return_alpha:
             return logits
-        if not isinstance(alpha, torch.Tensor):
-            alpha = torch.full((len(x),), alpha, device=logits.device, dtype=logits.dtype)
-        return logits, alpha.reshape(-1)
+        return logits, alpha_per_example(parts.alpha, len(x), logits)
+
+    def mix_parts(self, parts: MixParts) -> torch.Tensor:
+        """h_alpha's logits from ``parts`` (no forward pass)."""
+        return self.mix(parts.std_logits, parts.rob_logits, parts.alpha)
 
     def mix(self, std_logits, rob_logits, alpha) -> torch.Tensor:
         """Mix precomputed base logits with this classifier's settings (no forward pass)."""
@@ -183,6 +201,13 @@ class MixedClassifier(nn.Module):
             rob_scale=self.rob_scale,
             std_temperature=self.std_temperature,
         )
+
+
+def alpha_per_example(alpha: float | torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+    """``alpha`` as a tensor of shape (N,) on ``like``'s device and dtype."""
+    if isinstance(alpha, torch.Tensor):
+        return alpha.reshape(-1)
+    return torch.full((n,), alpha, device=like.device, dtype=like.dtype)
 
 
 def _is_fixed(alpha: float | torch.Tensor, value: float) -> bool:

@@ -1,9 +1,6 @@
-"""AutoAttack on a (mixed) classifier: the standard version with its per-attack accuracy trail and
-"potentially unreliable" flag (Section 5), and the adaptive version of setting D (Section 4.2).
-
-The attacks themselves are the AutoAttack package's (``pyautoattack``, imported as ``autoattack``);
-nothing here re-implements them. ``AlphaAPGD`` subclasses the package's APGD to add a loss term that
-pushes the mixing network's alpha down (toward trusting the accurate g).
+"""Standard AutoAttack on a (mixed) classifier, with its per-attack accuracy trail and "potentially
+unreliable" flag (Section 5). The attacks are the AutoAttack package's (``pyautoattack``, imported as
+``autoattack``); nothing here re-implements them. The adaptive version (setting D) is in ``adaptive``.
 """
 
 from __future__ import annotations
@@ -12,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from asmix.attacks.pgd import NORMS
@@ -21,9 +17,6 @@ from asmix.errors import AsmixError
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 """The standard AutoAttack ensemble, in the package's order."""
-
-ALPHA_ATTACK = "apgd-alpha"
-"""Name of the adaptive APGD (CE plus the alpha term) in accuracy trails."""
 
 SQUARE_QUERIES = 5000
 """Square's query budget in standard AutoAttack."""
@@ -48,9 +41,10 @@ def potentially_unreliable(trail: Mapping[str, float], *, drop: float = UNRELIAB
     ``trail`` maps ``clean`` and each attack to the accuracy after it (fractions). Without Square, or
     without any attack before it, there is nothing to flag.
     """
-    if "square" not in trail:
+    names = list(trail)
+    if "square" not in names:
         return False
-    before = [value for name, value in trail.items() if name not in ("square", "clean", ALPHA_ATTACK)]
+    before = [trail[name] for name in names[:names.index("square")] if name != "clean"]
     if not before:
         return False
     return trail["square"] < min(before) - drop + 1e-12
@@ -70,12 +64,23 @@ class AutoAttackRun:
 
     ``robust[:, k]`` says whether each example was still classified correctly after stage k
     (``stages[0]`` is ``clean``); ``x_adv`` holds, per example, the perturbation that fooled the model
-    (the clean input where none did).
+    (the clean input where none did). ``alpha[:, k]`` is the mixing weight at the point stage k returned
+    for each example it attacked (NaN where it did not run); the package's attacks return the clean
+    input where they fail, the adaptive stages their closest point.
     """
 
     x_adv: torch.Tensor
     robust: torch.Tensor
     stages: tuple[str, ...]
+    alpha: torch.Tensor | None = None
+
+    @property
+    def mean_alpha(self) -> dict[str, float]:
+        """Mean alpha per stage over the examples it attacked (NaN where none)."""
+        if self.alpha is None:
+            return {}
+        return {stage: float(column[~column.isnan()].mean()) if (~column.isnan()).any() else float("nan")
+                for stage, column in zip(self.stages, self.alpha.T)}
 
     @property
     def trail(self) -> dict[str, float]:
@@ -114,134 +119,35 @@ def standard_autoattack(
     adversary.square.n_queries = int(square_queries)
     x, y = x.detach(), y.to(device)
     with torch.no_grad():
-        robust = model(x).argmax(1) == y
-    flags = [robust.clone()]
+        logits, alpha = _logits_and_alpha(model, x)
+    robust = logits.argmax(1) == y
+    flags, alphas = [robust.clone()], [alpha]
     x_adv = x.clone()
-    with _restored_rng(device):
+    with restored_rng(device):
         for attack in attacks:
             index = robust.nonzero().flatten()
+            alpha = torch.full((len(x),), float("nan"))
             if len(index):
                 adversary.attacks_to_run = [attack]
                 x_attack, _ = adversary.run_standard_evaluation(x[index], y[index], batch_size=len(index))
                 with torch.no_grad():
-                    fooled = model(x_attack).argmax(1) != y[index]
+                    logits, alpha[index.cpu()] = _logits_and_alpha(model, x_attack)
+                fooled = logits.argmax(1) != y[index]
                 x_adv[index[fooled]] = x_attack[fooled]
                 robust[index[fooled]] = False
             flags.append(robust.clone())
-    return AutoAttackRun(x_adv, torch.stack(flags, 1).cpu(), ("clean", *attacks))
+            alphas.append(alpha)
+    return AutoAttackRun(x_adv, torch.stack(flags, 1).cpu(), ("clean", *attacks), torch.stack(alphas, 1))
 
 
-class _AlphaTap(nn.Module):
-    """Calls a ``MixedClassifier`` and keeps the alpha of the last forward pass (with its graph), for
-    the adaptive APGDs' ``alpha_weight`` * BCE(alpha, 1) term."""
-
-    def __init__(self, mixed: nn.Module, alpha_weight: float) -> None:
-        if alpha_weight < 0:
-            raise AsmixError(f"alpha weight must be >= 0, got {alpha_weight}")
-        super().__init__()
-        self.mixed = mixed
-        self.alpha_weight = float(alpha_weight)
-        self.alpha: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits, self.alpha = self.mixed(x, return_alpha=True)
-        return logits
-
-    def alpha_term(self) -> torch.Tensor | float:
-        """``alpha_weight`` * BCE(alpha, 1) of the last forward pass; exactly 0 where alpha is fixed, so
-        the attack is then the package's own, bit for bit (a constant would only perturb its rounding)."""
-        if self.alpha_weight == 0 or not getattr(self.mixed, "adaptive", False):
-            return 0.0
-        return self.alpha_weight * alpha_penalty(self.alpha)
+def _logits_and_alpha(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and, for a mixed classifier, alpha per example (CPU float; NaN for a plain model)."""
+    if hasattr(model, "parts"):
+        logits, alpha = model(x, return_alpha=True)
+        return logits, alpha.detach().float().cpu()
+    return model(x), torch.full((len(x),), float("nan"))
 
 
-def alpha_penalty(alpha: torch.Tensor) -> torch.Tensor:
-    """BCE(alpha, 1) = -log(alpha) per example: grows as alpha falls toward 0 (trusting g)."""
-    return -torch.log(alpha.clamp_min(1e-12))
-
-
-_AUTOPGD = register_autoattack().autopgd_base  # the package's APGD module, under either import name
-
-
-class AlphaAPGD(_AUTOPGD.APGDAttack):
-    """APGD (the package's) whose loss is ``CE (or DLR) + alpha_weight * BCE(alpha(x), 1)``: the
-    adaptive attack of setting D (Section 4.2) that also pushes the mixing network's alpha down.
-
-    ``mixed`` is a ``MixedClassifier``; its alpha is read from ``mixed(x, return_alpha=True)``. With a
-    fixed alpha the extra term is left out, so the attack follows plain APGD exactly. The composite
-    loss is plugged in through the package's hook for a loss given as a method (``dlr_loss``, used for
-    ``loss='dlr'``); the base loss is chosen by ``loss``.
-    """
-
-    def __init__(self, mixed: nn.Module, *, eps: float, norm: str = "linf", loss: str = "ce",
-                 alpha_weight: float = 1.0, n_iter: int = 100, n_restarts: int = 1, seed: int = 0,
-                 rho: float = 0.75, device: torch.device | None = None) -> None:
-        if loss not in ("ce", "dlr"):
-            raise AsmixError(f"adaptive APGD loss must be ce or dlr, got {loss!r}")
-        self.tap = _AlphaTap(mixed, alpha_weight)
-        super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=float(eps),
-                         seed=int(seed), loss="dlr", rho=rho, device=device)
-        self.base_loss = loss
-
-    def dlr_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-example loss to maximise; ``logits`` come from the tap's last forward pass."""
-        if self.base_loss == "ce":
-            base = F.cross_entropy(logits, y, reduction="none")
-        else:
-            base = super().dlr_loss(logits, y)
-        return base + self.tap.alpha_term()
-
-
-class AlphaAPGDTargeted(_AUTOPGD.APGDAttack_targeted):
-    """The package's APGD-T (targeted DLR) with ``alpha_weight`` * BCE(alpha(x), 1) added to its loss,
-    as ``AlphaAPGD`` does for APGD-CE; ``train-mixer --setting C`` uses both."""
-
-    def __init__(self, mixed: nn.Module, *, eps: float, norm: str = "linf", alpha_weight: float = 1.0,
-                 n_iter: int = 100, n_restarts: int = 1, n_target_classes: int = 9, seed: int = 0,
-                 rho: float = 0.75, device: torch.device | None = None) -> None:
-        self.tap = _AlphaTap(mixed, alpha_weight)
-        super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=float(eps),
-                         seed=int(seed), rho=rho, n_target_classes=n_target_classes, device=device)
-
-    def dlr_loss_targeted(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Targeted DLR toward ``self.y_target`` plus the alpha term of the tap's last forward pass."""
-        return super().dlr_loss_targeted(logits, y) + self.tap.alpha_term()
-
-
-def adaptive_autoattack(
-    mixed: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    seed: int = 0,
-    alpha_weight: float = 1.0,
-    standard: AutoAttackRun | None = None,
-    square_queries: int = SQUARE_QUERIES,
-) -> AutoAttackRun:
-    """Setting D: standard AutoAttack plus ``AlphaAPGD`` on the examples it left robust.
-
-    ``standard`` reuses a standard run on the same batch. Where alpha is fixed (no mixing network)
-    the alpha term has no gradient and the extra APGD would repeat APGD-CE, so it is skipped and the
-    result equals standard AutoAttack.
-    """
-    if standard is None:
-        standard = standard_autoattack(mixed, x, y, eps=eps, norm=norm, seed=seed, square_queries=square_queries)
-    robust = standard.robust[:, -1].clone().to(x.device)
-    x_adv = standard.x_adv.clone()
-    if getattr(mixed, "adaptive", False) and robust.any():
-        index = robust.nonzero().flatten()
-        attack = AlphaAPGD(mixed, eps=eps, norm=norm, alpha_weight=alpha_weight, seed=seed, device=x.device)
-        with _restored_rng(x.device), torch.no_grad():
-            x_attack = attack.perturb(x[index].detach(), y[index].to(x.device))
-            fooled = mixed(x_attack).argmax(1) != y[index].to(x.device)
-        x_adv[index[fooled]] = x_attack[fooled]
-        robust[index[fooled]] = False
-    flags = torch.cat((standard.robust, robust.cpu().unsqueeze(1)), 1)
-    return AutoAttackRun(x_adv, flags, (*standard.stages, ALPHA_ATTACK))
-
-
-def _restored_rng(device: torch.device):
+def restored_rng(device: torch.device):
     """The attacks reseed torch's global generator; give it back as it was afterwards."""
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

@@ -1,8 +1,8 @@
-"""PGD objectives on a ``MixedClassifier`` whose alpha comes from a mixing network (Section 4.2, 5.2).
+"""Attack objectives on a ``MixedClassifier`` whose alpha comes from a mixing network (Section 4.2, 5.2).
 
-One place for the gray-box objective (setting A: alpha detached) and the white-box one (setting B:
-gradients through alpha, optionally with a term that pushes alpha down), shared by ``train-mixer``'s
-training attacks and range selection and by ``evaluate``'s ``pgd-graybox``.
+One place for the gray-box objective (setting A: alpha detached), the white-box one (setting B: gradients
+through alpha) and the alpha term that every adaptive attack blends in: BCE(alpha logit, 1) on the mixing
+network's pre-range logit, which rewards pushing alpha toward g (the paper's code, setting D).
 """
 
 from __future__ import annotations
@@ -13,32 +13,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asmix.mixing import MixParts
+
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def alpha_down_term(parts: MixParts) -> torch.Tensor | float:
+    """BCE(alpha logit, 1) = softplus(-logit) per example, grows as alpha falls toward g; 0 for a fixed alpha."""
+    if parts.alpha_logit is None:
+        return 0.0
+    return F.softplus(-parts.alpha_logit)
+
+
+def blend(base: torch.Tensor, parts: MixParts, weight: float | torch.Tensor) -> torch.Tensor:
+    """(1 - w) * base + w * BCE(alpha logit, 1) per example (the paper's attack loss); exactly ``base``
+    where alpha is fixed or ``weight`` is 0, so a non-adaptive attack is left untouched."""
+    if parts.alpha_logit is None or (not isinstance(weight, torch.Tensor) and weight == 0):
+        return base
+    return (1 - weight) * base + weight * alpha_down_term(parts)
 
 
 def graybox_objective(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Setting A: per-example cross-entropy of h_alpha with alpha detached (gradients of g and h only)."""
-    std_logits, rob_logits, alpha = mixed.alpha_source.run(x, mixed.std, mixed.rob)
-    return F.cross_entropy(mixed.mix(std_logits, rob_logits, alpha.detach()), y, reduction="none")
+    parts = mixed.parts(x)
+    return F.cross_entropy(mixed.mix(parts.std_logits, parts.rob_logits, parts.alpha.detach()), y, reduction="none")
 
 
-def whitebox_objective(alpha_down_weight: float = 0.0) -> Objective:
-    """Setting B: cross-entropy of h_alpha end to end, plus ``alpha_down_weight`` * BCE(alpha, 1)
-    (= -log alpha, computed from the mixer's sigmoid input), which rewards pushing alpha toward g."""
+def whitebox_objective(alpha_down_weight: float | torch.Tensor = 0.0) -> Objective:
+    """Setting B: cross-entropy of h_alpha end to end, blended with ``alpha_down_weight`` of the alpha term."""
 
     def objective(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        mixer = mixed.alpha_source
-        std_logits, rob_logits, std_features, rob_features = mixer.features(x, mixed.std, mixed.rob)
-        logit = mixer(std_features, rob_features)
-        loss = F.cross_entropy(mixed.mix(std_logits, rob_logits, mixer.alpha_from_logit(logit)), y, reduction="none")
-        if alpha_down_weight > 0:
-            loss = loss + alpha_down_weight * F.binary_cross_entropy_with_logits(
-                logit, torch.ones_like(logit), reduction="none")
-        return loss
+        parts = mixed.parts(x)
+        return blend(F.cross_entropy(mixed.mix_parts(parts), y, reduction="none"), parts, alpha_down_weight)
 
     return objective
 
 
-def mixed_objective(setting: str, alpha_down_weight: float = 0.0) -> Objective:
+def mixed_objective(setting: str, alpha_down_weight: float | torch.Tensor = 0.0) -> Objective:
     """The objective of ``setting`` "A" (gray-box; the weight is ignored) or "B" (white-box)."""
     return graybox_objective if setting == "A" else whitebox_objective(alpha_down_weight)

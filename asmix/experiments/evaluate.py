@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from asmix import distributed
-from asmix.attacks.autoattack import (ALPHA_ATTACK, SQUARE_QUERIES, STANDARD_ATTACKS, AutoAttackRun, accuracy_trail,
-                                      adaptive_autoattack, potentially_unreliable, standard_autoattack)
+from asmix.attacks.adaptive import ADAPTIVE_STAGES, DEFAULT_ALPHA_WEIGHT, AttackBudget, adaptive_autoattack
+from asmix.attacks.autoattack import (SQUARE_QUERIES, STANDARD_ATTACKS, AutoAttackRun, accuracy_trail,
+                                      potentially_unreliable, standard_autoattack)
 from asmix.attacks.margin import true_class_margin
 from asmix.attacks.objectives import graybox_objective
 from asmix.attacks.pgd import PGD, cross_entropy_objective
@@ -61,8 +62,8 @@ class EvalConfig:
     """Settings of ``asmix evaluate``; every CLI option that changes the numbers is a field here.
 
     ``alpha`` is the fixed mixing weight used when no mixing network is given; ``steps`` and
-    ``step_size`` are those of the PGD attacks (PGD-20 in the paper); ``alpha_weight`` weighs the
-    term of the adaptive APGD that pushes alpha down (setting D); ``square_queries`` below the
+    ``step_size`` are those of the PGD attacks (PGD-20 in the paper); ``alpha_weight`` is the w of the
+    adaptive attacks' loss (1 - w) * loss + w * BCE(alpha logit, 1) (setting D); ``square_queries`` below the
     standard 5000 gives a quicker, weaker AutoAttack.
     """
 
@@ -75,7 +76,7 @@ class EvalConfig:
     step_size: float | None = None
     batch_size: int = 100
     seed: int = 0
-    alpha_weight: float = 1.0
+    alpha_weight: float = DEFAULT_ALPHA_WEIGHT
     square_queries: int = SQUARE_QUERIES
     save_adv: bool = False
     mix_space: str = "prob"
@@ -90,8 +91,8 @@ class EvalConfig:
         check_batch_size(self.batch_size)
         if self.mix_space not in MIX_SPACES:
             raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {self.mix_space!r}")
-        if self.alpha_weight < 0:
-            raise AsmixError(f"alpha weight must be >= 0, got {self.alpha_weight}")
+        if not 0.0 <= self.alpha_weight <= 1.0:
+            raise AsmixError(f"alpha weight must be in [0, 1], got {self.alpha_weight}")
         if self.square_queries <= 0:
             raise AsmixError(f"square queries must be positive, got {self.square_queries}")
         self.pgd()
@@ -103,12 +104,14 @@ class EvalConfig:
 @dataclass(frozen=True)
 class AttackAccuracy:
     """One cell of the table: accuracy under one attack (fraction) and the mean alpha on the attacked
-    inputs; for AutoAttack also the accuracy after each of its attacks and the unreliable flag."""
+    inputs; for AutoAttack also the accuracy after each of its attacks, the mean alpha at the points each
+    attack returned (``trail_alpha``) and the unreliable flag."""
 
     accuracy: float
     mean_alpha: float
     trail: dict[str, float] | None = None
     unreliable: bool | None = None
+    trail_alpha: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -267,9 +270,14 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
                     runs["aa"] = standard_autoattack(model, x, y, eps=config.eps, norm=config.norm, seed=aa_seed,
                                                      square_queries=config.square_queries)
                 if attack == "aa-adaptive":
-                    runs[attack] = adaptive_autoattack(model, x, y, eps=config.eps, norm=config.norm, seed=aa_seed,
-                                                       alpha_weight=config.alpha_weight, standard=runs["aa"])
+                    if name == "mixed" and mixed.adaptive:
+                        budget = AttackBudget(square_queries=config.square_queries, alpha_weight=config.alpha_weight)
+                        runs[attack] = adaptive_autoattack(model, x, y, eps=config.eps, norm=config.norm, seed=aa_seed,
+                                                           budget=budget, standard=runs["aa"])
+                    else:
+                        runs[attack] = _with_skipped_stages(runs["aa"])
                 x_adv, robust = runs[attack].x_adv, runs[attack].robust
+                record[f"{name}/{attack}/stage_alpha"] = runs[attack].alpha.float()
             with torch.no_grad():
                 logits, alpha = _logits_and_alpha(name, model, x_adv)
             key = f"{name}/{attack}"
@@ -283,6 +291,14 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
             if config.save_adv and attack != "clean":
                 record[f"{key}/x_adv"] = x_adv.detach().float().cpu()
     return record
+
+
+def _with_skipped_stages(run: AutoAttackRun) -> AutoAttackRun:
+    """A standard run extended by adaptive stages that had nothing to attack (fixed alpha): same flags."""
+    n, extra = len(run.robust), len(ADAPTIVE_STAGES)
+    robust = torch.cat((run.robust, run.robust[:, -1:].expand(n, extra)), 1)
+    alpha = torch.cat((run.alpha, torch.full((n, extra), float("nan"))), 1)
+    return AutoAttackRun(run.x_adv, robust, (*run.stages, *ADAPTIVE_STAGES), alpha)
 
 
 def _logits_and_alpha(name: str, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,13 +318,16 @@ def _summarize(examples: dict[str, torch.Tensor], config: EvalConfig, n: int, mo
         cells = {}
         for attack in config.attacks:
             key = f"{name}/{attack}"
-            trail = unreliable = None
+            trail = unreliable = trail_alpha = None
             if attack in AUTOATTACKS:
-                stages = ("clean", *STANDARD_ATTACKS) + ((ALPHA_ATTACK,) if attack == "aa-adaptive" else ())
+                stages = ("clean", *STANDARD_ATTACKS) + (ADAPTIVE_STAGES if attack == "aa-adaptive" else ())
                 trail = accuracy_trail(examples[f"{key}/robust"], stages)
                 unreliable = potentially_unreliable(trail)
+                run = AutoAttackRun(examples[f"{key}/robust"], examples[f"{key}/robust"], stages,
+                                    examples[f"{key}/stage_alpha"])
+                trail_alpha = run.mean_alpha
             cells[attack] = AttackAccuracy(examples[f"{key}/correct"].float().mean().item(),
-                                           examples[f"{key}/alpha"].mean().item(), trail, unreliable)
+                                           examples[f"{key}/alpha"].mean().item(), trail, unreliable, trail_alpha)
         rows[name] = cells
     return EvalResult(config, n, rows, models, adaptive, examples)
 

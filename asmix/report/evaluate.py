@@ -71,7 +71,14 @@ def trail_table(result) -> Table | None:
     for name, attack, cell in rows:
         table.add_row(SHORT_MODEL_LABELS[name], attack, *(percent(cell.trail.get(stage)) for stage in stages),
                       "unreliable" if cell.unreliable else "ok")
+        if name == "mixed" and result.adaptive and cell.trail_alpha:
+            table.add_row("", "mean alpha", *(_alpha_text(cell.trail_alpha.get(stage)) for stage in stages), "",
+                          style="dim")
     return table
+
+
+def _alpha_text(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:.2f}"
 
 
 def write_evaluate_json(result, path: str | Path) -> Path:

@@ -1,0 +1,284 @@
+"""Adaptive attacks on a mixed classifier with a mixing network (Section 4.2 setting D, strengthened).
+
+Every attack here is the AutoAttack package's own (APGD-CE, APGD-T, Square), subclassed so that its loss is
+blended with the alpha term of ``asmix.attacks.objectives``: ``(1 - w) * base + w * BCE(alpha logit, 1)`` on the
+mixing network's pre-range logit. An alpha-first stage drives the logit itself down (it never saturates, unlike
+the BCE), then attacks the class from there. ``adaptive_attack`` runs the stages one after another on the
+examples still robust, so each example counts as robust only if it survives all of them (the worst case).
+With a fixed alpha the blend is the plain loss, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asmix.attacks.autoattack import AutoAttackRun, package_norm, restored_rng, standard_autoattack
+from asmix.attacks.objectives import alpha_down_term, blend
+from asmix.compat import register_autoattack
+from asmix.errors import AsmixError
+from asmix.mixing import MixParts
+
+_AA = register_autoattack()  # the package, under either import name
+
+ADAPTIVE_STAGES = ("apgd-ce-alpha", "apgd-t-alpha", "alpha-first", "square-alpha")
+"""The adaptive stages, in the order they run after (or instead of) standard AutoAttack."""
+
+DEFAULT_ALPHA_WEIGHT = 0.5
+"""w of the blended loss in evaluation (the paper's adaptive AutoAttack: 0.5 * CE + 0.5 * BCE)."""
+
+
+class AlphaTap(nn.Module):
+    """Calls a ``MixedClassifier`` and keeps the ``MixParts`` of its last forward pass (with their graph),
+    so a loss can read the mixing network's logit of the same pass."""
+
+    def __init__(self, mixed: nn.Module) -> None:
+        super().__init__()
+        self.mixed = mixed
+        self.parts: MixParts | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.parts = self.mixed.parts(x)
+        return self.mixed.mix_parts(self.parts)
+
+    @property
+    def adaptive(self) -> bool:
+        return bool(getattr(self.mixed, "adaptive", False))
+
+
+def _check_weight(weight: float | torch.Tensor) -> None:
+    low, high = (float(weight.min()), float(weight.max())) if isinstance(weight, torch.Tensor) and weight.numel() \
+        else (float(weight), float(weight))
+    if not 0.0 <= low <= high <= 1.0:
+        raise AsmixError(f"the alpha weight w of (1-w)*loss + w*BCE must be in [0, 1], got {low}..{high}")
+
+
+class AlphaAPGD(_AA.autopgd_base.APGDAttack):
+    """The package's APGD with loss ``ce``, ``dlr`` or ``alpha`` blended with the alpha term.
+
+    ``alpha`` maximises minus the mixing network's logit alone (the alpha-first stage). ``alpha_weight`` is
+    a float or a per-example tensor (training draws one per example); the attack runs on ``mixed`` through
+    an ``AlphaTap``. The loss enters through the package's hook for a loss given as a method (``dlr_loss``).
+    """
+
+    def __init__(self, mixed: nn.Module, *, eps: float | torch.Tensor, norm: str = "linf", loss: str = "ce",
+                 alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT, n_iter: int = 100, n_restarts: int = 1,
+                 seed: int = 0, rho: float = 0.75, device: torch.device | None = None) -> None:
+        if loss not in ("ce", "dlr", "alpha"):
+            raise AsmixError(f"adaptive APGD loss must be ce, dlr or alpha, got {loss!r}")
+        _check_weight(alpha_weight)
+        self.tap = AlphaTap(mixed)
+        if loss == "alpha" and not self.tap.adaptive:
+            raise AsmixError("the alpha-first attack needs a mixing network")
+        super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=eps,
+                         seed=int(seed), loss="dlr", rho=rho, device=device)
+        self.base_loss, self.alpha_weight = loss, alpha_weight
+
+    def dlr_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example loss to maximise; ``logits`` come from the tap's last forward pass."""
+        if self.base_loss == "alpha":
+            return -self.tap.parts.alpha_logit
+        base = F.cross_entropy(logits, y, reduction="none") if self.base_loss == "ce" else super().dlr_loss(logits, y)
+        return blend(base, self.tap.parts, self.alpha_weight)
+
+
+class AlphaAPGDTargeted(_AA.autopgd_base.APGDAttack_targeted):
+    """The package's APGD-T (targeted DLR) with its loss blended with the alpha term."""
+
+    def __init__(self, mixed: nn.Module, *, eps: float | torch.Tensor, norm: str = "linf",
+                 alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT, n_iter: int = 100, n_restarts: int = 1,
+                 n_target_classes: int = 9, seed: int = 0, rho: float = 0.75,
+                 device: torch.device | None = None) -> None:
+        _check_weight(alpha_weight)
+        self.tap = AlphaTap(mixed)
+        super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=eps,
+                         seed=int(seed), rho=rho, n_target_classes=n_target_classes, device=device)
+        self.alpha_weight = alpha_weight
+
+    def dlr_loss_targeted(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Targeted DLR toward ``self.y_target``, blended with the alpha term of the tap's last pass."""
+        return blend(super().dlr_loss_targeted(logits, y), self.tap.parts, self.alpha_weight)
+
+
+class AlphaSquare(_AA.square.SquareAttack):
+    """The package's Square attack (gradient-free) minimising ``(1 - w) * margin - w * BCE(alpha logit, 1)``;
+    success is still judged by the true margin."""
+
+    def __init__(self, mixed: nn.Module, *, eps: float, norm: str = "linf", n_queries: int = 5000,
+                 alpha_weight: float = DEFAULT_ALPHA_WEIGHT, seed: int = 0, device: torch.device | None = None) -> None:
+        _check_weight(alpha_weight)
+        self.tap = AlphaTap(mixed)
+        super().__init__(self.tap, norm=package_norm(norm), n_queries=int(n_queries), eps=float(eps), p_init=0.8,
+                         n_restarts=1, seed=int(seed), loss="margin", device=device)
+        self.alpha_weight = float(alpha_weight)
+
+    def margin_and_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.predict(x)
+        u = torch.arange(len(x), device=logits.device)
+        correct = logits[u, y].clone()
+        others = logits.clone()
+        others[u, y] = -float("inf")
+        margin = correct - others.max(dim=-1)[0]
+        if self.alpha_weight == 0 or self.predict.parts.alpha_logit is None:
+            return margin, margin
+        return margin, (1 - self.alpha_weight) * margin - self.alpha_weight * alpha_down_term(self.predict.parts)
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """Iterations and queries of one adaptive run: ``full`` is AutoAttack's (100 APGD iterations, 9 target
+    classes, 5000 Square queries); ``lite`` is the quick one used to choose and judge mixers."""
+
+    apgd_steps: int = 100
+    target_classes: int = 9
+    square_queries: int = 5000
+    alpha_weight: float = DEFAULT_ALPHA_WEIGHT
+
+    def __post_init__(self) -> None:
+        if self.apgd_steps < 1 or self.target_classes < 1 or self.square_queries < 1:
+            raise AsmixError("APGD steps, target classes and Square queries must be >= 1")
+        _check_weight(self.alpha_weight)
+
+
+FULL_BUDGET = AttackBudget()
+LITE_BUDGET = AttackBudget(apgd_steps=25, target_classes=3, square_queries=300)
+
+StageFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""(x, y, seed) -> the stage's final point per example (its adversarial example where it succeeded)."""
+
+
+def _apgd_point(attack, x: torch.Tensor, y: torch.Tensor, seed: int, x_init: torch.Tensor | None = None) -> torch.Tensor:
+    """One run of a package APGD on all of ``x``: per example the last misclassified iterate, else the
+    iterate of highest loss (where the attack got closest)."""
+    attack.init_hyperparam(x)
+    torch.manual_seed(seed)
+    x_best, robust, _, x_best_adv = attack.attack_single_run(x, y, x_init=x_init)
+    return torch.where(robust.view(-1, *([1] * (x.ndim - 1))).bool(), x_best, x_best_adv).detach()
+
+
+def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudget) -> dict[str, StageFn]:
+    settings = dict(eps=float(eps), norm=norm, alpha_weight=budget.alpha_weight, n_iter=budget.apgd_steps)
+
+    def apgd_ce(x, y, seed):
+        return _apgd_point(AlphaAPGD(mixed, loss="ce", seed=seed, device=x.device, **settings), x, y, seed)
+
+    def apgd_t(x, y, seed):
+        attack = AlphaAPGDTargeted(mixed, seed=seed, device=x.device, n_target_classes=budget.target_classes,
+                                   **settings)
+        with torch.no_grad():
+            order = mixed(x).sort(dim=1)[1]
+        point, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for rank in range(2, min(budget.target_classes, order.shape[1] - 1) + 2):
+            left = (~fooled).nonzero().flatten()
+            if not len(left):
+                break
+            attack.y_target = order[left, -rank]
+            candidate = _apgd_point(attack, x[left], y[left], seed + rank)
+            with torch.no_grad():
+                now_fooled = mixed(candidate).argmax(1) != y[left]
+            keep = now_fooled | (rank == 2)  # the first target's best point stands until a later one succeeds
+            point[left[keep]] = candidate[keep]
+            fooled[left[now_fooled]] = True
+        return point
+
+    def alpha_first(x, y, seed):
+        down = _apgd_point(AlphaAPGD(mixed, loss="alpha", seed=seed, device=x.device, **settings), x, y, seed)
+        return _apgd_point(AlphaAPGD(mixed, loss="ce", seed=seed + 1, device=x.device, **settings), x, y, seed + 1,
+                           x_init=down)
+
+    def square(x, y, seed):
+        attack = AlphaSquare(mixed, eps=eps, norm=norm, n_queries=budget.square_queries,
+                             alpha_weight=budget.alpha_weight, seed=seed, device=x.device)
+        attack.init_hyperparam(x)
+        torch.manual_seed(seed)
+        return attack.attack_single_run(x, y)[1].detach()
+
+    return {"apgd-ce-alpha": apgd_ce, "apgd-t-alpha": apgd_t, "alpha-first": alpha_first, "square-alpha": square}
+
+
+def adaptive_attack(
+    mixed: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    seed: int = 0,
+    budget: AttackBudget = FULL_BUDGET,
+    stages: Sequence[str] = ADAPTIVE_STAGES,
+    start: AutoAttackRun | None = None,
+) -> AutoAttackRun:
+    """The adaptive stages on ``mixed``, each on the examples still robust after the ones before it
+    (starting from ``start``'s survivors, e.g. a standard AutoAttack run on the same batch).
+
+    Where alpha is fixed, the blended losses are the plain ones and the alpha-first stage is skipped (it
+    has nothing to push), so the run is APGD-CE, APGD-T and Square at ``budget``. The returned trail holds
+    the accuracy after each stage and, per example, the alpha at the point each stage ended on."""
+    adaptive = bool(getattr(mixed, "adaptive", False))
+    unknown = set(stages) - set(ADAPTIVE_STAGES)
+    if unknown:
+        raise AsmixError(f"unknown adaptive stage(s) {', '.join(sorted(unknown))}")
+    functions = _stage_functions(mixed, eps, norm, budget)
+    device = x.device
+    x, y = x.detach(), y.to(device)
+    if start is None:
+        with torch.no_grad():
+            start = _clean_run(mixed, x, y)
+    robust = start.robust[:, -1].clone().to(device)
+    x_adv = start.x_adv.clone().to(device)
+    flags, alphas, names = [start.robust.cpu()], [start.alpha.cpu()], list(start.stages)
+    for offset, name in enumerate(stages):
+        alpha = torch.full((len(x),), float("nan"))
+        if name != "alpha-first" or adaptive:
+            index = robust.nonzero().flatten()
+            if len(index):
+                with restored_rng(device):
+                    point = functions[name](x[index], y[index], seed + 1000 * (offset + 1))
+                with torch.no_grad():
+                    logits, point_alpha = mixed(point, return_alpha=True)
+                fooled = logits.argmax(1) != y[index]
+                x_adv[index[fooled]] = point[fooled]
+                robust[index[fooled]] = False
+                alpha[index.cpu()] = point_alpha.float().cpu()
+        flags.append(robust.cpu().unsqueeze(1))
+        alphas.append(alpha.unsqueeze(1))
+        names.append(name)
+    return AutoAttackRun(x_adv, torch.cat(flags, 1), tuple(names), torch.cat(alphas, 1))
+
+
+def _clean_run(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AutoAttackRun:
+    logits, alpha = mixed(x, return_alpha=True)
+    robust = (logits.argmax(1) == y).cpu().unsqueeze(1)
+    return AutoAttackRun(x.clone(), robust, ("clean",), alpha.float().cpu().unsqueeze(1))
+
+
+def adaptive_autoattack(
+    mixed: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    seed: int = 0,
+    budget: AttackBudget = FULL_BUDGET,
+    standard: AutoAttackRun | None = None,
+) -> AutoAttackRun:
+    """Setting D, the strongest asmix knows: standard AutoAttack, then every adaptive stage on the examples
+    it left robust; an example is robust only if it survives all of them. ``standard`` reuses a standard
+    run on the same batch. Where alpha is fixed there is nothing adaptive to add: the result is ``standard``."""
+    if standard is None:
+        standard = standard_autoattack(mixed, x, y, eps=eps, norm=norm, seed=seed, square_queries=budget.square_queries)
+    if not getattr(mixed, "adaptive", False):
+        return standard
+    return adaptive_attack(mixed, x, y, eps=eps, norm=norm, seed=seed, budget=budget, start=standard)
+
+
+def autoattack_lite(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
+                    seed: int = 0, budget: AttackBudget = LITE_BUDGET) -> AutoAttackRun:
+    """A quick worst case used to choose and judge mixers: the adaptive APGD-CE, APGD-T (few targets),
+    alpha-first and Square (few queries) stages, end to end through the mixing network."""
+    return adaptive_attack(mixed, x, y, eps=eps, norm=norm, seed=seed, budget=budget)

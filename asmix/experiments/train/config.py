@@ -1,0 +1,159 @@
+"""Settings of ``train-mixer``: one frozen, validated dataclass, and the per-dataset run sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from asmix.attacks.pgd import PGD
+from asmix.errors import AsmixError
+from asmix.mixing import check_alpha
+from asmix.runtime import check_batch_size
+
+Setting = Literal["A", "B", "C"]
+SETTINGS = ("A", "B", "C")
+"""Training attacks (Section 4.2): A gray-box PGD, B white-box PGD, C APGD-CE + APGD-T (the paper's recipe)."""
+
+PseudoLabelRule = Literal["paper", "oracle"]
+PSEUDO_LABEL_RULES = ("paper", "oracle")
+"""paper: clean 0, attacked 1 (the authors' code); oracle: also asks whether g and h are right (Section 4.4)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of ``train-mixer`` that changes the trained mixer (paper defaults: Table 6/7, App. D.1 and
+    the authors' code, ../shared METHOD.md section 8)."""
+
+    setting: Setting = "C"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    ema_decay: float = 0.8
+    grad_clip: float = 10.0
+    accum_steps: int = 1
+    c_ce: float = 0.0
+    c_bce: float = 1.5
+    c_prod: float = 0.2
+    pseudo_labels: PseudoLabelRule = "paper"
+    norm: str = "linf"
+    eps_max: float = 0.3
+    eps_range: tuple[float, float] = (0.4, 1.1)
+    steps_range: tuple[int, int] = (5, 20)
+    apgd_steps_df: int = 75
+    target_classes: int = 9
+    attack_bce_max: float = 0.4
+    val_eps: float | None = None
+    val_steps: int = 20
+    seed: int = 0
+    scale: float = 2.0
+    width: int | None = None
+    blocks: int = 2
+    stages: int = 2
+    clamp_std: float = 0.6
+    bn_momentum: float = 0.01
+    std_layers: tuple[str, str] | None = None
+    rob_layers: tuple[str, str] | None = None
+    std_scale: float = 1.0
+    rob_scale: float = 1.0
+    bf16: bool = False
+    alpha_range: tuple[float, float] = (0.0, 1.0)
+    alpha_bias: float = 0.0
+    target_clean_acc: float | None = None
+    range_min_alpha: float = 0.5
+    range_max_width: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise AsmixError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
+        if self.pseudo_labels not in PSEUDO_LABEL_RULES:
+            raise AsmixError(f"pseudo labels must be one of {', '.join(PSEUDO_LABEL_RULES)}, got {self.pseudo_labels!r}")
+        check_batch_size(self.batch_size)
+        for name in ("epochs", "accum_steps", "apgd_steps_df", "target_classes", "val_steps"):
+            minimum = 0 if name == "val_steps" else 1
+            if getattr(self, name) < minimum:
+                raise AsmixError(f"{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
+        numbers = {name: getattr(self, name) for name in ("lr", "weight_decay", "ema_decay", "grad_clip", "c_ce",
+                                                         "c_bce", "c_prod", "eps_max", "attack_bce_max", "scale",
+                                                         "alpha_bias", "clamp_std", "bn_momentum")}
+        for name, value in numbers.items():
+            if not math.isfinite(value):
+                raise AsmixError(f"{name.replace('_', '-')} must be a finite number, got {value}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise AsmixError(f"lr and grad-clip must be positive and weight decay >= 0, got {self.lr}, "
+                             f"{self.grad_clip}, {self.weight_decay}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise AsmixError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        if min(self.c_ce, self.c_bce, self.c_prod) < 0 or self.c_ce + self.c_bce + self.c_prod == 0:
+            raise AsmixError("loss weights c_CE, c_BCE, c_prod must be >= 0 and not all 0")
+        low, high = self.eps_range
+        if self.eps_max <= 0 or not 0.0 < low <= high:
+            raise AsmixError(f"eps-max must be positive and eps-range LOW:HIGH with 0 < LOW <= HIGH, got "
+                             f"{self.eps_max}, {low}:{high}")
+        low, high = self.steps_range
+        if not 1 <= low <= high:
+            raise AsmixError(f"steps range must be LOW:HIGH with 1 <= LOW <= HIGH, got {low}:{high}")
+        if not 0.0 <= self.attack_bce_max <= 1.0:
+            raise AsmixError(f"attack-bce-max (the largest w of (1-w)*loss + w*BCE) must be in [0, 1], "
+                             f"got {self.attack_bce_max}")
+        if self.scale <= 0:
+            raise AsmixError(f"sigmoid scale must be positive, got {self.scale}")
+        check_alpha(self.alpha_range[0]), check_alpha(self.alpha_range[1])
+        if self.alpha_range[0] > self.alpha_range[1]:
+            raise AsmixError(f"alpha range must be MIN:MAX with MIN <= MAX, got {self.alpha_range}")
+        if self.target_clean_acc is not None and not 0.0 < self.target_clean_acc <= 1.0:
+            raise AsmixError(f"target clean accuracy must be a fraction in (0, 1], got {self.target_clean_acc}")
+        check_alpha(self.range_min_alpha)
+        if not 0.0 < self.range_max_width <= 1.0:
+            raise AsmixError(f"range-max-width must be in (0, 1], got {self.range_max_width}")
+        PGD(eps=self.eps_max * self.eps_range[1], steps=high, norm=self.norm)
+
+    @property
+    def resolved_val_eps(self) -> float:
+        return self.eps_max if self.val_eps is None else self.val_eps
+
+    @property
+    def copies(self) -> int:
+        """Attacked copies per clean image: setting C's APGD-CE plus one APGD-T per target class."""
+        return 1 + self.target_classes if self.setting == "C" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def parse_range(text: str, *, kind: type = float, name: str = "range") -> tuple:
+    """``LOW:HIGH`` -> (LOW, HIGH) of ``kind``."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return kind(parts[0]), kind(parts[1])
+    except ValueError as error:
+        raise AsmixError(f"{name} must look like LOW:HIGH, got {text!r}") from error
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """How much data and work a run gets by default: smaller on the demo data (a few CPU minutes)."""
+
+    n_train: int | None
+    n_val: int
+    epochs: int
+    batch_size: int
+    steps_range: tuple[int, int]
+    apgd_steps_df: int
+    target_classes: int
+    val_steps: int
+    n_compare: int
+    target_clean_acc: float | None
+
+
+def default_run_size(dataset: str) -> RunSize:
+    """Defaults per dataset; every value can be overridden from the CLI."""
+    if dataset == "demo":
+        return RunSize(n_train=2048, n_val=500, epochs=4, batch_size=64, steps_range=(5, 10), apgd_steps_df=10,
+                       target_classes=2, val_steps=10, n_compare=1000, target_clean_acc=0.985)
+    return RunSize(n_train=None, n_val=1000, epochs=3, batch_size=128, steps_range=(5, 20), apgd_steps_df=75,
+                   target_classes=9, val_steps=20, n_compare=1000, target_clean_acc=None)

@@ -1,0 +1,56 @@
+"""Which examples train the mixer, which are held out for choices, and which are left for evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from asmix.errors import AsmixError
+
+VAL_SPLITS = ("test", "train")
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Disjoint training, held-out (validation, alpha-range choice) and evaluation examples."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_train_data(source, n_train: int | None, n_val: int, val_split: str = "test") -> TrainData:
+    """Training examples from the start of the train split; held-out examples from the END of
+    ``val_split`` (``test`` by default: base models have usually been fit to their train split, so
+    their accuracy there says little); evaluation examples are the rest of the test split.
+
+    With a data file (``--data``) all three come from it: train first, held-out last, evaluation between."""
+    from asmix.data import load_data
+
+    if val_split not in VAL_SPLITS:
+        raise AsmixError(f"val split must be one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
+    if n_val <= 0:
+        raise AsmixError(f"n-val must be positive, got {n_val}")
+    if n_train is not None and n_train <= 0:
+        raise AsmixError(f"n-train must be positive, got {n_train}")
+    options = dict(data_path=source.data, data_dir=source.data_dir)
+    x, y = load_data(source.dataset, split="train", **options)
+    if source.data is not None or val_split == "train":
+        n_train = len(x) - n_val if n_train is None else n_train
+        if n_train + n_val > len(x):
+            raise AsmixError(f"{len(x)} examples cannot hold n-train {n_train} + n-val {n_val}")
+        if source.data is not None:
+            return TrainData(x[:n_train], y[:n_train], x[len(x) - n_val:], y[len(y) - n_val:],
+                             x[n_train:len(x) - n_val], y[n_train:len(y) - n_val])
+        x_test, y_test = load_data(source.dataset, split="test", **options)
+        return TrainData(x[:n_train], y[:n_train], x[len(x) - n_val:], y[len(y) - n_val:], x_test, y_test)
+    x_test, y_test = load_data(source.dataset, split="test", **options)
+    if n_val >= len(x_test):
+        raise AsmixError(f"the test split has {len(x_test)} examples: n-val {n_val} leaves none for evaluation")
+    n_train = len(x) if n_train is None else min(n_train, len(x))
+    split = len(x_test) - n_val
+    return TrainData(x[:n_train], y[:n_train], x_test[split:], y_test[split:], x_test[:split], y_test[:split])

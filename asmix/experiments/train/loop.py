@@ -1,0 +1,299 @@
+"""The training loop of the mixing network alpha_theta (Section 4.4, 5.2, App. C.2, D.1): one function per
+phase, called in order by ``train_mixer``.
+
+Base models are frozen; only the mixing network learns, from clean and attacked rows with the composite loss
+of eq. 4.2. Every random draw comes from ``batch_generator(seed, ...)`` keyed by epoch and step, so a resumed
+run computes what one uninterrupted process computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from asmix import distributed
+from asmix.errors import AsmixError
+from asmix.experiments.train.adversary import TrainingRows, training_rows
+from asmix.experiments.train.checkpoint import (CHECKPOINT, LOG, Ema, data_fingerprint, load_checkpoint,
+                                                save_checkpoint)
+from asmix.experiments.train.comparison import Verdict, judge
+from asmix.experiments.train.config import TrainConfig
+from asmix.experiments.train.loss import composite_loss, pseudo_labels
+from asmix.experiments.train.selection import HeadSelection, select_head
+from asmix.experiments.train.validation import validate
+from asmix.io import atomic_write_text
+from asmix.mixer import MixingNetwork, save_mixer
+from asmix.mixing import MixedClassifier
+from asmix.runtime import ProgressFn, batch_generator
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One line of the training log: training loss and validation of the EMA mixer (eval mode)."""
+
+    epoch: int
+    train_loss: float
+    lr: float
+    clean_acc: float
+    attacked_acc: float | None
+    alpha_clean: float
+    alpha_attacked: float | None
+    train_alpha_clean: float
+    train_alpha_attacked: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished run: its settings, per-epoch history, the evaluation head (range and bias), the head choice
+    and the verdict against a fixed alpha (when asked for), and the trained mixer itself."""
+
+    config: TrainConfig
+    history: tuple[EpochRecord, ...]
+    alpha_range: tuple[float, float]
+    alpha_bias: float
+    n_train: int
+    n_val: int
+    selection: HeadSelection | None = None
+    verdict: Verdict | None = None
+    models: dict[str, str] = field(default_factory=dict)
+    out_dir: str | None = None
+    mixer: MixingNetwork | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict() | {"n_train": self.n_train, "n_val": self.n_val, "models": self.models},
+            "alpha_range": list(self.alpha_range),
+            "alpha_bias": self.alpha_bias,
+            "history": [asdict(record) for record in self.history],
+            "selection": self.selection.to_dict() if self.selection else None,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
+            "out_dir": self.out_dir,
+        }
+
+    def mixed_classifier(self, std: nn.Module, rob: nn.Module) -> MixedClassifier:
+        """h_alpha with the trained mixer and its evaluation head, and this run's logit scales."""
+        return MixedClassifier(std, rob, self.mixer, std_scale=self.config.std_scale,
+                               rob_scale=self.config.rob_scale).eval()
+
+
+@dataclass
+class _Totals:
+    """Running sums of one epoch's training steps."""
+
+    loss: float = 0.0
+    steps: int = 0
+    alpha_clean: float = 0.0
+    clean: int = 0
+    alpha_attacked: float = 0.0
+    attacked: int = 0
+
+    def __add__(self, other: "_Totals") -> "_Totals":
+        return _Totals(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
+
+
+def _cosine(total_steps: int) -> Callable[[int], float]:
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def _autocast(device: torch.device, enabled: bool):
+    """bf16 autocast for the frozen base models' work (training attacks and features) where asked."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def train_mixer(
+    std: nn.Module,
+    rob: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    config: TrainConfig = TrainConfig(),
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    judge_mixer: bool = True,
+    device: torch.device = torch.device("cpu"),
+    progress: ProgressFn | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    models: dict[str, str] | None = None,
+) -> TrainResult:
+    """Train alpha_theta for the frozen pair (g, h), choose its evaluation head for ``target_clean_acc`` and
+    judge it against the fixed alpha of equal clean accuracy; return the EMA mixer with its history.
+
+    Held-out examples serve three purposes: per-epoch validation (all of them), the head choice (the first
+    half, with a target) and the verdict (the other half, or all of them without a target), so the verdict
+    reads examples the choice did not. Under torchrun the mixing network is wrapped in
+    DistributedDataParallel, every global batch is split across ranks, and only rank 0 writes. ``out_dir``
+    gets ``checkpoint.pt`` (every epoch), ``train_log.jsonl`` and the final mixer; ``resume`` continues from
+    its checkpoint. ``on_step(epoch, step)`` runs after each batch (tests use it to interrupt a run)."""
+    n_train, n_val = len(x_train), len(x_val)
+    world = distributed.world_size()
+    if n_train < config.batch_size:
+        raise AsmixError(f"need at least one full batch: {n_train} training examples < batch size {config.batch_size}")
+    if config.batch_size % world:
+        raise AsmixError(f"batch size {config.batch_size} must be divisible by the number of processes ({world})")
+    if n_val < (2 if config.target_clean_acc is not None and judge_mixer else 1):
+        raise AsmixError(f"too few held-out examples ({n_val})")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    writer = out_dir is not None and distributed.is_main_process()
+    models = models or {}
+
+    mixed, mixer = _build(std, rob, x_train, config, device)
+    ema = Ema(mixer, config.ema_decay)
+    ema_mixed = mixed.with_alpha(ema.model).eval()
+    optimizer = torch.optim.AdamW(mixer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = n_train // config.batch_size
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps_per_epoch * config.copies * config.epochs))
+    fingerprint = data_fingerprint(x_train, y_train)
+    identity = {"config": config.to_dict(), "n_train": n_train, "n_val": n_val, "data_fingerprint": fingerprint,
+                "models": models}
+    checkpoint_path = out_dir / CHECKPOINT if out_dir is not None else None
+    history: list[EpochRecord] = []
+    start_epoch = 0
+    if not resume and writer and checkpoint_path.is_file() and not (out_dir / "mixer.json").is_file():
+        raise AsmixError(f"{out_dir} holds the checkpoint of an unfinished run: pass --resume to continue it, "
+                         f"or choose another --out")
+    if resume:
+        if checkpoint_path is None or not checkpoint_path.is_file():
+            raise AsmixError(f"--resume: no checkpoint at {checkpoint_path}")
+        start_epoch, records = load_checkpoint(checkpoint_path, identity, mixer, ema, optimizer, scheduler)
+        history = [EpochRecord(**record) for record in records]
+
+    trained = mixer
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(mixer, device_ids=[device.index] if device.type == "cuda" else None)
+
+    part = distributed.shard_slice(config.batch_size)
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        order = torch.randperm(n_train, generator=batch_generator(config.seed, "shuffle", epoch))
+        totals = _Totals()
+        mixer.train()
+        for step in range(steps_per_epoch):
+            index = order[step * config.batch_size:(step + 1) * config.batch_size][part]
+            generator = batch_generator(config.seed, "train", epoch, step)
+            with _autocast(device, config.bf16):
+                rows = training_rows(mixed, x_train, y_train, index, config, generator, device, offset=part.start,
+                                     total=config.batch_size)
+            totals += _learn(trained, mixer, mixed, rows, config, optimizer, scheduler, ema, generator, device)
+            if progress:
+                progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, steps_per_epoch)
+            if on_step:
+                on_step(epoch, step)
+        totals = sum(distributed.gather_objects(totals), _Totals())
+        check = validate(ema_mixed, x_val, y_val, eps=config.resolved_val_eps, steps=config.val_steps,
+                         norm=config.norm, batch_size=config.batch_size, seed=config.seed, device=device,
+                         progress=progress)
+        record = EpochRecord(epoch + 1, totals.loss / (totals.clean + totals.attacked), scheduler.get_last_lr()[0], check.clean_acc,
+                             check.attacked_acc, check.alpha_clean, check.alpha_attacked,
+                             totals.alpha_clean / totals.clean, totals.alpha_attacked / totals.attacked,
+                             time.perf_counter() - started)
+        history.append(record)
+        if writer:
+            save_checkpoint(checkpoint_path, identity, epoch + 1, mixer, ema, optimizer, scheduler, history)
+            atomic_write_text(out_dir / LOG, "".join(json.dumps(asdict(r)) + "\n" for r in history))
+        if on_epoch and distributed.is_main_process():
+            on_epoch(record)
+        distributed.barrier()
+
+    final = ema.model.eval()
+    final.set_alpha_range(*config.alpha_range)
+    final.set_alpha_bias(config.alpha_bias)
+    choose, check = _held_out_halves(n_val, config.target_clean_acc is not None and judge_mixer)
+    selection = verdict = None
+    settings = dict(eps=config.resolved_val_eps, norm=config.norm, batch_size=config.batch_size, seed=config.seed,
+                    device=device, progress=progress)
+    if config.target_clean_acc is not None:
+        selection = select_head(ema_mixed, x_val[choose], y_val[choose], config.target_clean_acc,
+                                min_alpha=config.range_min_alpha, max_width=config.range_max_width, **settings)
+        final.set_alpha_range(selection.alpha_min, selection.alpha_max)
+        final.set_alpha_bias(selection.alpha_bias)
+    if judge_mixer:
+        verdict = judge(ema_mixed, x_val[check], y_val[check], **settings)
+    if writer:
+        save_mixer(final, out_dir, config={
+            "models": models, "training": config.to_dict(), "n_train": n_train, "n_val": n_val,
+            "data_fingerprint": fingerprint, "selection": selection.to_dict() if selection else None,
+            "verdict": verdict.to_dict() if verdict else None, "history": [asdict(r) for r in history]})
+    distributed.barrier()
+    return TrainResult(config, tuple(history), (final.alpha_min, final.alpha_max), final.alpha_bias, n_train, n_val,
+                       selection, verdict, models, str(out_dir) if out_dir is not None else None, final)
+
+
+def _held_out_halves(n: int, split: bool) -> tuple[slice, slice]:
+    """The held-out examples that choose the head and those that judge it (all of them for both without a split)."""
+    if not split:
+        return slice(0, n), slice(0, n)
+    half = (n + 1) // 2
+    return slice(0, half), slice(half, n)
+
+
+def _build(std: nn.Module, rob: nn.Module, x_train: torch.Tensor, config: TrainConfig,
+           device: torch.device) -> tuple[MixedClassifier, MixingNetwork]:
+    """The mixing network for this pair (seeded) and the mixed classifier that trains with it."""
+    pair = MixedClassifier(std, rob, 0.5, std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        mixer = MixingNetwork.build(pair.std, pair.rob, x_train[:1].to(device), std_layers=config.std_layers,
+                                    rob_layers=config.rob_layers, width=config.width, blocks=config.blocks,
+                                    stages=config.stages, scale=config.scale, clamp_std=config.clamp_std,
+                                    bn_momentum=config.bn_momentum)
+    mixer = mixer.to(device)
+    return pair.with_alpha(mixer), mixer
+
+
+def _learn(trained: nn.Module, mixer: MixingNetwork, mixed: MixedClassifier, rows: TrainingRows, config: TrainConfig,
+           optimizer, scheduler, ema: Ema, generator: torch.Generator, device: torch.device) -> _Totals:
+    """Optimiser steps on one batch's rows: with several attacked copies the rows are shuffled into
+    ``copies`` chunks of one clean and one attacked image per clean image on average (the authors' code);
+    each chunk is one step, split into ``accum_steps`` micro-batches whose gradients add up."""
+    n = len(rows)
+    chunk = n // config.copies
+    order = torch.arange(n) if config.copies == 1 else torch.randperm(n, generator=generator)
+    totals = _Totals()
+    for start in range(0, n, chunk):
+        optimizer.zero_grad(set_to_none=True)
+        picked = order[start:start + chunk].to(device)
+        micro = [part for part in picked.chunk(config.accum_steps) if len(part)]
+        for part in micro:
+            loss, step_totals = _chunk_loss(trained, mixer, mixed, rows, part.to(rows.x.device), config, device)
+            (loss * len(part) / len(picked)).backward()
+            totals += step_totals
+        totals.steps += 1
+        torch.nn.utils.clip_grad_norm_(mixer.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema.update(mixer)
+    return totals
+
+
+def _chunk_loss(trained: nn.Module, mixer: MixingNetwork, mixed: MixedClassifier, rows: TrainingRows,
+                index: torch.Tensor, config: TrainConfig, device: torch.device) -> tuple[torch.Tensor, _Totals]:
+    """Composite loss (eq. 4.2) of some rows; base logits and features without gradient (bf16 if asked)."""
+    x, y, attacked = rows.x[index], rows.y[index], rows.attacked[index]
+    with torch.no_grad(), _autocast(device, config.bf16):
+        std_logits, rob_logits, std_features, rob_features = mixer.features(x, mixed.std, mixed.rob)
+    std_logits, rob_logits = std_logits.float(), rob_logits.float()
+    std_features = tuple(feature.float() for feature in std_features)
+    rob_features = tuple(feature.float() for feature in rob_features)
+    logit = trained(std_features, rob_features)
+    alpha = torch.sigmoid(logit)
+    pseudo = pseudo_labels(std_logits, rob_logits, y, attacked, config.pseudo_labels)
+    loss = composite_loss(mixed.mix(std_logits, rob_logits, alpha), logit, y, pseudo, c_ce=config.c_ce,
+                          c_bce=config.c_bce, c_prod=config.c_prod).mean()
+    alpha = alpha.detach()
+    return loss, _Totals(loss.item() * len(index), 0, alpha[~attacked].sum().item(), int((~attacked).sum()),
+                         alpha[attacked].sum().item(), int(attacked.sum()))
