@@ -78,6 +78,11 @@ def test_parse_attacks_and_unknown_names():
     ({"eps": -1.0}, "eps must be >= 0"),
     ({"square_queries": 0}, "square queries"),
     ({"alpha_weight": -1.0}, "alpha weight"),
+    ({"eps": float("nan")}, "eps must be a finite number, got nan"),
+    ({"step_size": float("inf")}, "step size must be a finite number, got inf"),
+    ({"alpha_weight": float("inf")}, "alpha weight must be a finite number, got inf"),
+    ({"std_scale": float("nan")}, "std scale must be a finite number"),
+    ({"alpha": float("nan")}, "alpha must be in"),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(AsmixError, match=message):

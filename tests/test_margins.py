@@ -145,6 +145,14 @@ def test_margins_config_rejects_bad_values():
         MarginsConfig(alpha=1.5)
     with pytest.raises(AsmixError):
         MarginsConfig(lipschitz_classes=0)
+    with pytest.raises(AsmixError, match="eps must be a finite number, got inf"):
+        MarginsConfig(eps=float("inf"))
+    with pytest.raises(AsmixError, match="step size must be a finite number, got nan"):
+        MarginsConfig(step_size=float("nan"))
+    with pytest.raises(AsmixError, match="rob scale must be a finite number"):
+        MarginsConfig(rob_scale=float("nan"))
+    with pytest.raises(AsmixError, match="eps must be a finite number, got nan"):
+        MinMarginAPGD(_small_net(), eps=float("nan"))
 
 
 def test_margins_attacks_lower_accuracy_and_are_deterministic():

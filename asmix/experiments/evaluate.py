@@ -26,6 +26,7 @@ from asmix.attacks.autoattack import (ALPHA_ATTACK, SQUARE_QUERIES, STANDARD_ATT
 from asmix.attacks.margin import true_class_margin
 from asmix.attacks.objectives import graybox_objective
 from asmix.attacks.pgd import PGD, cross_entropy_objective
+from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.io import atomic_write
 from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha
@@ -90,8 +91,10 @@ class EvalConfig:
         check_batch_size(self.batch_size)
         if self.mix_space not in MIX_SPACES:
             raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {self.mix_space!r}")
-        if self.alpha_weight < 0:
+        if check_finite(self.alpha_weight, "alpha weight") < 0:
             raise AsmixError(f"alpha weight must be >= 0, got {self.alpha_weight}")
+        check_finite(self.std_scale, "std scale")
+        check_finite(self.rob_scale, "rob scale")
         if self.square_queries <= 0:
             raise AsmixError(f"square queries must be positive, got {self.square_queries}")
         self.pgd()
