@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from asmix.cli import main
+from conftest import booby_trapped_export
 
 
 def run_cli(monkeypatch, capsys, *args):
@@ -70,3 +71,24 @@ def test_sweep_writes_json_csv_and_plots(monkeypatch, capsys, tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert (tmp_path / "out" / "sweep.csv").read_text().splitlines()[0] == "alpha,clean,std_attack,rob_attack,mix_attack"
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("command", ["sweep-alpha", "evaluate", "margins", "certify"])
+def test_file_model_needs_trust_code_before_anything_is_opened(monkeypatch, capsys, tmp_path, command):
+    monkeypatch.delenv("ASMIX_TRUST_CODE", raising=False)
+    marker = tmp_path / "pwned"
+    archive = booby_trapped_export(tmp_path, marker)
+    code, out, err = run_cli(monkeypatch, capsys, command, "--std", f"file:{archive}", "--data", "/nonexistent.npz")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+    assert f"refusing file:{archive}" in err and "--trust-code" in err
+    assert not marker.exists()
+    code, _, err = run_cli(monkeypatch, capsys, command, "--std", f"file:{archive}", "--trust-code")
+    assert code == 2 and "cannot load model file" in err and marker.exists()
+
+
+def test_trust_code_from_the_environment(monkeypatch, capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    archive = booby_trapped_export(tmp_path, marker)
+    monkeypatch.setenv("ASMIX_TRUST_CODE", "1")
+    code, _, err = run_cli(monkeypatch, capsys, "sweep-alpha", "--rob", f"file:{archive}")
+    assert code == 2 and "cannot load model file" in err and marker.exists()

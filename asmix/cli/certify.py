@@ -10,7 +10,7 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption,
-                               StdWeightsOption, pair_source, progress_callback, stdout, write_results)
+                               StdWeightsOption, TrustCodeOption, pair_source, progress_callback, stdout, write_results)
 from asmix.errors import AsmixError
 
 
@@ -36,6 +36,7 @@ def certify_command(
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
+    trust_code: TrustCodeOption = False,
     norm: Annotated[str, typer.Option("--norm", help="Threat model used to pick rb: models (certificates are l_2).")] = "l2",
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing noise of h.")] = 0.25,
     n_samples: Annotated[int, typer.Option("--n-samples", help="Monte Carlo noise samples per example (paper: 10000).")] = 500,
@@ -59,7 +60,7 @@ def certify_command(
     from asmix.report.certify import certify_table, write_certify_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples or None, model_dir, std_weights, rob_weights, norm)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples or None, model_dir, std_weights, rob_weights, norm, trust_code=trust_code)
     config = CertifyConfig(sigma=sigma, n_samples=n_samples, alpha=alpha, match_clean_acc=match_clean_acc,
                            baseline_sigma=baseline_sigma, std_hardmax=std_hardmax, confidence=confidence,
                            lipschitz_const=lipschitz_const, smoothing_output=smoothing_output,

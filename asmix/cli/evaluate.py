@@ -10,7 +10,7 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
-                               StdOption, StdWeightsOption, StepsOption, StepSizeOption, console, pair_source,
+                               StdOption, StdWeightsOption, TrustCodeOption, StepsOption, StepSizeOption, console, pair_source,
                                progress_callback, stdout)
 
 DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
@@ -40,6 +40,7 @@ def evaluate_command(
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
+    trust_code: TrustCodeOption = False,
     alpha: Alpha = None,
     mixer: Mixer = None,
     attack: Attacks = DEFAULT_ATTACKS,
@@ -79,7 +80,7 @@ def evaluate_command(
 
         mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob)
     training = mixer_config.get("training", {}) if isinstance(mixer_config.get("training"), dict) else {}
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code)
     config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=norm,
                         eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                         batch_size=batch_size, seed=seed, alpha_weight=alpha_weight, square_queries=square_queries,

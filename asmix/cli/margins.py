@@ -10,7 +10,7 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
-                               SeedOption, StdOption, StdWeightsOption, StepSizeOption, pair_source,
+                               SeedOption, StdOption, StdWeightsOption, TrustCodeOption, StepSizeOption, pair_source,
                                progress_callback, stdout, write_results)
 
 
@@ -29,6 +29,7 @@ def margins_command(
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
+    trust_code: TrustCodeOption = False,
     attacks: Annotated[str, typer.Option("--attacks", help="Comma list of pgd, autoattack (clean always runs).")] = "pgd,autoattack",
     classifiers: Annotated[str, typer.Option("--classifiers", help="Comma list of std, rob, mix (rob is required).")] = "std,rob,mix",
     norm: NormOption = "linf",
@@ -53,7 +54,7 @@ def margins_command(
     from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples or None, model_dir, std_weights, rob_weights, norm)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples or None, model_dir, std_weights, rob_weights, norm, trust_code=trust_code)
     config = MarginsConfig(attacks=_split(attacks), classifiers=_split(classifiers), norm=norm,
                            eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                            aa_steps=aa_steps, target_classes=target_classes, alpha=alpha, lipschitz=lipschitz,

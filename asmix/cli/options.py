@@ -22,6 +22,7 @@ NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Us
 ModelDirOption = Annotated[Optional[Path], typer.Option("--model-dir", help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models).")]
 StdWeightsOption = Annotated[Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")]
 RobWeightsOption = Annotated[Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")]
+TrustCodeOption = Annotated[bool, typer.Option("--trust-code", help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).")]
 NormOption = Annotated[str, typer.Option("--norm", help="Threat model: linf or l2.")]
 EpsOption = Annotated[Optional[float], typer.Option("--eps", help="Attack radius (default: 0.3 on demo/mnist, 8/255 on CIFAR).")]
 StepsOption = Annotated[int, typer.Option("--steps", help="PGD steps.")]
@@ -33,14 +34,16 @@ OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSO
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
 
 
-def pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm):
-    """Build the library's ``PairSource`` from the shared CLI options."""
+def pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, *,
+                trust_code: bool = False):
+    """Build the library's ``PairSource`` from the shared CLI options (refuses ``file:``/``py:`` models
+    without ``--trust-code``)."""
     from asmix.experiments.inputs import PairSource
 
     as_text = lambda value: None if value is None else str(value)  # noqa: E731
     return PairSource(std=std, rob=rob, dataset=dataset, data=as_text(data), data_dir=str(data_dir),
                       n_examples=n_examples, model_dir=as_text(model_dir), std_weights=as_text(std_weights),
-                      rob_weights=as_text(rob_weights), norm=norm)
+                      rob_weights=as_text(rob_weights), norm=norm, trust_code=trust_code)
 
 
 @contextmanager

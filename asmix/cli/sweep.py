@@ -10,7 +10,7 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
-                               RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
+                               RobWeightsOption, SeedOption, StdOption, StdWeightsOption, TrustCodeOption, StepsOption,
                                StepSizeOption, pair_source, progress_callback, stdout, write_results)
 
 
@@ -25,6 +25,7 @@ def sweep_alpha_command(
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
+    trust_code: TrustCodeOption = False,
     alphas: Annotated[str, typer.Option("--alphas", help="List 0,0.5,1 or range start:stop:step.")] = "0:1:0.05",
     attacks: Annotated[str, typer.Option("--attacks", help="Comma list of std, rob, mix.")] = "std,rob,mix",
     norm: NormOption = "linf",
@@ -46,7 +47,7 @@ def sweep_alpha_command(
     from asmix.report.sweep import sweep_table, write_sweep_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code)
     config = SweepConfig(alphas=parse_alphas(alphas), attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
                          norm=norm, eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                          batch_size=batch_size, seed=seed, mix_space=mix_space, std_scale=std_scale, rob_scale=rob_scale)

@@ -9,11 +9,16 @@ from torch import nn
 
 from asmix.data import dataset_info, load_data
 from asmix.models import check_model_fits, load_model
+from asmix.models.registry import check_code_consent
 
 
 @dataclass(frozen=True)
 class PairSource:
-    """The models and data a user names; defaults are the embedded demo pair and data."""
+    """The models and data a user names; defaults are the embedded demo pair and data.
+
+    ``trust_code`` is the user's consent to load ``file:`` and ``py:`` specs, which can run code;
+    without it (or ``$ASMIX_TRUST_CODE=1``) such a spec is refused here, before anything is opened.
+    """
 
     std: str = "demo-std"
     rob: str = "demo-rob"
@@ -25,6 +30,11 @@ class PairSource:
     std_weights: str | None = None
     rob_weights: str | None = None
     norm: str = "linf"
+    trust_code: bool = False
+
+    def __post_init__(self) -> None:
+        for spec in (self.std, self.rob):
+            check_code_consent(spec, self.trust_code)
 
     @property
     def default_eps(self) -> float:
@@ -52,6 +62,6 @@ def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
     models = {}
     for role, spec, weights in (("std", source.std, source.std_weights), ("rob", source.rob, source.rob_weights)):
         models[role] = load_model(spec, dataset=source.dataset, norm=source.norm,
-                                  model_dir=source.model_dir, weights=weights)
+                                  model_dir=source.model_dir, weights=weights, trust_code=source.trust_code)
         check_model_fits(models[role], x, info.num_classes, role="STD (g)" if role == "std" else "ROB (h)")
     return LoadedPair(models["std"], models["rob"], x, y, {"std": source.std, "rob": source.rob})
