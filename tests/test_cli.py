@@ -92,3 +92,28 @@ def test_trust_code_from_the_environment(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("ASMIX_TRUST_CODE", "1")
     code, _, err = run_cli(monkeypatch, capsys, "sweep-alpha", "--rob", f"file:{archive}")
     assert code == 2 and "cannot load model file" in err and marker.exists()
+
+
+COMMANDS = ["sweep-alpha", "evaluate", "margins", "certify"]
+
+
+def one_line_error(code, out, err):
+    assert code == 2 and "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("asmix: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_labels_outside_the_classes_stop_every_command(monkeypatch, capsys, tmp_path, command):
+    np.savez(tmp_path / "labels.npz", x=np.zeros((4, 28, 28), np.uint8), y=np.array([3, 10, 2, -1]))
+    line = one_line_error(*run_cli(monkeypatch, capsys, command, "--data", str(tmp_path / "labels.npz")))
+    assert "label 10 at index 1 is outside [0, 10) (2 such labels" in line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("n, message", [("0", "n-examples must be positive, got 0"),
+                                        ("2001", "n-examples 2001 is more than the 2000 examples in the demo test split")])
+def test_n_examples_has_one_meaning_everywhere(monkeypatch, capsys, command, n, message):
+    line = one_line_error(*run_cli(monkeypatch, capsys, command, "--n-examples", n))
+    assert message in line

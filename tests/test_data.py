@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from asmix import AsmixError, load_data
-from asmix.data import dataset_info, load_array_file
+from asmix.data import check_labels, dataset_info, load_array_file
 
 
 def test_shipped_demo_data():
@@ -57,6 +57,39 @@ def test_missing_and_corrupt_files(tmp_path):
         dataset_info("svhn")
     with pytest.raises(AsmixError, match="n-examples must be positive"):
         load_data("demo", n_examples=0)
+
+
+def test_more_examples_than_there_are_is_an_error_not_a_cut(tmp_path):
+    with pytest.raises(AsmixError, match="n-examples 2001 is more than the 2000 examples in the demo test split"):
+        load_data("demo", n_examples=2001)
+    assert len(load_data("demo", n_examples=2000)[0]) == 2000
+    np.savez(tmp_path / "d.npz", x=np.zeros((3, 4, 4), np.uint8), y=np.arange(3))
+    with pytest.raises(AsmixError, match=f"n-examples 4 is more than the 3 examples in {tmp_path / 'd.npz'}"):
+        load_data(data_path=tmp_path / "d.npz", n_examples=4)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_non_finite_pixels_are_refused_with_count_and_first_example(tmp_path, suffix):
+    x = np.random.default_rng(0).random((5, 1, 4, 4)).astype(np.float32)
+    x[3, 0, 1, 2] = np.inf
+    x[2, 0, 0, 0] = np.nan
+    x[4, 0, 3, 3] = -np.inf
+    if suffix == ".npz":
+        np.savez(tmp_path / f"d{suffix}", x=x, y=np.arange(5))
+    else:
+        torch.save({"x": torch.from_numpy(x).double(), "y": torch.arange(5)}, tmp_path / f"d{suffix}")
+    with pytest.raises(AsmixError, match=r"3 pixels are NaN or infinite, the first in example 2$") as refused:
+        load_array_file(tmp_path / f"d{suffix}")
+    assert str(refused.value).startswith(str(tmp_path / f"d{suffix}"))
+
+
+def test_labels_outside_the_classes_are_refused_with_value_and_index():
+    y = torch.tensor([0, 9, 3, 10, -1, 12])
+    with pytest.raises(AsmixError, match=r"d\.npz: label 10 at index 3 is outside \[0, 10\) \(3 such labels"):
+        check_labels(y, 10, source="d.npz")
+    assert torch.equal(check_labels(y[:3], 10), y[:3])
+    with pytest.raises(AsmixError, match="label -1 at index 0"):
+        check_labels(torch.tensor([-1, 0]), 2)
 
 
 def test_cifar_offline_names_the_folder(tmp_path):

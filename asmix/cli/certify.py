@@ -9,8 +9,9 @@ import typer
 
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
-                               ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption,
-                               StdWeightsOption, TrustCodeOption, pair_source, progress_callback, stdout, write_results)
+                               ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
+                               TrustCodeOption, n_examples_option, pair_source, progress_callback, stdout,
+                               write_results)
 from asmix.errors import AsmixError
 
 
@@ -24,6 +25,9 @@ def parse_radii(text: str) -> tuple[float, ...]:
         raise AsmixError(f"no radii in {text!r}")
     return tuple(values)
 
+DEFAULT_N_EXAMPLES = 100
+NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
+
 
 @app.command("certify")
 def certify_command(
@@ -32,7 +36,7 @@ def certify_command(
     dataset: DatasetOption = "demo",
     data: DataOption = None,
     data_dir: DataDirOption = Path("./data"),
-    n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (0: the dataset default, 500 on demo, else all).")] = 100,
+    n_examples: NExamples = None,
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
@@ -60,7 +64,8 @@ def certify_command(
     from asmix.report.certify import certify_table, write_certify_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples or None, model_dir, std_weights, rob_weights, norm, trust_code=trust_code)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code,
+                         default_n_examples=DEFAULT_N_EXAMPLES)
     config = CertifyConfig(sigma=sigma, n_samples=n_samples, alpha=alpha, match_clean_acc=match_clean_acc,
                            baseline_sigma=baseline_sigma, std_hardmax=std_hardmax, confidence=confidence,
                            lipschitz_const=lipschitz_const, smoothing_output=smoothing_output,

@@ -18,7 +18,7 @@ RobOption = Annotated[str, typer.Option("--rob", help="Robust model h: demo-rob,
 DatasetOption = Annotated[str, typer.Option("--dataset", help="demo, mnist, cifar10, cifar100 or imagenet.")]
 DataOption = Annotated[Optional[Path], typer.Option("--data", help=".npz/.pt file with arrays x and y (overrides --dataset's data).")]
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="Folder of the named dataset's files.")]
-NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (default: 500 on demo, else all).")]
+NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples, N > 0 and at most the data's size (default: 500 on demo, else all).")]
 ModelDirOption = Annotated[Optional[Path], typer.Option("--model-dir", help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models).")]
 StdWeightsOption = Annotated[Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")]
 RobWeightsOption = Annotated[Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")]
@@ -34,16 +34,22 @@ OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSO
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
 
 
+def n_examples_option(default: int):
+    """``--n-examples`` of a command whose default is the first ``default`` examples (fewer if the data is smaller)."""
+    return Annotated[Optional[int], typer.Option("--n-examples", help=f"Use the first N examples, N > 0 and at most the data's size (default: the first {default}).")]
+
+
 def pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, *,
-                trust_code: bool = False):
+                trust_code: bool = False, default_n_examples: int | None = None):
     """Build the library's ``PairSource`` from the shared CLI options (refuses ``file:``/``py:`` models
-    without ``--trust-code``)."""
+    without ``--trust-code``, and ``--n-examples`` below 1)."""
     from asmix.experiments.inputs import PairSource
 
     as_text = lambda value: None if value is None else str(value)  # noqa: E731
     return PairSource(std=std, rob=rob, dataset=dataset, data=as_text(data), data_dir=str(data_dir),
                       n_examples=n_examples, model_dir=as_text(model_dir), std_weights=as_text(std_weights),
-                      rob_weights=as_text(rob_weights), norm=norm, trust_code=trust_code)
+                      rob_weights=as_text(rob_weights), norm=norm, trust_code=trust_code,
+                      default_n_examples=default_n_examples)
 
 
 @contextmanager

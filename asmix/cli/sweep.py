@@ -10,8 +10,8 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
-                               RobWeightsOption, SeedOption, StdOption, StdWeightsOption, TrustCodeOption, StepsOption,
-                               StepSizeOption, pair_source, progress_callback, stdout, write_results)
+                               RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
+                               StepSizeOption, TrustCodeOption, pair_source, progress_callback, stdout, write_results)
 
 
 @app.command("sweep-alpha")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from asmix.data import dataset_info, load_data
+from asmix.data import check_labels, check_n_examples, dataset_info, load_data
 from asmix.models import check_model_fits, load_model
 from asmix.models.registry import check_code_consent
 
@@ -16,8 +16,11 @@ from asmix.models.registry import check_code_consent
 class PairSource:
     """The models and data a user names; defaults are the embedded demo pair and data.
 
-    ``trust_code`` is the user's consent to load ``file:`` and ``py:`` specs, which can run code;
-    without it (or ``$ASMIX_TRUST_CODE=1``) such a spec is refused here, before anything is opened.
+    ``n_examples`` takes the first N (more than there are is an error); without it the first
+    ``default_n_examples`` are used where there are that many (a command's default), else the
+    dataset's default (the first 500 on ``demo``, else all). ``trust_code`` is the user's consent to
+    load ``file:`` and ``py:`` specs, which can run code; without it (or ``$ASMIX_TRUST_CODE=1``) such
+    a spec is refused here, before anything is opened.
     """
 
     std: str = "demo-std"
@@ -31,8 +34,11 @@ class PairSource:
     rob_weights: str | None = None
     norm: str = "linf"
     trust_code: bool = False
+    default_n_examples: int | None = None
 
     def __post_init__(self) -> None:
+        check_n_examples(self.n_examples)
+        check_n_examples(self.default_n_examples)
         for spec in (self.std, self.rob):
             check_code_consent(spec, self.trust_code)
 
@@ -51,14 +57,15 @@ class LoadedPair:
 
 
 def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
-    """Load data first (cheap, fails fast), then both models, then check they fit the data.
-
-    Without ``n_examples`` the dataset's default applies (the first 500 on ``demo``, else all).
-    """
+    """Load data first (cheap, fails fast) and check its labels, then both models, then check they
+    fit the data: every bad input is found before the expensive work."""
     info = dataset_info(source.dataset)
-    n_examples = source.n_examples if source.n_examples is not None else info.default_n_examples
     x, y = load_data(source.dataset, data_path=source.data, data_dir=source.data_dir,
-                     n_examples=n_examples, split=split)
+                     n_examples=source.n_examples, split=split)
+    if source.n_examples is None:
+        default = source.default_n_examples or info.default_n_examples
+        x, y = x[:default], y[:default]
+    check_labels(y, info.num_classes, source=source.data or f"{source.dataset} labels")
     models = {}
     for role, spec, weights in (("std", source.std, source.std_weights), ("rob", source.rob, source.rob_weights)):
         models[role] = load_model(spec, dataset=source.dataset, norm=source.norm,
