@@ -6,6 +6,9 @@ import math
 
 from asmix.errors import AsmixError
 
+NORMS = ("linf", "l2")
+"""Threat models, in asmix's spelling."""
+
 
 def check_finite(value: float, name: str) -> float:
     """``value`` as a float, refused when NaN or infinite (a radius, step, scale or sigma)."""
@@ -28,3 +31,11 @@ def parse_number(text: str, name: str = "value") -> float:
 def canonical_norm(text: str) -> str:
     """A norm name in asmix's spelling: ``Linf``/``L2`` (RobustBench's) and any other case are lower-cased."""
     return str(text).strip().lower()
+
+
+def check_norm(text: str) -> str:
+    """``text`` as one of ``NORMS``, in any case."""
+    norm = canonical_norm(text)
+    if norm not in NORMS:
+        raise AsmixError(f"norm must be one of {', '.join(NORMS)}, got {text!r}")
+    return norm

@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from asmix.checks import check_norm
 from asmix.errors import AsmixError
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What asmix needs to know about a named dataset."""
+    """What asmix needs to know about a named dataset; ``standard_eps`` maps each threat model that has
+    a standard radius (RobustBench's leaderboards; AutoAttack's for MNIST) to that radius."""
 
     num_classes: int
-    default_eps: float
+    standard_eps: Mapping[str, float]
     default_norm: str = "linf"
     default_n_examples: int | None = None  # None: all examples
 
 
 DATASETS = {
-    "demo": DatasetInfo(10, 0.3, default_n_examples=500),  # keeps no-argument runs to minutes on a CPU
-    "mnist": DatasetInfo(10, 0.3),
-    "cifar10": DatasetInfo(10, 8 / 255),
-    "cifar100": DatasetInfo(100, 8 / 255),
-    "imagenet": DatasetInfo(1000, 4 / 255),
+    "demo": DatasetInfo(10, {"linf": 0.3}, default_n_examples=500),  # keeps no-argument runs to minutes on a CPU
+    "mnist": DatasetInfo(10, {"linf": 0.3}),
+    "cifar10": DatasetInfo(10, {"linf": 8 / 255, "l2": 0.5}),
+    "cifar100": DatasetInfo(100, {"linf": 8 / 255}),
+    "imagenet": DatasetInfo(1000, {"linf": 4 / 255}),
 }
 
 DEMO_DATA_FILE = "mnist_demo.npz"
@@ -38,6 +41,15 @@ def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise AsmixError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def standard_eps(dataset: str, norm: str) -> float:
+    """The standard attack radius of ``dataset`` under ``norm``; where there is none, the user must say."""
+    info, norm = dataset_info(dataset), check_norm(norm)
+    if norm not in info.standard_eps:
+        raise AsmixError(f"{dataset} has no standard {norm} radius (none on RobustBench's or AutoAttack's "
+                         f"leaderboards): give --eps")
+    return info.standard_eps[norm]
 
 
 def load_data(

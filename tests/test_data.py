@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from asmix import AsmixError, load_data
-from asmix.data import check_labels, dataset_info, load_array_file
+from asmix.data import check_labels, dataset_info, load_array_file, standard_eps
 
 
 def test_shipped_demo_data():
@@ -95,3 +95,20 @@ def test_labels_outside_the_classes_are_refused_with_value_and_index():
 def test_cifar_offline_names_the_folder(tmp_path):
     with pytest.raises(AsmixError, match=f"cifar10 not found in {tmp_path / 'cifar-10-batches-py'}"):
         load_data("cifar10", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("dataset, norm, eps", [
+    ("cifar10", "linf", 8 / 255), ("cifar10", "l2", 0.5), ("cifar100", "linf", 8 / 255),
+    ("imagenet", "linf", 4 / 255), ("mnist", "linf", 0.3), ("demo", "Linf", 0.3), ("cifar10", "L2", 0.5),
+])
+def test_standard_radius_per_dataset_and_norm(dataset, norm, eps):
+    # RobustBench's leaderboards (model_info/<dataset>/<threat>/*.json "eps"); AutoAttack's for MNIST
+    assert standard_eps(dataset, norm) == eps
+
+
+@pytest.mark.parametrize("dataset", ["cifar100", "imagenet", "mnist", "demo"])
+def test_no_standard_radius_asks_for_eps(dataset):
+    with pytest.raises(AsmixError, match=f"{dataset} has no standard l2 radius .*: give --eps"):
+        standard_eps(dataset, "l2")
+    with pytest.raises(AsmixError, match="norm must be one of linf, l2, got 'l1'"):
+        standard_eps(dataset, "l1")

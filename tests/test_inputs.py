@@ -44,3 +44,13 @@ def test_the_loaded_pair_fits_the_data():
     assert pair.x.shape == (8, 1, 28, 28) and pair.names == {"std": "demo-std", "rob": "demo-rob"}
     with torch.no_grad():
         assert pair.std(pair.x).shape == (8, 10) and pair.rob(pair.x).shape == (8, 10)
+
+
+def test_default_eps_follows_dataset_and_norm_in_any_case():
+    assert PairSource(dataset="cifar10", norm="L2").default_eps == 0.5  # was 8/255 whatever the norm
+    assert PairSource(dataset="cifar10", norm="Linf").norm == "linf"
+    assert PairSource(dataset="imagenet").default_eps == 4 / 255
+    with pytest.raises(AsmixError, match="imagenet has no standard l2 radius"):
+        PairSource(dataset="imagenet", norm="l2").default_eps
+    with pytest.raises(AsmixError, match="norm must be one of linf, l2, got 'l1'"):
+        PairSource(norm="l1")

@@ -149,6 +149,15 @@ def test_robustbench_model_from_local_checkpoint(tmp_path):
     assert torch.allclose(load_model("rb:Ding2020MMA", dataset="cifar10", weights=tmp_path / "w.pt")(x), reference(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("dataset", ["cifar100", "imagenet"])
+def test_robustbench_threat_model_without_models_is_one_line(tmp_path, dataset):
+    # RobustBench 1.1.1 has L2 models for cifar10 only; this was a raw KeyError
+    with pytest.raises(AsmixError, match=f"RobustBench has no {dataset} L2 models for 'Wang2023Better_WRN-70-16': "
+                                         "use --norm linf") as refused:
+        load_model("Wang2023", dataset=dataset, norm="L2", model_dir=tmp_path)
+    assert len(str(refused.value).splitlines()) == 1
+
+
 def test_robustbench_missing_checkpoint_names_the_file(tmp_path, monkeypatch):
     import robustbench.utils
 

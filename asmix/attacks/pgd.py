@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asmix.checks import check_finite
+from asmix.checks import NORMS, check_finite
 from asmix.errors import AsmixError
-
-NORMS = ("linf", "l2")
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """Loss to maximise: (model, x_adv, y) -> per-example losses (N,)."""

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from asmix.data import check_labels, check_n_examples, dataset_info, load_data
+from asmix.checks import check_norm
+from asmix.data import check_labels, check_n_examples, dataset_info, load_data, standard_eps
 from asmix.models import check_model_fits, load_model
 from asmix.models.registry import check_code_consent
 
@@ -37,6 +38,7 @@ class PairSource:
     default_n_examples: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", check_norm(self.norm))
         check_n_examples(self.n_examples)
         check_n_examples(self.default_n_examples)
         for spec in (self.std, self.rob):
@@ -44,7 +46,8 @@ class PairSource:
 
     @property
     def default_eps(self) -> float:
-        return dataset_info(self.dataset).default_eps
+        """The standard radius of the dataset and norm (cifar10 l2: 0.5); an error where there is none."""
+        return standard_eps(self.dataset, self.norm)
 
 
 @dataclass(frozen=True)

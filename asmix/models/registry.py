@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from asmix.checks import canonical_norm
+from asmix.checks import check_norm
 from asmix.data import dataset_info
 from asmix.errors import AsmixError
 from asmix.models import bit
@@ -115,9 +115,7 @@ def load_model(
     code, so they load only with ``trust_code`` (or ``$ASMIX_TRUST_CODE=1``).
     """
     spec = check_code_consent(spec, trust_code)
-    norm = canonical_norm(norm)
-    if norm not in THREAT_MODELS:
-        raise AsmixError(f"norm must be one of {', '.join(THREAT_MODELS)}, got {norm!r}")
+    norm = check_norm(norm)
     context = LoadContext(
         dataset=dataset,
         threat_model=THREAT_MODELS[norm],
@@ -190,7 +188,12 @@ def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
             f"unknown model {name!r}: not demo-std/demo-rob, an alias ({', '.join(ALIASES)}) or a spec "
             f"(timm:, bit:, rb:, file:, py:); RobustBench names need --dataset cifar10, cifar100 or imagenet"
         )
-    zoo = model_dicts[BenchmarkDataset(context.dataset)][ThreatModel(context.threat_model)]
+    zoos = model_dicts[BenchmarkDataset(context.dataset)]
+    if ThreatModel(context.threat_model) not in zoos:
+        norms = [norm for norm, threat in THREAT_MODELS.items() if ThreatModel(threat) in zoos]
+        raise AsmixError(f"RobustBench has no {context.dataset} {context.threat_model} models for {name!r}: "
+                         f"use --norm {' or --norm '.join(norms)}, or another spec (timm:, file:, py:)")
+    zoo = zoos[ThreatModel(context.threat_model)]
     name = resolve_zoo_name(name, list(zoo))
     if context.weights is not None:
         return load_weights(zoo[name]["model"](), context.weights)
