@@ -208,6 +208,9 @@ def test_out_must_be_npz_or_pt(tmp_path):
     std, rob, _, x, y = tiny_problem(n=4)
     with pytest.raises(AsmixError, match=r"\.npz or \.pt"):
         evaluate(std, rob, x, y, EvalConfig(attacks=("clean",)), out=tmp_path / "results.json")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'afile' / 'r.npz'}: .* is a file, not a folder"):
+        evaluate(std, rob, x, y, EvalConfig(attacks=("clean",)), out=tmp_path / "afile" / "r.npz")
     with pytest.raises(AsmixError, match="no examples"):
         evaluate(std, rob, x[:0], y[:0], EvalConfig(attacks=("clean",)))
 

@@ -10,8 +10,8 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
-                               StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, console,
-                               n_examples_option, pair_source, progress_callback, stdout)
+                               StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
+                               console, n_examples_option, pair_source, progress_callback, stdout)
 
 DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
 
@@ -73,17 +73,18 @@ def evaluate_command(
     attacks = parse_attacks(attack)
     if alpha is not None and mixer is not None:
         raise AsmixError("give either --alpha (fixed) or --mixer (adaptive), not both")
+    check_outputs(json_path=json_path, out_file=out)
     if out is not None:
         check_out_path(out)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
+                         trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
     mixer_net, mixer_config = None, {}
     if mixer is not None:
         from asmix.mixer import load_mixer
 
         mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob)
     training = mixer_config.get("training", {}) if isinstance(mixer_config.get("training"), dict) else {}
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code,
-                         default_n_examples=DEFAULT_N_EXAMPLES)
-    config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=norm,
+    config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=source.norm,
                         eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                         batch_size=batch_size, seed=seed, alpha_weight=alpha_weight, square_queries=square_queries,
                         save_adv=save_adv,

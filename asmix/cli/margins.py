@@ -10,7 +10,7 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
-                               SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption,
+                               SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                n_examples_option, pair_source, progress_callback, stdout, write_results)
 
 DEFAULT_N_EXAMPLES = 100
@@ -57,9 +57,10 @@ def margins_command(
     from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code,
-                         default_n_examples=DEFAULT_N_EXAMPLES)
-    config = MarginsConfig(attacks=_split(attacks), classifiers=_split(classifiers), norm=norm,
+    check_outputs(json_path=json_path, out_dir=out)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
+                         trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
+    config = MarginsConfig(attacks=_split(attacks), classifiers=_split(classifiers), norm=source.norm,
                            eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                            aa_steps=aa_steps, target_classes=target_classes, alpha=alpha, lipschitz=lipschitz,
                            lipschitz_classes=lipschitz_classes, batch_size=batch_size, seed=seed, mix_space=mix_space)

@@ -1,4 +1,4 @@
-"""Options shared by several commands, the progress display, and the PairSource builder."""
+"""Options shared by several commands, the progress display, the PairSource builder and the output checks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from asmix.checks import canonical_norm, parse_number
+
 console = Console(stderr=True)
 stdout = Console()
+
+
+def number_parser(option: str):
+    """A Typer ``parser`` reading ``0.5`` or a fraction like ``8/255`` for ``option``."""
+    return lambda text: parse_number(text, option)
+
 
 StdOption = Annotated[str, typer.Option("--std", help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.")]
 RobOption = Annotated[str, typer.Option("--rob", help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.")]
@@ -23,10 +31,10 @@ ModelDirOption = Annotated[Optional[Path], typer.Option("--model-dir", help="Che
 StdWeightsOption = Annotated[Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")]
 RobWeightsOption = Annotated[Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")]
 TrustCodeOption = Annotated[bool, typer.Option("--trust-code", help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).")]
-NormOption = Annotated[str, typer.Option("--norm", help="Threat model: linf or l2.")]
-EpsOption = Annotated[Optional[float], typer.Option("--eps", help="Attack radius (default: 0.3 on demo/mnist, 8/255 on CIFAR).")]
+NormOption = Annotated[str, typer.Option("--norm", parser=canonical_norm, help="Threat model: linf or l2 (any case: Linf, L2).")]
+EpsOption = Annotated[Optional[float], typer.Option("--eps", parser=number_parser("--eps"), metavar="EPS", help="Attack radius, a number or a fraction like 8/255 (default: RobustBench's standard: linf 8/255 and l2 0.5 on cifar10, linf 8/255 on cifar100, 4/255 on imagenet, 0.3 on demo/mnist; none elsewhere).")]
 StepsOption = Annotated[int, typer.Option("--steps", help="PGD steps.")]
-StepSizeOption = Annotated[Optional[float], typer.Option("--step-size", help="PGD step size (default 2.5*eps/steps).")]
+StepSizeOption = Annotated[Optional[float], typer.Option("--step-size", parser=number_parser("--step-size"), metavar="STEP", help="PGD step size, a number or a fraction like 2/255 (default 2.5*eps/steps).")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (PGD random starts).")]
@@ -67,12 +75,33 @@ def progress_callback():
         yield update
 
 
+def check_outputs(*, json_path: Path | None = None, out_dir: Path | None = None,
+                  out_file: Path | None = None) -> None:
+    """Before any work: every output path a command will write can be written (``--json`` and a file
+    ``--out`` are files, a folder ``--out`` is a folder), so that no result is lost at the end."""
+    from asmix.io import check_writable_dir, check_writable_file
+
+    for path in (json_path, out_file):
+        if path is not None:
+            check_writable_file(path)
+    if out_dir is not None:
+        check_writable_dir(out_dir)
+
+
 def write_results(result, json_path: Path | None, out: Path | None, write_outputs) -> None:
-    """Write a result's ``--json`` file and its ``--out`` folder (``write_outputs(result, out)``), saying where."""
+    """Write a result's ``--json`` file and its ``--out`` folder (``write_outputs(result, out)``), saying
+    where; a write that fails is one ``AsmixError`` line naming the path."""
+    from asmix.io import write_error
     from asmix.report import write_json
 
-    paths = [write_json(result, json_path)] if json_path else []
-    if out:
-        paths += write_outputs(result, out)
+    paths, target = [], json_path
+    try:
+        if json_path:
+            paths.append(write_json(result, json_path))
+        if out:
+            target = out
+            paths += write_outputs(result, out)
+    except OSError as error:  # writers use asmix.io, which reports its own failures; this is for any other
+        raise write_error(error.filename or target, error) from error
     for path in paths:
         console.print(f"wrote {path}")

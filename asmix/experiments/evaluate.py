@@ -28,7 +28,7 @@ from asmix.attacks.objectives import graybox_objective
 from asmix.attacks.pgd import PGD, cross_entropy_objective
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
-from asmix.io import atomic_write
+from asmix.io import atomic_write, check_writable_file
 from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
@@ -193,13 +193,13 @@ def evaluate(
 
 
 def check_out_path(out: str | Path) -> Path:
-    """Per-example results go to a ``.npz`` or ``.pt`` file."""
+    """Per-example results go to a writable ``.npz`` or ``.pt`` file (with its ``.parts`` folder beside it)."""
     out = Path(out)
     if out.suffix not in EXAMPLE_SUFFIXES:
         raise AsmixError(f"--out must end in .npz or .pt (per-example results), got {str(out)!r}")
     if out.is_dir():
         raise AsmixError(f"--out {str(out)!r} is a folder; give a .npz or .pt file name")
-    return out
+    return check_writable_file(out)
 
 
 def save_examples(result: EvalResult, path: str | Path) -> Path:
