@@ -1,3 +1,7 @@
+import errno
+import hashlib
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -92,9 +96,70 @@ def test_labels_outside_the_classes_are_refused_with_value_and_index():
         check_labels(torch.tensor([-1, 0]), 2)
 
 
-def test_cifar_offline_names_the_folder(tmp_path):
-    with pytest.raises(AsmixError, match=f"cifar10 not found in {tmp_path / 'cifar-10-batches-py'}"):
-        load_data("cifar10", data_dir=tmp_path)
+def no_download(monkeypatch):
+    """torchvision's CIFAR downloader, failing as it does offline (and recording that it was asked)."""
+    import torchvision.datasets.cifar
+
+    calls = []
+
+    def offline(url, *args, **kwargs):
+        calls.append(url)
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    return calls
+
+
+def fake_cifar(root, name, monkeypatch, n=6):
+    """A tiny CIFAR folder in torchvision's layout, with the class's checksums pointed at its files, so
+    torchvision verifies and reads it as it would the real one. Returns {split: (images NHWC, labels)}."""
+    from torchvision import datasets
+
+    cifar = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    folder = root / cifar.base_folder
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    classes, label_key = (10, "labels") if name == "cifar10" else (100, "fine_labels")
+
+    def write(filename, content):
+        (folder / filename).write_bytes(pickle.dumps(content))
+        return hashlib.md5((folder / filename).read_bytes()).hexdigest()
+
+    arrays, lists = {}, {}
+    for split, (filename, _) in (("train", cifar.train_list[0]), ("test", cifar.test_list[0])):
+        images = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
+        labels = rng.integers(0, classes, size=n).tolist()
+        lists[split] = [[filename, write(filename, {"data": images, label_key: labels})]]
+        arrays[split] = images.reshape(n, 3, 32, 32), labels
+    meta_md5 = write(cifar.meta["filename"], {cifar.meta["key"]: [f"class{i}" for i in range(classes)]})
+    monkeypatch.setattr(cifar, "train_list", lists["train"])
+    monkeypatch.setattr(cifar, "test_list", lists["test"])
+    monkeypatch.setattr(cifar, "meta", {**cifar.meta, "md5": meta_md5})
+    return arrays
+
+
+@pytest.mark.parametrize("name, folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+def test_cifar_missing_names_the_folder_with_or_without_a_network(tmp_path, monkeypatch, name, folder):
+    calls = no_download(monkeypatch)
+    with pytest.raises(AsmixError, match=f"{name} not found in {tmp_path / folder} and the download failed"):
+        load_data(name, data_dir=tmp_path)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_folder_is_read_in_order_as_nchw_in_unit_range(tmp_path, monkeypatch, name):
+    calls = no_download(monkeypatch)
+    arrays = fake_cifar(tmp_path, name, monkeypatch)
+    for split in ("test", "train"):
+        x, y = load_data(name, data_dir=tmp_path, split=split, n_examples=4)
+        images, labels = arrays[split]
+        assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+        assert torch.equal(x, torch.from_numpy(images[:4]).float() / 255)
+        assert y.tolist() == labels[:4]
+    with pytest.raises(AsmixError, match=f"n-examples 7 is more than the 6 examples in the {name} test split"):
+        load_data(name, data_dir=tmp_path, n_examples=7)
+    assert calls == []  # verified and read locally
+
 
 
 @pytest.mark.parametrize("dataset, norm, eps", [
