@@ -119,20 +119,22 @@ def test_labels_outside_the_classes_stop_every_command(monkeypatch, capsys, tmp_
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize("n, message", [("0", "n-examples must be positive, got 0"),
-                                        ("2001", "n-examples 2001 is more than the 2000 examples in the demo test split")])
+@pytest.mark.parametrize("n, message", [
+    ("0", "n-examples must be positive, got 0"),
+    ("2001", "n-examples 2001 is more than the 2000 examples in the demo test split"),
+])
 def test_n_examples_has_one_meaning_everywhere(monkeypatch, capsys, command, n, message):
     line = one_line_error(*run_cli(monkeypatch, capsys, command, "--n-examples", n))
     assert message in line
 
 
 def test_robustbench_spellings_and_fractions_are_accepted(monkeypatch, capsys, tmp_path):
-    run_ok(monkeypatch, capsys, "sweep-alpha", "--n-examples", "4", "--alphas", "0,1", "--steps", "1", "--device", "cpu",
-           "--norm", "Linf", "--eps", "8/255", "--step-size", "2/255", "--json", str(tmp_path / "linf.json"))
+    args = ["sweep-alpha", "--n-examples", "4", "--alphas", "0,1", "--steps", "1", "--device", "cpu"]
+    run_ok(monkeypatch, capsys, *args, "--norm", "Linf", "--eps", "8/255", "--step-size", "2/255",
+           "--json", str(tmp_path / "linf.json"))
     config = json.loads((tmp_path / "linf.json").read_text())["config"]
     assert (config["norm"], config["eps"], config["step_size"]) == ("linf", 8 / 255, 2 / 255)
-    run_ok(monkeypatch, capsys, "sweep-alpha", "--n-examples", "4", "--alphas", "0,1", "--steps", "1", "--device", "cpu",
-           "--norm", "L2", "--eps", "3/2", "--json", str(tmp_path / "l2.json"))
+    run_ok(monkeypatch, capsys, *args, "--norm", "L2", "--eps", "3/2", "--json", str(tmp_path / "l2.json"))
     config = json.loads((tmp_path / "l2.json").read_text())["config"]
     assert (config["norm"], config["eps"]) == ("l2", 1.5)
 

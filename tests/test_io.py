@@ -28,7 +28,7 @@ def test_unwritable_paths_are_refused(tmp_path, monkeypatch):
     with pytest.raises(AsmixError, match=f"cannot write to {tmp_path / 'afile'}: it is a file, a folder is needed"):
         check_writable_dir(tmp_path / "afile")
     monkeypatch.setattr(asmix.io.os, "access", lambda path, mode: False)  # root may write anywhere: simulate
-    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'adir' / 'r.json'}: {tmp_path / 'adir'} is not writable"):
+    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'adir' / 'r.json'}: .* is not writable"):
         check_writable_file(tmp_path / "adir" / "r.json")
 
 
