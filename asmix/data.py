@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from asmix.checks import check_norm
 from asmix.errors import AsmixError
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What asmix needs to know about a named dataset."""
+    """What asmix needs to know about a named dataset; ``standard_eps`` maps each threat model that has
+    a standard radius (RobustBench's leaderboards; AutoAttack's for MNIST) to that radius."""
 
     num_classes: int
-    default_eps: float
+    standard_eps: Mapping[str, float]
     default_norm: str = "linf"
     default_n_examples: int | None = None  # None: all examples
 
 
 DATASETS = {
-    "demo": DatasetInfo(10, 0.3, default_n_examples=500),  # keeps no-argument runs to minutes on a CPU
-    "mnist": DatasetInfo(10, 0.3),
-    "cifar10": DatasetInfo(10, 8 / 255),
-    "cifar100": DatasetInfo(100, 8 / 255),
-    "imagenet": DatasetInfo(1000, 4 / 255),
+    "demo": DatasetInfo(10, {"linf": 0.3}, default_n_examples=500),  # keeps no-argument runs to minutes on a CPU
+    "mnist": DatasetInfo(10, {"linf": 0.3}),
+    "cifar10": DatasetInfo(10, {"linf": 8 / 255, "l2": 0.5}),
+    "cifar100": DatasetInfo(100, {"linf": 8 / 255}),
+    "imagenet": DatasetInfo(1000, {"linf": 4 / 255}),
 }
 
 DEMO_DATA_FILE = "mnist_demo.npz"
@@ -40,6 +43,15 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def standard_eps(dataset: str, norm: str) -> float:
+    """The standard attack radius of ``dataset`` under ``norm``; where there is none, the user must say."""
+    info, norm = dataset_info(dataset), check_norm(norm)
+    if norm not in info.standard_eps:
+        raise AsmixError(f"{dataset} has no standard {norm} radius (none on RobustBench's or AutoAttack's "
+                         f"leaderboards): give --eps")
+    return info.standard_eps[norm]
+
+
 def load_data(
     dataset: str = "demo",
     *,
@@ -48,17 +60,28 @@ def load_data(
     n_examples: int | None = None,
     split: str = "test",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n_examples`` of a named dataset's split, or of the arrays in ``data_path``."""
-    if n_examples is not None and n_examples <= 0:
-        raise AsmixError(f"n-examples must be positive, got {n_examples}")
+    """The first ``n_examples`` of a named dataset's split, or of the arrays in ``data_path``; asking
+    for more examples than there are is an error, not a silent cut."""
+    check_n_examples(n_examples)
     if split not in ("train", "test"):
         raise AsmixError(f"split must be 'train' or 'test', got {split!r}")
     if data_path is not None:
         x, y = load_array_file(data_path)
+        where = str(data_path)
     else:
         dataset_info(dataset)
         x, y = _NAMED_LOADERS[dataset](Path(data_dir), split, n_examples)
+        where = f"the {dataset} {split} split"
+    if n_examples is not None and n_examples > len(x):
+        raise AsmixError(f"n-examples {n_examples} is more than the {len(x)} examples in {where}")
     return x[:n_examples], y[:n_examples]
+
+
+def check_n_examples(n_examples: int | None) -> int | None:
+    """A requested number of examples: positive, or ``None`` for all (or a command's default)."""
+    if n_examples is not None and n_examples <= 0:
+        raise AsmixError(f"n-examples must be positive, got {n_examples}")
+    return n_examples
 
 
 def load_array_file(path: str | Path, x_key: str = "x", y_key: str = "y") -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +117,7 @@ def to_image_tensor(x: np.ndarray | torch.Tensor, *, source: str = "data") -> to
         x = x.float() / 255.0
     elif x.is_floating_point():
         x = x.float()
+        check_finite_pixels(x, source=source)
         if x.numel() and (x.min() < 0 or x.max() > 1):
             raise AsmixError(f"{source}: float images must lie in [0, 1]")
     else:
@@ -105,6 +129,24 @@ def to_image_tensor(x: np.ndarray | torch.Tensor, *, source: str = "data") -> to
     if x.ndim != 4:
         raise AsmixError(f"{source}: images must have 3 or 4 dimensions, got shape {tuple(x.shape)}")
     return x.contiguous()
+
+
+def check_finite_pixels(x: torch.Tensor, *, source: str = "data") -> None:
+    """Refuse NaN or infinite pixels (they would pass the [0, 1] check or poison every attack)."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = int(bad.reshape(len(x), -1).any(dim=1).nonzero()[0]) if x.ndim > 1 else int(bad.nonzero()[0])
+        raise AsmixError(f"{source}: {int(bad.sum())} pixels are NaN or infinite, the first in example {first}")
+
+
+def check_labels(y: torch.Tensor, num_classes: int, *, source: str = "data") -> torch.Tensor:
+    """Refuse labels outside [0, num_classes): they would crash cross-entropy or count as wrong silently."""
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        first = int(bad.nonzero()[0])
+        raise AsmixError(f"{source}: label {int(y[first])} at index {first} is outside [0, {num_classes}) "
+                         f"({int(bad.sum())} such labels; the models have {num_classes} classes)")
+    return y
 
 
 def to_label_tensor(y: np.ndarray | torch.Tensor, n: int, *, source: str = "data") -> torch.Tensor:
@@ -158,9 +200,10 @@ def _load_imagenet(data_dir: Path, split: str, n_examples: int | None):
     if split != "test":
         raise AsmixError("only the ImageNet validation split (split 'test') is supported")
     try:
-        return load_imagenet(n_examples=n_examples or 5000, data_dir=str(data_dir))
+        x, y = load_imagenet(n_examples=n_examples or 5000, data_dir=str(data_dir))
     except Exception as error:
         raise AsmixError(f"ImageNet validation images not found under {data_dir / 'val'} ({error})") from error
+    return to_image_tensor(x, source=str(data_dir / "val")), to_label_tensor(y, len(x), source=str(data_dir / "val"))
 
 
 _NAMED_LOADERS = {

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -38,6 +43,33 @@ class Exploding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise AssertionError("this model must not run")
+
+
+class CreatesFile:
+    """A pickle payload: unpickling it opens (creates) ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def booby_trapped_export(tmp_path: Path, marker: Path) -> Path:
+    """A real torch.export archive whose bias entry is a pickle that creates ``marker`` when loaded."""
+    model = torch.nn.Linear(4, 3)
+    torch.export.save(torch.export.export(model, (torch.rand(2, 4),)), tmp_path / "clean.pt2")
+    payload = io.BytesIO()
+    torch.save(CreatesFile(marker), payload)
+    with zipfile.ZipFile(tmp_path / "clean.pt2") as source, zipfile.ZipFile(tmp_path / "evil.pt2", "w") as target:
+        config_name = next(name for name in source.namelist() if name.endswith("weights/model_weights_config.json"))
+        config = json.loads(source.read(config_name))
+        config["config"]["bias"]["use_pickle"] = True
+        bias_name = str(Path(config_name).parent / config["config"]["bias"]["path_name"])
+        for info in source.infolist():
+            data = {config_name: json.dumps(config).encode(), bias_name: payload.getvalue()}.get(info.filename)
+            target.writestr(info, source.read(info.filename) if data is None else data)
+    return tmp_path / "evil.pt2"
 
 
 @pytest.fixture(autouse=True)

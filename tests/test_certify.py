@@ -239,6 +239,12 @@ def test_certify_config_rejects_bad_values():
                    {"lipschitz_const": 1.0, "confidence": 0.99}, {"smoothing_output": "logits"}, {"radii": (-1.0,)}):
         with pytest.raises(AsmixError):
             CertifyConfig(**kwargs)
+    for kwargs, message in (({"sigma": float("inf")}, "sigma must be a finite number, got inf"),
+                            ({"baseline_sigma": float("nan")}, "baseline sigma must be a finite number, got nan"),
+                            ({"lipschitz_const": float("inf")}, "Lipschitz constant must be a finite number"),
+                            ({"radii": (0.0, float("inf"))}, "radius must be a finite number, got inf")):
+        with pytest.raises(AsmixError, match=message):
+            CertifyConfig(**kwargs)
 
 
 def test_certify_report_renders(tmp_path):

@@ -1,5 +1,6 @@
 """The CLI: bad input gives one line on stderr and a non-zero exit, never a traceback."""
 
+import errno
 import json
 import sys
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from asmix.cli import main
+from conftest import booby_trapped_export
 
 
 def run_cli(monkeypatch, capsys, *args):
@@ -40,6 +42,12 @@ def wrong_classes_file(tmp_path):
     (["--attacks", "std,cw"], "unknown attack(s) cw"),
     (["--norm", "l1"], "norm must be one of linf, l2"),
     (["--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["--eps", "nan"], "eps must be a finite number, got nan"),
+    (["--step-size", "inf"], "step size must be a finite number, got inf"),
+    (["--eps", "8/0"], "--eps must be a number or a fraction like 8/255, got '8/0'"),
+    (["--norm", "l2"], "demo has no standard l2 radius"),
+    (["--norm", "L1", "--eps", "0.1"], "norm must be one of linf, l2, got 'l1'"),
+    (["--rob-scale", "nan"], "rob scale must be a finite number"),
 ])
 def test_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, args, message):
     code, out, err = run_cli(monkeypatch, capsys, "sweep-alpha", "--n-examples", "4", *args)
@@ -70,3 +78,116 @@ def test_sweep_writes_json_csv_and_plots(monkeypatch, capsys, tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert (tmp_path / "out" / "sweep.csv").read_text().splitlines()[0] == "alpha,clean,std_attack,rob_attack,mix_attack"
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("command", ["sweep-alpha", "evaluate", "margins", "certify"])
+def test_file_model_needs_trust_code_before_anything_is_opened(monkeypatch, capsys, tmp_path, command):
+    monkeypatch.delenv("ASMIX_TRUST_CODE", raising=False)
+    marker = tmp_path / "pwned"
+    archive = booby_trapped_export(tmp_path, marker)
+    code, out, err = run_cli(monkeypatch, capsys, command, "--std", f"file:{archive}", "--data", "/nonexistent.npz")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+    assert f"refusing file:{archive}" in err and "--trust-code" in err
+    assert not marker.exists()
+    code, _, err = run_cli(monkeypatch, capsys, command, "--std", f"file:{archive}", "--trust-code")
+    assert code == 2 and "cannot load model file" in err and marker.exists()
+
+
+def test_trust_code_from_the_environment(monkeypatch, capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    archive = booby_trapped_export(tmp_path, marker)
+    monkeypatch.setenv("ASMIX_TRUST_CODE", "1")
+    code, _, err = run_cli(monkeypatch, capsys, "sweep-alpha", "--rob", f"file:{archive}")
+    assert code == 2 and "cannot load model file" in err and marker.exists()
+
+
+COMMANDS = ["sweep-alpha", "evaluate", "margins", "certify"]
+
+
+def one_line_error(code, out, err):
+    assert code == 2 and "Traceback" not in err + out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("asmix: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_labels_outside_the_classes_stop_every_command(monkeypatch, capsys, tmp_path, command):
+    np.savez(tmp_path / "labels.npz", x=np.zeros((4, 28, 28), np.uint8), y=np.array([3, 10, 2, -1]))
+    line = one_line_error(*run_cli(monkeypatch, capsys, command, "--data", str(tmp_path / "labels.npz")))
+    assert "label 10 at index 1 is outside [0, 10) (2 such labels" in line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("n, message", [
+    ("0", "n-examples must be positive, got 0"),
+    ("2001", "n-examples 2001 is more than the 2000 examples in the demo test split"),
+])
+def test_n_examples_has_one_meaning_everywhere(monkeypatch, capsys, command, n, message):
+    line = one_line_error(*run_cli(monkeypatch, capsys, command, "--n-examples", n))
+    assert message in line
+
+
+def test_robustbench_spellings_and_fractions_are_accepted(monkeypatch, capsys, tmp_path):
+    args = ["sweep-alpha", "--n-examples", "4", "--alphas", "0,1", "--steps", "1", "--device", "cpu"]
+    run_ok(monkeypatch, capsys, *args, "--norm", "Linf", "--eps", "8/255", "--step-size", "2/255",
+           "--json", str(tmp_path / "linf.json"))
+    config = json.loads((tmp_path / "linf.json").read_text())["config"]
+    assert (config["norm"], config["eps"], config["step_size"]) == ("linf", 8 / 255, 2 / 255)
+    run_ok(monkeypatch, capsys, *args, "--norm", "L2", "--eps", "3/2", "--json", str(tmp_path / "l2.json"))
+    config = json.loads((tmp_path / "l2.json").read_text())["config"]
+    assert (config["norm"], config["eps"]) == ("l2", 1.5)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a command gets as far as loading models and data."""
+    import asmix.experiments.inputs
+
+    monkeypatch.setattr(asmix.experiments.inputs, "load_pair", lambda *args, **kwargs: pytest.fail("work started"))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unwritable_outputs_stop_before_any_work(monkeypatch, capsys, tmp_path, no_work, command):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    line = one_line_error(*run_cli(monkeypatch, capsys, command, "--json", str(tmp_path / "adir")))
+    assert f"cannot write {tmp_path / 'adir'}: it is a folder" in line
+    line = one_line_error(*run_cli(monkeypatch, capsys, command, "--json", str(tmp_path / "afile" / "r.json")))
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in line
+    out = tmp_path / "afile" / ("r.npz" if command == "evaluate" else "out")
+    line = one_line_error(*run_cli(monkeypatch, capsys, command, "--out", str(out)))
+    assert f"cannot write {out}: {tmp_path / 'afile'} is a file, not a folder" in line
+    if command != "evaluate":
+        line = one_line_error(*run_cli(monkeypatch, capsys, command, "--out", str(tmp_path / "afile")))
+        assert f"cannot write to {tmp_path / 'afile'}: it is a file, a folder is needed" in line
+
+
+def last_line_error(code, out, err):
+    """After the work, stderr also holds the progress display: the error is its one last line."""
+    assert code == 2 and "Traceback" not in err + out and err.count("asmix: error: ") == 1
+    return err.strip().splitlines()[-1]
+
+
+def test_a_write_that_fails_after_the_work_is_one_line(monkeypatch, capsys, tmp_path):
+    import asmix.experiments.sweep
+    import asmix.report.sweep
+
+    run = asmix.experiments.sweep.sweep_alpha
+
+    def run_then_block_the_folder(*args, **kwargs):
+        result = run(*args, **kwargs)
+        (tmp_path / "later").write_text("a file where the --json folder was to be created")
+        return result
+
+    monkeypatch.setattr(asmix.experiments.sweep, "sweep_alpha", run_then_block_the_folder)
+    args = ["sweep-alpha", "--n-examples", "4", "--alphas", "0,1", "--steps", "1", "--device", "cpu"]
+    line = last_line_error(*run_cli(monkeypatch, capsys, *args, "--json", str(tmp_path / "later" / "r.json")))
+    assert line.startswith(f"asmix: error: cannot write {tmp_path / 'later' / 'r.json'}: ")
+
+    def disk_full(result, out):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "sweep.csv"))
+
+    monkeypatch.setattr(asmix.report.sweep, "write_sweep_outputs", disk_full)
+    line = last_line_error(*run_cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "out")))
+    assert line == f"asmix: error: cannot write {tmp_path / 'out' / 'sweep.csv'}: No space left on device"

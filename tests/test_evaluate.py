@@ -78,6 +78,11 @@ def test_parse_attacks_and_unknown_names():
     ({"eps": -1.0}, "eps must be >= 0"),
     ({"square_queries": 0}, "square queries"),
     ({"alpha_weight": -1.0}, "alpha weight"),
+    ({"eps": float("nan")}, "eps must be a finite number, got nan"),
+    ({"step_size": float("inf")}, "step size must be a finite number, got inf"),
+    ({"alpha_weight": float("inf")}, "alpha weight must be a finite number, got inf"),
+    ({"std_scale": float("nan")}, "std scale must be a finite number"),
+    ({"alpha": float("nan")}, "alpha must be in"),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(AsmixError, match=message):
@@ -203,6 +208,9 @@ def test_out_must_be_npz_or_pt(tmp_path):
     std, rob, _, x, y = tiny_problem(n=4)
     with pytest.raises(AsmixError, match=r"\.npz or \.pt"):
         evaluate(std, rob, x, y, EvalConfig(attacks=("clean",)), out=tmp_path / "results.json")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'afile' / 'r.npz'}: .* is a file, not a folder"):
+        evaluate(std, rob, x, y, EvalConfig(attacks=("clean",)), out=tmp_path / "afile" / "r.npz")
     with pytest.raises(AsmixError, match="no examples"):
         evaluate(std, rob, x[:0], y[:0], EvalConfig(attacks=("clean",)))
 

@@ -13,7 +13,7 @@ from asmix import AsmixError, load_data, load_model
 from asmix.models import check_model_fits, parse_spec
 from asmix.models.bit import BAI2023_STD_FILE, bit_to_timm_state_dict
 from asmix.models.registry import resolve_zoo_name
-from conftest import LinearImageModel
+from conftest import LinearImageModel, booby_trapped_export
 
 
 def random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -149,6 +149,15 @@ def test_robustbench_model_from_local_checkpoint(tmp_path):
     assert torch.allclose(load_model("rb:Ding2020MMA", dataset="cifar10", weights=tmp_path / "w.pt")(x), reference(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("dataset", ["cifar100", "imagenet"])
+def test_robustbench_threat_model_without_models_is_one_line(tmp_path, dataset):
+    # RobustBench 1.1.1 has L2 models for cifar10 only; this was a raw KeyError
+    with pytest.raises(AsmixError, match=f"RobustBench has no {dataset} L2 models for 'Wang2023Better_WRN-70-16': "
+                                         "use --norm linf") as refused:
+        load_model("Wang2023", dataset=dataset, norm="L2", model_dir=tmp_path)
+    assert len(str(refused.value).splitlines()) == 1
+
+
 def test_robustbench_missing_checkpoint_names_the_file(tmp_path, monkeypatch):
     import robustbench.utils
 
@@ -163,27 +172,63 @@ def test_exported_and_torchscript_files(tmp_path):
     torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
     torch.jit.save(torch.jit.trace(model, x), tmp_path / "m.ts")
     for name in ("m.pt2", "m.ts"):
-        assert torch.allclose(load_model(f"file:{tmp_path / name}")(x), model(x), atol=1e-6)
+        assert torch.allclose(load_model(f"file:{tmp_path / name}", trust_code=True)(x), model(x), atol=1e-6)
     with pytest.raises(AsmixError, match="model file not found"):
-        load_model(f"file:{tmp_path / 'nope.pt2'}")
+        load_model(f"file:{tmp_path / 'nope.pt2'}", trust_code=True)
     (tmp_path / "broken.pt2").write_bytes(b"not a model")
     with pytest.raises(AsmixError, match="cannot load model file"):
-        load_model(f"file:{tmp_path / 'broken.pt2'}")
+        load_model(f"file:{tmp_path / 'broken.pt2'}", trust_code=True)
+
+
+def test_file_models_are_not_opened_without_consent(tmp_path, monkeypatch):
+    monkeypatch.delenv("ASMIX_TRUST_CODE", raising=False)
+    marker = tmp_path / "pwned"
+    archive = booby_trapped_export(tmp_path, marker)
+    for spec in (f"file:{archive}", f"file:{tmp_path / 'absent.pt2'}"):
+        with pytest.raises(AsmixError, match="refusing file:.*pass --trust-code") as refused:
+            load_model(spec)
+        assert len(str(refused.value).splitlines()) == 1
+    monkeypatch.setenv("ASMIX_TRUST_CODE", "0")
+    with pytest.raises(AsmixError, match="--trust-code"):
+        load_model(f"file:{archive}")
+    assert not marker.exists()
+    # the archive is live: with consent torch.export.load unpickles the payload
+    with pytest.raises(AsmixError, match="cannot load model file"):
+        load_model(f"file:{archive}", trust_code=True)
+    assert marker.exists()
+    marker.unlink()
+    monkeypatch.setenv("ASMIX_TRUST_CODE", "1")
+    with pytest.raises(AsmixError, match="cannot load model file"):
+        load_model(f"file:{archive}")
+    assert marker.exists()
+
+
+def test_python_specs_need_consent_too(tmp_path, monkeypatch):
+    monkeypatch.delenv("ASMIX_TRUST_CODE", raising=False)
+    marker = tmp_path / "imported"
+    (tmp_path / "factory.py").write_text(
+        f"import pathlib, torch\npathlib.Path({str(marker)!r}).touch()\n\n"
+        "def build():\n    return torch.nn.Linear(4, 3)\n")
+    with pytest.raises(AsmixError, match="refusing py:.*it imports and runs Python code; pass --trust-code"):
+        load_model(f"py:{tmp_path / 'factory.py'}:build")
+    assert not marker.exists()
+    assert isinstance(load_model(f"py:{tmp_path / 'factory.py'}:build", trust_code=True), torch.nn.Linear)
+    assert marker.exists()
 
 
 def test_python_factory_and_weights(tmp_path):
     (tmp_path / "factory.py").write_text(
         "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))\n"
         "\ndef not_a_model():\n    return 3\n")
-    model = load_model(f"py:{tmp_path / 'factory.py'}:build")
+    model = load_model(f"py:{tmp_path / 'factory.py'}:build", trust_code=True)
     state = random_state(model, seed=4)
     save_file(state, tmp_path / "w.safetensors")
-    loaded = load_model(f"py:{tmp_path / 'factory.py'}:build", weights=tmp_path / "w.safetensors")
+    loaded = load_model(f"py:{tmp_path / 'factory.py'}:build", weights=tmp_path / "w.safetensors", trust_code=True)
     assert torch.equal(loaded.state_dict()["1.weight"], state["1.weight"])
     with pytest.raises(AsmixError, match="not a torch.nn.Module"):
-        load_model(f"py:{tmp_path / 'factory.py'}:not_a_model")
+        load_model(f"py:{tmp_path / 'factory.py'}:not_a_model", trust_code=True)
     with pytest.raises(AsmixError, match="cannot import"):
-        load_model("py:asmix.nothing_here:build")
+        load_model("py:asmix.nothing_here:build", trust_code=True)
 
 
 def test_weights_are_checked_and_never_unpickle_code(tmp_path):

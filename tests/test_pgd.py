@@ -60,3 +60,15 @@ def test_pgd_does_not_touch_model_gradients():
 def test_bad_attack_settings(kwargs):
     with pytest.raises(AsmixError):
         PGD(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eps": float("nan")}, "eps must be a finite number, got nan"),
+    ({"eps": float("inf")}, "eps must be a finite number, got inf"),
+    ({"eps": 0.1, "step_size": float("inf")}, "step size must be a finite number, got inf"),
+    ({"eps": 0.1, "step_size": float("nan")}, "step size must be a finite number, got nan"),
+])
+def test_non_finite_radius_and_step_are_refused(kwargs, message):
+    # NaN slipped through ``eps < 0`` and ``step_size <= 0``; inf gave an attack without a ball
+    with pytest.raises(AsmixError, match=message):
+        PGD(**kwargs)

@@ -25,7 +25,7 @@ def test_parse_alphas(text, expected):
     assert len(parse_alphas("0:1:0.05")) == 21
 
 
-@pytest.mark.parametrize("text", ["0,2", "a,b", "0:1:0", ""])
+@pytest.mark.parametrize("text", ["0,2", "a,b", "0:1:0", "", "nan", "0,inf", "0:inf:0.1", "0:1:nan"])
 def test_bad_alphas(text):
     with pytest.raises(AsmixError):
         parse_alphas(text)
@@ -38,6 +38,14 @@ def test_bad_configs():
         SweepConfig(batch_size=0)
     with pytest.raises(AsmixError, match="eps must be >= 0"):
         SweepConfig(eps=-1)
+    with pytest.raises(AsmixError, match="eps must be a finite number, got nan"):
+        SweepConfig(eps=float("nan"))
+    with pytest.raises(AsmixError, match="step size must be a finite number, got inf"):
+        SweepConfig(step_size=float("inf"))
+    with pytest.raises(AsmixError, match="std scale must be a finite number, got nan"):
+        SweepConfig(std_scale=float("nan"))
+    with pytest.raises(AsmixError, match="rob scale must be a finite number, got inf"):
+        SweepConfig(rob_scale=float("inf"))
 
 
 def test_base_outputs_and_base_attacks_run_once_whatever_the_number_of_alphas():

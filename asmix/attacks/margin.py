@@ -20,6 +20,7 @@ from torch import nn
 
 from asmix.attacks.autoattack import package_norm
 from asmix.attacks.pgd import PGD
+from asmix.checks import check_finite
 from asmix.compat import register_autoattack
 from asmix.errors import AsmixError
 
@@ -77,7 +78,7 @@ class _MarginTracker(nn.Module):
 
 
 def _apgd_kwargs(eps: float, norm: str, steps: int, restarts: int, seed: int) -> dict:
-    if eps <= 0:
+    if check_finite(eps, "eps") <= 0:
         raise AsmixError(f"eps must be positive for AutoAttack, got {eps}")
     if steps <= 0 or restarts <= 0:
         raise AsmixError("APGD steps and restarts must be positive")

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asmix.checks import NORMS, check_finite
 from asmix.errors import AsmixError
-
-NORMS = ("linf", "l2")
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """Loss to maximise: (model, x_adv, y) -> per-example losses (N,)."""
@@ -37,6 +36,9 @@ class PGD:
     random_start: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self.eps, "eps")
+        if self.step_size is not None:
+            check_finite(self.step_size, "step size")
         if self.eps < 0:
             raise AsmixError(f"eps must be >= 0, got {self.eps}")
         if self.steps < 0:

@@ -7,22 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from asmix.checks import canonical_norm
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
-                               ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption,
-                               StdWeightsOption, pair_source, progress_callback, stdout, write_results)
-from asmix.errors import AsmixError
+                               ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
+                               TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source,
+                               progress_callback, stdout, write_results)
 
-
-def parse_radii(text: str) -> tuple[float, ...]:
-    """``0,0.25,0.5`` → sorted unique radii (>= 0)."""
-    try:
-        values = sorted({float(part) for part in text.split(",") if part.strip()})
-    except ValueError as error:
-        raise AsmixError(f"cannot read radii {text!r}: use a list like 0,0.25,0.5") from error
-    if not values:
-        raise AsmixError(f"no radii in {text!r}")
-    return tuple(values)
+DEFAULT_N_EXAMPLES = 100
+NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
 
 
 @app.command("certify")
@@ -32,21 +25,22 @@ def certify_command(
     dataset: DatasetOption = "demo",
     data: DataOption = None,
     data_dir: DataDirOption = Path("./data"),
-    n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (0: the dataset default, 500 on demo, else all).")] = 100,
+    n_examples: NExamples = None,
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
-    norm: Annotated[str, typer.Option("--norm", help="Threat model used to pick rb: models (certificates are l_2).")] = "l2",
-    sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing noise of h.")] = 0.25,
+    trust_code: TrustCodeOption = False,
+    norm: Annotated[str, typer.Option("--norm", parser=canonical_norm, help="Threat model used to pick rb: models (certificates are l_2).")] = "l2",
+    sigma: Annotated[float, typer.Option("--sigma", parser=number_parser("--sigma"), metavar="SIGMA", help="Gaussian smoothing noise of h, a number or a fraction.")] = 0.25,
     n_samples: Annotated[int, typer.Option("--n-samples", help="Monte Carlo noise samples per example (paper: 10000).")] = 500,
     alpha: Annotated[float, typer.Option("--alpha", help="Mixing weight of h_alpha (ignored with --match-clean-acc).")] = 0.8,
     match_clean_acc: Annotated[bool, typer.Option("--match-clean-acc", help="Pick alpha so h_alpha's clean accuracy matches an RS baseline with --baseline-sigma (Fig. 6).")] = False,
-    baseline_sigma: Annotated[Optional[float], typer.Option("--baseline-sigma", help="Noise of the baseline RS model (default sigma/2).")] = None,
+    baseline_sigma: Annotated[Optional[float], typer.Option("--baseline-sigma", parser=number_parser("--baseline-sigma"), metavar="SIGMA", help="Noise of the baseline RS model (default sigma/2).")] = None,
     std_hardmax: Annotated[bool, typer.Option("--std-hardmax", help="Use g's one-hot prediction instead of its softmax (App. A.2).")] = False,
     confidence: Annotated[Optional[float], typer.Option("--confidence", help="Clopper-Pearson bounds at this level, e.g. 0.999: certificates hold with this probability.")] = None,
     lipschitz_const: Annotated[Optional[float], typer.Option("--lipschitz-const", help="Thm 3.5 for h itself with this Lipschitz constant of softmax(h) (no smoothing).")] = None,
     smoothing_output: Annotated[str, typer.Option("--smoothing-output", help="probs (smooth softmax, App. A.1) or votes (smooth the argmax).")] = "probs",
-    radii: Annotated[str, typer.Option("--radii", help="Radii for the table, e.g. 0,0.25,0.5.")] = "0,0.1,0.25,0.5,0.75,1",
+    radii: Annotated[str, typer.Option("--radii", help="Radii for the table, e.g. 0,0.25,0.5 or 0,36/255.")] = "0,0.1,0.25,0.5,0.75,1",
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
@@ -54,12 +48,14 @@ def certify_command(
     json_path: JsonOption = None,
 ) -> None:
     """Certified accuracy vs l_2 radius of h_alpha and of h alone, by Thm 3.5 and Thm A.2 (Figures 6, 7)."""
-    from asmix.experiments.certify import CertifyConfig, certify
+    from asmix.experiments.certify import CertifyConfig, certify, parse_radii
     from asmix.experiments.inputs import load_pair
     from asmix.report.certify import certify_table, write_certify_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples or None, model_dir, std_weights, rob_weights, norm)
+    check_outputs(json_path=json_path, out_dir=out)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
+                         trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
     config = CertifyConfig(sigma=sigma, n_samples=n_samples, alpha=alpha, match_clean_acc=match_clean_acc,
                            baseline_sigma=baseline_sigma, std_hardmax=std_hardmax, confidence=confidence,
                            lipschitz_const=lipschitz_const, smoothing_output=smoothing_output,

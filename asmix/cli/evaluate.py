@@ -10,12 +10,13 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
-                               StdOption, StdWeightsOption, StepsOption, StepSizeOption, console, pair_source,
-                               progress_callback, stdout)
+                               StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
+                               console, n_examples_option, pair_source, progress_callback, stdout)
 
 DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
 
-NExamples = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples.")]
+DEFAULT_N_EXAMPLES = 100
+NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
 Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Fixed mixing weight (default 0.5).")]
 Mixer = Annotated[Optional[Path], typer.Option("--mixer", help="Mixing network folder (train-mixer): adaptive alpha.")]
 Attacks = Annotated[str, typer.Option("--attack", "--attacks", help="Comma list of clean, pgd, pgd-graybox, "
@@ -36,10 +37,11 @@ def evaluate_command(
     dataset: DatasetOption = "demo",
     data: DataOption = None,
     data_dir: DataDirOption = Path("./data"),
-    n_examples: NExamples = 100,
+    n_examples: NExamples = None,
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
+    trust_code: TrustCodeOption = False,
     alpha: Alpha = None,
     mixer: Mixer = None,
     attack: Attacks = DEFAULT_ATTACKS,
@@ -71,16 +73,18 @@ def evaluate_command(
     attacks = parse_attacks(attack)
     if alpha is not None and mixer is not None:
         raise AsmixError("give either --alpha (fixed) or --mixer (adaptive), not both")
+    check_outputs(json_path=json_path, out_file=out)
     if out is not None:
         check_out_path(out)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
+                         trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
     mixer_net, mixer_config = None, {}
     if mixer is not None:
         from asmix.mixer import load_mixer
 
         mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob)
     training = mixer_config.get("training", {}) if isinstance(mixer_config.get("training"), dict) else {}
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm)
-    config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=norm,
+    config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=source.norm,
                         eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                         batch_size=batch_size, seed=seed, alpha_weight=alpha_weight, square_queries=square_queries,
                         save_adv=save_adv,

@@ -10,8 +10,11 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
-                               SeedOption, StdOption, StdWeightsOption, StepSizeOption, pair_source,
-                               progress_callback, stdout, write_results)
+                               SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
+                               n_examples_option, pair_source, progress_callback, stdout, write_results)
+
+DEFAULT_N_EXAMPLES = 100
+NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -25,10 +28,11 @@ def margins_command(
     dataset: DatasetOption = "demo",
     data: DataOption = None,
     data_dir: DataDirOption = Path("./data"),
-    n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (0: the dataset default, 500 on demo, else all).")] = 100,
+    n_examples: NExamples = None,
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
+    trust_code: TrustCodeOption = False,
     attacks: Annotated[str, typer.Option("--attacks", help="Comma list of pgd, autoattack (clean always runs).")] = "pgd,autoattack",
     classifiers: Annotated[str, typer.Option("--classifiers", help="Comma list of std, rob, mix (rob is required).")] = "std,rob,mix",
     norm: NormOption = "linf",
@@ -53,8 +57,10 @@ def margins_command(
     from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples or None, model_dir, std_weights, rob_weights, norm)
-    config = MarginsConfig(attacks=_split(attacks), classifiers=_split(classifiers), norm=norm,
+    check_outputs(json_path=json_path, out_dir=out)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
+                         trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
+    config = MarginsConfig(attacks=_split(attacks), classifiers=_split(classifiers), norm=source.norm,
                            eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                            aa_steps=aa_steps, target_classes=target_classes, alpha=alpha, lipschitz=lipschitz,
                            lipschitz_classes=lipschitz_classes, batch_size=batch_size, seed=seed, mix_space=mix_space)

@@ -1,4 +1,4 @@
-"""Options shared by several commands, the progress display, and the PairSource builder."""
+"""Options shared by several commands, the progress display, the PairSource builder and the output checks."""
 
 from __future__ import annotations
 
@@ -10,22 +10,31 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from asmix.checks import canonical_norm, parse_number
+
 console = Console(stderr=True)
 stdout = Console()
+
+
+def number_parser(option: str):
+    """A Typer ``parser`` reading ``0.5`` or a fraction like ``8/255`` for ``option``."""
+    return lambda text: parse_number(text, option)
+
 
 StdOption = Annotated[str, typer.Option("--std", help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.")]
 RobOption = Annotated[str, typer.Option("--rob", help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.")]
 DatasetOption = Annotated[str, typer.Option("--dataset", help="demo, mnist, cifar10, cifar100 or imagenet.")]
 DataOption = Annotated[Optional[Path], typer.Option("--data", help=".npz/.pt file with arrays x and y (overrides --dataset's data).")]
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="Folder of the named dataset's files.")]
-NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples (default: 500 on demo, else all).")]
+NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples, N > 0 and at most the data's size (default: 500 on demo, else all).")]
 ModelDirOption = Annotated[Optional[Path], typer.Option("--model-dir", help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models).")]
 StdWeightsOption = Annotated[Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")]
 RobWeightsOption = Annotated[Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")]
-NormOption = Annotated[str, typer.Option("--norm", help="Threat model: linf or l2.")]
-EpsOption = Annotated[Optional[float], typer.Option("--eps", help="Attack radius (default: 0.3 on demo/mnist, 8/255 on CIFAR).")]
+TrustCodeOption = Annotated[bool, typer.Option("--trust-code", help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).")]
+NormOption = Annotated[str, typer.Option("--norm", parser=canonical_norm, help="Threat model: linf or l2 (any case: Linf, L2).")]
+EpsOption = Annotated[Optional[float], typer.Option("--eps", parser=number_parser("--eps"), metavar="EPS", help="Attack radius, a number or a fraction like 8/255 (default: RobustBench's standard: linf 8/255 and l2 0.5 on cifar10, linf 8/255 on cifar100, 4/255 on imagenet, 0.3 on demo/mnist; none elsewhere).")]
 StepsOption = Annotated[int, typer.Option("--steps", help="PGD steps.")]
-StepSizeOption = Annotated[Optional[float], typer.Option("--step-size", help="PGD step size (default 2.5*eps/steps).")]
+StepSizeOption = Annotated[Optional[float], typer.Option("--step-size", parser=number_parser("--step-size"), metavar="STEP", help="PGD step size, a number or a fraction like 2/255 (default 2.5*eps/steps).")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (PGD random starts).")]
@@ -33,14 +42,22 @@ OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSO
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
 
 
-def pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm):
-    """Build the library's ``PairSource`` from the shared CLI options."""
+def n_examples_option(default: int):
+    """``--n-examples`` of a command whose default is the first ``default`` examples (fewer if the data is smaller)."""
+    return Annotated[Optional[int], typer.Option("--n-examples", help=f"Use the first N examples, N > 0 and at most the data's size (default: the first {default}).")]
+
+
+def pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, *,
+                trust_code: bool = False, default_n_examples: int | None = None):
+    """Build the library's ``PairSource`` from the shared CLI options (refuses ``file:``/``py:`` models
+    without ``--trust-code``, and ``--n-examples`` below 1)."""
     from asmix.experiments.inputs import PairSource
 
     as_text = lambda value: None if value is None else str(value)  # noqa: E731
     return PairSource(std=std, rob=rob, dataset=dataset, data=as_text(data), data_dir=str(data_dir),
                       n_examples=n_examples, model_dir=as_text(model_dir), std_weights=as_text(std_weights),
-                      rob_weights=as_text(rob_weights), norm=norm)
+                      rob_weights=as_text(rob_weights), norm=norm, trust_code=trust_code,
+                      default_n_examples=default_n_examples)
 
 
 @contextmanager
@@ -58,12 +75,33 @@ def progress_callback():
         yield update
 
 
+def check_outputs(*, json_path: Path | None = None, out_dir: Path | None = None,
+                  out_file: Path | None = None) -> None:
+    """Before any work: every output path a command will write can be written (``--json`` and a file
+    ``--out`` are files, a folder ``--out`` is a folder), so that no result is lost at the end."""
+    from asmix.io import check_writable_dir, check_writable_file
+
+    for path in (json_path, out_file):
+        if path is not None:
+            check_writable_file(path)
+    if out_dir is not None:
+        check_writable_dir(out_dir)
+
+
 def write_results(result, json_path: Path | None, out: Path | None, write_outputs) -> None:
-    """Write a result's ``--json`` file and its ``--out`` folder (``write_outputs(result, out)``), saying where."""
+    """Write a result's ``--json`` file and its ``--out`` folder (``write_outputs(result, out)``), saying
+    where; a write that fails is one ``AsmixError`` line naming the path."""
+    from asmix.io import write_error
     from asmix.report import write_json
 
-    paths = [write_json(result, json_path)] if json_path else []
-    if out:
-        paths += write_outputs(result, out)
+    paths, target = [], json_path
+    try:
+        if json_path:
+            paths.append(write_json(result, json_path))
+        if out:
+            target = out
+            paths += write_outputs(result, out)
+    except OSError as error:  # writers use asmix.io, which reports its own failures; this is for any other
+        raise write_error(error.filename or target, error) from error
     for path in paths:
         console.print(f"wrote {path}")

@@ -11,7 +11,8 @@ from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
-                               StepSizeOption, pair_source, progress_callback, stdout, write_results)
+                               StepSizeOption, TrustCodeOption, check_outputs, pair_source, progress_callback, stdout,
+                               write_results)
 
 
 @app.command("sweep-alpha")
@@ -25,6 +26,7 @@ def sweep_alpha_command(
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
+    trust_code: TrustCodeOption = False,
     alphas: Annotated[str, typer.Option("--alphas", help="List 0,0.5,1 or range start:stop:step.")] = "0:1:0.05",
     attacks: Annotated[str, typer.Option("--attacks", help="Comma list of std, rob, mix.")] = "std,rob,mix",
     norm: NormOption = "linf",
@@ -46,10 +48,13 @@ def sweep_alpha_command(
     from asmix.report.sweep import sweep_table, write_sweep_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm)
+    check_outputs(json_path=json_path, out_dir=out)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
+                         trust_code=trust_code)
     config = SweepConfig(alphas=parse_alphas(alphas), attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
-                         norm=norm, eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
-                         batch_size=batch_size, seed=seed, mix_space=mix_space, std_scale=std_scale, rob_scale=rob_scale)
+                         norm=source.norm, eps=source.default_eps if eps is None else eps, steps=steps,
+                         step_size=step_size, batch_size=batch_size, seed=seed, mix_space=mix_space,
+                         std_scale=std_scale, rob_scale=rob_scale)
     device_ = resolve_device(device)
     pair = load_pair(source)
     with progress_callback() as progress:

@@ -20,11 +20,20 @@ from torch import nn
 
 from asmix.certify import (SMOOTHING_OUTPUTS, bounded_top_two, certified_accuracy, lipschitz_radius,
                            smoothed_probabilities, smoothing_lipschitz, smoothing_radius, top_two)
+from asmix.checks import check_finite, parse_number
 from asmix.errors import AsmixError
 from asmix.mixing import check_alpha, std_log_probs
 from asmix.runtime import ProgressFn, batch_generator, check_batch_size, predict_logits
 
 BOUNDS = ("lipschitz", "rs")
+
+
+def parse_radii(text: str) -> tuple[float, ...]:
+    """``0,0.25,0.5`` or ``0,36/255`` → sorted unique radii (checked by ``CertifyConfig``)."""
+    values = sorted({parse_number(part, "each radius") for part in text.split(",") if part.strip()})
+    if not values:
+        raise AsmixError(f"no radii in {text!r}: use a list like 0,0.25,0.5")
+    return tuple(values)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,12 @@ class CertifyConfig:
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
         check_batch_size(self.batch_size)
+        for name, value in (("sigma", self.sigma), ("baseline sigma", self.baseline_sigma),
+                            ("the Lipschitz constant", self.lipschitz_const)):
+            if value is not None:
+                check_finite(value, name)
+        for radius in self.radii:
+            check_finite(radius, "radius")
         if not self.sigma > 0:
             raise AsmixError(f"sigma must be positive, got {self.sigma}")
         if self.n_samples <= 0:

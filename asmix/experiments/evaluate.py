@@ -27,8 +27,9 @@ from asmix.attacks.autoattack import (SQUARE_QUERIES, STANDARD_ATTACKS, AutoAtta
 from asmix.attacks.margin import true_class_margin
 from asmix.attacks.objectives import graybox_objective
 from asmix.attacks.pgd import PGD, cross_entropy_objective
+from asmix.checks import check_finite
 from asmix.errors import AsmixError
-from asmix.io import atomic_write
+from asmix.io import atomic_write, check_writable_file
 from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
@@ -91,8 +92,10 @@ class EvalConfig:
         check_batch_size(self.batch_size)
         if self.mix_space not in MIX_SPACES:
             raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {self.mix_space!r}")
-        if not 0.0 <= self.alpha_weight <= 1.0:
+        if not 0.0 <= check_finite(self.alpha_weight, "alpha weight") <= 1.0:
             raise AsmixError(f"alpha weight must be in [0, 1], got {self.alpha_weight}")
+        check_finite(self.std_scale, "std scale")
+        check_finite(self.rob_scale, "rob scale")
         if self.square_queries <= 0:
             raise AsmixError(f"square queries must be positive, got {self.square_queries}")
         self.pgd()
@@ -193,13 +196,13 @@ def evaluate(
 
 
 def check_out_path(out: str | Path) -> Path:
-    """Per-example results go to a ``.npz`` or ``.pt`` file."""
+    """Per-example results go to a writable ``.npz`` or ``.pt`` file (with its ``.parts`` folder beside it)."""
     out = Path(out)
     if out.suffix not in EXAMPLE_SUFFIXES:
         raise AsmixError(f"--out must end in .npz or .pt (per-example results), got {str(out)!r}")
     if out.is_dir():
         raise AsmixError(f"--out {str(out)!r} is a folder; give a .npz or .pt file name")
-    return out
+    return check_writable_file(out)
 
 
 def save_examples(result: EvalResult, path: str | Path) -> Path:

@@ -7,13 +7,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from asmix.data import dataset_info, load_data
+from asmix.checks import check_norm
+from asmix.data import check_labels, check_n_examples, dataset_info, load_data, standard_eps
 from asmix.models import check_model_fits, load_model
+from asmix.models.registry import check_code_consent
 
 
 @dataclass(frozen=True)
 class PairSource:
-    """The models and data a user names; defaults are the embedded demo pair and data."""
+    """The models and data a user names; defaults are the embedded demo pair and data.
+
+    ``n_examples`` takes the first N (more than there are is an error); without it the first
+    ``default_n_examples`` are used where there are that many (a command's default), else the
+    dataset's default (the first 500 on ``demo``, else all). ``trust_code`` is the user's consent to
+    load ``file:`` and ``py:`` specs, which can run code; without it (or ``$ASMIX_TRUST_CODE=1``) such
+    a spec is refused here, before anything is opened.
+    """
 
     std: str = "demo-std"
     rob: str = "demo-rob"
@@ -25,10 +34,20 @@ class PairSource:
     std_weights: str | None = None
     rob_weights: str | None = None
     norm: str = "linf"
+    trust_code: bool = False
+    default_n_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", check_norm(self.norm))
+        check_n_examples(self.n_examples)
+        check_n_examples(self.default_n_examples)
+        for spec in (self.std, self.rob):
+            check_code_consent(spec, self.trust_code)
 
     @property
     def default_eps(self) -> float:
-        return dataset_info(self.dataset).default_eps
+        """The standard radius of the dataset and norm (cifar10 l2: 0.5); an error where there is none."""
+        return standard_eps(self.dataset, self.norm)
 
 
 @dataclass(frozen=True)
@@ -41,17 +60,18 @@ class LoadedPair:
 
 
 def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
-    """Load data first (cheap, fails fast), then both models, then check they fit the data.
-
-    Without ``n_examples`` the dataset's default applies (the first 500 on ``demo``, else all).
-    """
+    """Load data first (cheap, fails fast) and check its labels, then both models, then check they
+    fit the data: every bad input is found before the expensive work."""
     info = dataset_info(source.dataset)
-    n_examples = source.n_examples if source.n_examples is not None else info.default_n_examples
     x, y = load_data(source.dataset, data_path=source.data, data_dir=source.data_dir,
-                     n_examples=n_examples, split=split)
+                     n_examples=source.n_examples, split=split)
+    if source.n_examples is None:
+        default = source.default_n_examples or info.default_n_examples
+        x, y = x[:default], y[:default]
+    check_labels(y, info.num_classes, source=source.data or f"{source.dataset} labels")
     models = {}
     for role, spec, weights in (("std", source.std, source.std_weights), ("rob", source.rob, source.rob_weights)):
         models[role] = load_model(spec, dataset=source.dataset, norm=source.norm,
-                                  model_dir=source.model_dir, weights=weights)
+                                  model_dir=source.model_dir, weights=weights, trust_code=source.trust_code)
         check_model_fits(models[role], x, info.num_classes, role="STD (g)" if role == "std" else "ROB (h)")
     return LoadedPair(models["std"], models["rob"], x, y, {"std": source.std, "rob": source.rob})

@@ -15,6 +15,7 @@ from torch import nn
 from asmix.attacks.margin import local_lipschitz, min_margin_autoattack, probability_gap, true_class_margin
 from asmix.attacks.pgd import PGD
 from asmix.certify import lemma32_threshold, lipschitz_radius_per_class, satisfies_lemma32
+from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.mixing import MixedClassifier, check_alpha
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
@@ -55,6 +56,8 @@ class MarginsConfig:
                              f"got {', '.join(self.classifiers)}")
         check_alpha(self.alpha)
         check_batch_size(self.batch_size)
+        check_finite(self.std_scale, "std scale")
+        check_finite(self.rob_scale, "rob scale")
         self.pgd()
         if self.aa_steps <= 0:
             raise AsmixError(f"AutoAttack steps must be positive, got {self.aa_steps}")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from asmix.attacks.pgd import PGD
+from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.mixing import MixedClassifier, check_alpha
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size, predict_logits
@@ -29,7 +30,7 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     text = text.strip()
     try:
         if ":" in text:
-            start, stop, step = (float(part) for part in text.split(":"))
+            start, stop, step = (check_finite(part, "alpha range bound") for part in text.split(":"))
             if step <= 0:
                 raise AsmixError(f"alpha range step must be positive, got {step}")
             count = int(round((stop - start) / step)) + 1
@@ -66,6 +67,8 @@ class SweepConfig:
         for alpha in self.alphas:
             check_alpha(alpha)
         check_batch_size(self.batch_size)
+        check_finite(self.std_scale, "std scale")
+        check_finite(self.rob_scale, "rob scale")
         self.pgd()
 
     def pgd(self) -> PGD:

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from asmix.checks import check_norm
 from asmix.data import dataset_info
 from asmix.errors import AsmixError
 from asmix.models import bit
@@ -30,6 +31,12 @@ ALIASES = {
 }
 
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
+
+CODE_KINDS = {"file": "loading it can run code (torch.export unpickles weights, TorchScript carries code)",
+              "py": "it imports and runs Python code"}
+"""Spec kinds that can run code when loaded: asmix opens them only with the user's consent."""
+
+TRUST_CODE_ENV = "ASMIX_TRUST_CODE"
 
 
 def default_model_dir() -> Path:
@@ -78,6 +85,20 @@ def parse_spec(text: str) -> ModelSpec:
     return ModelSpec("rb", text)
 
 
+def trusts_code(trust_code: bool = False) -> bool:
+    """The user's consent to run code from a model spec: ``trust_code`` or ``$ASMIX_TRUST_CODE=1``."""
+    return bool(trust_code) or os.environ.get(TRUST_CODE_ENV, "").strip() == "1"
+
+
+def check_code_consent(spec: str | ModelSpec, trust_code: bool = False) -> ModelSpec:
+    """Stop before a ``file:`` or ``py:`` spec is opened unless the user consented to run its code."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind in CODE_KINDS and not trusts_code(trust_code):
+        raise AsmixError(f"refusing {spec}: {CODE_KINDS[spec.kind]}; pass --trust-code (or set "
+                         f"{TRUST_CODE_ENV}=1) if you trust it")
+    return spec
+
+
 def load_model(
     spec: str | ModelSpec,
     *,
@@ -85,15 +106,16 @@ def load_model(
     norm: str = "linf",
     model_dir: str | Path | None = None,
     weights: str | Path | None = None,
+    trust_code: bool = False,
 ) -> nn.Module:
     """Build the model a spec names, in eval mode, taking images in [0, 1].
 
     ``weights`` loads a state dict (safetensors or ``.pt`` read with ``weights_only=True``) into
-    the resolved architecture instead of its default weights.
+    the resolved architecture instead of its default weights. ``file:`` and ``py:`` specs can run
+    code, so they load only with ``trust_code`` (or ``$ASMIX_TRUST_CODE=1``).
     """
-    spec = parse_spec(spec) if isinstance(spec, str) else spec
-    if norm not in THREAT_MODELS:
-        raise AsmixError(f"norm must be one of {', '.join(THREAT_MODELS)}, got {norm!r}")
+    spec = check_code_consent(spec, trust_code)
+    norm = check_norm(norm)
     context = LoadContext(
         dataset=dataset,
         threat_model=THREAT_MODELS[norm],
@@ -166,7 +188,12 @@ def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
             f"unknown model {name!r}: not demo-std/demo-rob, an alias ({', '.join(ALIASES)}) or a spec "
             f"(timm:, bit:, rb:, file:, py:); RobustBench names need --dataset cifar10, cifar100 or imagenet"
         )
-    zoo = model_dicts[BenchmarkDataset(context.dataset)][ThreatModel(context.threat_model)]
+    zoos = model_dicts[BenchmarkDataset(context.dataset)]
+    if ThreatModel(context.threat_model) not in zoos:
+        norms = [norm for norm, threat in THREAT_MODELS.items() if ThreatModel(threat) in zoos]
+        raise AsmixError(f"RobustBench has no {context.dataset} {context.threat_model} models for {name!r}: "
+                         f"use --norm {' or --norm '.join(norms)}, or another spec (timm:, file:, py:)")
+    zoo = zoos[ThreatModel(context.threat_model)]
     name = resolve_zoo_name(name, list(zoo))
     if context.weights is not None:
         return load_weights(zoo[name]["model"](), context.weights)
@@ -197,7 +224,7 @@ def resolve_zoo_name(name: str, names: list[str]) -> str:
 
 
 def _load_file(name: str, context: LoadContext) -> nn.Module:
-    """A ``torch.export`` program (``.pt2``) or a TorchScript file: both hold code-free graphs."""
+    """A ``torch.export`` program (``.pt2``) or a TorchScript file (loading either can run code)."""
     path = Path(name)
     if not path.is_file():
         raise AsmixError(f"model file not found: {path}")

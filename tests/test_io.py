@@ -1,0 +1,46 @@
+"""Output paths are checked before the work, and a failed write is one error naming the path."""
+
+import errno
+
+import pytest
+
+import asmix.io
+from asmix import AsmixError
+from asmix.io import atomic_write, atomic_write_text, check_writable_dir, check_writable_file
+
+
+def test_writable_paths_are_accepted_and_nothing_is_created(tmp_path):
+    assert check_writable_file(tmp_path / "new" / "deeper" / "r.json") == tmp_path / "new" / "deeper" / "r.json"
+    assert check_writable_dir(tmp_path / "out" / "run1") == tmp_path / "out" / "run1"
+    (tmp_path / "old.json").write_text("{}")
+    check_writable_file(tmp_path / "old.json")  # replaced atomically later
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["old.json"]
+
+
+def test_unwritable_paths_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'adir'}: it is a folder, a file name is needed"):
+        check_writable_file(tmp_path / "adir")
+    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'afile' / 'sub' / 'r.json'}: "
+                                         f"{tmp_path / 'afile'} is a file, not a folder"):
+        check_writable_file(tmp_path / "afile" / "sub" / "r.json")
+    with pytest.raises(AsmixError, match=f"cannot write to {tmp_path / 'afile'}: it is a file, a folder is needed"):
+        check_writable_dir(tmp_path / "afile")
+    monkeypatch.setattr(asmix.io.os, "access", lambda path, mode: False)  # root may write anywhere: simulate
+    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'adir' / 'r.json'}: .* is not writable"):
+        check_writable_file(tmp_path / "adir" / "r.json")
+
+
+def test_a_failed_write_is_one_error_naming_the_path_and_leaves_no_temporary(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'afile' / 'r.json'}: "):
+        atomic_write_text(tmp_path / "afile" / "r.json", "{}")
+
+    def disk_full(temporary):
+        temporary.write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'r.json'}: No space left on device$"):
+        atomic_write(tmp_path / "r.json", disk_full)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
