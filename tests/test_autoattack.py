@@ -6,11 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from asmix.attacks.autoattack import (ALPHA_ATTACK, AlphaAPGD, AlphaAPGDTargeted, accuracy_trail, adaptive_autoattack, alpha_penalty,
-                                      package_norm, potentially_unreliable, standard_autoattack)
+from asmix.attacks.adaptive import (ADAPTIVE_STAGES, AlphaAPGD, AlphaAPGDTargeted, AttackBudget, adaptive_attack,
+                                    adaptive_autoattack, autoattack_lite)
+from asmix.attacks.autoattack import accuracy_trail, package_norm, potentially_unreliable, standard_autoattack
+from asmix.attacks.objectives import alpha_down_term
 from asmix.compat import register_autoattack
 from asmix.errors import AsmixError
-from asmix.mixing import MixedClassifier
+from asmix.mixing import MixedClassifier, MixParts
 
 
 def tiny_linear(seed: int) -> nn.Module:
@@ -29,8 +31,8 @@ class TinyAlpha(nn.Module):
             self.linear.bias.fill_(bias)
 
     def run(self, x, std, rob):
-        alpha = torch.sigmoid(self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1))).squeeze(1)
-        return std(x), rob(x), alpha
+        logit = self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1)).squeeze(1)
+        return MixParts(std(x), rob(x), torch.sigmoid(logit), logit)
 
 
 def adaptive_mix() -> MixedClassifier:
@@ -59,7 +61,7 @@ def data():
     ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.45}, False),
     ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45}, False),                                  # no Square
     ({"clean": 0.9, "square": 0.1}, False),                                                   # nothing before
-    ({"clean": 0.9, "apgd-ce": 0.5, "square": 0.5, ALPHA_ATTACK: 0.2}, False),                # later APGD ignored
+    ({"clean": 0.9, "apgd-ce": 0.5, "square": 0.5, "apgd-ce-alpha": 0.2}, False),          # later APGD ignored
 ])
 def test_unreliable_flag(trail, flagged):
     assert potentially_unreliable(trail) is flagged
@@ -124,7 +126,7 @@ def test_standard_autoattack_rejects_unknown_attack(data):
     (AlphaAPGD, "APGDAttack", {"loss": "ce"}),
     (AlphaAPGDTargeted, "APGDAttack_targeted", {"n_target_classes": 2}),
 ])
-@pytest.mark.parametrize("adaptive, weight", [(False, 3.0), (True, 0.0)])
+@pytest.mark.parametrize("adaptive, weight", [(False, 0.5), (True, 0.0)])
 def test_alpha_apgd_equals_the_package_attack_when_the_alpha_term_is_constant(data, ours, package_attack, extra,
                                                                             adaptive, weight):
     """A fixed alpha (the term has no gradient) or a zero weight leaves the package's attack unchanged."""
@@ -145,7 +147,7 @@ def test_alpha_apgd_pushes_alpha_down(data):
     mixed = adaptive_mix()
     y = predicted(mixed, x)
     results = {}
-    for weight in (0.0, 50.0):
+    for weight in (0.0, 0.95):
         attack = AlphaAPGD(mixed, eps=0.1, n_iter=20, seed=0, alpha_weight=weight)
         # best_loss=True returns the highest-loss point for every example, fooled or not
         with torch.no_grad():
@@ -153,8 +155,8 @@ def test_alpha_apgd_pushes_alpha_down(data):
             results[weight] = mixed(x_adv, return_alpha=True)[1].mean().item()
     with torch.no_grad():
         clean_alpha = mixed(x, return_alpha=True)[1].mean().item()
-    assert results[50.0] < clean_alpha - 0.1
-    assert results[50.0] < results[0.0]
+    assert results[0.95] < clean_alpha - 0.1
+    assert results[0.95] < results[0.0]
 
 
 def test_targeted_alpha_apgd_pushes_alpha_down(data):
@@ -164,7 +166,7 @@ def test_targeted_alpha_apgd_pushes_alpha_down(data):
     with torch.no_grad():
         runner_up = mixed(x).sort(1)[1][:, -2]
     mean_alpha = {}
-    for weight in (0.0, 50.0):
+    for weight in (0.0, 0.95):
         attack = AlphaAPGDTargeted(mixed, eps=0.1, n_iter=20, seed=0, n_target_classes=1, alpha_weight=weight)
         attack.init_hyperparam(x)
         attack.y_target = runner_up
@@ -173,13 +175,16 @@ def test_targeted_alpha_apgd_pushes_alpha_down(data):
         x_best = attack.attack_single_run(x, y)[0]
         with torch.no_grad():
             mean_alpha[weight] = mixed(x_best, return_alpha=True)[1].mean().item()
-    assert mean_alpha[50.0] < mean_alpha[0.0] - 0.1
+    assert mean_alpha[0.95] < mean_alpha[0.0] - 0.05
 
 
-def test_alpha_penalty_is_bce_with_label_one():
-    alpha = torch.tensor([0.25, 0.5, 1.0])
-    expected = torch.nn.functional.binary_cross_entropy(alpha, torch.ones(3), reduction="none")
-    torch.testing.assert_close(alpha_penalty(alpha), expected)
+def test_alpha_term_is_bce_of_the_logit_with_label_one():
+    logit = torch.tensor([-2.0, 0.0, 3.0])
+    expected = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logit), torch.ones(3), reduction="none")
+    torch.testing.assert_close(alpha_down_term(MixParts(None, None, torch.sigmoid(logit), logit)), expected)
+    assert alpha_down_term(MixParts(None, None, 0.5)) == 0.0  # a fixed alpha has no term
+    with pytest.raises(AsmixError, match="alpha weight"):
+        AlphaAPGD(adaptive_mix(), eps=0.1, alpha_weight=2.0)
 
 
 def test_adaptive_autoattack_equals_standard_for_fixed_alpha(data):
@@ -187,22 +192,71 @@ def test_adaptive_autoattack_equals_standard_for_fixed_alpha(data):
     mixed = MixedClassifier(tiny_linear(0), tiny_linear(1), 0.6)
     y = predicted(mixed, x)
     standard = standard_autoattack(mixed, x, y, eps=0.04, seed=1, square_queries=30)
-    adaptive = adaptive_autoattack(mixed, x, y, eps=0.04, seed=1, square_queries=30)
+    adaptive = adaptive_autoattack(mixed, x, y, eps=0.04, seed=1, budget=AttackBudget(square_queries=30))
     assert 0 < standard.trail["square"] < 1
-    assert adaptive.stages == (*standard.stages, ALPHA_ATTACK)
-    assert torch.equal(adaptive.robust[:, :-1], standard.robust)
-    assert torch.equal(adaptive.robust[:, -1], standard.robust[:, -1])
-    assert torch.equal(adaptive.x_adv, standard.x_adv)
+    assert adaptive.stages == standard.stages
+    assert torch.equal(adaptive.robust, standard.robust) and torch.equal(adaptive.x_adv, standard.x_adv)
 
 
-def test_adaptive_autoattack_is_at_least_as_strong(data):
+def test_adaptive_autoattack_is_at_least_as_strong_and_reports_alpha_per_stage(data):
     x, _ = data
     mixed = adaptive_mix()
     y = predicted(mixed, x)
     standard = standard_autoattack(mixed, x, y, eps=0.04, seed=1, square_queries=30)
-    adaptive = adaptive_autoattack(mixed, x, y, eps=0.04, seed=1, standard=standard, alpha_weight=2.0)
-    assert 0 < standard.trail["square"] < 1  # the adaptive APGD had examples left to attack
-    assert not (adaptive.robust[:, -1] & ~standard.robust[:, -1]).any()
-    assert adaptive.trail[ALPHA_ATTACK] <= standard.trail["square"]
+    budget = AttackBudget(apgd_steps=20, target_classes=2, square_queries=30)
+    adaptive = adaptive_autoattack(mixed, x, y, eps=0.04, seed=1, standard=standard, budget=budget)
+    assert 0 < standard.trail["square"] < 1  # the adaptive stages had examples left to attack
+    assert adaptive.stages == (*standard.stages, *ADAPTIVE_STAGES)
+    assert not (adaptive.robust[:, -1] & ~standard.robust[:, -1]).any()  # worst case: robust only if every stage fails
+    assert (adaptive.robust[:, 1:] <= adaptive.robust[:, :-1]).all()
     with torch.no_grad():
         assert torch.equal(mixed(adaptive.x_adv).argmax(1) == y, adaptive.robust[:, -1])
+    means = adaptive.mean_alpha
+    assert set(means) == set(adaptive.stages) and 0 < means["clean"] < 1
+    attacked = ~adaptive.alpha[:, -1].isnan()  # Square-alpha ran on the examples still robust before it
+    assert torch.equal(attacked, adaptive.robust[:, -2])
+
+
+class MagnitudeDetector(nn.Module):
+    """A mixer that flags large perturbations: its logit grows with the mean |x - 0.5|. Clean images here are
+    0.5 everywhere, and g can be fooled through one pixel, so an attack that keeps the rest still wins."""
+
+    def __init__(self, slope: float = 4000.0, threshold: float = 0.02) -> None:
+        super().__init__()
+        self.slope, self.threshold = slope, threshold
+
+    def run(self, x, std, rob):
+        logit = self.slope * ((x - 0.5).abs().mean(dim=(1, 2, 3)) - self.threshold)
+        return MixParts(std(x), rob(x), torch.sigmoid(logit), logit)
+
+
+def _one_pixel_pair():
+    """g: a linear model fooled by moving pixel 0 alone; h: always right (a perfectly robust stand-in)."""
+    g = nn.Sequential(nn.Flatten(), nn.Linear(36, 10)).eval()
+    with torch.no_grad():
+        g[1].weight.zero_()
+        g[1].bias.copy_(torch.linspace(0, 1, 10))  # class 9 wins on clean images
+        g[1].weight[8, 0], g[1].bias[8] = 40.0, -21.5  # class 8: -1.5 on clean images, +2.5 with pixel 0 up by 0.1
+        g[1].weight[8] += 0.001 * torch.randn(36)
+    h = nn.Sequential(nn.Flatten(), nn.Linear(36, 10)).eval()
+    with torch.no_grad():
+        h[1].weight.zero_()
+        h[1].bias.copy_(torch.nn.functional.one_hot(torch.tensor(9), 10).float() * 20)
+    return g, h
+
+
+def test_adaptive_attack_beats_a_mixer_that_only_flags_large_perturbations():
+    torch.manual_seed(0)
+    g, h = _one_pixel_pair()
+    mixed = MixedClassifier(g, h, MagnitudeDetector()).eval()
+    x = torch.full((12, 1, 6, 6), 0.5)
+    y = torch.full((12,), 9)
+    with torch.no_grad():
+        assert (mixed(x).argmax(1) == y).all()
+    budget = AttackBudget(apgd_steps=40, target_classes=2, square_queries=100)
+    standard = standard_autoattack(mixed, x, y, eps=0.1, seed=0, square_queries=100)
+    worst = adaptive_autoattack(mixed, x, y, eps=0.1, seed=0, standard=standard, budget=budget)
+    assert standard.trail["square"] == 1.0  # every standard attack moves many pixels and is flagged
+    assert worst.trail[ADAPTIVE_STAGES[-1]] <= 0.25
+    lite = autoattack_lite(mixed, x, y, eps=0.1, budget=budget)
+    assert lite.trail[ADAPTIVE_STAGES[-1]] <= 0.25

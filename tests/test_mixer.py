@@ -114,17 +114,17 @@ def test_alpha_range_in_eval_full_range_in_train():
     mixer = MixingNetwork.build(std, rob, torch.rand(2, 1, 28, 28), alpha_range=(0.6, 0.9))
     x = torch.rand(16, 1, 28, 28)
     mixer.train()
-    _, _, alpha = mixer.run(x, std, rob)
+    alpha = mixer.run(x, std, rob).alpha
     assert alpha.shape == (16,) and ((alpha > 0) & (alpha < 1)).all() and alpha.min() < 0.6
     mixer.eval()
     with torch.no_grad():
         mixer.output_norm.running_mean.fill_(-1e3)  # saturate the sigmoid
-        _, _, high = mixer.run(x, std, rob)
+        high = mixer.run(x, std, rob).alpha
         mixer.output_norm.running_mean.fill_(1e3)
-        _, _, low = mixer.run(x, std, rob)
+        low = mixer.run(x, std, rob).alpha
     assert torch.allclose(high, torch.full((16,), 0.9)) and torch.allclose(low, torch.full((16,), 0.6))
     with mixer.full_range(), torch.no_grad():
-        _, _, full = mixer.run(x, std, rob)
+        full = mixer.run(x, std, rob).alpha
     assert full.max() < 1e-6
 
 
@@ -161,7 +161,7 @@ def test_different_feature_sizes_are_resized():
     rob = _timm_resnet18()
     x = torch.rand(2, 3, 32, 32)
     mixer = MixingNetwork.build(std, rob, x, width=8, stages=1, blocks=1).eval()
-    _, _, alpha = mixer.run(x, std, rob)
+    alpha = mixer.run(x, std, rob).alpha
     assert alpha.shape == (2,) and torch.isfinite(alpha).all()
 
 
@@ -198,7 +198,7 @@ def test_save_load_roundtrip(tmp_path):
     assert torch.equal(loaded.head_norm.running_mean, mixer.head_norm.running_mean)
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
-        assert torch.equal(loaded.run(x, std, rob)[2], mixer.run(x, std, rob)[2])
+        assert torch.equal(loaded.run(x, std, rob).alpha, mixer.run(x, std, rob).alpha)
 
 
 def test_load_errors(tmp_path):
@@ -222,3 +222,47 @@ def test_load_errors(tmp_path):
     (directory / "mixer.json").write_text(json.dumps({"format": "asmix-mixer", "architecture": {"width": 3}}))
     with pytest.raises(AsmixError, match="corrupt mixer config"):
         load_mixer(directory)
+
+
+def test_evaluation_head_adds_the_bias_and_range_only_in_eval():
+    std, rob, mixer = _trained_looking_mixer()
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        base = mixer.run(x, std, rob)
+        mixer.set_alpha_bias(1.5)
+        biased = mixer.run(x, std, rob)
+        with mixer.full_range():
+            training_head = mixer.run(x, std, rob)
+    assert torch.allclose(biased.alpha_logit, base.alpha_logit + 1.5, atol=1e-6)
+    assert torch.allclose(biased.alpha, 0.2 + 0.6 * torch.sigmoid(base.alpha_logit + 1.5), atol=1e-6)
+    assert torch.allclose(training_head.alpha_logit, base.alpha_logit, atol=1e-6)  # bias 0 and range (0, 1)
+    assert torch.allclose(training_head.alpha, torch.sigmoid(base.alpha_logit), atol=1e-6)
+    with pytest.raises(AsmixError, match="finite"):
+        mixer.set_alpha_bias(float("nan"))
+
+
+def test_training_clamps_the_logit_to_batch_mean_plus_minus_0_6_std():
+    std, rob = _demo_pair()
+    mixer = MixingNetwork.build(std, rob, torch.rand(2, 1, 28, 28), width=8).train()
+    assert mixer.output_norm.momentum == 0.01
+    captured = {}
+    mixer.linear.register_forward_hook(lambda module, inputs, output: captured.update(z=output.detach()))
+    x = torch.rand(32, 1, 28, 28)
+    with torch.no_grad():
+        _, _, std_features, rob_features = mixer.features(x, std, rob)
+        score = mixer(std_features, rob_features)
+    z = captured["z"].reshape(-1)
+    clamped = z.clamp(z.mean() - 0.6 * z.std(), z.mean() + 0.6 * z.std())
+    expected = 2.0 * (clamped - clamped.mean()) / torch.sqrt(clamped.var(unbiased=False) + 1e-5)
+    assert torch.allclose(score, expected, atol=1e-4)
+    assert (z > z.mean() + 0.6 * z.std()).any()  # the clamp did cut something
+    assert torch.allclose(mixer.output_norm.running_mean, 0.01 * clamped.mean().reshape(1), atol=1e-6)
+
+
+def test_head_round_trips_through_mixer_json(tmp_path):
+    std, rob, mixer = _trained_looking_mixer()
+    mixer.set_alpha_bias(1.25)
+    save_mixer(mixer, tmp_path / "m", config={})
+    loaded, stored = load_mixer(tmp_path / "m")
+    assert stored["architecture"]["alpha_bias"] == 1.25 and loaded.alpha_bias == 1.25
+    assert (loaded.clamp_std, loaded.bn_momentum) == (0.6, 0.01)

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from asmix.errors import AsmixError
-from asmix.experiments.train import (TrainConfig, attack_batch, composite_loss, fixed_alpha_robustness, mixed_objective,
-                                     pseudo_labels, select_alpha_range, train_mixer, validate)
+from asmix.attacks.objectives import mixed_objective
+from asmix.experiments.train import (TrainConfig, attack_rows, composite_loss, judge, pseudo_labels, select_head,
+                                     train_mixer, training_rows)
+from asmix.experiments.train.adversary import chi_square_steps
 from asmix.mixer import MixingNetwork, load_mixer
 from asmix.mixing import MixedClassifier
 from asmix.models.demo import DemoCNN
@@ -30,7 +32,8 @@ def _data(n: int, seed: int = 0):
 
 
 def _config(**overrides) -> TrainConfig:
-    settings = dict(epochs=2, batch_size=8, steps_range=(1, 2), val_steps=1, eps_max=0.3, **TINY)
+    settings = dict(epochs=2, batch_size=8, steps_range=(1, 2), val_steps=1, eps_max=0.3, target_classes=1,
+                    apgd_steps_df=2, **TINY)
     return TrainConfig(**(settings | overrides))
 
 
@@ -53,9 +56,13 @@ def test_pseudo_labels():
     std = torch.tensor([right, wrong, right, right, wrong, wrong])
     rob = torch.tensor([right, right, wrong, right, right, wrong])
     attacked = torch.tensor([False, False, False, True, True, True])
-    # clean: both right -> 0, g wrong h right -> 1, g right h wrong -> 0; attacked: 1 unless g right h wrong
-    assert pseudo_labels(std, rob, y, attacked).tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
-    assert pseudo_labels(std[2:3], rob[2:3], y[:1], torch.tensor([True])).tolist() == [0.0]
+    # oracle: clean both right -> 0, g wrong h right -> 1, g right h wrong -> 0; attacked: 1 unless g right h wrong
+    assert pseudo_labels(std, rob, y, attacked, "oracle").tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    assert pseudo_labels(std[2:3], rob[2:3], y[:1], torch.tensor([True]), "oracle").tolist() == [0.0]
+    # paper (the authors' code): clean 0, attacked 1 whatever g and h do
+    assert pseudo_labels(std, rob, y, attacked).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    with pytest.raises(AsmixError, match="pseudo-label rule"):
+        pseudo_labels(std, rob, y, attacked, "mine")
 
 
 def test_attack_objective_pushes_alpha_down_and_gray_box_detaches_alpha():
@@ -65,14 +72,15 @@ def test_attack_objective_pushes_alpha_down_and_gray_box_detaches_alpha():
     mixed = MixedClassifier(std, rob, alpha=mixer).eval()
     with torch.no_grad():
         base = mixed_objective("B", 0.0)(mixed, x, y)
-        pushed = mixed_objective("B", 2.0)(mixed, x, y)
-        _, _, alpha = mixer.run(x, std, rob)
-    assert torch.allclose(pushed - base, -2.0 * torch.log(alpha), atol=1e-5)
+        pushed = mixed_objective("B", 0.3)(mixed, x, y)
+        logit = mixer.run(x, std, rob).alpha_logit
+    # (1 - w) * CE + w * BCE(logit, 1), and BCE(logit, 1) = -log sigmoid(logit)
+    assert torch.allclose(pushed, 0.7 * base - 0.3 * torch.log(torch.sigmoid(logit)), atol=1e-5)
     x_a = x.clone().requires_grad_(True)
     (grad_a,) = torch.autograd.grad(mixed_objective("A")(mixed, x_a, y).sum(), x_a)
     x_b = x.clone().requires_grad_(True)
     (grad_b,) = torch.autograd.grad(mixed_objective("B")(mixed, x_b, y).sum(), x_b)
-    _, _, alpha = mixer.run(x, std, rob)
+    alpha = mixer.run(x, std, rob).alpha
     expected = torch.autograd.grad(
         torch.nn.functional.cross_entropy(mixed.mix(std(x_a), rob(x_a), alpha.detach()), y, reduction="sum"), x_a)[0]
     assert torch.allclose(grad_a, expected, atol=1e-6)
@@ -84,27 +92,56 @@ def test_training_attack_stays_in_ball_and_is_seeded():
     x, y = _data(8)
     mixer = MixingNetwork.build(std, rob, x, **TINY).train()
     mixed = MixedClassifier(std, rob, alpha=mixer)
-    config = _config(eps_max=0.1, steps_range=(2, 4))
-    first = attack_batch(mixed, x, y, config, batch_generator(0, "t"))
-    second = attack_batch(mixed, x, y, config, batch_generator(0, "t"))
+    config = _config(setting="B", eps_max=0.1, eps_range=(0.4, 1.0), steps_range=(2, 4))
+    first = attack_rows(mixed, x, y, config, batch_generator(0, "t"))
+    second = attack_rows(mixed, x, y, config, batch_generator(0, "t"))
     assert mixer.training  # restored after the attack
     assert torch.equal(first, second)
     assert (first - x).abs().max() <= 0.1 + 1e-6 and (first - x).abs().max() > 0.02
     assert first.min() >= 0 and first.max() <= 1
     # a shard of the batch gets the same examples as the whole batch
-    shard = attack_batch(mixed, x[4:], y[4:], config, batch_generator(0, "t"), offset=4, total=8)
+    shard = attack_rows(mixed, x[4:], y[4:], config, batch_generator(0, "t"), offset=4, total=8)
     assert torch.allclose(shard, first[4:], atol=1e-6)
 
 
-def test_setting_c_uses_apgd():
+def test_setting_c_rows_are_the_attacks_own_iterates_never_clean_copies():
     std, rob = _pair()
-    x, y = _data(4)
+    x, y = _data(8)
     mixer = MixingNetwork.build(std, rob, x, **TINY)
     mixed = MixedClassifier(std, rob, alpha=mixer)
+    config = _config(setting="C", eps_max=0.1, target_classes=2, apgd_steps_df=3)
     state = torch.get_rng_state()
-    x_adv = attack_batch(mixed, x, y, _config(setting="C", eps_max=0.1, steps_range=(2, 2)), batch_generator(0, "c"))
-    assert torch.equal(torch.get_rng_state(), state)  # APGD's reseeding does not leak
-    assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.1 + 1e-6
+    rows = attack_rows(mixed, x, y, config, batch_generator(0, "c"))
+    assert torch.equal(torch.get_rng_state(), state)  # nothing reseeds torch's generator
+    assert rows.shape == (3 * 8, 1, 28, 28)  # one APGD-CE and two APGD-T copies per image, copy-major
+    clean = x.repeat(3, 1, 1, 1)
+    assert int((rows == clean).flatten(1).all(1).sum()) == 0  # no attacked row is its clean copy
+    distance = (rows - clean).abs().flatten(1).amax(1)
+    assert distance.max() <= 0.1 * 1.1 + 1e-6 and distance.min() >= 0.1 * 0.4 * 0.5  # eps * U(0.4, 1.1) per example
+    assert distance.std() > 0.005  # radii differ per example
+    assert torch.equal(rows, attack_rows(mixed, x, y, config, batch_generator(0, "c")))
+    shard = attack_rows(mixed, x[4:], y[4:], config, batch_generator(0, "c"), offset=4, total=8)
+    assert torch.allclose(shard, rows.view(3, 8, 1, 28, 28)[:, 4:].reshape(-1, 1, 28, 28), atol=1e-6)
+
+
+def test_setting_c_balances_clean_and_attacked_rows():
+    std, rob = _pair()
+    x, y = _data(16)
+    mixer = MixingNetwork.build(std, rob, x, **TINY)
+    mixed = MixedClassifier(std, rob, alpha=mixer)
+    config = _config(setting="C", target_classes=2)
+    rows = training_rows(mixed, x, y, torch.arange(4), config, batch_generator(0, "r"), torch.device("cpu"))
+    assert len(rows) == 2 * 3 * 4 and int(rows.attacked.sum()) == 12  # 4 clean + 8 extra clean, 12 attacked
+    assert torch.equal(rows.x[:4], x[:4]) and torch.equal(rows.y[12:], y[:4].repeat(3))
+    extra = rows.x[4:12]
+    assert all(any(torch.equal(image, row) for row in x) for image in extra)  # extra clean images from the set
+
+
+def test_chi_square_steps_have_the_distribution_mean():
+    generator = torch.Generator().manual_seed(0)
+    draws = [chi_square_steps(75, generator) for _ in range(400)]
+    assert abs(sum(draws) / len(draws) - 75) < 2.5 and min(draws) >= 1
+    assert chi_square_steps(1, torch.Generator().manual_seed(3)) >= 1
 
 
 def test_config_validation():
@@ -114,6 +151,12 @@ def test_config_validation():
         TrainConfig(steps_range=(3, 2))
     with pytest.raises(AsmixError, match="EMA"):
         TrainConfig(ema_decay=1.0)
+    with pytest.raises(AsmixError, match="attack-bce-max"):
+        TrainConfig(attack_bce_max=1.5)
+    with pytest.raises(AsmixError, match="finite"):
+        TrainConfig(alpha_bias=float("nan"))
+    with pytest.raises(AsmixError, match="pseudo labels"):
+        TrainConfig(pseudo_labels="mine")
     std, rob = _pair()
     x, y = _data(4)
     with pytest.raises(AsmixError, match="full batch"):
@@ -161,41 +204,26 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "none", resume=True)
 
 
-def test_select_alpha_range_meets_target():
+def test_select_head_meets_target_within_the_grid_and_restores_the_head():
     std, rob = _pair()
     x, y = _data(24)
     with torch.no_grad():
-        y = std(x).argmax(1)  # g is right everywhere: alpha 0 gives 100 % clean accuracy
+        y = std(x).argmax(1)  # g is right everywhere; h is not
     mixer = MixingNetwork.build(std, rob, x, **TINY).eval()
     mixed = MixedClassifier(std, rob, alpha=mixer).eval()
-    rob_acc = (rob(x).argmax(1) == y).float().mean().item()
-    assert rob_acc < 1.0
-    selection = select_alpha_range(mixed, x, y, 1.0, eps=0.05, steps=1, batch_size=12)
-    assert selection.met and selection.clean_acc == 1.0
-    assert 0.0 <= selection.alpha_min <= selection.alpha_max <= 1.0
-    assert (mixer.alpha_min, mixer.alpha_max) == (0.0, 1.0)  # restored
+    with torch.no_grad():
+        assert (rob(x).argmax(1) == y).float().mean().item() < 1.0
+    selection = select_head(mixed, x, y, 0.9, eps=0.05, batch_size=12, min_alpha=0.0, max_width=0.1)
+    assert selection.met and selection.clean_acc >= 0.9 and selection.n_examples == 24
+    assert selection.alpha_max - selection.alpha_min <= 0.1 + 1e-9
+    assert (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias) == (0.0, 1.0, 0.0)  # restored
+    assert 0.0 <= selection.estimated_attacked_acc <= selection.clean_acc
     mixer.set_alpha_range(selection.alpha_min, selection.alpha_max)
+    mixer.set_alpha_bias(selection.alpha_bias)
     with torch.no_grad():
-        assert (mixed(x).argmax(1) == y).float().mean().item() == 1.0
-
-
-def test_range_selection_scores_a_range_by_its_fixed_alpha_floor():
-    std, rob = _pair()
-    x, y = _data(24)
-    mixer = MixingNetwork.build(std, rob, x, **TINY).eval()
-    mixed = MixedClassifier(std, rob, alpha=mixer).eval()
-    settings = dict(eps=0.3, steps=3, norm="linf", batch_size=12, seed=0, device=torch.device("cpu"))
-    floors = fixed_alpha_robustness(mixed, x, y, [0.0, 0.5, 1.0], **settings)
-    for alpha, accuracy in floors.items():  # each floor is the end-to-end PGD accuracy of that fixed alpha
-        fixed = MixedClassifier(std, rob, alpha)
-        assert accuracy == validate(fixed, x, y, **settings)[1]
-    selection = select_alpha_range(mixed, x, y, 0.0, floor_grid=0.5, **settings)
-    assert selection.floor_attacked_acc == floors[0.5 if selection.alpha_min >= 0.5 else 0.0]
-    trusting = select_alpha_range(mixed, x, y, 0.0, floor_grid=0.5, floor_weight=0.0, **settings)
-    cautious = select_alpha_range(mixed, x, y, 0.0, floor_grid=0.5, floor_weight=1.0, **settings)
-    assert trusting.estimated_attacked_acc >= cautious.estimated_attacked_acc  # weight 0: the best PGD estimate
-    assert cautious.floor_attacked_acc >= trusting.floor_attacked_acc          # weight 1: the best worst case
-    assert cautious.floor_attacked_acc == max(floors[0.0], floors[0.5])  # alpha_min < 1 for every candidate range
+        assert (mixed(x).argmax(1) == y).float().mean().item() == pytest.approx(selection.clean_acc)
+    impossible = select_head(mixed, x, y, 1.0, eps=0.05, batch_size=12, min_alpha=0.99, max_width=0.0)
+    assert not impossible.met and impossible.alpha_min == impossible.alpha_max
 
 
 @pytest.mark.slow
@@ -205,9 +233,9 @@ def test_short_demo_training_lowers_loss_and_separates_alpha():
 
     std, rob = load_model("demo-std"), load_model("demo-rob")
     x, y = load_data("demo", split="train")
-    config = TrainConfig(epochs=3, batch_size=32, steps_range=(2, 4), val_steps=5, width=16, blocks=1, stages=1,
-                         lr=3e-3)
-    result = train_mixer(std, rob, x[:192], y[:192], x[-64:], y[-64:], config)
+    config = TrainConfig(epochs=3, batch_size=32, target_classes=1, apgd_steps_df=4, val_steps=5, width=16, blocks=1,
+                         stages=1, lr=3e-3)
+    result = train_mixer(std, rob, x[:192], y[:192], x[-64:], y[-64:], config, judge_mixer=False)
     first, last = result.history[0], result.history[-1]
     assert last.train_loss < first.train_loss
     assert last.alpha_attacked > last.alpha_clean + 0.05
@@ -220,13 +248,17 @@ def test_target_clean_acc_sets_saved_range(tmp_path):
     x_val, _ = _data(12, seed=2)
     with torch.no_grad():
         y_val = std(x_val).argmax(1)
-    result = train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=1, target_clean_acc=1.0), out_dir=tmp_path)
+    result = train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=1, target_clean_acc=1.0, range_min_alpha=0.0),
+                         out_dir=tmp_path)
     selection = result.selection
-    assert selection is not None and selection.met and selection.clean_acc == 1.0
+    assert selection is not None and selection.met and selection.clean_acc == 1.0 and selection.n_examples == 6
     assert result.alpha_range == (selection.alpha_min, selection.alpha_max)
+    assert result.alpha_bias == selection.alpha_bias
+    assert result.verdict is not None and result.verdict.n_examples == 6  # judged on the other half
     loaded, stored = load_mixer(tmp_path)
-    assert (loaded.alpha_min, loaded.alpha_max) == result.alpha_range
+    assert (loaded.alpha_min, loaded.alpha_max, loaded.alpha_bias) == (*result.alpha_range, result.alpha_bias)
     assert stored["selection"]["target_clean_acc"] == 1.0
+    assert stored["verdict"]["gain_points"] == pytest.approx(result.verdict.gain)
 
 
 def test_train_data_splits_are_disjoint(tmp_path):
@@ -249,41 +281,43 @@ def test_train_data_splits_are_disjoint(tmp_path):
         load_train_data(PairSource(), 64, 100, "dev")
 
 
-def test_cli_json_holds_the_training_result_and_the_comparison(tmp_path, monkeypatch, capsys):
+def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypatch, capsys):
     import sys
 
     from asmix.cli import main
 
     monkeypatch.setattr(sys, "argv", [
-        "asmix", "train-mixer", "--n-train", "64", "--n-val", "32", "--epochs", "1", "--batch-size", "32",
-        "--steps-range", "1:1", "--val-steps", "1", "--mixer-width", "8", "--mixer-stages", "1", "--mixer-blocks", "1",
-        "--device", "cpu", "--compare", "--n-examples", "20", "--out", str(tmp_path / "run"),
+        "asmix", "train-mixer", "--n-train", "64", "--n-val", "16", "--epochs", "1", "--batch-size", "32",
+        "--target-classes", "1", "--apgd-steps-df", "2", "--val-steps", "1", "--mixer-width", "8", "--mixer-stages",
+        "1", "--mixer-blocks", "1", "--device", "cpu", "--compare", "--n-examples", "8", "--out", str(tmp_path / "run"),
         "--json", str(tmp_path / "result.json")])
     with pytest.raises(SystemExit) as exit_info:
         main()
-    assert exit_info.value.code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
     summary = json.loads((tmp_path / "result.json").read_text())
-    assert summary["config"]["epochs"] == 1 and len(summary["history"]) == 1
-    rows = {row["name"].split(" ")[0]: row for row in summary["comparison"]["rows"]}
-    assert summary["comparison"]["n_examples"] == 20
-    assert rows["g"]["alpha"] == 0.0 and rows["h"]["alpha"] == 1.0
-    assert rows["g"]["attacked_acc"] == 0.0  # demo-std breaks under PGD-20 at eps 0.3
+    assert summary["config"]["epochs"] == 1 and summary["config"]["setting"] == "C" and len(summary["history"]) == 1
+    assert summary["selection"]["target_clean_acc"] == 0.985 and summary["selection"]["n_examples"] == 8
+    for verdict in (summary["verdict"], summary["comparison"]):
+        assert verdict["n_examples"] == 8 and verdict["line"] in out
+        assert verdict["gain_points"] == pytest.approx(100 * (verdict["mixer"]["attacked_acc"]
+                                                              - verdict["fixed"]["attacked_acc"]))
+        assert verdict["fixed"]["clean_correct"] >= verdict["mixer"]["clean_correct"] or verdict["fixed"]["alpha"] == 0
     assert summary["comparison"] == json.loads((tmp_path / "run" / "comparison.json").read_text())
 
 
+def test_verdict_line_says_gain_or_no_gain():
+    from asmix.experiments.train import NO_GAIN, JudgedModel, Verdict
 
-def test_selection_line_warns_when_the_fixed_alpha_floor_is_weak():
-    from asmix.experiments.train import RangeSelection
-    from asmix.report.train import selection_line
-
-    weak = selection_line(RangeSelection(0.41, 0.71, 0.99, True, 0.99, 0.826, 0.006, 0.808))
-    sound = selection_line(RangeSelection(0.6, 1.0, 0.98, True, 0.98, 0.88, 0.80, 0.86))
-    assert "warning: an attack that steers alpha down to 0.41 faces only 0.60% robustness" in weak
-    assert "warning" not in sound and "fixed alpha 0.6 80.00%" in sound
+    mixer = JudgedModel("mixer", None, 0.99, 0.85, 99, 85, 0.6, 0.9)
+    fixed = JudgedModel("fixed alpha 0.7", 0.7, 0.99, 0.80, 99, 80, 0.7, 0.7)
+    assert Verdict(100, 0.3, "linf", mixer, fixed).line.startswith("gain: +5.00 points over fixed alpha 0.7 (85/100 vs 80/100")
+    lost = Verdict(100, 0.3, "linf", fixed.__class__(**{**mixer.__dict__, "attacked_acc": 0.8, "attacked_correct": 80}), fixed)
+    assert lost.line.startswith(NO_GAIN) and "+0.00 points" in lost.line
 
 
-def test_compare_picks_the_largest_fixed_alpha_as_accurate_as_the_mixer():
-    from asmix.experiments.train import compare_fixed_alpha
+def test_judge_picks_the_largest_fixed_alpha_as_accurate_as_the_mixer():
+    from asmix.experiments.train.comparison import equal_accuracy_alpha
 
     std, rob = _pair()
     x, _ = _data(40)
@@ -291,13 +325,13 @@ def test_compare_picks_the_largest_fixed_alpha_as_accurate_as_the_mixer():
         y = std(x).argmax(1)  # g is right everywhere, h on some
     mixer = MixingNetwork.build(std, rob, x, **TINY).eval()
     mixed = MixedClassifier(std, rob, alpha=mixer).eval()
-    comparison = compare_fixed_alpha(mixed, x, y, eps=0.05, steps=1, batch_size=20, grid=0.1)
-    g_row, h_row, fixed_row, adaptive_row = comparison.rows
     with torch.no_grad():
         std_logits, rob_logits = std(x), rob(x)
-    clean = {round(a / 10, 6): (mixed.mix(std_logits, rob_logits, a / 10).argmax(1) == y).float().mean().item()
-             for a in range(11)}
-    feasible = [a for a, acc in clean.items() if acc >= adaptive_row.clean_acc - 1e-9]
-    expected = max(feasible) if feasible else max(clean, key=lambda a: (clean[a], a))
-    assert (g_row.alpha, h_row.alpha, fixed_row.alpha) == (0.0, 1.0, expected)
-    assert g_row.clean_acc == 1.0 and fixed_row.clean_acc == pytest.approx(clean[expected])
+    counts = {round(a / 100, 6): int((mixed.mix(std_logits, rob_logits, a / 100).argmax(1) == y).sum()) for a in range(101)}
+    for target in (40, 35, counts[1.0]):
+        feasible = [a for a, count in counts.items() if count >= target]
+        assert equal_accuracy_alpha(mixed, std_logits, rob_logits, y, target) == max(feasible)
+    verdict = judge(mixed, x[:10], y[:10], eps=0.05, batch_size=10)
+    assert verdict.fixed.clean_correct >= verdict.mixer.clean_correct
+    assert verdict.fixed.alpha == equal_accuracy_alpha(mixed, std_logits[:10], rob_logits[:10], y[:10],
+                                                       verdict.mixer.clean_correct)

@@ -60,7 +60,9 @@ def _check_weight(weight: float | torch.Tensor) -> None:
 class AlphaAPGD(_AA.autopgd_base.APGDAttack):
     """The package's APGD with loss ``ce``, ``dlr`` or ``alpha`` blended with the alpha term.
 
-    ``alpha`` maximises minus the mixing network's logit alone (the alpha-first stage). ``alpha_weight`` is
+    ``alpha`` maximises minus the mixing network's logit alone (the alpha-first stage); ``ce-hinge`` blends CE
+    with minus the positive part of the logit, a term that keeps pushing where BCE has saturated (the class
+    stage after alpha-first). ``alpha_weight`` is
     a float or a per-example tensor (training draws one per example); the attack runs on ``mixed`` through
     an ``AlphaTap``. The loss enters through the package's hook for a loss given as a method (``dlr_loss``).
     """
@@ -68,8 +70,8 @@ class AlphaAPGD(_AA.autopgd_base.APGDAttack):
     def __init__(self, mixed: nn.Module, *, eps: float | torch.Tensor, norm: str = "linf", loss: str = "ce",
                  alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT, n_iter: int = 100, n_restarts: int = 1,
                  seed: int = 0, rho: float = 0.75, device: torch.device | None = None) -> None:
-        if loss not in ("ce", "dlr", "alpha"):
-            raise AsmixError(f"adaptive APGD loss must be ce, dlr or alpha, got {loss!r}")
+        if loss not in ("ce", "dlr", "alpha", "ce-hinge"):
+            raise AsmixError(f"adaptive APGD loss must be ce, dlr, alpha or ce-hinge, got {loss!r}")
         _check_weight(alpha_weight)
         self.tap = AlphaTap(mixed)
         if loss == "alpha" and not self.tap.adaptive:
@@ -82,6 +84,9 @@ class AlphaAPGD(_AA.autopgd_base.APGDAttack):
         """Per-example loss to maximise; ``logits`` come from the tap's last forward pass."""
         if self.base_loss == "alpha":
             return -self.tap.parts.alpha_logit
+        if self.base_loss == "ce-hinge":  # the logit is pushed down only while positive, and never saturates
+            return ((1 - self.alpha_weight) * F.cross_entropy(logits, y, reduction="none")
+                    - self.alpha_weight * F.relu(self.tap.parts.alpha_logit))
         base = F.cross_entropy(logits, y, reduction="none") if self.base_loss == "ce" else super().dlr_loss(logits, y)
         return blend(base, self.tap.parts, self.alpha_weight)
 
@@ -187,8 +192,8 @@ def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudg
 
     def alpha_first(x, y, seed):
         down = _apgd_point(AlphaAPGD(mixed, loss="alpha", seed=seed, device=x.device, **settings), x, y, seed)
-        return _apgd_point(AlphaAPGD(mixed, loss="ce", seed=seed + 1, device=x.device, **settings), x, y, seed + 1,
-                           x_init=down)
+        return _apgd_point(AlphaAPGD(mixed, loss="ce-hinge", seed=seed + 1, device=x.device, **settings), x, y,
+                           seed + 1, x_init=down)
 
     def square(x, y, seed):
         attack = AlphaSquare(mixed, eps=eps, norm=norm, n_queries=budget.square_queries,

@@ -75,11 +75,11 @@ class AutoAttackRun:
     alpha: torch.Tensor | None = None
 
     @property
-    def mean_alpha(self) -> dict[str, float]:
-        """Mean alpha per stage over the examples it attacked (NaN where none)."""
+    def mean_alpha(self) -> dict[str, float | None]:
+        """Mean alpha per stage over the examples it attacked (None where it attacked none, or for a plain model)."""
         if self.alpha is None:
             return {}
-        return {stage: float(column[~column.isnan()].mean()) if (~column.isnan()).any() else float("nan")
+        return {stage: float(column[~column.isnan()].mean()) if (~column.isnan()).any() else None
                 for stage, column in zip(self.stages, self.alpha.T)}
 
     @property

@@ -10,7 +10,8 @@ import typer
 from asmix.cli.app import app
 from asmix.cli.options import (DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
                                NExamplesOption, NormOption, RobOption, RobWeightsOption, SeedOption, StdOption,
-                               StdWeightsOption, console, pair_source, progress_callback, stdout)
+                               StdWeightsOption, TrustCodeOption, check_outputs, console, number_parser, pair_source,
+                               progress_callback, stdout)
 
 
 def _option(name: str, text: str):
@@ -28,6 +29,7 @@ def train_mixer_command(
     model_dir: ModelDirOption = None,
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
+    trust_code: TrustCodeOption = False,
     norm: NormOption = "linf",
     setting: Annotated[str, _option("--setting", "Training attacks: C APGD-CE + APGD-T copies (the paper's recipe), B white-box PGD, A gray-box PGD.")] = "C",
     epochs: Annotated[Optional[int], _option("--epochs", "Epochs (default 4 on demo, 3 otherwise).")] = None,
@@ -41,13 +43,13 @@ def train_mixer_command(
     c_bce: Annotated[float, _option("--c-bce", "Weight of BCE in the composite loss.")] = 1.5,
     c_prod: Annotated[float, _option("--c-prod", "Weight of CE*BCE in the composite loss.")] = 0.2,
     pseudo_labels: Annotated[str, _option("--pseudo-labels", "paper: clean 0, attacked 1; oracle: also asks whether g and h are right.")] = "paper",
-    eps_max: Annotated[Optional[float], _option("--eps-max", "Training attack radius eps (default: the dataset's eps).")] = None,
+    eps_max: Annotated[Optional[float], typer.Option("--eps-max", parser=number_parser("--eps-max"), metavar="EPS", help="Training attack radius eps, a number or a fraction like 8/255 (default: the dataset's standard eps).")] = None,
     eps_range: Annotated[str, _option("--eps-range", "Radius per example (C) or per batch (A/B) drawn as eps * U(LOW, HIGH).")] = "0.4:1.1",
     steps_range: Annotated[Optional[str], _option("--steps-range", "PGD steps of settings A/B drawn per batch from LOW:HIGH (default 5:10 on demo, 5:20).")] = None,
     apgd_steps_df: Annotated[Optional[int], _option("--apgd-steps-df", "Setting C: APGD iterations per copy ~ chi-square(DF) (default 10 on demo, 75).")] = None,
     target_classes: Annotated[Optional[int], _option("--target-classes", "Setting C: APGD-T copies per clean image (default 2 on demo, 9).")] = None,
     attack_bce_max: Annotated[float, _option("--attack-bce-max", "Largest w of the attack loss (1-w)*loss + w*BCE(alpha logit, 1), w drawn per example.")] = 0.4,
-    val_eps: Annotated[Optional[float], _option("--val-eps", "Validation and verdict radius (default eps-max).")] = None,
+    val_eps: Annotated[Optional[float], typer.Option("--val-eps", parser=number_parser("--val-eps"), metavar="EPS", help="Validation and verdict radius (default eps-max).")] = None,
     val_steps: Annotated[Optional[int], _option("--val-steps", "Per-epoch validation PGD steps (default 10 on demo, 20).")] = None,
     n_train: Annotated[Optional[int], _option("--n-train", "Training examples from the start of the train split (default 2048 on demo, all).")] = None,
     n_val: Annotated[Optional[int], _option("--n-val", "Held-out examples (the end of --val-split): validation, head choice (first half) and verdict (second half) (default 500 on demo, 1000).")] = None,
@@ -85,7 +87,9 @@ def train_mixer_command(
     from asmix.report.train import epoch_line, history_table, selection_line, verdict_table, write_train_outputs
     from asmix.runtime import resolve_device
 
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm)
+    check_outputs(json_path=json_path, out_dir=out)
+    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
+                         trust_code=trust_code)
     size = default_run_size(dataset)
     target = size.target_clean_acc if target_clean_acc is None else target_clean_acc
     if target is not None and target > 1:
@@ -127,11 +131,11 @@ def train_mixer_command(
         return
     stdout.print(history_table(result))
     if result.selection is not None:
-        stdout.print(selection_line(result.selection))
+        stdout.print(selection_line(result.selection), soft_wrap=True)
     for title, judged in (("held-out", result.verdict), ("evaluation", comparison)):
         if judged is not None:
             stdout.print(verdict_table(judged, title))
-            stdout.print(judged.line)
+            stdout.print(judged.line, soft_wrap=True)
     summary = {**result.to_dict(), "comparison": comparison.to_dict() if comparison is not None else None}
     for path in write_train_outputs(result, out, comparison) + ([atomic_write_json(json_path, summary)] if json_path else []):
         console.print(f"wrote {path}")

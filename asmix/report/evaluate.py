@@ -78,7 +78,7 @@ def trail_table(result) -> Table | None:
 
 
 def _alpha_text(value: float | None) -> str:
-    return "–" if value is None or value != value else f"{value:.2f}"
+    return "–" if value is None else f"{value:.2f}"
 
 
 def write_evaluate_json(result, path: str | Path) -> Path:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from asmix.attacks.adaptive import AlphaAPGD, AlphaAPGDTargeted
+from asmix.attacks.autoattack import restored_rng
 from asmix.attacks.objectives import mixed_objective
 from asmix.attacks.pgd import PGD
 from asmix.experiments.train.config import TrainConfig
@@ -116,7 +117,8 @@ def _apgd_copies(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Tra
             attack = AlphaAPGDTargeted(mixed, n_target_classes=1, **settings)
             attack.y_target = order[:, -(1 + (copy - 1) % (n_classes - 1) + 1)]
         attack.init_hyperparam(x)
-        rows.append(attack.attack_single_run(x, y, x_init=start)[3].detach())
+        with restored_rng(x.device):  # the package draws a random start even when given one; keep torch's state
+            rows.append(attack.attack_single_run(x, y, x_init=start)[3].detach())
     return torch.cat(rows)
 
 

@@ -77,7 +77,8 @@ class TrainConfig:
                 raise AsmixError(f"{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
         numbers = {name: getattr(self, name) for name in ("lr", "weight_decay", "ema_decay", "grad_clip", "c_ce",
                                                          "c_bce", "c_prod", "eps_max", "attack_bce_max", "scale",
-                                                         "alpha_bias", "clamp_std", "bn_momentum")}
+                                                         "alpha_bias", "clamp_std", "bn_momentum", "std_scale",
+                                                         "rob_scale")}
         for name, value in numbers.items():
             if not math.isfinite(value):
                 raise AsmixError(f"{name.replace('_', '-')} must be a finite number, got {value}")
@@ -109,6 +110,7 @@ class TrainConfig:
         if not 0.0 < self.range_max_width <= 1.0:
             raise AsmixError(f"range-max-width must be in (0, 1], got {self.range_max_width}")
         PGD(eps=self.eps_max * self.eps_range[1], steps=high, norm=self.norm)
+        PGD(eps=self.resolved_val_eps, steps=self.val_steps, norm=self.norm)
 
     @property
     def resolved_val_eps(self) -> float:

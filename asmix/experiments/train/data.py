@@ -44,13 +44,26 @@ def load_train_data(source, n_train: int | None, n_val: int, val_split: str = "t
         if n_train + n_val > len(x):
             raise AsmixError(f"{len(x)} examples cannot hold n-train {n_train} + n-val {n_val}")
         if source.data is not None:
-            return TrainData(x[:n_train], y[:n_train], x[len(x) - n_val:], y[len(y) - n_val:],
-                             x[n_train:len(x) - n_val], y[n_train:len(y) - n_val])
+            return _checked(source, TrainData(x[:n_train], y[:n_train], x[len(x) - n_val:], y[len(y) - n_val:],
+                                              x[n_train:len(x) - n_val], y[n_train:len(y) - n_val]))
         x_test, y_test = load_data(source.dataset, split="test", **options)
-        return TrainData(x[:n_train], y[:n_train], x[len(x) - n_val:], y[len(y) - n_val:], x_test, y_test)
+        return _checked(source, TrainData(x[:n_train], y[:n_train], x[len(x) - n_val:], y[len(y) - n_val:],
+                                          x_test, y_test))
     x_test, y_test = load_data(source.dataset, split="test", **options)
     if n_val >= len(x_test):
         raise AsmixError(f"the test split has {len(x_test)} examples: n-val {n_val} leaves none for evaluation")
     n_train = len(x) if n_train is None else min(n_train, len(x))
     split = len(x_test) - n_val
-    return TrainData(x[:n_train], y[:n_train], x_test[split:], y_test[split:], x_test[:split], y_test[:split])
+    return _checked(source, TrainData(x[:n_train], y[:n_train], x_test[split:], y_test[split:], x_test[:split],
+                                      y_test[:split]))
+
+
+def _checked(source, data: TrainData) -> TrainData:
+    """Every label of every part within the dataset's classes (before any training)."""
+    from asmix.data import check_labels, dataset_info
+
+    if source.data is None:
+        classes = dataset_info(source.dataset).num_classes
+        for name in ("train", "val", "test"):
+            check_labels(getattr(data, f"y_{name}"), classes, source=f"{source.dataset} {name} examples")
+    return data
