@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-ARGS = ["train-mixer", "--rob", "demo-std", "--n-train", "32", "--n-val", "16", "--epochs", "2", "--batch-size", "16",
+ARGS = ["train-mixer", "--setting", "B", "--no-verdict", "--rob", "demo-std", "--n-train", "32", "--n-val", "16", "--epochs", "2", "--batch-size", "16",
         "--steps-range", "1:2", "--val-steps", "1", "--mixer-width", "8", "--mixer-stages", "1", "--mixer-blocks", "1",
         "--device", "cpu", "--n-examples", "4"]
 
