@@ -146,7 +146,10 @@ def test_autoattack_columns_trail_and_adaptive():
     assert adaptive.accuracy <= aa.accuracy
     assert aa.unreliable is False
     assert 0 < aa.accuracy <= result.accuracy("mixed", "pgd")
-    assert evaluate_table(result).row_count == 1 and trail_table(result).row_count == 2
+    assert list(adaptive.trail) == list(aa.trail) + ["apgd-ce-alpha", "apgd-t-alpha", "alpha-first", "square-alpha"]
+    assert set(adaptive.trail_alpha) == set(adaptive.trail) and 0 < adaptive.trail_alpha["clean"] < 1
+    # one row per AutoAttack run, each followed by the mean alpha of its stages
+    assert evaluate_table(result).row_count == 1 and trail_table(result).row_count == 4
 
 
 def run_until_killed(std, rob, mixer, x, y, config, out, kill_after):
