@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asmix.errors import AsmixError
+from asmix.identity import base_weights, describe_roles, differing_models
 from asmix.io import atomic_write, atomic_write_json
 from asmix.mixing import MixParts
 
@@ -385,9 +386,12 @@ def _batch_mean_std(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var.sqrt()
 
 
-def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str, Any]) -> Path:
+def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str, Any],
+               std: nn.Module | None = None, rob: nn.Module | None = None) -> Path:
     """Write ``mixer.safetensors`` (weights and BN buffers) and ``mixer.json`` (architecture plus
-    ``config``: base model specs under ``models``, training settings, data fingerprint) atomically."""
+    ``config``: base model specs under ``models``, training settings, data fingerprint) atomically. Given the
+    base models ``std`` and ``rob``, the sha256 of their weights goes under ``base_weights``, and loading the
+    mixer against other weights is refused."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -395,13 +399,17 @@ def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str,
     atomic_write(directory / MIXER_WEIGHTS, lambda path: save_file(state, str(path)))
     document = {"format": MIXER_FORMAT, "version": MIXER_FORMAT_VERSION, **config,
                 "architecture": mixer.architecture()}
+    if std is not None and rob is not None:
+        document["base_weights"] = base_weights(std, rob)
     atomic_write_json(directory / MIXER_CONFIG, document)
     return directory
 
 
-def load_mixer(directory: str | Path, *, std: str | None = None, rob: str | None = None) -> tuple[MixingNetwork, dict]:
+def load_mixer(directory: str | Path, *, std: str | None = None, rob: str | None = None,
+               std_model: nn.Module | None = None, rob_model: nn.Module | None = None) -> tuple[MixingNetwork, dict]:
     """Read a saved mixer (eval mode, on CPU) and its config; if ``std``/``rob`` specs are given they
-    must match the base models it was trained with (aliases resolved)."""
+    must match the base models it was trained with (aliases resolved), and if ``std_model``/``rob_model``
+    are given their weights must be the ones it was trained with (``check_base_weights``)."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -429,7 +437,23 @@ def load_mixer(directory: str | Path, *, std: str | None = None, rob: str | None
     except Exception as error:  # safetensors' own errors, shape/key mismatches, I/O
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise AsmixError(f"corrupt mixer weights {weights_path}: {message}") from error
+    if std_model is not None and rob_model is not None:
+        check_base_weights(config, std_model, rob_model, directory)
     return mixer.eval(), config
+
+
+def check_base_weights(config: dict[str, Any], std: nn.Module, rob: nn.Module, directory: str | Path) -> None:
+    """Refuse base models whose weights differ from those the mixer in ``directory`` was trained with (its
+    mixer.json ``base_weights``), naming the model that differs; a mixer.json without them cannot be checked
+    and is refused too (retrain it, or save it again with ``save_mixer(..., std=, rob=)``)."""
+    stored = config.get("base_weights")
+    if not isinstance(stored, dict):
+        raise AsmixError(f"mixer in {directory} records no base-model weight hashes (made by an older asmix): "
+                         f"cannot check it was trained with these models; retrain it with asmix train-mixer")
+    differing = differing_models(stored, base_weights(std, rob))
+    if differing:
+        raise AsmixError(f"mixer in {directory} was trained with other weights for {describe_roles(differing)} "
+                         f"(sha256 {stored.get(differing[0], 'none')[:12]}...): load the models it was trained with")
 
 
 def _canonical_spec(text: str) -> str:

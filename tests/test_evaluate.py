@@ -16,6 +16,7 @@ from asmix.errors import AsmixError
 from asmix.experiments import evaluate as evaluate_module
 from asmix.experiments.evaluate import EvalConfig, evaluate, load_examples, parse_attacks
 from asmix.mixing import MixedClassifier, MixParts
+from asmix.models import load_model
 from asmix.report.evaluate import evaluate_table, trail_table
 
 FAST_AA = {"square_queries": 20}
@@ -278,7 +279,8 @@ def saved_mixer(tmp_path):
     from asmix.mixer import MixingNetwork, save_mixer
 
     mixer = MixingNetwork([16, 16], [32, 64], width=8, blocks=1, stages=0)
-    return save_mixer(mixer, tmp_path / "mixer", config={"models": {"std": "demo-std", "rob": "demo-rob"}})
+    return save_mixer(mixer, tmp_path / "mixer", config={"models": {"std": "demo-std", "rob": "demo-rob"}},
+                      std=load_model("demo-std"), rob=load_model("demo-rob"))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -296,6 +298,41 @@ def test_cli_bad_input_is_one_line(monkeypatch, capsys, args, message):
 def test_cli_rejects_a_mixer_trained_for_other_base_models(monkeypatch, capsys, saved_mixer):
     code, _, err = run_cli(monkeypatch, capsys, "--std", "demo-std", "--rob", "demo-std", "--mixer", str(saved_mixer))
     assert code == 2 and "was trained with --rob demo-rob, not demo-std" in err
+
+
+def test_cli_rejects_a_mixer_trained_with_other_weights(monkeypatch, capsys, saved_mixer, tmp_path):
+    from safetensors.torch import save_file
+
+    # same spec, other weights: h's state dict with one value moved
+    state = {name: value.clone() for name, value in load_model("demo-rob").state_dict().items()}
+    first = next(iter(state))
+    state[first].view(-1)[0] += 0.01
+    save_file(state, str(tmp_path / "rob.safetensors"))
+    code, _, err = run_cli(monkeypatch, capsys, "--mixer", str(saved_mixer), "--rob-weights",
+                           str(tmp_path / "rob.safetensors"), "--attack", "clean", "--n-examples", "2")
+    assert code == 2 and "other weights for h (--rob)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_fingerprint_covers_the_mixer_head():
+    from asmix.experiments.evaluate import _fingerprint
+    from asmix.mixer import MixingNetwork
+
+    std, rob = load_model("demo-std"), load_model("demo-rob")
+    mixer = MixingNetwork([16, 16], [32, 64], width=8, blocks=1, stages=0).eval()
+    x, y = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
+    config = EvalConfig(attacks=("clean",))
+
+    def fingerprint():
+        return _fingerprint(config, x, y, MixedClassifier(std, rob, mixer), {})
+
+    first = fingerprint()
+    assert fingerprint() == first
+    mixer.set_alpha_range(0.5, 0.7)  # a changed range must not reuse batches computed with the old one
+    ranged = fingerprint()
+    mixer.set_alpha_bias(-1.0)
+    biased = fingerprint()
+    mixer.scale = 3.0
+    assert len({first, ranged, biased, fingerprint()}) == 4
 
 
 def test_real_mixing_network_adaptive_attacks():
@@ -325,7 +362,8 @@ def test_cli_with_a_mixer_writes_table_json_and_examples(monkeypatch, capsys, tm
     from asmix.mixer import MixingNetwork, save_mixer
 
     mixer_dir = save_mixer(MixingNetwork([16, 32], [16, 32], width=8, blocks=1, stages=0), tmp_path / "mixer",
-                           config={"models": {"std": "demo-std", "rob": "demo-std"}})
+                           config={"models": {"std": "demo-std", "rob": "demo-std"}},
+                           std=load_model("demo-std"), rob=load_model("demo-std"))
     out, json_path = tmp_path / "examples.npz", tmp_path / "result.json"
     monkeypatch.setattr(sys, "argv", [
         "asmix", "evaluate", "--rob", "demo-std", "--mixer", str(mixer_dir), "--n-examples", "6", "--batch-size", "3",

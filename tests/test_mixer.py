@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from asmix.errors import AsmixError
+from asmix.identity import weights_digest
 from asmix.mixer import (MixingNetwork, SyncedBatchNorm, default_layers, load_mixer, resolve_layers,
                          run_with_features, save_mixer)
 from asmix.mixing import AlphaSource, MixedClassifier, mix_logits
@@ -222,6 +224,33 @@ def test_load_errors(tmp_path):
     (directory / "mixer.json").write_text(json.dumps({"format": "asmix-mixer", "architecture": {"width": 3}}))
     with pytest.raises(AsmixError, match="corrupt mixer config"):
         load_mixer(directory)
+
+
+def test_weight_hashes_refuse_other_base_models(tmp_path):
+    std, rob, mixer = _trained_looking_mixer()
+    directory = save_mixer(mixer, tmp_path / "m", config={"models": {"std": "demo-std", "rob": "demo-rob"}},
+                           std=std, rob=rob)
+    stored = json.loads((directory / "mixer.json").read_text())["base_weights"]
+    assert stored == {"std": weights_digest(std), "rob": weights_digest(rob)} and stored["std"] != stored["rob"]
+    load_mixer(directory, std="demo-std", rob="demo-rob", std_model=std, rob_model=rob)  # the same weights pass
+    retrained = copy.deepcopy(std)
+    with torch.no_grad():
+        next(retrained.parameters()).view(-1)[0] += 1e-4  # same name, same architecture, one weight moved
+    with pytest.raises(AsmixError, match=r"other weights for g \(--std\)"):
+        load_mixer(directory, std="demo-std", rob="demo-rob", std_model=retrained, rob_model=rob)
+    with pytest.raises(AsmixError, match=r"other weights for g \(--std\) and h \(--rob\)"):
+        load_mixer(directory, std_model=rob, rob_model=std)
+    # a mixer.json without hashes (and without model names) cannot be checked, so it is refused
+    unchecked = save_mixer(mixer, tmp_path / "old", config={})
+    with pytest.raises(AsmixError, match="records no base-model weight hashes"):
+        load_mixer(unchecked, std_model=std, rob_model=rob)
+
+
+def test_weights_digest_is_exact():
+    std, rob = _demo_pair()
+    assert weights_digest(std) == weights_digest(copy.deepcopy(std)) and len(weights_digest(std)) == 64
+    halved = copy.deepcopy(std).half()
+    assert weights_digest(halved) != weights_digest(std)  # a dtype change is another model
 
 
 def test_evaluation_head_adds_the_bias_and_range_only_in_eval():

@@ -72,3 +72,52 @@ def test_non_finite_radius_and_step_are_refused(kwargs, message):
     # NaN slipped through ``eps < 0`` and ``step_size <= 0``; inf gave an attack without a ball
     with pytest.raises(AsmixError, match=message):
         PGD(**kwargs)
+
+
+class _FlipAfterStart(torch.nn.Module):
+    """A 2-class model that misclassifies exactly the inputs whose pixel sum is above ``threshold``; PGD on
+    cross-entropy pushes pixels up until the sum passes it, and then beyond."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = x.flatten(1).sum(1)
+        return torch.stack((self.threshold - total, total - self.threshold), dim=1)
+
+
+def test_pgd_keeps_the_first_misclassified_iterate():
+    # an iterate that breaks the model is kept even if later steps would not move it back; here the check is
+    # that the example stops moving at its first broken iterate instead of walking on to the last step
+    model = _FlipAfterStart(threshold=2.0)
+    x = torch.full((3, 1, 2, 2), 0.4)  # pixel sum 1.6: class 0, right
+    y = torch.zeros(3, dtype=torch.long)
+    attack = PGD(eps=0.3, steps=10, step_size=0.05, random_start=False)
+    x_adv = attack.perturb(model, x, y)
+    # each step adds 0.05 to every pixel (sum +0.2): the sum passes 2.0 after 3 steps (2.2) and stops there
+    assert torch.allclose(x_adv, torch.full_like(x, 0.55))
+    assert (model(x_adv).argmax(1) != y).all()
+    free = PGD(eps=0.3, steps=10, step_size=0.05, random_start=False, stop_at_break=False).perturb(model, x, y)
+    assert torch.allclose(free, torch.full_like(x, 0.7))  # without the rule it walks to the edge of the ball
+
+
+class _BreaksInTheMiddle(torch.nn.Module):
+    """Misclassifies only a band of inputs: pixel sums in (2.0, 2.3). PGD on CE walks through the band and out
+    of it, so scoring the last iterate would call the point robust although an iterate broke it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = x.flatten(1).sum(1)
+        inside = ((total > 2.0) & (total < 2.3)).float()  # piecewise constant: no gradient
+        score = (2 * inside - 1) + 1e-3 * total  # > 0 (class 1, wrong for y = 0) only inside the band
+        return torch.stack((-score, score), dim=1)
+
+
+def test_a_point_broken_by_any_iterate_counts_as_broken():
+    model = _BreaksInTheMiddle()
+    x = torch.full((2, 1, 2, 2), 0.4)
+    y = torch.zeros(2, dtype=torch.long)
+    # the gradient of CE pushes the sum up (the 1e-3 * total term) through the band (2.0, 2.3) and past it
+    for stop_at_break, broken in ((False, False), (True, True)):
+        x_adv = PGD(eps=0.3, steps=10, step_size=0.05, random_start=False, stop_at_break=stop_at_break).perturb(model, x, y)
+        assert bool((model(x_adv).argmax(1) != y).all()) is broken

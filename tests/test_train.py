@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -13,6 +14,7 @@ from asmix.attacks.objectives import mixed_objective
 from asmix.experiments.train import (TrainConfig, attack_rows, composite_loss, judge, pseudo_labels, select_head,
                                      train_mixer, training_rows)
 from asmix.experiments.train.adversary import chi_square_steps
+from asmix.identity import weights_digest
 from asmix.mixer import MixingNetwork, load_mixer
 from asmix.mixing import MixedClassifier
 from asmix.models.demo import DemoCNN
@@ -71,15 +73,16 @@ def test_attack_objective_pushes_alpha_down_and_gray_box_detaches_alpha():
     mixer = MixingNetwork.build(std, rob, x, **TINY).eval()
     mixed = MixedClassifier(std, rob, alpha=mixer).eval()
     with torch.no_grad():
-        base = mixed_objective("B", 0.0)(mixed, x, y)
-        pushed = mixed_objective("B", 0.3)(mixed, x, y)
+        base, logits = mixed_objective("B", 0.0)(mixed, x, y)
+        pushed, _ = mixed_objective("B", 0.3)(mixed, x, y)
         logit = mixer.run(x, std, rob).alpha_logit
     # (1 - w) * CE + w * BCE(logit, 1), and BCE(logit, 1) = -log sigmoid(logit)
     assert torch.allclose(pushed, 0.7 * base - 0.3 * torch.log(torch.sigmoid(logit)), atol=1e-5)
+    assert torch.allclose(logits, mixed(x), atol=1e-6)  # the logits PGD reads to stop at a broken iterate
     x_a = x.clone().requires_grad_(True)
-    (grad_a,) = torch.autograd.grad(mixed_objective("A")(mixed, x_a, y).sum(), x_a)
+    (grad_a,) = torch.autograd.grad(mixed_objective("A")(mixed, x_a, y)[0].sum(), x_a)
     x_b = x.clone().requires_grad_(True)
-    (grad_b,) = torch.autograd.grad(mixed_objective("B")(mixed, x_b, y).sum(), x_b)
+    (grad_b,) = torch.autograd.grad(mixed_objective("B")(mixed, x_b, y)[0].sum(), x_b)
     alpha = mixer.run(x, std, rob).alpha
     expected = torch.autograd.grad(
         torch.nn.functional.cross_entropy(mixed.mix(std(x_a), rob(x_a), alpha.detach()), y, reduction="sum"), x_a)[0]
@@ -200,6 +203,16 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         assert torch.equal(value, expected[name])
     with pytest.raises(AsmixError, match="other settings.*lr"):
         train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=2, lr=0.5), out_dir=tmp_path / "cut", resume=True)
+    # the finished mixer and the checkpoint know g's and h's weights, not only their names
+    assert stored["base_weights"] == {"std": weights_digest(std), "rob": weights_digest(rob)}
+    load_mixer(tmp_path / "cut", std_model=std, rob_model=rob)
+    other_rob = copy.deepcopy(rob)
+    with torch.no_grad():
+        next(other_rob.parameters()).view(-1)[0] += 1e-3
+    with pytest.raises(AsmixError, match=r"other weights for h \(--rob\)"):
+        load_mixer(tmp_path / "cut", std_model=std, rob_model=other_rob)
+    with pytest.raises(AsmixError, match=r"checkpoint .* other weights for h \(--rob\)"):
+        train_mixer(std, other_rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", resume=True)
     with pytest.raises(AsmixError, match="no checkpoint"):
         train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "none", resume=True)
 

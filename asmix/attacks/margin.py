@@ -225,13 +225,15 @@ def local_lipschitz(
     rows_x = x.repeat_interleave(width, dim=0)
     rows_class = targets.reshape(-1)
 
-    def objective(net: nn.Module, x_adv: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def objective(net: nn.Module, x_adv: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # log p is monotone in p, so it has the same maximiser, and its gradient does not vanish
         # where softmax saturates
-        log_probs = torch.log_softmax(net(x_adv).float(), dim=1)
-        return rows_sign * log_probs.gather(1, target[:, None])[:, 0]
+        logits = net(x_adv)
+        log_probs = torch.log_softmax(logits.float(), dim=1)
+        return rows_sign * log_probs.gather(1, target[:, None])[:, 0], logits
 
-    pgd = PGD(eps=eps, steps=steps, step_size=step_size, norm=norm)
+    # each row maximises a probability move, not a misclassification: every row runs all its steps
+    pgd = PGD(eps=eps, steps=steps, step_size=step_size, norm=norm, stop_at_break=False)
     x_adv = pgd.perturb(model, rows_x, rows_class, generator=generator, objective=objective)
     with torch.no_grad():
         probs = torch.softmax(model(x_adv).float(), dim=1).gather(1, rows_class[:, None])[:, 0]

@@ -7,15 +7,12 @@ network's pre-range logit, which rewards pushing alpha toward g (the paper's cod
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asmix.attacks.pgd import Objective
 from asmix.mixing import MixParts
-
-Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def alpha_down_term(parts: MixParts) -> torch.Tensor | float:
@@ -33,18 +30,20 @@ def blend(base: torch.Tensor, parts: MixParts, weight: float | torch.Tensor) -> 
     return (1 - weight) * base + weight * alpha_down_term(parts)
 
 
-def graybox_objective(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def graybox_objective(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Setting A: per-example cross-entropy of h_alpha with alpha detached (gradients of g and h only)."""
     parts = mixed.parts(x)
-    return F.cross_entropy(mixed.mix(parts.std_logits, parts.rob_logits, parts.alpha.detach()), y, reduction="none")
+    logits = mixed.mix(parts.std_logits, parts.rob_logits, parts.alpha.detach())
+    return F.cross_entropy(logits, y, reduction="none"), logits
 
 
 def whitebox_objective(alpha_down_weight: float | torch.Tensor = 0.0) -> Objective:
     """Setting B: cross-entropy of h_alpha end to end, blended with ``alpha_down_weight`` of the alpha term."""
 
-    def objective(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def objective(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         parts = mixed.parts(x)
-        return blend(F.cross_entropy(mixed.mix_parts(parts), y, reduction="none"), parts, alpha_down_weight)
+        logits = mixed.mix_parts(parts)
+        return blend(F.cross_entropy(logits, y, reduction="none"), parts, alpha_down_weight), logits
 
     return objective
 

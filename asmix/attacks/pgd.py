@@ -12,21 +12,25 @@ from torch import nn
 from asmix.checks import NORMS, check_finite
 from asmix.errors import AsmixError
 
-Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-"""Loss to maximise: (model, x_adv, y) -> per-example losses (N,)."""
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""Loss to maximise and the logits it was computed from: (model, x_adv, y) -> (losses (N,), logits (N, C)).
+The logits let PGD see, at no extra forward pass, which iterate the model misclassifies."""
 
 
-def cross_entropy_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross_entropy_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The default PGD objective: per-example cross-entropy of the model's logits."""
-    return F.cross_entropy(model(x), y, reduction="none")
+    logits = model(x)
+    return F.cross_entropy(logits, y, reduction="none"), logits
 
 
 @dataclass(frozen=True)
 class PGD:
     """PGD-``steps`` within the ``norm`` ball of radius ``eps`` (step size defaults to 2.5 eps / steps).
 
-    Per-example losses are summed, so each example's path is independent of the batch it is in.
-    Model weights get no gradient; the model should be in eval mode.
+    With ``stop_at_break`` (the default) an example stops at the first iterate (random start included) that
+    the attacked model misclassifies, as APGD keeps its best point: a point counts as broken if any iterate breaks it, and scoring the returned
+    point on the attacked model gives exactly that count. Per-example losses are summed, so each example's
+    path is independent of the batch it is in. Model weights get no gradient; the model should be in eval mode.
     """
 
     eps: float
@@ -34,6 +38,8 @@ class PGD:
     step_size: float | None = None
     norm: str = "linf"
     random_start: bool = True
+    stop_at_break: bool = True
+    """Freeze an example at its first misclassified iterate; off where PGD maximises something else (Lipschitz)."""
 
     def __post_init__(self) -> None:
         check_finite(self.eps, "eps")
@@ -67,12 +73,19 @@ class PGD:
         x = x.detach()
         x_adv = (x + self._random_start(x, generator)).clamp(0, 1) if self.random_start else x.clone()
         step = self.resolved_step_size
+        broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        view = (-1,) + (1,) * (x.ndim - 1)
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
-                loss = objective(model, x_adv, y).sum()
-                (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = self._project(x, x_adv.detach() + step * self._direction(grad))
+                losses, logits = objective(model, x_adv, y)
+                (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+            if self.stop_at_break:
+                broken |= logits.detach().argmax(1) != y
+            x_adv = x_adv.detach()
+            x_adv = torch.where(broken.view(view), x_adv, self._project(x, x_adv + step * self._direction(grad)))
+            if broken.all():
+                break
         return x_adv.detach()
 
     def _random_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

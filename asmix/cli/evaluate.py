@@ -22,7 +22,7 @@ Mixer = Annotated[Optional[Path], typer.Option("--mixer", help="Mixing network f
 Attacks = Annotated[str, typer.Option("--attack", "--attacks", help="Comma list of clean, pgd, pgd-graybox, "
                                       "transfer-std, transfer-rob, aa, aa-adaptive.")]
 Bases = Annotated[bool, typer.Option("--bases", help="Also evaluate g and h alone.")]
-AlphaWeight = Annotated[float, typer.Option("--alpha-weight", help="Weight of the adaptive APGD's alpha term.")]
+AlphaWeight = Annotated[float, typer.Option("--alpha-weight", help="w of the adaptive attacks' loss (1 - w) * loss + w * BCE(mixer logit, 1).")]
 SquareQueries = Annotated[int, typer.Option("--square-queries", help="Square's query budget (standard: 5000).")]
 StdScale = Annotated[Optional[float], typer.Option("--std-scale", help="Scale of g's logits (default: the mixer's, else 1).")]
 RobScale = Annotated[Optional[float], typer.Option("--rob-scale", help="Scale of h's logits (default: the mixer's, else 1).")]
@@ -53,7 +53,7 @@ def evaluate_command(
     batch_size: BatchSizeOption = 100,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
-    alpha_weight: AlphaWeight = 1.0,
+    alpha_weight: AlphaWeight = 0.5,
     square_queries: SquareQueries = 5000,
     std_scale: StdScale = None,
     rob_scale: RobScale = None,
@@ -94,6 +94,10 @@ def evaluate_command(
     distributed.init_distributed(device_)
     device_ = distributed.local_device(device_)
     pair = load_pair(source)
+    if mixer_net is not None:
+        from asmix.mixer import check_base_weights
+
+        check_base_weights(mixer_config, pair.std, pair.rob, mixer)
     names = pair.names | ({"mixer": str(mixer)} if mixer is not None else {})
     is_main = distributed.is_main_process()
     if is_main:

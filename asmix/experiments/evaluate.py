@@ -335,12 +335,19 @@ def _summarize(examples: dict[str, torch.Tensor], config: EvalConfig, n: int, mo
     return EvalResult(config, n, rows, models, adaptive, examples)
 
 
+RESULTS_VERSION = 2
+"""Bumped when an attack's numbers change for the same settings (2: PGD keeps the first misclassified iterate),
+so saved batches of an older asmix are recomputed."""
+
+
 def _fingerprint(config: EvalConfig, x: torch.Tensor, y: torch.Tensor, mixed: nn.Module,
                  models: dict[str, str]) -> str:
-    """What a batch's numbers depend on: settings, model names and weights, data. Saved batches with
-    another fingerprint are recomputed, never mixed in."""
+    """What a batch's numbers depend on: settings, model names, every weight (g, h and the mixer), the mixer's
+    evaluation head (range, bias, scale: not weights, so not in the state dict), data and the results version.
+    Saved batches with another fingerprint are recomputed, never mixed in."""
+    head = mixed.alpha_source.architecture() if hasattr(mixed.alpha_source, "architecture") else None
     digest = hashlib.sha256()
-    digest.update(json.dumps([asdict(config), models], sort_keys=True, default=str).encode())
+    digest.update(json.dumps([asdict(config), models, head, RESULTS_VERSION], sort_keys=True, default=str).encode())
     for tensor in (x, y):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     for name, tensor in mixed.state_dict().items():

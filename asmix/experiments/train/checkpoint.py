@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from asmix.errors import AsmixError
+from asmix.identity import describe_roles, differing_models
 from asmix.io import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
@@ -69,6 +70,10 @@ def load_checkpoint(path: Path, identity: dict, mixer: nn.Module, ema: Ema, opti
     except Exception as error:
         raise AsmixError(f"cannot read checkpoint {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
     current = json.loads(json.dumps(identity, sort_keys=True))
+    differing = differing_models(stored.get("base_weights") or {}, current.get("base_weights") or {})
+    if differing:
+        raise AsmixError(f"checkpoint {path} was made with other weights for {describe_roles(differing)}: "
+                         f"resume with the models it was made with, or start again without --resume")
     if stored != current:
         changed = sorted(_differences(stored, current))
         raise AsmixError(f"checkpoint {path} was written with other settings ({', '.join(changed[:6])}): "

@@ -30,6 +30,7 @@ from asmix.experiments.train.config import TrainConfig
 from asmix.experiments.train.loss import composite_loss, pseudo_labels
 from asmix.experiments.train.selection import HeadSelection, select_head
 from asmix.experiments.train.validation import validate
+from asmix.identity import base_weights
 from asmix.io import atomic_write_text
 from asmix.mixer import MixingNetwork, save_mixer
 from asmix.mixing import MixedClassifier
@@ -156,8 +157,9 @@ def train_mixer(
     steps_per_epoch = n_train // config.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps_per_epoch * config.copies * config.epochs))
     fingerprint = data_fingerprint(x_train, y_train)
+    weights = base_weights(mixed.std, mixed.rob)
     identity = {"config": config.to_dict(), "n_train": n_train, "n_val": n_val, "data_fingerprint": fingerprint,
-                "models": models}
+                "models": models, "base_weights": weights}
     checkpoint_path = out_dir / CHECKPOINT if out_dir is not None else None
     history: list[EpochRecord] = []
     start_epoch = 0
@@ -227,7 +229,8 @@ def train_mixer(
         save_mixer(final, out_dir, config={
             "models": models, "training": config.to_dict(), "n_train": n_train, "n_val": n_val,
             "data_fingerprint": fingerprint, "selection": selection.to_dict() if selection else None,
-            "verdict": verdict.to_dict() if verdict else None, "history": [asdict(r) for r in history]})
+            "verdict": verdict.to_dict() if verdict else None, "history": [asdict(r) for r in history]},
+            std=mixed.std, rob=mixed.rob)
     distributed.barrier()
     return TrainResult(config, tuple(history), (final.alpha_min, final.alpha_max), final.alpha_bias, n_train, n_val,
                        selection, verdict, models, str(out_dir) if out_dir is not None else None, final)
