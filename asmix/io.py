@@ -37,7 +37,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
-def atomic_write_json(path: str | Path, data: Any) -> Path:
+def atomic_write_json(path: str | Path, data: Any, *, stamp: bool = True) -> Path:
+    """``data`` as indented JSON; a dict gets the run's ``provenance`` (versions, device, command line, start
+    and wall time, git commit) unless ``stamp`` is False."""
+    if stamp and isinstance(data, dict):
+        from asmix.provenance import provenance
+
+        data = {**data, "provenance": provenance()}
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 

@@ -15,7 +15,16 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device if there is one, else CPU; ``cuda[:N]`` must exist."""
+    """``auto`` → the first CUDA device if there is one, else CPU; ``cuda[:N]`` must exist. The device is
+    recorded in the run's provenance."""
+    from asmix.provenance import record_device
+
+    device = _resolve(name)
+    record_device(device)
+    return device
+
+
+def _resolve(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

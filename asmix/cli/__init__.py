@@ -23,7 +23,9 @@ def main() -> None:
     Usage errors (unknown option, bad value type) are reported by Typer itself, also with exit code 2.
     """
     from asmix.compat import silence_dependency_warnings
+    from asmix.provenance import mark_start
 
+    mark_start()
     silence_dependency_warnings()
     try:
         app()

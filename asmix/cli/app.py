@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -12,6 +14,18 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from asmix.provenance import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
-def root() -> None:
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the versions of asmix, torch, timm, robustbench and "
+                                               "pyautoattack, and exit.")] = False,
+) -> None:
     """Adaptive smoothing: mix an accurate classifier g with a robust classifier h (eq. 3.4)."""

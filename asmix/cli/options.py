@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from asmix.checks import canonical_norm, parse_number
 
@@ -60,19 +58,11 @@ def pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_we
                       default_n_examples=default_n_examples)
 
 
-@contextmanager
 def progress_callback():
-    """A rich progress display and a ``ProgressFn`` that drives it (one bar per task name)."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        tasks: dict[str, int] = {}
+    """The progress display on stderr: rich bars on a terminal, plain timed lines in a batch log."""
+    from asmix.cli.progress import progress_display
 
-        def update(task: str, completed: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(task, total=total)
-            progress.update(tasks[task], completed=completed, total=total)
-
-        yield update
+    return progress_display(console)
 
 
 def check_outputs(*, json_path: Path | None = None, out_dir: Path | None = None,

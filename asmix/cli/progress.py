@@ -1,0 +1,79 @@
+"""Progress of long commands: rich bars on a terminal; in a batch log (stderr redirected, a SLURM job) one
+plain line per task at most every 30 seconds or 10% of the task, and when it finishes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from asmix.runtime import ProgressFn
+
+LOG_INTERVAL_SECONDS = 30.0
+LOG_STEPS = 10
+"""A line at each tenth of a task at most (and every 30 seconds)."""
+
+
+@dataclass
+class _TaskLog:
+    started: float
+    last_time: float
+    last_step: int = 0
+    done: bool = False
+
+
+@dataclass
+class PlainProgress:
+    """A ``ProgressFn`` that writes ``task: done/total (pct), rate/s, time left`` lines through ``write``."""
+
+    write: Callable[[str], None]
+    clock: Callable[[], float] = time.monotonic
+    interval: float = LOG_INTERVAL_SECONDS
+    steps: int = LOG_STEPS
+    tasks: dict[str, _TaskLog] = field(default_factory=dict)
+
+    def __call__(self, task: str, completed: int, total: int) -> None:
+        now = self.clock()
+        log = self.tasks.setdefault(task, _TaskLog(started=now, last_time=now))
+        if log.done and completed < total:  # the same task name started again (a new alpha, a new epoch)
+            log = self.tasks[task] = _TaskLog(started=now, last_time=now)
+        if log.done:
+            return
+        share = completed / total if total else 1.0
+        step = completed * self.steps // total if total else self.steps
+        finished = completed >= total
+        if not (finished or now - log.last_time >= self.interval or step > log.last_step):
+            return
+        elapsed = now - log.started
+        rate = completed / elapsed if elapsed > 0 else 0.0
+        left = (total - completed) / rate if rate > 0 else None
+        timing = f"{_clock(elapsed)} elapsed" if finished else f"{_clock(left)} left" if left is not None else "time left unknown"
+        self.write(f"{task}: {completed}/{total} ({100 * share:.0f}%), {rate:.1f}/s, {timing}")
+        log.last_time, log.last_step, log.done = now, step, finished
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@contextmanager
+def progress_display(console: Console) -> Iterator[ProgressFn]:
+    """Rich bars (one per task name) when ``console`` is a terminal, else ``PlainProgress`` lines on it."""
+    if not console.is_terminal:
+        yield PlainProgress(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(task: str, completed: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = progress.add_task(task, total=total)
+            progress.update(tasks[task], completed=completed, total=total)
+
+        yield update

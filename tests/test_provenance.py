@@ -1,0 +1,84 @@
+"""Provenance in every JSON, ``asmix --version``, and progress lines in batch logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+
+import torch
+
+from asmix.cli.progress import PlainProgress
+from asmix.io import atomic_write_json
+from asmix.provenance import git_commit, provenance, version_line
+
+
+def test_every_json_carries_the_versions_device_command_and_commit(tmp_path, monkeypatch):
+    from asmix.runtime import resolve_device
+
+    resolve_device("cpu")
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/asmix", "sweep-alpha", "--alphas", "0,1"])
+    path = atomic_write_json(tmp_path / "r.json", {"rows": [1]})
+    document = json.loads(path.read_text())
+    assert document["rows"] == [1]
+    stamp = document["provenance"]
+    assert stamp["versions"]["torch"] == torch.__version__.split("+")[0] or stamp["versions"]["torch"] == torch.__version__
+    assert stamp["versions"]["asmix"] == metadata.version("asmix")
+    assert stamp["device"] == "cpu" and stamp["command"] == "asmix sweep-alpha --alphas 0,1"
+    assert stamp["wall_seconds"] >= 0 and stamp["started"].endswith("+00:00")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=str(__import__("pathlib").Path(__file__).parent))
+    if head.returncode == 0:  # in a checkout the commit is the one git reports
+        assert stamp["git_commit"] == head.stdout.strip()
+    assert "provenance" not in json.loads(atomic_write_json(tmp_path / "plain.json", {"a": 1}, stamp=False).read_text())
+
+
+def test_git_commit_reads_a_packed_ref_and_a_detached_head(tmp_path):
+    git = tmp_path / "repo" / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    source = tmp_path / "repo" / "pkg" / "mod.py"
+    source.parent.mkdir()
+    source.write_text("")
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "packed-refs").write_text("# pack-refs\n" + "a" * 40 + " refs/heads/main\n")
+    assert git_commit(source) == "a" * 40
+    (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
+    assert git_commit(source) == "b" * 40
+    (git / "HEAD").write_text("c" * 40 + "\n")
+    assert git_commit(source) == "c" * 40
+    assert git_commit(tmp_path / "elsewhere" / "x.py") in (None, provenance()["git_commit"])
+
+
+def test_version_option_prints_the_versions():
+    done = subprocess.run([sys.executable, "-m", "asmix", "--version"], capture_output=True, text=True)
+    if done.returncode != 0:  # no __main__ module: call the entry point
+        done = subprocess.run([sys.executable, "-c", "import sys; sys.argv=['asmix','--version']; "
+                               "from asmix.cli import main; main()"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == version_line()
+    assert version_line().startswith(f"asmix {metadata.version('asmix')} (torch ")
+
+
+def test_plain_progress_writes_a_line_per_ten_percent_or_thirty_seconds():
+    lines, now = [], [0.0]
+    progress = PlainProgress(lines.append, clock=lambda: now[0])
+    progress("PGD", 0, 100)  # the task starts at t = 0
+    for done in range(1, 101):  # 100 units, one per second
+        now[0] = float(done)
+        progress("PGD", done, 100)
+    # a line every 10 units (10%) and one at the end: 10 lines, none in between
+    assert len(lines) == 10 and lines[0] == "PGD: 10/100 (10%), 1.0/s, 0:01:30 left"
+    assert lines[-1] == "PGD: 100/100 (100%), 1.0/s, 0:01:40 elapsed"
+    lines.clear()
+    slow = PlainProgress(lines.append, clock=lambda: now[0])
+    now[0] = 1000.0
+    slow("AA", 0, 1000)
+    for done in range(1, 1001):  # 1000 units, one every 0.5 s: 1% per 5 s, so the 30-second rule fires first
+        now[0] = 1000.0 + done * 0.5
+        slow("AA", done, 1000)
+    # 500 s in all, 10% every 50 s: a line 30 s after the last one, and one at each new tenth
+    assert [line.split(" ")[1] for line in lines[:4]] == ["60/1000", "100/1000", "160/1000", "200/1000"]
+    assert len(lines) == 20 and lines[0] == "AA: 60/1000 (6%), 2.0/s, 0:07:50 left"
+    assert all(line.startswith("AA: ") for line in lines) and lines[-1].startswith("AA: 1000/1000 (100%)")
+    slow("AA", 150, 1000)  # the task starts again (a new alpha): it logs again from its first tenth
+    assert lines[-1].startswith("AA: 150/1000")
