@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                console, n_examples_option, pair_source, progress_callback, stdout)
@@ -94,6 +94,7 @@ def evaluate_command(
     distributed.init_distributed(device_)
     device_ = distributed.local_device(device_)
     pair = load_pair(source)
+    print_notes(pair.notes)
     if mixer_net is not None:
         from asmix.mixer import check_base_weights
 
