@@ -81,8 +81,9 @@ def evaluate_command(
     mixer_net, mixer_config = None, {}
     if mixer is not None:
         from asmix.mixer import load_mixer
+        from asmix.models import canonical_spec
 
-        mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob)
+        mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob, canonical=canonical_spec)
     training = mixer_config.get("training", {}) if isinstance(mixer_config.get("training"), dict) else {}
     config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=source.norm,
                         eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,

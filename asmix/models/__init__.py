@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from asmix.errors import AsmixError
-from asmix.models.registry import (ALIASES, ModelSpec, default_model_dir, load_model, model_preprocessing, parse_spec,
+from asmix.models.registry import (ALIASES, ModelSpec, canonical_spec, default_model_dir, load_model, model_preprocessing, parse_spec,
                                    preprocessing_note)
 
-__all__ = ["ALIASES", "ModelSpec", "check_model_fits", "default_model_dir", "load_model", "model_preprocessing",
+__all__ = ["ALIASES", "ModelSpec", "canonical_spec", "check_model_fits", "default_model_dir", "load_model", "model_preprocessing",
            "parse_spec", "preprocessing_note"]
 
 

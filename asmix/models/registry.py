@@ -86,6 +86,14 @@ def parse_spec(text: str) -> ModelSpec:
     return ModelSpec("rb", text)
 
 
+def canonical_spec(text: str) -> str:
+    """A spec as one canonical string (aliases resolved), to compare specs; unparsable text as written."""
+    try:
+        return str(parse_spec(text))
+    except AsmixError:
+        return text.strip()
+
+
 def trusts_code(trust_code: bool = False) -> bool:
     """The user's consent to run code from a model spec: ``trust_code`` or ``$ASMIX_TRUST_CODE=1``."""
     return bool(trust_code) or os.environ.get(TRUST_CODE_ENV, "").strip() == "1"
