@@ -12,6 +12,7 @@ import torch
 
 from asmix.checks import check_norm
 from asmix.errors import AsmixError
+from asmix.preprocessing import Preprocessing, from_torchvision
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,14 @@ def load_data(
     data_dir: str | Path = "./data",
     n_examples: int | None = None,
     split: str = "test",
+    preprocessing: Preprocessing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n_examples`` of a named dataset's split, or of the arrays in ``data_path``; asking
-    for more examples than there are is an error, not a silent cut."""
+    for more examples than there are is an error, not a silent cut.
+
+    ImageNet images come in the common input space of ``preprocessing`` (``Preprocessing.input_space``:
+    h's, so that h sees exactly its leaderboard input); without it, RobustBench's default
+    ``Res256Crop224``. Other datasets ignore it (their images share one size)."""
     check_n_examples(n_examples)
     if split not in ("train", "test"):
         raise AsmixError(f"split must be 'train' or 'test', got {split!r}")
@@ -70,7 +76,7 @@ def load_data(
         where = str(data_path)
     else:
         dataset_info(dataset)
-        x, y = _NAMED_LOADERS[dataset](Path(data_dir), split, n_examples)
+        x, y = _NAMED_LOADERS[dataset](Path(data_dir), split, n_examples, preprocessing)
         where = f"the {dataset} {split} split"
     if n_examples is not None and n_examples > len(x):
         raise AsmixError(f"n-examples {n_examples} is more than the {len(x)} examples in {where}")
@@ -162,11 +168,11 @@ def demo_data_file() -> Path:
     return Path(str(resources.files("asmix") / "assets" / DEMO_DATA_FILE))
 
 
-def _load_demo(data_dir: Path, split: str, n_examples: int | None):
+def _load_demo(data_dir: Path, split: str, n_examples: int | None, preprocessing: Preprocessing | None):
     return load_array_file(demo_data_file(), f"x_{split}", f"y_{split}")
 
 
-def _load_mnist(data_dir: Path, split: str, n_examples: int | None):
+def _load_mnist(data_dir: Path, split: str, n_examples: int | None, preprocessing: Preprocessing | None):
     from torchvision.datasets import MNIST
 
     try:
@@ -177,7 +183,7 @@ def _load_mnist(data_dir: Path, split: str, n_examples: int | None):
 
 
 def _load_cifar(name: str):
-    def load(data_dir: Path, split: str, n_examples: int | None):
+    def load(data_dir: Path, split: str, n_examples: int | None, preprocessing: Preprocessing | None):
         from torchvision import datasets
 
         dataset_class = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -191,7 +197,21 @@ def _load_cifar(name: str):
     return load
 
 
-def _load_imagenet(data_dir: Path, split: str, n_examples: int | None):
+IMAGENET_VAL_EXAMPLES = 5000
+IMAGENET_VAL_LAYOUT = "val/<wnid>/ILSVRC2012_val_<id>.JPEG (RobustBench's 5,000-image list)"
+
+
+def imagenet_default_preprocessing() -> Preprocessing:
+    """RobustBench's default ImageNet pipeline (``Res256Crop224``), read from its own table."""
+    from asmix.compat import import_robustbench
+
+    import_robustbench()
+    from robustbench.data import PREPROCESSINGS
+
+    return from_torchvision(PREPROCESSINGS["Res256Crop224"], source="RobustBench Res256Crop224")
+
+
+def _load_imagenet(data_dir: Path, split: str, n_examples: int | None, preprocessing: Preprocessing | None):
     from asmix.compat import import_robustbench
 
     import_robustbench()
@@ -199,11 +219,19 @@ def _load_imagenet(data_dir: Path, split: str, n_examples: int | None):
 
     if split != "test":
         raise AsmixError("only the ImageNet validation split (split 'test') is supported")
+    if n_examples is not None and n_examples > IMAGENET_VAL_EXAMPLES:
+        raise AsmixError(f"n-examples {n_examples} is more than the {IMAGENET_VAL_EXAMPLES} ImageNet validation "
+                         f"images RobustBench evaluates on")
+    space = preprocessing.input_space() if preprocessing is not None else imagenet_default_preprocessing()
+    folder = data_dir / "val"
     try:
-        x, y = load_imagenet(n_examples=n_examples or 5000, data_dir=str(data_dir))
+        x, y = load_imagenet(n_examples=n_examples or IMAGENET_VAL_EXAMPLES, data_dir=str(data_dir),
+                             transforms_test=space.to_torchvision())
     except Exception as error:
-        raise AsmixError(f"ImageNet validation images not found under {data_dir / 'val'} ({error})") from error
-    return to_image_tensor(x, source=str(data_dir / "val")), to_label_tensor(y, len(x), source=str(data_dir / "val"))
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise AsmixError(f"cannot read ImageNet validation images under {folder}: put the ILSVRC2012 validation set "
+                         f"there as {IMAGENET_VAL_LAYOUT}, or pass --data-dir ({reason})") from error
+    return to_image_tensor(x, source=str(folder)), to_label_tensor(y, len(x), source=str(folder))
 
 
 _NAMED_LOADERS = {

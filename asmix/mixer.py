@@ -1,8 +1,10 @@
 """Feature taps and the mixing network alpha_theta(x) of Section 4.3 (Figure 3, Appendix D.1).
 
 The mixing network reads two intermediate feature maps ("upstream": stem + first stage, "middle":
-second stage) of BOTH frozen base models, captured by forward hooks during their one normal forward
-pass, and maps them to alpha = alpha_min + (alpha_max - alpha_min) * sigmoid(s * BN(z)).
+second stage) of BOTH frozen base models, channels first (N, C, H, W), captured during their one
+normal forward pass, and maps them to alpha = alpha_min + (alpha_max - alpha_min) * sigmoid(s * BN(z)).
+Taps that a timm model lists in ``feature_info`` come from its ``forward_intermediates(output_fmt='NCHW')``
+(Swin's NHWC stages, ViT's tokens as maps); other taps come from forward hooks and must be NCHW.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,17 +53,33 @@ Features = tuple[torch.Tensor, torch.Tensor]
 
 
 def tap_root(model: nn.Module) -> nn.Module:
-    """The network whose layers the taps name: the model itself, or the one an adapter wraps
-    (``InputAdapter.model``)."""
-    from asmix.models.adapters import InputAdapter
-
-    while isinstance(model, InputAdapter):
-        model = model.model
+    """The network whose layers the taps name: the model itself, or the one an adapter wraps (a module
+    with ``wrapped``, the network, and ``prepare(x)``, its input; its forward is ``wrapped(prepare(x))``)."""
+    while isinstance(getattr(model, "wrapped", None), nn.Module):
+        model = model.wrapped
     return model
 
 
+def _network_input(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """The tap root and what it receives for ``x`` (each adapter's ``prepare`` applied in turn)."""
+    while isinstance(getattr(model, "wrapped", None), nn.Module):
+        x = model.prepare(x)
+        model = model.wrapped
+    return model, x
+
+
+def _feature_info(root: nn.Module) -> list[dict]:
+    """timm's per-stage feature records (module name, channels); empty for other networks."""
+    info = getattr(root, "feature_info", None)
+    return [entry for entry in info if isinstance(entry, dict) and "module" in entry] if isinstance(info, list) else []
+
+
 def candidate_layers(model: nn.Module, max_depth: int = 2, limit: int = 30) -> list[str]:
-    """Module names a user could pass as taps (non-leaf modules up to ``max_depth`` dots deep)."""
+    """Module names a user could pass as taps: a timm model's ``feature_info`` stages, else non-leaf
+    modules up to ``max_depth`` dots deep."""
+    listed = [entry["module"] for entry in _feature_info(tap_root(model))]
+    if listed:
+        return listed[:limit]
     names = [name for name, module in tap_root(model).named_modules()
              if name and name.count(".") < max_depth and any(True for _ in module.children())]
     return names[:limit]
@@ -71,7 +90,9 @@ def default_layers(model: nn.Module) -> tuple[str, str]:
     root = tap_root(model)
     names = dict(root.named_modules())
     known = DEFAULT_TAPS.get(type(root).__name__)
-    for pair in ((known,) if known else ()) + FALLBACK_TAPS:
+    listed = [entry["module"] for entry in _feature_info(root)]
+    staged = ((listed[max(0, len(listed) // 4 - 1)], listed[max(1, len(listed) // 2 - 1)]),) if len(listed) >= 2 else ()
+    for pair in ((known,) if known else ()) + staged + FALLBACK_TAPS:
         if all(name in names for name in pair):
             return pair
     raise AsmixError(
@@ -130,17 +151,113 @@ def capture_features(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[s
 
 
 def run_with_features(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, Features]:
-    """One forward of ``model``: its logits and the (upstream, middle) feature maps."""
-    with capture_features(model, layers) as captured:
-        logits = model(x)
+    """One forward of ``model``: its logits and the (upstream, middle) feature maps, (N, C, H, W).
+
+    Taps a timm model lists in ``feature_info`` come from ``forward_intermediates(output_fmt='NCHW')``
+    followed by ``forward_head`` (the same single pass); others from hooks, refused unless channels-first."""
+    root, x_root = _network_input(model, x)
+    indices = _intermediate_indices(model, root, x, x_root, layers)
+    hooked = [name for name in layers if name not in indices]
+    with capture_features(model, hooked) as captured:
+        if indices:
+            wanted = sorted(set(indices.values()))
+            final, intermediates = root.forward_intermediates(x_root, indices=wanted, output_fmt="NCHW")
+            logits = root.forward_head(final)
+            by_index = dict(zip(wanted, intermediates))
+            captured.update({name: by_index[index] for name, index in indices.items()})
+        else:
+            logits = model(x)
     missing = [name for name in layers if name not in captured]
     if missing:
-        raise AsmixError(f"module(s) {', '.join(missing)} did not run in the forward pass of {type(tap_root(model)).__name__}")
+        raise AsmixError(f"module(s) {', '.join(missing)} did not run in the forward pass of {type(root).__name__}")
     features = tuple(captured[name] for name in layers)
-    for name, feature in zip(layers, features):
-        if not isinstance(feature, torch.Tensor) or feature.ndim != 4:
-            raise AsmixError(f"tap {name!r} must output a feature map (N, C, H, W), got {getattr(feature, 'shape', type(feature))}")
+    for name in hooked:
+        check_layout(model, name, captured[name])
     return logits, features
+
+
+def check_layout(model: nn.Module, name: str, feature: torch.Tensor) -> None:
+    """Refuse a hooked tap that is not a channels-first map (N, C, H, W): a token sequence, or a
+    channels-last map (timm's Swin stages), whose last dim holds the module's known channel count."""
+    root = tap_root(model)
+    listed = ", ".join(candidate_layers(model)) or "none"
+    if not isinstance(feature, torch.Tensor) or feature.ndim != 4:
+        raise AsmixError(f"tap {name!r} must output a feature map (N, C, H, W), got "
+                         f"{tuple(getattr(feature, 'shape', ())) or type(feature).__name__}; tap one of: {listed}")
+    channels = _known_channels(root, name, _find_module(model, name))
+    if channels is not None and feature.shape[1] != channels and feature.shape[-1] == channels:
+        raise AsmixError(f"tap {name!r} of {type(root).__name__} outputs channels-last maps {tuple(feature.shape)} "
+                         f"({channels} channels in the last dim); the mixer needs (N, C, H, W): tap one of: {listed}")
+
+
+def _known_channels(root: nn.Module, name: str, module: nn.Module) -> int | None:
+    """A tap's output channels: timm's ``feature_info``, else the last conv/linear/norm layer inside it."""
+    for entry in _feature_info(root):
+        if entry["module"] == name and "num_chs" in entry:
+            return int(entry["num_chs"])
+    channels = None
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            channels = layer.out_channels
+        elif isinstance(layer, nn.Linear):
+            channels = layer.out_features
+        elif isinstance(layer, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            channels = layer.num_features if hasattr(layer, "num_features") else layer.num_channels
+        elif isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) == 1:
+            channels = layer.normalized_shape[0]
+    return channels
+
+
+_INTERMEDIATES: "weakref.WeakKeyDictionary[nn.Module, dict[str, int]]" = weakref.WeakKeyDictionary()
+"""Per tap root: which ``forward_intermediates`` index yields each ``feature_info`` module (found once)."""
+
+
+def _intermediate_indices(model: nn.Module, root: nn.Module, x: torch.Tensor, x_root: torch.Tensor,
+                          layers: Sequence[str]) -> dict[str, int]:
+    """The taps ``forward_intermediates`` serves, with their indices; empty where the network has no
+    such method (or its head does not reproduce the model's logits). Indices differ from positions in
+    ``feature_info`` (ConvNeXt counts its stem), so the first call matches them by value on one example."""
+    listed = [entry["module"] for entry in _feature_info(root)]
+    if not listed or not callable(getattr(root, "forward_intermediates", None)) \
+            or not callable(getattr(root, "forward_head", None)):
+        return {}
+    if root not in _INTERMEDIATES:
+        _INTERMEDIATES[root] = _match_intermediates(model, root, x[:1].detach(), x_root[:1].detach(), listed)
+    found = _INTERMEDIATES[root]
+    return {name: found[name] for name in layers if name in found}
+
+
+def _match_intermediates(model: nn.Module, root: nn.Module, x: torch.Tensor, x_root: torch.Tensor,
+                         listed: list[str]) -> dict[str, int]:
+    with torch.no_grad(), capture_features(root, listed) as hooked:
+        try:
+            final, intermediates = root.forward_intermediates(x_root, indices=None, output_fmt="NCHW")
+            logits = root.forward_head(final)
+        except (TypeError, AssertionError, NotImplementedError, RuntimeError):
+            return {}
+        if not torch.allclose(logits, model(x), rtol=1e-4, atol=1e-5):
+            return {}
+    found = {}
+    for name in listed:
+        for index, intermediate in enumerate(intermediates):
+            if name in hooked and _same_map(hooked[name], intermediate):
+                found[name] = index
+                break
+    return found
+
+
+def _same_map(output: torch.Tensor, nchw: torch.Tensor) -> bool:
+    """Whether a module's output (NCHW, NHWC, or tokens (N, L, C) with the map last) holds ``nchw``."""
+    if not isinstance(output, torch.Tensor) or nchw.ndim != 4:
+        return False
+    batch, channels, height, width = nchw.shape
+    if output.ndim == 4:
+        views = [output, output.permute(0, 3, 1, 2)]
+    elif output.ndim == 3 and output.shape[1] >= height * width and output.shape[2] == channels:
+        views = [output[:, output.shape[1] - height * width:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)]
+    else:
+        return False
+    return any(view.shape == nchw.shape and torch.allclose(view, nchw, rtol=1e-4, atol=1e-5) for view in views)
 
 
 class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -406,10 +523,13 @@ def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str,
 
 
 def load_mixer(directory: str | Path, *, std: str | None = None, rob: str | None = None,
-               std_model: nn.Module | None = None, rob_model: nn.Module | None = None) -> tuple[MixingNetwork, dict]:
+               std_model: nn.Module | None = None, rob_model: nn.Module | None = None,
+               canonical: Callable[[str], str] = str.strip) -> tuple[MixingNetwork, dict]:
     """Read a saved mixer (eval mode, on CPU) and its config; if ``std``/``rob`` specs are given they
-    must match the base models it was trained with (aliases resolved), and if ``std_model``/``rob_model``
-    are given their weights must be the ones it was trained with (``check_base_weights``)."""
+    must match the base models it was trained with, compared after ``canonical`` (pass
+    ``asmix.models.canonical_spec`` to resolve aliases; the mixer layer does not import models), and if
+    ``std_model``/``rob_model`` are given their weights must be the ones it was trained with
+    (``check_base_weights``)."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -429,7 +549,7 @@ def load_mixer(directory: str | Path, *, std: str | None = None, rob: str | None
         raise AsmixError(f"corrupt mixer config {config_path}: {error}") from error
     for role, given in (("std", std), ("rob", rob)):
         stored = config.get("models", {}).get(role)
-        if given is not None and stored is not None and _canonical_spec(given) != _canonical_spec(stored):
+        if given is not None and stored is not None and canonical(given) != canonical(stored):
             raise AsmixError(f"mixer in {directory} was trained with --{role} {stored}, not {given}")
     try:
         state = load_file(str(weights_path))
@@ -455,11 +575,3 @@ def check_base_weights(config: dict[str, Any], std: nn.Module, rob: nn.Module, d
         raise AsmixError(f"mixer in {directory} was trained with other weights for {describe_roles(differing)} "
                          f"(sha256 {stored.get(differing[0], 'none')[:12]}...): load the models it was trained with")
 
-
-def _canonical_spec(text: str) -> str:
-    from asmix.models import parse_spec
-
-    try:
-        return str(parse_spec(text))
-    except AsmixError:
-        return text.strip()

@@ -177,3 +177,31 @@ def test_no_standard_radius_asks_for_eps(dataset):
         standard_eps(dataset, "l2")
     with pytest.raises(AsmixError, match="norm must be one of linf, l2, got 'l1'"):
         standard_eps(dataset, "l1")
+
+
+def test_imagenet_loads_in_h_input_space_and_fails_offline_in_one_line(tmp_path, monkeypatch):
+    from asmix.compat import import_robustbench
+    from asmix.preprocessing import Preprocessing, from_torchvision
+
+    import_robustbench()
+    import robustbench.data
+
+    with pytest.raises(AsmixError, match=f"cannot read ImageNet validation images under {tmp_path / 'val'}: put "
+                                         r"the ILSVRC2012 validation set there as val/<wnid>/") as missing:
+        load_data("imagenet", data_dir=tmp_path, n_examples=2)
+    assert len(str(missing.value).splitlines()) == 1
+    with pytest.raises(AsmixError, match="n-examples 5001 is more than the 5000"):
+        load_data("imagenet", data_dir=tmp_path, n_examples=5001)
+    seen = []
+
+    def fake_load(n_examples, data_dir, transforms_test):
+        seen.append(from_torchvision(transforms_test))
+        return torch.rand(n_examples, 3, 8, 8), torch.arange(n_examples)
+
+    monkeypatch.setattr(robustbench.data, "load_imagenet", fake_load)
+    bicubic = Preprocessing(resize=256, crop=(224, 224), interpolation="bicubic")
+    x, y = load_data("imagenet", data_dir=tmp_path, n_examples=3, preprocessing=bicubic)
+    load_data("imagenet", data_dir=tmp_path, n_examples=3)
+    assert x.shape == (3, 3, 8, 8) and y.tolist() == [0, 1, 2]
+    assert [(p.resize, p.crop, p.interpolation) for p in seen] == [(256, (256, 256), "bicubic"),
+                                                                    (256, (224, 224), "bilinear")]

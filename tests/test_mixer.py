@@ -15,6 +15,7 @@ from asmix.mixer import (MixingNetwork, SyncedBatchNorm, default_layers, load_mi
                          run_with_features, save_mixer)
 from asmix.mixing import AlphaSource, MixedClassifier, mix_logits
 from asmix.models.adapters import InputAdapter
+from asmix.preprocessing import Preprocessing
 from asmix.models.demo import DemoCNN
 
 
@@ -22,7 +23,8 @@ def _timm_resnet18(size: int | None = None) -> nn.Module:
     import timm
 
     return InputAdapter(timm.create_model("resnet18", pretrained=False, num_classes=10),
-                        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), size).eval()
+                        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                        Preprocessing(resize=(size, size)) if size else None).eval()
 
 
 def _demo_pair() -> tuple[nn.Module, nn.Module]:
@@ -194,7 +196,9 @@ def test_save_load_roundtrip(tmp_path):
     config = {"models": {"std": "demo-std", "rob": "bit-r152"}, "training": {"epochs": 1}}
     save_mixer(mixer, tmp_path / "m", config=config)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["mixer.json", "mixer.safetensors"]
-    loaded, stored = load_mixer(tmp_path / "m", std="demo-std", rob="bit:resnetv2_152x2_bit")
+    from asmix.models import canonical_spec
+
+    loaded, stored = load_mixer(tmp_path / "m", std="demo-std", rob="bit:resnetv2_152x2_bit", canonical=canonical_spec)
     assert stored["training"] == {"epochs": 1} and stored["architecture"]["alpha_range"] == [0.2, 0.8]
     assert not loaded.training and (loaded.alpha_min, loaded.alpha_max) == (0.2, 0.8)
     assert torch.equal(loaded.head_norm.running_mean, mixer.head_norm.running_mean)
@@ -295,3 +299,105 @@ def test_head_round_trips_through_mixer_json(tmp_path):
     loaded, stored = load_mixer(tmp_path / "m")
     assert stored["architecture"]["alpha_bias"] == 1.25 and loaded.alpha_bias == 1.25
     assert (loaded.clamp_std, loaded.bn_momentum) == (0.6, 0.01)
+
+
+def _tiny_timm(name: str) -> nn.Module:
+    """Tiny timm networks (pretrained=False) behind an adapter, as the registry loads them."""
+    import timm
+
+    kwargs = {
+        "swin_tiny_patch4_window7_224": dict(img_size=64, patch_size=4, window_size=4, embed_dim=8, depths=(1, 1, 1),
+                                             num_heads=(1, 1, 1)),
+        "convnext_atto": dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)),
+        "vit_tiny_patch16_224": dict(img_size=64, patch_size=16, embed_dim=16, depth=4, num_heads=2),
+    }[name]
+    torch.manual_seed(2)
+    network = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+    return InputAdapter(network, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
+
+
+@pytest.mark.parametrize("name, layers, shapes", [
+    # Swin stages are NHWC in timm: hooked, layers.0 is (N, 16, 16, 8); the mixer must get (N, 8, 16, 16)
+    ("swin_tiny_patch4_window7_224", ("layers.0", "layers.1"), [(8, 16, 16), (16, 8, 8)]),
+    # ConvNeXt's forward_intermediates counts its stem as index 0: stages.1 must still be the 16-channel stage
+    ("convnext_atto", ("stages.0", "stages.1"), [(8, 16, 16), (16, 8, 8)]),
+    # ViT blocks output tokens (N, 1 + 16, 16): the mixer gets the 16 patch tokens as a 4x4 map
+    ("vit_tiny_patch16_224", ("blocks.0", "blocks.1"), [(16, 4, 4), (16, 4, 4)]),
+])
+def test_timm_taps_are_channels_first_from_one_forward(name, layers, shapes):
+    model = _tiny_timm(name)
+    root = model.wrapped
+    x = torch.rand(3, 3, 64, 64)
+    assert resolve_layers(model, None) == layers
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [root.get_submodule(layer).register_forward_hook(
+        lambda module, inputs, output, layer=layer: outputs.__setitem__(layer, output)) for layer in layers]
+    calls = []
+    handles.append(root.register_forward_pre_hook(lambda module, inputs: calls.append(1)))
+    counter = root.get_submodule(layers[0])
+    handles.append(counter.register_forward_pre_hook(lambda module, inputs: calls.append(2)))
+    with torch.no_grad():
+        run_with_features(model, x[:1], layers)  # the first call matches forward_intermediates' indices once
+        calls.clear()
+        logits, features = run_with_features(model, x, layers)
+        assert calls.count(2) == 1  # one pass through the network per call
+        expected_logits = model(x)
+    assert torch.allclose(logits, expected_logits, atol=1e-5)
+    assert [tuple(f.shape[1:]) for f in features] == shapes
+    for layer, feature in zip(layers, features):
+        hooked = outputs[layer]  # from the reference forward: NHWC, tokens or NCHW
+        if hooked.ndim == 3:
+            hooked = hooked[:, 1:].reshape(len(x), *feature.shape[2:], -1)
+        as_nchw = hooked if hooked.shape[1:] == feature.shape[1:] else hooked.permute(0, 3, 1, 2)
+        assert torch.allclose(feature, as_nchw, atol=1e-5)
+    for handle in handles:
+        handle.remove()
+    mixer = MixingNetwork.build(model, _tiny_timm("convnext_atto"), x, width=8, stages=1, blocks=1).eval()
+    assert mixer.std_channels == tuple(shape[0] for shape in shapes)
+    assert mixer.run(x, model, _tiny_timm("convnext_atto")).alpha.shape == (3,)
+
+
+def test_a_hook_on_a_channels_last_module_is_refused():
+    swin = _tiny_timm("swin_tiny_patch4_window7_224")
+    x = torch.rand(2, 3, 64, 64)
+    with pytest.raises(AsmixError, match=r"tap 'layers.0.blocks.0' of SwinTransformer outputs channels-last maps "
+                                         r"\(2, 16, 16, 8\) \(8 channels in the last dim\).*tap one of: layers.0, "
+                                         r"layers.1, layers.2") as refused:
+        run_with_features(swin, x, ("layers.0.blocks.0", "layers.1"))
+    assert len(str(refused.value).splitlines()) == 1
+
+    class ChannelsLast(nn.Module):  # not timm: known channels from its last layer (the norm)
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.LayerNorm(6)
+
+        def forward(self, x):
+            return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer1, self.layer2 = ChannelsLast(), nn.Conv2d(3, 4, 3, stride=4)
+            self.head = nn.Linear(6, 10)
+
+        def forward(self, x):
+            self.layer2(x)
+            return self.head(self.layer1(x).mean(dim=(1, 2)))
+
+    with pytest.raises(AsmixError, match=r"tap 'layer1' of Net outputs channels-last maps \(2, 32, 32, 6\)"):
+        run_with_features(Net().eval(), x, ("layer1", "layer2"))
+    with pytest.raises(AsmixError, match=r"tap 'blocks.0.mlp' must output a feature map \(N, C, H, W\), got "
+                                         r"\(2, 17, 16\); tap one of: blocks.0, blocks.1"):
+        run_with_features(_tiny_timm("vit_tiny_patch16_224"), x, ("blocks.0.mlp", "blocks.1"))
+
+
+def test_mixer_does_not_import_models():
+    import ast
+    import inspect
+
+    import asmix.mixer
+
+    tree = ast.parse(inspect.getsource(asmix.mixer))
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in imported if name and name.startswith("asmix.models")]

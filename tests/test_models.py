@@ -252,3 +252,67 @@ def test_model_fit_checks():
         check_model_fits(model, torch.rand(1, 1, 2, 2), 10, role="STD (g)")
     with pytest.raises(AsmixError, match=r"does not accept inputs of shape \(3, 32, 32\)"):
         check_model_fits(model, torch.rand(1, 3, 32, 32), 3, role="ROB (h)")
+
+
+def test_imagenet_preprocessing_comes_from_the_zoo_entries():
+    from collections import Counter
+
+    from asmix.compat import import_robustbench
+    from asmix.models import model_preprocessing
+
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    names = list(model_dicts[BenchmarkDataset.imagenet][ThreatModel.Linf])
+    found = {name: model_preprocessing(name, dataset="imagenet") for name in names}
+    kinds = Counter((p.resize, p.crop, p.interpolation) for p in found.values())
+    # RobustBench 1.1.1: 17 bicubic 256/224 entries, 7 bilinear, 2 Res224, 1 Crop288, 3 XCiT via timm's config
+    assert kinds[(256, (224, 224), "bicubic")] == 17 and kinds[(256, (224, 224), "bilinear")] == 7
+    assert kinds[((224, 224), None, "bilinear")] == 2 and kinds[(None, (288, 288), "bilinear")] == 1
+    assert kinds[(224, (224, 224), "bicubic")] == 3  # crop_pct 1.0
+    assert found["Liu2023Comprehensive_Swin-B"].source == "RobustBench BicubicRes256Crop224"
+    assert model_preprocessing("Ding2020MMA", dataset="cifar10") is None
+
+
+def test_robustbench_imagenet_model_carries_its_preprocessing(tmp_path):
+    from torchvision.transforms import v2
+
+    from asmix.compat import import_robustbench
+    from asmix.mixer import tap_root
+    from asmix.models.adapters import InputAdapter
+
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    reference = model_dicts[BenchmarkDataset.imagenet][ThreatModel.Linf]["Salman2020Do_R18"]["model"]().eval()
+    state = random_state(reference.model, seed=5)
+    reference.model.load_state_dict(state)
+    folder = tmp_path / "imagenet" / "Linf"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": state}, folder / "Salman2020Do_R18.pt")
+    model = load_model("Salman2020Do_R18", dataset="imagenet", model_dir=tmp_path)
+    assert isinstance(model, InputAdapter) and type(tap_root(model)).__name__ == "ResNet"
+    assert model.preprocessing.describe() == "resize short side to 256 (bilinear), center-crop 224x224 [RobustBench Res256Crop224]"
+    x = torch.rand(2, 3, 256, 270)  # the common input space is 256 on the short side
+    leaderboard = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224)])
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(leaderboard(x)), atol=1e-5)
+        assert torch.allclose(model(x[..., :224, :224]), reference(x[..., :224, :224]), atol=1e-5)  # already cropped
+
+
+def test_g_with_another_imagenet_pipeline_gets_a_note():
+    from asmix.models import model_preprocessing, preprocessing_note
+
+    swin = model_preprocessing("timm:swin_base_patch4_window7_224", dataset="imagenet")
+    assert (swin.resize, swin.crop, swin.interpolation) == (248, (224, 224), "bicubic")
+    rob = model_preprocessing("Liu2023Comprehensive_Swin-B", dataset="imagenet")
+    note = preprocessing_note(swin, rob, dataset="imagenet")
+    assert note.startswith("STD (g) expects resize short side to 248 (bicubic)") and "\n" not in note
+    assert "resize short side to 256 (bicubic), center-crop 256x256" in note
+    assert preprocessing_note(model_preprocessing("Liu2023Comprehensive_ConvNeXt-B", dataset="imagenet"), rob,
+                              dataset="imagenet") is None
+    assert preprocessing_note(model_preprocessing("Salman2020Do_R18", dataset="imagenet"), None, dataset="imagenet") is None
+    assert "the images as they are" in preprocessing_note(None, rob, dataset="imagenet")
+    assert preprocessing_note(None, None, dataset="cifar10") is None

@@ -9,7 +9,7 @@ import typer
 
 from asmix.checks import canonical_norm
 from asmix.cli.app import app
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
+from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
                                TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source,
                                progress_callback, stdout, write_results)
@@ -62,6 +62,7 @@ def certify_command(
                            radii=parse_radii(radii), batch_size=batch_size, seed=seed)
     device_ = resolve_device(device)
     pair = load_pair(source)
+    print_notes(pair.notes)
     with progress_callback() as progress:
         result = certify(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
     stdout.print(certify_table(result))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                console, n_examples_option, pair_source, progress_callback, stdout)
@@ -81,8 +81,9 @@ def evaluate_command(
     mixer_net, mixer_config = None, {}
     if mixer is not None:
         from asmix.mixer import load_mixer
+        from asmix.models import canonical_spec
 
-        mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob)
+        mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob, canonical=canonical_spec)
     training = mixer_config.get("training", {}) if isinstance(mixer_config.get("training"), dict) else {}
     config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=source.norm,
                         eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
@@ -94,6 +95,7 @@ def evaluate_command(
     distributed.init_distributed(device_)
     device_ = distributed.local_device(device_)
     pair = load_pair(source)
+    print_notes(pair.notes)
     if mixer_net is not None:
         from asmix.mixer import check_base_weights
 

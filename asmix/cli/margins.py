@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
                                SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                n_examples_option, pair_source, progress_callback, stdout, write_results)
@@ -66,6 +66,7 @@ def margins_command(
                            lipschitz_classes=lipschitz_classes, batch_size=batch_size, seed=seed, mix_space=mix_space)
     device_ = resolve_device(device)
     pair = load_pair(source)
+    print_notes(pair.notes)
     with progress_callback() as progress:
         result = margins(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
     stdout.print(margins_table(result))

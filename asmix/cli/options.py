@@ -95,3 +95,9 @@ def write_results(result, json_path: Path | None, out: Path | None, write_output
         raise write_error(error.filename or target, error) from error
     for path in paths:
         console.print(f"wrote {path}")
+
+
+def print_notes(notes) -> None:
+    """Show a loaded pair's one-line caveats on stderr."""
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)

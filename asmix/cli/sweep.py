@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
                                StepSizeOption, TrustCodeOption, check_outputs, pair_source, progress_callback, stdout,
@@ -57,6 +57,7 @@ def sweep_alpha_command(
                          std_scale=std_scale, rob_scale=rob_scale)
     device_ = resolve_device(device)
     pair = load_pair(source)
+    print_notes(pair.notes)
     with progress_callback() as progress:
         result = sweep_alpha(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
     stdout.print(sweep_table(result))

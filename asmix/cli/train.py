@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
+from asmix.cli.options import (print_notes, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
                                NExamplesOption, NormOption, RobOption, RobWeightsOption, SeedOption, StdOption,
                                StdWeightsOption, TrustCodeOption, check_outputs, console, number_parser, pair_source,
                                progress_callback, stdout)
@@ -113,6 +113,7 @@ def train_mixer_command(
     distributed.init_distributed(device_)
     main = distributed.is_main_process()
     pair = load_pair(source)
+    print_notes(pair.notes)
     split = load_train_data(source, size.n_train if n_train is None else n_train, size.n_val if n_val is None else n_val,
                             val_split)
     with progress_callback() as progress:

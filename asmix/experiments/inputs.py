@@ -9,7 +9,7 @@ from torch import nn
 
 from asmix.checks import check_norm
 from asmix.data import check_labels, check_n_examples, dataset_info, load_data, standard_eps
-from asmix.models import check_model_fits, load_model
+from asmix.models import check_model_fits, load_model, model_preprocessing, preprocessing_note
 from asmix.models.registry import check_code_consent
 
 
@@ -52,19 +52,27 @@ class PairSource:
 
 @dataclass(frozen=True)
 class LoadedPair:
+    """The loaded pair and data; ``notes`` are one-line caveats for the user (g's ImageNet
+    preprocessing differing from the common input space, which is h's)."""
+
     std: nn.Module
     rob: nn.Module
     x: torch.Tensor
     y: torch.Tensor
     names: dict[str, str]
+    notes: tuple[str, ...] = ()
 
 
 def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
     """Load data first (cheap, fails fast) and check its labels, then both models, then check they
-    fit the data: every bad input is found before the expensive work."""
+    fit the data: every bad input is found before the expensive work. ImageNet images come in h's
+    input space, so h is evaluated exactly as on RobustBench's leaderboard; a difference for g is a note."""
     info = dataset_info(source.dataset)
+    rob_preprocessing = model_preprocessing(source.rob, dataset=source.dataset, norm=source.norm)
+    std_preprocessing = model_preprocessing(source.std, dataset=source.dataset, norm=source.norm)
+    note = preprocessing_note(std_preprocessing, rob_preprocessing, dataset=source.dataset)
     x, y = load_data(source.dataset, data_path=source.data, data_dir=source.data_dir,
-                     n_examples=source.n_examples, split=split)
+                     n_examples=source.n_examples, split=split, preprocessing=rob_preprocessing)
     if source.n_examples is None:
         default = source.default_n_examples or info.default_n_examples
         x, y = x[:default], y[:default]
@@ -74,4 +82,5 @@ def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
         models[role] = load_model(spec, dataset=source.dataset, norm=source.norm,
                                   model_dir=source.model_dir, weights=weights, trust_code=source.trust_code)
         check_model_fits(models[role], x, info.num_classes, role="STD (g)" if role == "std" else "ROB (h)")
-    return LoadedPair(models["std"], models["rob"], x, y, {"std": source.std, "rob": source.rob})
+    return LoadedPair(models["std"], models["rob"], x, y, {"std": source.std, "rob": source.rob},
+                      notes=(note,) if note and source.data is None else ())

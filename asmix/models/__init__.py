@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from asmix.errors import AsmixError
-from asmix.models.registry import ALIASES, ModelSpec, default_model_dir, load_model, parse_spec
+from asmix.models.registry import (ALIASES, ModelSpec, canonical_spec, default_model_dir, load_model, model_preprocessing, parse_spec,
+                                   preprocessing_note)
 
-__all__ = ["ALIASES", "ModelSpec", "check_model_fits", "default_model_dir", "load_model", "parse_spec"]
+__all__ = ["ALIASES", "ModelSpec", "canonical_spec", "check_model_fits", "default_model_dir", "load_model", "model_preprocessing",
+           "parse_spec", "preprocessing_note"]
 
 
 def check_model_fits(model: nn.Module, x_probe: torch.Tensor, num_classes: int, *, role: str) -> None:

@@ -23,6 +23,7 @@ from asmix.models import bit
 from asmix.models.adapters import InputAdapter
 from asmix.models.demo import DEMO_WIDTHS, build_demo_model
 from asmix.models.weights import load_weights
+from asmix.preprocessing import Preprocessing, from_timm_config, from_torchvision
 
 ALIASES = {
     "bit-r152": "bit:resnetv2_152x2_bit",
@@ -85,6 +86,14 @@ def parse_spec(text: str) -> ModelSpec:
     return ModelSpec("rb", text)
 
 
+def canonical_spec(text: str) -> str:
+    """A spec as one canonical string (aliases resolved), to compare specs; unparsable text as written."""
+    try:
+        return str(parse_spec(text))
+    except AsmixError:
+        return text.strip()
+
+
 def trusts_code(trust_code: bool = False) -> bool:
     """The user's consent to run code from a model spec: ``trust_code`` or ``$ASMIX_TRUST_CODE=1``."""
     return bool(trust_code) or os.environ.get(TRUST_CODE_ENV, "").strip() == "1"
@@ -115,15 +124,45 @@ def load_model(
     code, so they load only with ``trust_code`` (or ``$ASMIX_TRUST_CODE=1``).
     """
     spec = check_code_consent(spec, trust_code)
+    context = _context(dataset, norm, model_dir, weights)
+    return _LOADERS[spec.kind](spec.name, context).eval()
+
+
+def model_preprocessing(spec: str | ModelSpec, *, dataset: str = "demo", norm: str = "linf") -> Preprocessing | None:
+    """The preprocessing a model's reference pipeline applies (RobustBench's zoo entry, timm's data
+    config, BiT's resize), read without loading weights; None where the model takes the images as they
+    are. ``load_model`` puts the same record in the model's ``InputAdapter``."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    context = _context(dataset, norm, None, None)
+    finder = _PREPROCESSINGS.get(spec.kind)
+    return finder(spec.name, context) if finder is not None else None
+
+
+def preprocessing_note(std: Preprocessing | None, rob: Preprocessing | None, *, dataset: str) -> str | None:
+    """One line when g's preprocessing differs from the common input space h's induces (ImageNet
+    only: elsewhere the images share one size); None when g sees its reference input."""
+    if dataset != "imagenet":
+        return None
+    if rob is None:
+        from asmix.data import imagenet_default_preprocessing
+
+        rob = imagenet_default_preprocessing()
+    if std is not None and std.same_space(rob):
+        return None
+    wanted = std.describe() if std is not None else "the images as they are"
+    return (f"STD (g) expects {wanted} but runs on the common input space of ROB (h), "
+            f"{rob.input_space().describe()}: g's numbers may differ from its reference evaluation")
+
+
+def _context(dataset: str, norm: str, model_dir: str | Path | None, weights: str | Path | None) -> LoadContext:
     norm = check_norm(norm)
-    context = LoadContext(
+    dataset_info(dataset)
+    return LoadContext(
         dataset=dataset,
         threat_model=THREAT_MODELS[norm],
         model_dir=Path(model_dir) if model_dir is not None else default_model_dir(),
         weights=Path(weights) if weights is not None else None,
     )
-    dataset_info(dataset)
-    return _LOADERS[spec.kind](spec.name, context).eval()
 
 
 def _load_demo(name: str, context: LoadContext) -> nn.Module:
@@ -135,10 +174,8 @@ def _load_timm(name: str, context: LoadContext) -> nn.Module:
     """``timm:NAME`` or ``timm:NAME@SIZE`` (resize inputs to SIZE x SIZE first)."""
     import timm
 
-    name, _, size = name.partition("@")
-    if not timm.is_model(name.split(".")[0]):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise AsmixError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    preprocessing = _timm_preprocessing(name, context)
+    name = name.partition("@")[0]
     if context.weights is not None:
         network = timm.create_model(name, pretrained=False, num_classes=context.num_classes)
         load_weights(network, context.weights)
@@ -158,7 +195,24 @@ def _load_timm(name: str, context: LoadContext) -> nn.Module:
                 f"{context.num_classes}: pass weights fine-tuned on it with --std-weights/--rob-weights"
             )
     config = network.pretrained_cfg
-    return InputAdapter(network, config.get("mean"), config.get("std"), int(size) if size else None)
+    return InputAdapter(network, config.get("mean"), config.get("std"), preprocessing)
+
+
+def _timm_preprocessing(name: str, context: LoadContext) -> Preprocessing | None:
+    """``NAME@SIZE``: resize to SIZE x SIZE; on ImageNet, timm's data config; elsewhere none."""
+    import timm
+
+    name, _, size = name.partition("@")
+    if not timm.is_model(name.split(".")[0]):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise AsmixError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if size:
+        if not size.isdigit() or int(size) <= 0:
+            raise AsmixError(f"timm:{name}@{size}: the size after '@' must be a positive integer")
+        return Preprocessing(resize=(int(size), int(size)), source=f"timm:{name}@{size}")
+    if context.dataset != "imagenet":
+        return None
+    return from_timm_config(timm.models.get_pretrained_cfg(name), source=f"timm data config of {name}")
 
 
 def _load_bit(name: str, context: LoadContext) -> nn.Module:
@@ -172,16 +226,41 @@ def _load_bit(name: str, context: LoadContext) -> nn.Module:
         network.load_state_dict(state)
     except RuntimeError as error:
         raise AsmixError(f"BiT weights {path} do not fit {name}: {str(error).splitlines()[0]}") from error
-    return InputAdapter(network, bit.BIT_MEAN, bit.BIT_STD, bit.BIT_INPUT_SIZE.get(context.dataset))
+    return InputAdapter(network, bit.BIT_MEAN, bit.BIT_STD, _bit_preprocessing(name, context))
+
+
+def _bit_preprocessing(name: str, context: LoadContext) -> Preprocessing | None:
+    size = bit.BIT_INPUT_SIZE.get(context.dataset)
+    return Preprocessing(resize=(size, size), source=f"BiT on {context.dataset}") if size else None
 
 
 def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
+    from robustbench.utils import load_model as rb_load_model
+
+    zoo, name = _zoo_entry(name, context)
+    preprocessing = _robustbench_preprocessing(name, context)
+    if context.weights is not None:
+        return _adapt_robustbench(load_weights(zoo[name]["model"](), context.weights), preprocessing)
+    folder = context.model_dir / context.dataset / context.threat_model
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # RobustBench prints download notices
+            model = rb_load_model(name, model_dir=str(context.model_dir), dataset=context.dataset,
+                                  threat_model=context.threat_model)
+    except Exception as error:
+        raise AsmixError(
+            f"cannot load RobustBench model {name}: put {name}.pt in {folder} "
+            f"(download failed: {type(error).__name__})"
+        ) from error
+    return _adapt_robustbench(model, preprocessing)
+
+
+def _zoo_entry(name: str, context: LoadContext) -> tuple[dict, str]:
+    """RobustBench's zoo for the context's dataset and threat model, and the resolved name in it."""
     from asmix.compat import import_robustbench
 
     import_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-    from robustbench.utils import load_model as rb_load_model
 
     if context.dataset not in ("cifar10", "cifar100", "imagenet"):
         raise AsmixError(
@@ -194,19 +273,42 @@ def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
         raise AsmixError(f"RobustBench has no {context.dataset} {context.threat_model} models for {name!r}: "
                          f"use --norm {' or --norm '.join(norms)}, or another spec (timm:, file:, py:)")
     zoo = zoos[ThreatModel(context.threat_model)]
-    name = resolve_zoo_name(name, list(zoo))
-    if context.weights is not None:
-        return load_weights(zoo[name]["model"](), context.weights)
-    folder = context.model_dir / context.dataset / context.threat_model
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # RobustBench prints download notices
-            return rb_load_model(name, model_dir=str(context.model_dir), dataset=context.dataset,
-                                 threat_model=context.threat_model)
-    except Exception as error:
-        raise AsmixError(
-            f"cannot load RobustBench model {name}: put {name}.pt in {folder} "
-            f"(download failed: {type(error).__name__})"
-        ) from error
+    return zoo, resolve_zoo_name(name, list(zoo))
+
+
+def _robustbench_preprocessing(name: str, context: LoadContext) -> Preprocessing | None:
+    """The leaderboard's pipeline for an ImageNet zoo entry: its ``preprocessing`` field, else (as
+    RobustBench does) the data config of the timm model registered under the entry's name."""
+    if context.dataset != "imagenet":
+        return None
+    zoo, name = _zoo_entry(name, context)
+    from robustbench.data import PREPROCESSINGS
+
+    key = zoo[name].get("preprocessing")
+    if key is not None:
+        if key not in PREPROCESSINGS:
+            raise AsmixError(f"RobustBench model {name} names preprocessing {key!r}, which RobustBench does not define")
+        return from_torchvision(PREPROCESSINGS[key], source=f"RobustBench {key}")
+    import timm
+
+    timm_name = f"{name.lower().replace('-', '_')}_{context.dataset}_{context.threat_model.lower()}"
+    if not timm.is_model(timm_name):
+        raise AsmixError(f"RobustBench model {name} has no preprocessing entry and timm has no model {timm_name} "
+                         f"to read it from: this timm version cannot build it; use another model")
+    return from_timm_config(timm.models.get_pretrained_cfg(timm_name), source=f"timm data config of {timm_name}")
+
+
+def _adapt_robustbench(model: nn.Module, preprocessing: Preprocessing | None) -> nn.Module:
+    """ImageNet zoo models come as ``Sequential(normalize, model)``: the adapter takes over the
+    normalisation and adds the preprocessing, so taps reach the network itself (a timm Swin, a ResNet)."""
+    if preprocessing is None:
+        return model
+    children = dict(model.named_children()) if isinstance(model, nn.Sequential) else {}
+    normalizer = children.get("normalize")
+    if set(children) == {"normalize", "model"} and hasattr(normalizer, "mean") and hasattr(normalizer, "std"):
+        return InputAdapter(children["model"], normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist(),
+                            preprocessing)
+    return InputAdapter(model, preprocessing=preprocessing)
 
 
 def resolve_zoo_name(name: str, names: list[str]) -> str:
@@ -277,6 +379,13 @@ def _load_python(name: str, context: LoadContext) -> nn.Module:
         raise AsmixError(f"py:{name} returned {type(model).__name__}, not a torch.nn.Module")
     return load_weights(model, context.weights) if context.weights else model
 
+
+_PREPROCESSINGS: dict[str, Callable[[str, LoadContext], Preprocessing | None]] = {
+    "timm": _timm_preprocessing,
+    "bit": _bit_preprocessing,
+    "rb": _robustbench_preprocessing,
+}
+"""Spec kinds whose models carry a preprocessing of their own (the others take images as they are)."""
 
 _LOADERS: dict[str, Callable[[str, LoadContext], nn.Module]] = {
     "demo": _load_demo,
