@@ -9,9 +9,9 @@ import typer
 
 from asmix.checks import canonical_norm
 from asmix.cli.app import app
-from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
+from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
-                               TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source,
+                               TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source, print_notes,
                                progress_callback, stdout, write_results)
 
 DEFAULT_N_EXAMPLES = 100

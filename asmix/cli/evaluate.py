@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
-                               console, n_examples_option, pair_source, progress_callback, stdout)
+                               console, n_examples_option, pair_source, print_notes, progress_callback, stdout)
 
 DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
 

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
                                SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
-                               n_examples_option, pair_source, progress_callback, stdout, write_results)
+                               n_examples_option, pair_source, print_notes, progress_callback, stdout, write_results)
 
 DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)

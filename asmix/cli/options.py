@@ -98,6 +98,10 @@ def write_results(result, json_path: Path | None, out: Path | None, write_output
 
 
 def print_notes(notes) -> None:
-    """Show a loaded pair's one-line caveats on stderr."""
+    """Show a loaded pair's one-line caveats on stderr (once: by rank 0 under torchrun)."""
+    from asmix.distributed import is_main_process
+
+    if not is_main_process():
+        return
     for note in notes:
         console.print(f"note: {note}", highlight=False)

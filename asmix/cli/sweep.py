@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (print_notes, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
-                               StepSizeOption, TrustCodeOption, check_outputs, pair_source, progress_callback, stdout,
+                               StepSizeOption, TrustCodeOption, check_outputs, pair_source, print_notes, progress_callback, stdout,
                                write_results)
 
 

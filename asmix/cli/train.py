@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (print_notes, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
+from asmix.cli.options import (DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
                                NExamplesOption, NormOption, RobOption, RobWeightsOption, SeedOption, StdOption,
                                StdWeightsOption, TrustCodeOption, check_outputs, console, number_parser, pair_source,
-                               progress_callback, stdout)
+                               print_notes, progress_callback, stdout)
 
 
 def _option(name: str, text: str):
