@@ -1,25 +1,47 @@
 """asmix: adaptive smoothing of an accurate classifier g and a robust classifier h (Bai et al.).
 
-The certify experiment is ``asmix.experiments.certify.certify`` (the name ``asmix.certify`` is the
-module of certified-radius formulas).
+The names below load on first use, so ``import asmix`` imports no experiment, no attack package and changes
+nothing in ``sys.modules`` beyond asmix itself. The certify experiment is ``asmix.experiments.certify.certify``
+(the name ``asmix.certify`` is the module of certified-radius formulas).
 """
 
-from asmix.errors import AsmixError
-from asmix.mixing import MixedClassifier, mix_logits
-from asmix.models import load_model
-from asmix.data import load_data
-from asmix.attacks import PGD
-from asmix.mixer import MixingNetwork, load_mixer, save_mixer
-from asmix.experiments.sweep import SweepConfig, SweepResult, sweep_alpha
-from asmix.experiments.train import TrainConfig, TrainResult, judge, select_head, train_mixer
-from asmix.experiments.evaluate import EvalConfig, EvalResult, evaluate
-from asmix.experiments.margins import MarginsConfig, MarginsResult, margins
-from asmix.experiments.certify import CertifyConfig, CertifyResult
+from __future__ import annotations
 
-__all__ = [
-    "AsmixError", "CertifyConfig", "CertifyResult", "EvalConfig", "EvalResult", "MarginsConfig", "MarginsResult",
-    "MixedClassifier", "MixingNetwork", "PGD", "SweepConfig", "SweepResult", "TrainConfig", "TrainResult",
-    "evaluate", "judge", "load_data", "load_mixer", "load_model", "margins", "mix_logits",
-    "save_mixer", "select_head", "sweep_alpha", "train_mixer",
-]
+import importlib
+from typing import Any
+
+from asmix.errors import AsmixError
+
+_EXPORTS = {
+    "MixedClassifier": "asmix.mixing", "mix_logits": "asmix.mixing",
+    "load_model": "asmix.models",
+    "load_data": "asmix.data",
+    "PGD": "asmix.attacks.pgd",
+    "MixingNetwork": "asmix.mixer", "load_mixer": "asmix.mixer", "save_mixer": "asmix.mixer",
+    "SweepConfig": "asmix.experiments.sweep", "SweepResult": "asmix.experiments.sweep",
+    "sweep_alpha": "asmix.experiments.sweep",
+    "TrainConfig": "asmix.experiments.train", "TrainResult": "asmix.experiments.train",
+    "judge": "asmix.experiments.train", "select_head": "asmix.experiments.train",
+    "train_mixer": "asmix.experiments.train",
+    "EvalConfig": "asmix.experiments.evaluate", "EvalResult": "asmix.experiments.evaluate",
+    "evaluate": "asmix.experiments.evaluate",
+    "MarginsConfig": "asmix.experiments.margins", "MarginsResult": "asmix.experiments.margins",
+    "margins": "asmix.experiments.margins",
+    "CertifyConfig": "asmix.experiments.certify", "CertifyResult": "asmix.experiments.certify",
+}
+
+__all__ = ["AsmixError", *sorted(_EXPORTS)]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines ``name`` when it is first asked for (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'asmix' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -10,23 +10,31 @@ import warnings
 from asmix.errors import AsmixError
 
 
+def autoattack_package() -> types.ModuleType:
+    """The AutoAttack package, imported on first use under whichever name is installed (``autoattack`` from
+    GitHub, ``pyautoattack`` from the registry), without aliasing anything in ``sys.modules``."""
+    for name in ("autoattack", "pyautoattack"):
+        if name in sys.modules:
+            return sys.modules[name]
+    for name in ("autoattack", "pyautoattack"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise AsmixError("AutoAttack is not installed: pip install pyautoattack")
+
+
 def register_autoattack() -> types.ModuleType:
-    """Make ``import autoattack`` work and return the module.
+    """Make ``import autoattack`` work and return the module: only for RobustBench.
 
     RobustBench 1.1.1 imports ``autoattack`` but the registry package that provides AutoAttack,
-    ``pyautoattack``, installs it under that other name. We alias it (and its submodules that
-    RobustBench imports) once, before RobustBench is imported.
+    ``pyautoattack``, installs it under that other name. ``import_robustbench`` aliases it (and the
+    submodules RobustBench imports) right before RobustBench is imported; asmix's own attacks use
+    ``autoattack_package`` and leave ``sys.modules`` alone.
     """
+    package = autoattack_package()
     if "autoattack" in sys.modules:
         return sys.modules["autoattack"]
-    try:
-        return importlib.import_module("autoattack")
-    except ImportError:
-        pass
-    try:
-        package = importlib.import_module("pyautoattack")
-    except ImportError as error:
-        raise AsmixError("AutoAttack is not installed: pip install pyautoattack") from error
     sys.modules["autoattack"] = package
     for submodule in ("autoattack", "autopgd_base", "fab_pt", "square", "state", "checks", "other_utils"):
         try:

@@ -57,8 +57,9 @@ def test_base_outputs_and_base_attacks_run_once_whatever_the_number_of_alphas():
         calls[len(alphas)] = (std.calls, rob.calls)
     # one more alpha costs exactly one MIX attack: 4 PGD steps + 1 prediction, one batch
     assert calls[2][0] - calls[1][0] == 5 and calls[2][1] - calls[1][1] == 5
-    # clean (1) + STD attack (4 steps + 1) + ROB-attack prediction (1) + MIX (5)
-    assert calls[1][0] == 1 + 5 + 1 + 5
+    # clean (1) + STD attack (4 steps + the last iterate) + g judged on each of the ROB attack's 5 iterates
+    # (a point is broken for g if any iterate breaks it) + MIX (5)
+    assert calls[1][0] == 1 + 5 + 5 + 5
 
 
 def test_mix_attack_at_alpha_zero_reuses_the_std_attack_exactly():

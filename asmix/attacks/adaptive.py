@@ -19,11 +19,11 @@ from torch import nn
 
 from asmix.attacks.autoattack import AutoAttackRun, package_norm, restored_rng, standard_autoattack
 from asmix.attacks.objectives import alpha_down_term, blend
-from asmix.compat import register_autoattack
+from asmix.compat import autoattack_package
 from asmix.errors import AsmixError
 from asmix.mixing import MixParts
 
-_AA = register_autoattack()  # the package, under either import name
+_AA = autoattack_package()  # imported here, where the attacks that subclass it are defined
 
 ADAPTIVE_STAGES = ("apgd-ce-alpha", "apgd-t-alpha", "alpha-first", "square-alpha")
 """The adaptive stages, in the order they run after (or instead of) standard AutoAttack."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from asmix.attacks.pgd import NORMS
-from asmix.compat import register_autoattack
+from asmix.compat import autoattack_package
 from asmix.errors import AsmixError
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -106,7 +106,7 @@ def standard_autoattack(
     same in any run; torch's global generator is restored afterwards. ``square_queries`` below the
     standard 5000 makes a quicker, weaker check (not the standard evaluation).
     """
-    aa_module = register_autoattack()
+    aa_module = autoattack_package()
     unknown = set(attacks) - set(STANDARD_ATTACKS)
     if unknown:
         raise AsmixError(f"unknown AutoAttack attack(s) {', '.join(sorted(unknown))}")

@@ -21,11 +21,11 @@ from torch import nn
 from asmix.attacks.autoattack import package_norm
 from asmix.attacks.pgd import PGD
 from asmix.checks import check_finite
-from asmix.compat import register_autoattack
+from asmix.compat import autoattack_package
 from asmix.errors import AsmixError
 
-register_autoattack()
-from autoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E402  (needs the alias above)
+_apgd = autoattack_package().autopgd_base  # imported here, where the attacks that subclass it are defined
+APGDAttack, APGDAttack_targeted = _apgd.APGDAttack, _apgd.APGDAttack_targeted
 
 
 def probability_gap(logits: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,9 @@ from torch import nn
 from asmix.checks import NORMS, check_finite
 from asmix.errors import AsmixError
 
+IterateFn = Callable[[torch.Tensor, torch.Tensor], None]
+"""Called on every PGD iterate with (x_t, the attacked model's logits at x_t)."""
+
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """Loss to maximise and the logits it was computed from: (model, x_adv, y) -> (losses (N,), logits (N, C)).
 The logits let PGD see, at no extra forward pass, which iterate the model misclassifies."""
@@ -66,9 +69,19 @@ class PGD:
         *,
         generator: torch.Generator | None = None,
         objective: Objective = cross_entropy_objective,
+        on_iterate: IterateFn | None = None,
     ) -> torch.Tensor:
-        """Adversarial examples for ``(x, y)``; ``generator`` (CPU) seeds the random start."""
+        """Adversarial examples for ``(x, y)``; ``generator`` (CPU) seeds the random start.
+
+        ``on_iterate(x_t, logits_t)`` sees every iterate, the start and the last included, with the attacked
+        model's logits there (those of the objective's own forward pass; one more forward for the last
+        iterate). Transfer evaluations use it to count a point broken for another model if any iterate breaks
+        it (see ``AllIteratesCorrect``).
+        """
         if self.eps == 0 or self.steps == 0 and not self.random_start:
+            if on_iterate is not None:
+                with torch.no_grad():
+                    on_iterate(x.detach(), model(x.detach()))
             return x.detach().clone()
         x = x.detach()
         x_adv = (x + self._random_start(x, generator)).clamp(0, 1) if self.random_start else x.clone()
@@ -80,12 +93,17 @@ class PGD:
             with torch.enable_grad():
                 losses, logits = objective(model, x_adv, y)
                 (grad,) = torch.autograd.grad(losses.sum(), x_adv)
+            if on_iterate is not None:
+                on_iterate(x_adv.detach(), logits.detach())
             if self.stop_at_break:
                 broken |= logits.detach().argmax(1) != y
             x_adv = x_adv.detach()
             x_adv = torch.where(broken.view(view), x_adv, self._project(x, x_adv + step * self._direction(grad)))
             if broken.all():
                 break
+        if on_iterate is not None:
+            with torch.no_grad():
+                on_iterate(x_adv, model(x_adv))
         return x_adv.detach()
 
     def _random_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -109,6 +127,28 @@ class PGD:
         else:
             delta = delta * (self.eps / _l2(delta).clamp_min(1e-12)).clamp(max=1.0)
         return (x + delta).clamp(0, 1)
+
+
+class AllIteratesCorrect:
+    """Per judged classifier and example: is every iterate seen so far classified correctly? And the point to
+    report: the first iterate that broke it, else the latest. An ``IterateFn`` builder for transfer attacks,
+    where the attacked model is not the one judged; ``judge(x_t, logits_t)`` returns each judged classifier's
+    logits at ``x_t``, shape (J, n, C)."""
+
+    def __init__(self, judge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: torch.Tensor) -> None:
+        self.judge, self.y = judge, y
+        self.correct: torch.Tensor | None = None
+        self.points: torch.Tensor | None = None
+
+    def __call__(self, x_t: torch.Tensor, logits_t: torch.Tensor) -> None:
+        with torch.no_grad():
+            right = self.judge(x_t, logits_t).argmax(-1) == self.y  # (J, n)
+        if self.correct is None:
+            self.correct, self.points = right.clone(), x_t.unsqueeze(0).repeat(len(right), *([1] * x_t.ndim))
+            return
+        view = (*right.shape, *([1] * (x_t.ndim - 1)))
+        self.points = torch.where(self.correct.view(view), x_t.unsqueeze(0), self.points)
+        self.correct &= right
 
 
 def _l2(t: torch.Tensor) -> torch.Tensor:

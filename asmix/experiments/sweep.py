@@ -1,18 +1,19 @@
 """Fixed-alpha sweep (Figure 4) and the clean-vs-attacked trade-off curve (Figure 5).
 
-Base-model logits on clean, STD-attacked (crafted on g) and ROB-attacked (crafted on h) inputs are
-computed once and mixed for every alpha without another forward pass; only the MIX attack (crafted
-on h_alpha end to end) runs once per alpha.
+Base-model logits on clean inputs, and on every iterate of the STD attack (crafted on g) and the ROB attack
+(crafted on h), are computed once and mixed for every alpha without another forward pass; only the MIX attack
+(crafted on h_alpha end to end) runs once per alpha. A point counts as broken for a classifier if any iterate
+breaks it (the rule of APGD, and of the library's PGD for the attacked model itself).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
 
-from asmix.attacks.pgd import PGD
+from asmix.attacks.pgd import PGD, AllIteratesCorrect
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.mixing import MixedClassifier, check_alpha
@@ -131,45 +132,64 @@ def sweep_alpha(
                             std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
     std, rob = mixed.std, mixed.rob
     pgd = config.pgd()
-    cached = {"clean": (
+    transfer = replace(pgd, stop_at_break=False)  # the path goes on; every judged classifier keeps its own count
+    clean = (
         predict_logits(std, x, batch_size=config.batch_size, device=device, progress=progress, task="clean g"),
         predict_logits(rob, x, batch_size=config.batch_size, device=device, progress=progress, task="clean h"),
-    )}
+    )
+    # per attack crafted on g or h: whether every iterate is classified right by g, h and h_alpha for each alpha
+    robust: dict[str, torch.Tensor] = {}
     for name, source in (("std", std), ("rob", rob)):
         if name in config.attacks:
-            cached[name] = _attack_and_predict(pgd, source, (std, rob), x, y, config, device, progress,
-                                               task=f"{name.upper()} attack")
+            robust[name] = _robust_flags(transfer, source, _base_judge(mixed, name, config.alphas), x, y, config,
+                                         device, progress, task=f"{name.upper()} attack")
 
-    def accuracy(logits: torch.Tensor) -> float:
-        return (logits.argmax(1) == y).float().mean().item()
+    def accuracy(correct: torch.Tensor) -> float:
+        return correct.float().mean().item()
 
     def base_accuracy(index: int) -> BaseAccuracy:
         return BaseAccuracy(
-            clean=accuracy(cached["clean"][index]),
-            std_attack=accuracy(cached["std"][index]) if "std" in cached else None,
-            rob_attack=accuracy(cached["rob"][index]) if "rob" in cached else None,
+            clean=accuracy(clean[index].argmax(1) == y),
+            std_attack=accuracy(robust["std"][index]) if "std" in robust else None,
+            rob_attack=accuracy(robust["rob"][index]) if "rob" in robust else None,
         )
 
     rows = []
     for position, alpha in enumerate(config.alphas):
         def mixed_accuracy(name: str) -> float | None:
-            return accuracy(mixed.mix(*cached[name], alpha)) if name in cached else None
+            return accuracy(robust[name][2 + position]) if name in robust else None
 
         mix_attack = None
         if "mix" in config.attacks:
             reusable = _same_as_base_attack(alpha, config)
-            if reusable in cached:
+            if reusable in robust:
                 mix_attack = mixed_accuracy(reusable)
                 if progress:
                     progress("MIX attack", (position + 1) * len(x), len(config.alphas) * len(x))
             else:
-                mixed.alpha = alpha
-                (mix_logits_,) = _attack_and_predict(pgd, mixed, (mixed,), x, y, config, device, progress,
-                                                     task="MIX attack", offset=position * len(x),
-                                                     total=len(config.alphas) * len(x))
-                mix_attack = accuracy(mix_logits_)
-        rows.append(SweepRow(alpha, mixed_accuracy("clean"), mixed_accuracy("std"), mixed_accuracy("rob"), mix_attack))
+                flags = _robust_flags(pgd, mixed.with_alpha(alpha), _own_logits, x, y, config, device, progress,
+                                      task="MIX attack", offset=position * len(x), total=len(config.alphas) * len(x))
+                mix_attack = accuracy(flags[0])
+        rows.append(SweepRow(alpha, accuracy(mixed.mix(*clean, alpha).argmax(1) == y), mixed_accuracy("std"),
+                             mixed_accuracy("rob"), mix_attack))
     return SweepResult(config, len(x), {"std": base_accuracy(0), "rob": base_accuracy(1)}, tuple(rows), models or {})
+
+
+def _own_logits(x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Judge only the attacked model, from its own logits (no extra forward pass)."""
+    return logits.unsqueeze(0)
+
+
+def _base_judge(mixed: MixedClassifier, source: str, alphas: tuple[float, ...]):
+    """For an attack crafted on g ("std") or h ("rob"): g's, h's and every h_alpha's logits at an iterate, from
+    the attacked model's logits there and one forward of the other base model."""
+
+    def judge(x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        std_logits, rob_logits = (logits, mixed.rob(x_t)) if source == "std" else (mixed.std(x_t), logits)
+        mixes = [mixed.mix(std_logits, rob_logits, alpha) for alpha in alphas]
+        return torch.stack([std_logits.float(), rob_logits.float(), *(mix.float() for mix in mixes)])
+
+    return judge
 
 
 def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
@@ -182,16 +202,18 @@ def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
     return None
 
 
-def _attack_and_predict(pgd, source, targets, x, y, config, device, progress, *, task, offset=0, total=None):
-    """Craft PGD examples on ``source`` batch by batch and return each target's logits on them."""
-    outputs = [[] for _ in targets]
+def _robust_flags(pgd: PGD, source: nn.Module, judge, x, y, config, device, progress, *, task, offset=0,
+                  total=None) -> torch.Tensor:
+    """PGD crafted on ``source`` batch by batch; per judged classifier and example, whether it classified every
+    iterate correctly (a point counts as broken if any iterate breaks it): (J, N) bool on CPU."""
+    flags = []
     total = total or len(x)
     for part in batch_slices(len(x), config.batch_size):
         x_batch, y_batch = x[part].to(device), y[part].to(device)
-        x_adv = pgd.perturb(source, x_batch, y_batch, generator=batch_generator(config.seed, "pgd", part.start))
-        with torch.no_grad():
-            for output, target in zip(outputs, targets):
-                output.append(target(x_adv).float().cpu())
+        tracker = AllIteratesCorrect(judge, y_batch)
+        pgd.perturb(source, x_batch, y_batch, generator=batch_generator(config.seed, "pgd", part.start),
+                    on_iterate=tracker)
+        flags.append(tracker.correct.cpu())
         if progress:
             progress(task, offset + part.stop, total)
-    return tuple(torch.cat(output) for output in outputs)
+    return torch.cat(flags, dim=1)
