@@ -2,12 +2,14 @@
 
 Base-model logits on clean, STD-attacked (crafted on g) and ROB-attacked (crafted on h) inputs are
 computed once and mixed for every alpha without another forward pass; only the MIX attack (crafted
-on h_alpha end to end) runs once per alpha.
+on h_alpha end to end) runs once per alpha. Each batch's base work and each (alpha, batch) MIX attack is a
+unit of ``asmix.experiments.parts``: resumable with ``out`` and shared out across ranks under torchrun.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,8 +17,9 @@ from torch import nn
 from asmix.attacks.pgd import PGD
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, example_count, finish, fingerprint, run_units
 from asmix.mixing import MixedClassifier, check_alpha
-from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size, predict_logits
+from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
 ATTACKS = ("std", "rob", "mix")
 
@@ -123,22 +126,53 @@ def sweep_alpha(
     device: torch.device = torch.device("cpu"),
     progress: ProgressFn | None = None,
     models: dict[str, str] | None = None,
+    out: str | Path | None = None,
 ) -> SweepResult:
-    """Accuracy of g, h and h_alpha for each alpha, clean and under PGD crafted on g, h and h_alpha."""
+    """Accuracy of g, h and h_alpha for each alpha, clean and under PGD crafted on g, h and h_alpha.
+
+    The work is one base unit per batch (clean logits, STD and ROB attacks) and one MIX unit per (alpha, batch);
+    with ``out`` (the command's folder) each finished unit is saved in ``<out>/parts/`` and reused by a rerun
+    with the same settings; under torchrun the units are shared out across ranks.
+    """
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     mixed = MixedClassifier(std, rob, 0.5, mix_space=config.mix_space,
                             std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
-    std, rob = mixed.std, mixed.rob
-    pgd = config.pgd()
-    cached = {"clean": (
-        predict_logits(std, x, batch_size=config.batch_size, device=device, progress=progress, task="clean g"),
-        predict_logits(rob, x, batch_size=config.batch_size, device=device, progress=progress, task="clean h"),
-    )}
-    for name, source in (("std", std), ("rob", rob)):
-        if name in config.attacks:
-            cached[name] = _attack_and_predict(pgd, source, (std, rob), x, y, config, device, progress,
-                                               task=f"{name.upper()} attack")
+    parts = None
+    if out is not None:
+        parts = Parts(Path(out) / "parts", fingerprint(["sweep-alpha", asdict(config), models or {}],
+                                                       modules=(mixed,), tensors=(x, y)))
+    batches = list(batch_slices(len(x), config.batch_size))
+    base_attacks = tuple(name for name in ("std", "rob") if name in config.attacks)
+    mix_alphas = tuple(alpha for alpha in config.alphas if "mix" in config.attacks
+                       and _same_as_base_attack(alpha, config) not in base_attacks)
+    units = [_Unit("base", part) for part in batches] + [_Unit("mix", part, alpha) for alpha in mix_alphas
+                                                         for part in batches]
+
+    def compute(unit: _Unit) -> dict[str, torch.Tensor]:
+        x_batch, y_batch = x[unit.part].to(device), y[unit.part].to(device)
+        if unit.kind == "mix":
+            target = MixedClassifier(mixed.std, mixed.rob, unit.alpha, mix_space=config.mix_space,
+                                     std_scale=config.std_scale, rob_scale=config.rob_scale)
+            return _attack_and_predict(target, {"mix": target}, x_batch, y_batch, unit.part.start, config)
+        with torch.no_grad():
+            record = {"clean/std": mixed.std(x_batch).float().cpu(), "clean/rob": mixed.rob(x_batch).float().cpu()}
+        for name in base_attacks:
+            source = mixed.std if name == "std" else mixed.rob
+            predicted = _attack_and_predict(source, {"std": mixed.std, "rob": mixed.rob}, x_batch, y_batch,
+                                            unit.part.start, config)
+            record |= {f"{name}/{model}": logits for model, logits in predicted.items()}
+        return record
+
+    shown = ShareProgress(units, lambda unit: "MIX attack" if unit.kind == "mix" else "base logits and attacks",
+                          progress, size=lambda unit: example_count(unit.part))
+    records = run_units(units, compute, key=_Unit.key, parts=parts, finished=shown)
+    n = len(batches)
+    cached = {name: tuple(torch.cat([record[f"{name}/{model}"] for record in records[:n]]) for model in ("std", "rob"))
+              for name in ("clean", *base_attacks)}
+    mix_logits = {alpha: torch.cat([record["mix"] for record in records[n * (1 + index):n * (2 + index)]])
+                  for index, alpha in enumerate(mix_alphas)}
+    finish(parts)
 
     def accuracy(logits: torch.Tensor) -> float:
         return (logits.argmax(1) == y).float().mean().item()
@@ -151,25 +185,29 @@ def sweep_alpha(
         )
 
     rows = []
-    for position, alpha in enumerate(config.alphas):
+    for alpha in config.alphas:
         def mixed_accuracy(name: str) -> float | None:
             return accuracy(mixed.mix(*cached[name], alpha)) if name in cached else None
 
         mix_attack = None
-        if "mix" in config.attacks:
-            reusable = _same_as_base_attack(alpha, config)
-            if reusable in cached:
-                mix_attack = mixed_accuracy(reusable)
-                if progress:
-                    progress("MIX attack", (position + 1) * len(x), len(config.alphas) * len(x))
-            else:
-                mixed.alpha = alpha
-                (mix_logits_,) = _attack_and_predict(pgd, mixed, (mixed,), x, y, config, device, progress,
-                                                     task="MIX attack", offset=position * len(x),
-                                                     total=len(config.alphas) * len(x))
-                mix_attack = accuracy(mix_logits_)
+        if alpha in mix_logits:
+            mix_attack = accuracy(mix_logits[alpha])
+        elif "mix" in config.attacks:
+            mix_attack = mixed_accuracy(_same_as_base_attack(alpha, config))
         rows.append(SweepRow(alpha, mixed_accuracy("clean"), mixed_accuracy("std"), mixed_accuracy("rob"), mix_attack))
     return SweepResult(config, len(x), {"std": base_accuracy(0), "rob": base_accuracy(1)}, tuple(rows), models or {})
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One part of a sweep: the base logits and attacks of a batch, or the MIX attack at ``alpha`` on it."""
+
+    kind: str
+    part: slice
+    alpha: float | None = None
+
+    def key(self) -> str:
+        return batch_key(self.part) if self.kind == "base" else f"mix-alpha{self.alpha!r}-{batch_key(self.part)}"
 
 
 def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
@@ -182,16 +220,9 @@ def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
     return None
 
 
-def _attack_and_predict(pgd, source, targets, x, y, config, device, progress, *, task, offset=0, total=None):
-    """Craft PGD examples on ``source`` batch by batch and return each target's logits on them."""
-    outputs = [[] for _ in targets]
-    total = total or len(x)
-    for part in batch_slices(len(x), config.batch_size):
-        x_batch, y_batch = x[part].to(device), y[part].to(device)
-        x_adv = pgd.perturb(source, x_batch, y_batch, generator=batch_generator(config.seed, "pgd", part.start))
-        with torch.no_grad():
-            for output, target in zip(outputs, targets):
-                output.append(target(x_adv).float().cpu())
-        if progress:
-            progress(task, offset + part.stop, total)
-    return tuple(torch.cat(output) for output in outputs)
+def _attack_and_predict(source: nn.Module, targets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                        start: int, config: SweepConfig) -> dict[str, torch.Tensor]:
+    """Craft PGD examples on ``source`` for the batch at ``start`` and return each target's logits on them."""
+    x_adv = config.pgd().perturb(source, x, y, generator=batch_generator(config.seed, "pgd", start))
+    with torch.no_grad():
+        return {name: target(x_adv).float().cpu() for name, target in targets.items()}
