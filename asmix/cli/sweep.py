@@ -11,8 +11,8 @@ from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
-                               StepSizeOption, TrustCodeOption, check_outputs, pair_source, print_notes, run_with_progress,
-                               start_device, stdout, write_results)
+                               StepSizeOption, TrustCodeOption, check_outputs, pair_source, print_notes,
+                               run_with_progress, start_device, stdout, write_results)
 
 
 @app.command("sweep-alpha")
