@@ -80,3 +80,62 @@ def _deterministic_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def kill_after(units: int):
+    """A progress callback that interrupts a run (as a kill would) once ``units`` units have finished."""
+    calls = []
+
+    def progress(task: str, done: int, total: int) -> None:
+        calls.append(task)
+        if len(calls) >= units:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def record_computed_parts(monkeypatch) -> list[str]:
+    """The keys of the parts computed (and saved) from now on, in order."""
+    from asmix.experiments.parts import Parts
+
+    computed, original = [], Parts.save
+
+    def save(self, key, record):
+        computed.append(key)
+        original(self, key, record)
+
+    monkeypatch.setattr(Parts, "save", save)
+    return computed
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gloo_process(rank: int, world_size: int, port: int, work, args) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        work(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_in_gloo_processes(work, *args, nprocs: int = 2) -> None:
+    """``work(rank, *args)`` in ``nprocs`` CPU processes joined by gloo, as torchrun starts them; ``work`` is a
+    module-level function of a test module."""
+    import sys
+
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    mp.spawn(_gloo_process, args=(nprocs, free_port(), work, args), nprocs=nprocs, join=True)

@@ -282,8 +282,86 @@ def test_certify_cli_on_demo_data(tmp_path):
 
     result = CliRunner().invoke(app, ["certify", "--std", "demo-std", "--rob", "demo-std", "--n-examples", "5",
                                       "--n-samples", "50", "--confidence", "0.99", "--std-hardmax", "--device", "cpu",
-                                      "--json", str(tmp_path / "c.json")])
+                                      "--skip", "2", "--json", str(tmp_path / "c.json")])
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["config"]["confidence"] == 0.99 and data["config"]["std_hardmax"] is True
     assert "0.99" in data["guarantee"]
+    assert data["config"]["skip"] == 2 and data["indices"] == [0, 2, 4]
+
+
+def _certify_problem():
+    """A 3-class linear h on 4 pixels, g a fixed output, and 7 examples labelled by h but for two."""
+    from conftest import LinearImageModel
+
+    rob = LinearImageModel(4, 3, seed=4)
+    x = torch.rand(7, 1, 2, 2, generator=torch.Generator().manual_seed(6)) * 40
+    with torch.no_grad():
+        y = rob(x).argmax(1)
+    y[::3] = (y[::3] + 1) % 3
+    return _Fixed(torch.tensor([0.5, 0.3, 0.2])), rob, x, y
+
+
+def _rows(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return [{key: value for key, value in row.items() if key != "time"} for row in csv.DictReader(handle)]
+
+
+@pytest.mark.parametrize("settings", [{}, {"match_clean_acc": True, "confidence": 0.9}])
+def test_killed_certify_resumes_streams_its_rows_and_they_match_the_summary(tmp_path, monkeypatch, settings):
+    from asmix.experiments.certify import CertifyConfig, certify
+    from conftest import kill_after, record_computed_parts
+
+    std, rob, x, y = _certify_problem()
+    # 2 examples per part (60 // 30): parts of 2, 2, 2 and 1 examples
+    config = CertifyConfig(sigma=0.5, n_samples=30, batch_size=60, radii=(0.0, 0.2, 0.9), **settings)
+    reference = certify(std, rob, x, y, config, out=tmp_path / "reference")
+    expected = _rows(tmp_path / "reference" / "examples.csv")
+    assert [row["index"] for row in expected] == [str(i) for i in range(7)]
+
+    with pytest.raises(KeyboardInterrupt):
+        certify(std, rob, x, y, config, out=tmp_path / "run", progress=kill_after(2))
+    streamed = _rows(tmp_path / "run" / "examples.csv")
+    assert len(streamed) == 4  # the rows of the two finished parts were written as they finished
+    for row, full in zip(streamed, expected):
+        mix_known = not settings  # with --match-clean-acc alpha, so h_alpha's columns, wait for the end
+        assert row == (full if mix_known else full | {key: "" for key in full if key.startswith("mix_")})
+
+    computed = record_computed_parts(monkeypatch)
+    resumed = certify(std, rob, x, y, config, out=tmp_path / "run")
+    assert computed == ["batch-000000004-000000006", "batch-000000006-000000007"]
+    assert resumed.to_dict() == reference.to_dict()
+    rows = _rows(tmp_path / "run" / "examples.csv")
+    assert rows == expected and not (tmp_path / "run" / "parts").exists()
+
+    for entry in resumed.entries:  # the summary is what the rows say
+        correct = [row[f"{entry.name}_correct"] == "1" for row in rows]
+        assert entry.rob_accuracy == pytest.approx(sum(correct) / 7)
+        assert [int(row[f"{entry.name}_prediction"]) for row in rows] == list(entry.predictions)
+        for curve in entry.curves:
+            radii = [float(row[f"{entry.name}_radius_{curve.bound}"]) for row in rows]
+            assert radii == pytest.approx(list(curve.radii))
+            certified = [sum(ok and r >= 0 and r >= at for ok, r in zip(correct, radii)) / 7 for at in config.radii]
+            assert certified == pytest.approx(list(curve.certified))
+    rs = _curve(_entry(resumed, "rob"), "rs")
+    assert 0 < rs.certified[0] < 1 and rs.certified[2] < rs.certified[0]  # numbers that could be wrong
+
+
+def test_skip_certifies_every_kth_example_with_its_own_numbers(tmp_path):
+    from asmix.experiments.certify import CertifyConfig, certify
+
+    std, rob, x, y = _certify_problem()
+    config = CertifyConfig(sigma=0.5, n_samples=30, batch_size=60)
+    every = certify(std, rob, x, y, config)
+    skipped = certify(std, rob, x, y, CertifyConfig(sigma=0.5, n_samples=30, batch_size=60, skip=3),
+                      out=tmp_path)
+    assert skipped.n_examples == 3 and skipped.indices == (0, 3, 6)
+    assert [row["index"] for row in _rows(tmp_path / "examples.csv")] == ["0", "3", "6"]
+    for full, part in zip(every.entries, skipped.entries):  # each example keeps the noise of its index
+        for full_curve, curve in zip(full.curves, part.curves):
+            assert curve.radii == full_curve.radii[::3]
+    assert skipped.to_dict()["indices"] == [0, 3, 6] and skipped.to_dict()["config"]["skip"] == 3
+    with pytest.raises(AsmixError, match="skip must be >= 1"):
+        CertifyConfig(skip=0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from asmix.experiments.evaluate import EvalConfig, evaluate, load_examples, pars
 from asmix.mixing import MixedClassifier, MixParts
 from asmix.models import load_model
 from asmix.report.evaluate import evaluate_table, trail_table
+from conftest import kill_after, run_in_gloo_processes
 
 FAST_AA = {"square_queries": 20}
 
@@ -153,14 +152,10 @@ def test_autoattack_columns_trail_and_adaptive():
     assert evaluate_table(result).row_count == 1 and trail_table(result).row_count == 4
 
 
-def run_until_killed(std, rob, mixer, x, y, config, out, kill_after):
-    """Run ``evaluate`` and interrupt it (as a kill would) after ``kill_after`` batches."""
-    def progress(task, done, total):
-        if done >= kill_after * config.batch_size:
-            raise KeyboardInterrupt
-
+def run_until_killed(std, rob, mixer, x, y, config, out, batches):
+    """Run ``evaluate`` and interrupt it (as a kill would) after ``batches`` batches."""
     with pytest.raises(KeyboardInterrupt):
-        evaluate(std, rob, x, y, config, mixer=mixer, progress=progress, out=out)
+        evaluate(std, rob, x, y, config, mixer=mixer, progress=kill_after(batches), out=out)
 
 
 @pytest.mark.parametrize("suffix, attacks", [
@@ -174,7 +169,7 @@ def test_resume_after_a_kill_gives_the_same_numbers(tmp_path, monkeypatch, suffi
     reference = evaluate(std, rob, x, y, config, mixer=mixer, out=tmp_path / f"reference{suffix}")
 
     out = tmp_path / f"resumed{suffix}"
-    run_until_killed(std, rob, mixer, x, y, config, out, kill_after=2)
+    run_until_killed(std, rob, mixer, x, y, config, out, batches=2)
     parts = sorted((tmp_path / f"resumed{suffix}.parts").iterdir())
     assert [part.name for part in parts] == ["batch-000000000-000000008.pt", "batch-000000008-000000016.pt"]
     assert not out.exists()
@@ -201,7 +196,7 @@ def test_parts_of_another_run_are_not_reused(tmp_path):
     std, rob, _, x, y = tiny_problem(n=16)
     config = EvalConfig(attacks=("clean", "pgd"), eps=0.05, steps=5, batch_size=8)
     out = tmp_path / "run.npz"
-    run_until_killed(std, rob, None, x, y, config, out, kill_after=1)
+    run_until_killed(std, rob, None, x, y, config, out, batches=1)
     other = EvalConfig(attacks=("clean", "pgd"), eps=0.1, steps=5, batch_size=8)
     result = evaluate(std, rob, x, y, other, out=out)
     fresh = evaluate(std, rob, x, y, other)
@@ -219,40 +214,23 @@ def test_out_must_be_npz_or_pt(tmp_path):
         evaluate(std, rob, x[:0], y[:0], EvalConfig(attacks=("clean",)))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 SHARD_CONFIG = dict(attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"), eps=0.1, steps=5, batch_size=5,
                     square_queries=20)
 
 
-def _shard_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        std, rob, mixer, x, y = tiny_problem(n=23, adaptive=True)
-        totals = []
-        evaluate(std, rob, x, y, EvalConfig(**SHARD_CONFIG), mixer=mixer, out=out,
-                 progress=lambda task, done, total: totals.append(total))
-        Path(f"{out}.rank{rank}").write_text(str(totals[-1]))
-    finally:
-        dist.destroy_process_group()
+def _shard_worker(rank: int, out: str) -> None:
+    std, rob, mixer, x, y = tiny_problem(n=23, adaptive=True)
+    totals = []
+    evaluate(std, rob, x, y, EvalConfig(**SHARD_CONFIG), mixer=mixer, out=out,
+             progress=lambda task, done, total: totals.append(total))
+    Path(f"{out}.rank{rank}").write_text(str(totals[-1]))
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_give_the_same_numbers_as_one(tmp_path):
-    import torch.multiprocessing as mp
-
     std, rob, mixer, x, y = tiny_problem(n=23, adaptive=True)
     single = evaluate(std, rob, x, y, EvalConfig(**SHARD_CONFIG), mixer=mixer, out=tmp_path / "single.npz")
-    sys.path.insert(0, str(Path(__file__).parent))
-    mp.spawn(_shard_worker, args=(2, _free_port(), str(tmp_path / "sharded.npz")), nprocs=2, join=True)
+    run_in_gloo_processes(_shard_worker, str(tmp_path / "sharded.npz"))
     # 23 examples in batches of 5: rank 0 takes batches 0-2 (15 examples), rank 1 batches 3-4 (8)
     assert [(tmp_path / f"sharded.npz.rank{rank}").read_text() for rank in (0, 1)] == ["15", "8"]
     sharded, expected = load_examples(tmp_path / "sharded.npz"), load_examples(tmp_path / "single.npz")

@@ -12,6 +12,7 @@ from asmix.compat import register_autoattack
 from asmix.errors import AsmixError
 from asmix.experiments.margins import MarginsConfig, margins
 from asmix.mixing import MixedClassifier
+from conftest import kill_after, record_computed_parts
 
 
 class _Fixed(nn.Module):
@@ -246,3 +247,24 @@ def test_min_margin_apgd_l2_stays_in_the_ball():
     assert (margin <= true_class_margin(model(x), y) + 1e-6).all()
     with pytest.raises(AsmixError):
         MinMarginAPGD(model, eps=0.5, norm="l1")
+
+
+def test_killed_margins_resume_with_the_numbers_of_one_run(tmp_path, monkeypatch):
+    std, rob = _small_net(2), _small_net(3)
+    x, _ = _data(12, seed=5)
+    with torch.no_grad():
+        y = rob(x).argmax(1)
+    config = MarginsConfig(eps=0.2, steps=3, aa_steps=3, target_classes=1, lipschitz=True, batch_size=5)
+    reference = margins(std, rob, x, y, config)
+    with pytest.raises(KeyboardInterrupt):
+        margins(std, rob, x, y, config, out=tmp_path, progress=kill_after(2))
+    assert len(list((tmp_path / "parts").iterdir())) == 2
+    computed = record_computed_parts(monkeypatch)
+    resumed = margins(std, rob, x, y, config, out=tmp_path)
+    assert computed == ["batch-000000010-000000012"]
+    assert resumed.to_dict() == reference.to_dict()
+    assert resumed.lipschitz.values == reference.lipschitz.values
+    assert resumed.lipschitz.local_radius_at_eps is not None  # all classes: the per-class constants were merged
+    attacked, clean = resumed.stats["rob"]["autoattack"].margins, resumed.stats["rob"]["clean"].margins
+    assert sum(attacked) < sum(clean) - 0.1  # the attacks moved the margins: resumed parts carry real work
+    assert not (tmp_path / "parts").exists()

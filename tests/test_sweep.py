@@ -5,7 +5,7 @@ import torch
 
 from asmix import AsmixError, SweepConfig, load_data, load_model, sweep_alpha
 from asmix.experiments.sweep import parse_alphas
-from conftest import LinearImageModel
+from conftest import LinearImageModel, kill_after, record_computed_parts
 
 
 class Counting(torch.nn.Module):
@@ -86,3 +86,45 @@ def test_sweep_on_demo_pair_shows_the_trade_off():
     data = json.loads(json.dumps(result.to_dict()))
     assert set(data) == {"config", "base", "rows"}
     assert set(data["rows"][0]) == {"alpha", "clean", "std_attack", "rob_attack", "mix_attack"}
+
+
+def _resume_problem():
+    """g, h and 20 examples labelled as g and h together see them, but for every fifth."""
+    std, rob = LinearImageModel(16, 3, 1), LinearImageModel(16, 3, 2)
+    x = torch.rand(20, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = (std(x) + rob(x)).argmax(1)
+    y[::5] = (y[::5] + 1) % 3
+    return std, rob, x, y
+
+
+def test_a_killed_sweep_resumes_with_the_numbers_of_one_run(tmp_path, monkeypatch):
+    std, rob, x, y = _resume_problem()
+    # 3 batches: 3 base units, then a MIX unit per batch at 0.4 and at 0.7 (0 and 1 reuse the base attacks)
+    config = SweepConfig(alphas=(0.0, 0.4, 0.7, 1.0), eps=0.05, steps=3, batch_size=8)
+    reference = sweep_alpha(std, rob, x, y, config)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_alpha(std, rob, x, y, config, out=tmp_path, progress=kill_after(4))
+    assert sorted(path.name for path in (tmp_path / "parts").iterdir()) == [
+        "batch-000000000-000000008.pt", "batch-000000008-000000016.pt", "batch-000000016-000000020.pt",
+        "mix-alpha0.4-batch-000000000-000000008.pt"]
+    computed = record_computed_parts(monkeypatch)
+    resumed = sweep_alpha(std, rob, x, y, config, out=tmp_path)
+    assert computed == ["mix-alpha0.4-batch-000000008-000000016", "mix-alpha0.4-batch-000000016-000000020",
+                        "mix-alpha0.7-batch-000000000-000000008", "mix-alpha0.7-batch-000000008-000000016",
+                        "mix-alpha0.7-batch-000000016-000000020"]
+    assert resumed.to_dict() == reference.to_dict()
+    assert 0 < reference.rows[1].mix_attack < reference.rows[1].clean  # the attack did something to compare
+    assert not (tmp_path / "parts").exists()
+
+
+def test_a_changed_setting_recomputes_every_part(tmp_path, monkeypatch):
+    std, rob, x, y = _resume_problem()
+    config = SweepConfig(alphas=(0.4,), eps=0.2, steps=3, batch_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_alpha(std, rob, x, y, config, out=tmp_path, progress=kill_after(4))
+    computed = record_computed_parts(monkeypatch)
+    other = SweepConfig(alphas=(0.4,), eps=0.1, steps=3, batch_size=8)
+    resumed = sweep_alpha(std, rob, x, y, other, out=tmp_path, models={"std": "g"})
+    assert len(computed) == 6
+    assert resumed.to_dict() == sweep_alpha(std, rob, x, y, other, models={"std": "g"}).to_dict()

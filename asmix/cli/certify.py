@@ -12,7 +12,7 @@ from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
                                TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source, print_notes,
-                               progress_callback, stdout, write_results)
+                               run_with_progress, start_device, stdout, write_results)
 
 DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
@@ -44,6 +44,7 @@ def certify_command(
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
+    skip: Annotated[int, typer.Option("--skip", help="Certify every K-th of the examples (Cohen et al.'s --skip).")] = 1,
     out: OutOption = None,
     json_path: JsonOption = None,
 ) -> None:
@@ -51,7 +52,7 @@ def certify_command(
     from asmix.experiments.certify import CertifyConfig, certify, parse_radii
     from asmix.experiments.inputs import load_pair
     from asmix.report.certify import certify_table, write_certify_outputs
-    from asmix.runtime import resolve_device
+    from asmix.distributed import is_main_process
 
     check_outputs(json_path=json_path, out_dir=out)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
@@ -59,11 +60,13 @@ def certify_command(
     config = CertifyConfig(sigma=sigma, n_samples=n_samples, alpha=alpha, match_clean_acc=match_clean_acc,
                            baseline_sigma=baseline_sigma, std_hardmax=std_hardmax, confidence=confidence,
                            lipschitz_const=lipschitz_const, smoothing_output=smoothing_output,
-                           radii=parse_radii(radii), batch_size=batch_size, seed=seed)
-    device_ = resolve_device(device)
+                           radii=parse_radii(radii), batch_size=batch_size, seed=seed, skip=skip)
+    device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
-    with progress_callback() as progress:
-        result = certify(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
+    result = run_with_progress(lambda progress: certify(pair.std, pair.rob, pair.x, pair.y, config, device=device_,
+                                                        progress=progress, models=pair.names, out=out))
+    if not is_main_process():
+        return
     stdout.print(certify_table(result))
     write_results(result, json_path, out, write_certify_outputs)

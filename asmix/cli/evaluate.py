@@ -11,7 +11,8 @@ from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
-                               console, n_examples_option, pair_source, print_notes, progress_callback, stdout)
+                               console, n_examples_option, pair_source, print_notes, run_with_progress, start_device,
+                               stdout)
 
 DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
 
@@ -68,7 +69,6 @@ def evaluate_command(
     from asmix.experiments.evaluate import EvalConfig, check_out_path, evaluate, parse_attacks
     from asmix.experiments.inputs import load_pair
     from asmix.report.evaluate import evaluate_table, trail_table, write_evaluate_json
-    from asmix.runtime import resolve_device
 
     attacks = parse_attacks(attack)
     if alpha is not None and mixer is not None:
@@ -91,9 +91,7 @@ def evaluate_command(
                         save_adv=save_adv,
                         std_scale=std_scale if std_scale is not None else float(training.get("std_scale", 1.0)),
                         rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)))
-    device_ = resolve_device(device)
-    distributed.init_distributed(device_)
-    device_ = distributed.local_device(device_)
+    device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
     if mixer_net is not None:
@@ -101,15 +99,10 @@ def evaluate_command(
 
         check_base_weights(mixer_config, pair.std, pair.rob, mixer)
     names = pair.names | ({"mixer": str(mixer)} if mixer is not None else {})
-    is_main = distributed.is_main_process()
-    if is_main:
-        with progress_callback() as progress:
-            result = evaluate(pair.std, pair.rob, pair.x, pair.y, config, mixer=mixer_net, device=device_,
-                              progress=progress, models=names, out=out)
-    else:
-        result = evaluate(pair.std, pair.rob, pair.x, pair.y, config, mixer=mixer_net, device=device_,
-                          models=names, out=out)
-    if not is_main:
+    result = run_with_progress(lambda progress: evaluate(pair.std, pair.rob, pair.x, pair.y, config,
+                                                         mixer=mixer_net, device=device_, progress=progress,
+                                                         models=names, out=out))
+    if not distributed.is_main_process():
         return
     stdout.print(evaluate_table(result))
     trail = trail_table(result)

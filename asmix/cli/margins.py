@@ -11,7 +11,8 @@ from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
                                SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
-                               n_examples_option, pair_source, print_notes, progress_callback, stdout, write_results)
+                               n_examples_option, pair_source, print_notes, run_with_progress, start_device, stdout,
+                               write_results)
 
 DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
@@ -55,7 +56,7 @@ def margins_command(
     from asmix.experiments.inputs import load_pair
     from asmix.experiments.margins import MarginsConfig, margins
     from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
-    from asmix.runtime import resolve_device
+    from asmix.distributed import is_main_process
 
     check_outputs(json_path=json_path, out_dir=out)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
@@ -64,11 +65,13 @@ def margins_command(
                            eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                            aa_steps=aa_steps, target_classes=target_classes, alpha=alpha, lipschitz=lipschitz,
                            lipschitz_classes=lipschitz_classes, batch_size=batch_size, seed=seed, mix_space=mix_space)
-    device_ = resolve_device(device)
+    device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
-    with progress_callback() as progress:
-        result = margins(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
+    result = run_with_progress(lambda progress: margins(pair.std, pair.rob, pair.x, pair.y, config, device=device_,
+                                                        progress=progress, models=pair.names, out=out))
+    if not is_main_process():
+        return
     stdout.print(margins_table(result))
     stdout.print(lemma32_table(result))
     table = lipschitz_table(result)

@@ -36,7 +36,7 @@ StepSizeOption = Annotated[Optional[float], typer.Option("--step-size", parser=n
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (PGD random starts).")]
-OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSON, CSV and PNG outputs.")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSON, CSV and PNG outputs; finished batches wait in its parts/ folder, so rerunning the same command resumes.")]
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
 
 
@@ -63,6 +63,26 @@ def progress_callback():
     from asmix.cli.progress import progress_display
 
     return progress_display(console)
+
+
+def start_device(name: str):
+    """``--device`` resolved once; under torchrun this process joins the group and takes its own GPU."""
+    from asmix import distributed
+    from asmix.runtime import resolve_device
+
+    device = resolve_device(name)
+    distributed.init_distributed(device)
+    return distributed.local_device(device)
+
+
+def run_with_progress(work):
+    """``work(progress)`` with the progress display on rank 0; other torchrun ranks show nothing."""
+    from asmix.distributed import is_main_process
+
+    if not is_main_process():
+        return work(None)
+    with progress_callback() as progress:
+        return work(progress)
 
 
 def check_outputs(*, json_path: Path | None = None, out_dir: Path | None = None,

@@ -11,8 +11,8 @@ from asmix.cli.app import app
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
-                               StepSizeOption, TrustCodeOption, check_outputs, pair_source, print_notes, progress_callback, stdout,
-                               write_results)
+                               StepSizeOption, TrustCodeOption, check_outputs, pair_source, print_notes,
+                               run_with_progress, start_device, stdout, write_results)
 
 
 @app.command("sweep-alpha")
@@ -46,7 +46,7 @@ def sweep_alpha_command(
     from asmix.experiments.inputs import load_pair
     from asmix.experiments.sweep import SweepConfig, parse_alphas, sweep_alpha
     from asmix.report.sweep import sweep_table, write_sweep_outputs
-    from asmix.runtime import resolve_device
+    from asmix.distributed import is_main_process
 
     check_outputs(json_path=json_path, out_dir=out)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
@@ -55,10 +55,12 @@ def sweep_alpha_command(
                          norm=source.norm, eps=source.default_eps if eps is None else eps, steps=steps,
                          step_size=step_size, batch_size=batch_size, seed=seed, mix_space=mix_space,
                          std_scale=std_scale, rob_scale=rob_scale)
-    device_ = resolve_device(device)
+    device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
-    with progress_callback() as progress:
-        result = sweep_alpha(pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names)
+    result = run_with_progress(lambda progress: sweep_alpha(pair.std, pair.rob, pair.x, pair.y, config, device=device_,
+                                                            progress=progress, models=pair.names, out=out))
+    if not is_main_process():
+        return
     stdout.print(sweep_table(result))
     write_results(result, json_path, out, write_sweep_outputs)

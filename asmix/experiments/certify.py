@@ -6,24 +6,34 @@ sqrt(2/pi)/sigma) and Thm A.2. Baselines are h alone (alpha = 1) and, with ``mat
 an RS model with a smaller sigma whose clean accuracy h_alpha is made to match (Figure 6). With
 ``lipschitz_const``, h is the rob model itself and only Thm 3.5 applies, with that constant.
 
+Examples are certified in small parts (resumable, shared out across torchrun ranks) and each streams one row
+per example (index, label, certified class, radius per bound, correct, time), as Cohen et al.'s certify does.
+
 Only the Clopper-Pearson mode (``confidence``) gives certificates that hold with a stated
 probability; the default plugs the Monte Carlo mean into the formulas, as the paper does.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from asmix.certify import (SMOOTHING_OUTPUTS, bounded_top_two, certified_accuracy, lipschitz_radius,
                            smoothed_probabilities, smoothing_lipschitz, smoothing_radius, top_two)
+from asmix import distributed
 from asmix.checks import check_finite, parse_number
 from asmix.errors import AsmixError
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, finish, fingerprint, run_units
+from asmix.io import atomic_write_text, write_error
 from asmix.mixing import check_alpha, std_log_probs
-from asmix.runtime import ProgressFn, batch_generator, check_batch_size, predict_logits
+from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
 BOUNDS = ("lipschitz", "rs")
 
@@ -53,10 +63,13 @@ class CertifyConfig:
     radii: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
     batch_size: int = 256
     seed: int = 0
+    skip: int = 1
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
         check_batch_size(self.batch_size)
+        if self.skip < 1:
+            raise AsmixError(f"skip must be >= 1 (every K-th example), got {self.skip}")
         for name, value in (("sigma", self.sigma), ("baseline sigma", self.baseline_sigma),
                             ("the Lipschitz constant", self.lipschitz_const)):
             if value is not None:
@@ -90,6 +103,19 @@ class CertifyConfig:
     def resolved_baseline_sigma(self) -> float:
         return self.baseline_sigma if self.baseline_sigma is not None else self.sigma / 2
 
+    @property
+    def examples_per_part(self) -> int:
+        """Examples per resumable part: as many as fill one batch of forward passes, at least one."""
+        return max(1, self.batch_size // self.n_samples) if self.smoothing else self.batch_size
+
+    @property
+    def classifiers(self) -> tuple[str, ...]:
+        return ("mix", "rob") + (("baseline",) if self.match_clean_acc else ())
+
+    @property
+    def bounds(self) -> tuple[str, ...]:
+        return BOUNDS if self.smoothing else BOUNDS[:1]
+
 
 @dataclass(frozen=True)
 class CertifiedCurve:
@@ -105,7 +131,8 @@ class CertifiedCurve:
 
 @dataclass(frozen=True)
 class CertifiedModel:
-    """h_alpha with h smoothed at ``sigma`` (``sigma`` None: h itself); alpha = 1 is h alone."""
+    """h_alpha with h smoothed at ``sigma`` (``sigma`` None: h itself); alpha = 1 is h alone. ``predictions`` are
+    per example the class certified (h's top class)."""
 
     name: str
     alpha: float
@@ -113,16 +140,21 @@ class CertifiedModel:
     clean_accuracy: float
     rob_accuracy: float
     curves: tuple[CertifiedCurve, ...]
+    predictions: tuple[int, ...] = field(repr=False, default=())
 
 
 @dataclass(frozen=True)
 class CertifyResult:
+    """Certified curves of h_alpha and the baselines over ``n_examples`` (every ``config.skip``-th example, with
+    their positions in the data in ``indices``)."""
+
     config: CertifyConfig
     n_examples: int
     entries: tuple[CertifiedModel, ...]
     alpha: float
     baseline_clean_accuracy: float | None = None
     models: dict[str, str] = field(default_factory=dict)
+    indices: tuple[int, ...] = field(repr=False, default=())
 
     def to_dict(self) -> dict:
         config = asdict(self.config) | {"n_examples": self.n_examples, "models": self.models,
@@ -130,6 +162,7 @@ class CertifyResult:
         return {
             "config": config,
             "guarantee": guarantee(self.config),
+            "indices": list(self.indices),
             "baseline_clean_accuracy": self.baseline_clean_accuracy,
             "models": [
                 {"name": entry.name, "alpha": entry.alpha, "sigma": entry.sigma,
@@ -166,40 +199,163 @@ def certify(
     device: torch.device = torch.device("cpu"),
     progress: ProgressFn | None = None,
     models: dict[str, str] | None = None,
+    out: str | Path | None = None,
 ) -> CertifyResult:
-    """Certified accuracy vs radius of h_alpha and of the baselines (Figures 6 and 7)."""
+    """Certified accuracy vs radius of h_alpha and of the baselines (Figures 6 and 7) on every ``config.skip``-th
+    example.
+
+    With ``out`` (the command's folder) each finished part (``config.examples_per_part`` examples) is saved in
+    ``<out>/parts/`` and reused by a rerun with the same settings, and its rows are appended to
+    ``<out>/examples.csv`` (``example_rows``; rewritten whole, in order, at the end); under torchrun the parts are
+    shared out across ranks.
+    """
     if len(x) == 0:
         raise AsmixError("no examples to certify")
+    indices = torch.arange(0, len(x), config.skip)
+    x, y = x[indices], y[indices]
     std, rob = std.to(device).eval(), rob.to(device).eval()
-    std_logits = predict_logits(std, x, batch_size=config.batch_size, device=device, progress=progress, task="clean g")
-    std_probs = std_log_probs(std_logits, temperature=0.0 if config.std_hardmax else 1.0).exp()
-    if not config.smoothing:
-        rob_probs = torch.softmax(predict_logits(rob, x, batch_size=config.batch_size, device=device,
-                                                 progress=progress, task="clean h"), dim=1)
-        entry_alpha = config.alpha
-        entries = [_entry("mix", entry_alpha, None, rob_probs, None, std_probs, y, config),
-                   _entry("rob", 1.0, None, rob_probs, None, std_probs, y, config)]
-        return CertifyResult(config, len(x), tuple(entries), entry_alpha, None, models or {})
+    parts = stream = None
+    if out is not None:
+        parts = Parts(Path(out) / "parts", fingerprint(["certify", asdict(config), models or {}],
+                                                       modules=(std, rob), tensors=(x, y)))
+        stream = _RowStream(Path(out), example_columns(config))
+    chunks = list(batch_slices(len(x), config.examples_per_part))
+    shown = ShareProgress(chunks, "certify", progress)
 
-    sigmas = [config.sigma] + ([config.resolved_baseline_sigma] if config.match_clean_acc else [])
-    estimates = {}
-    total = len(sigmas) * len(x) * config.n_samples
-    for position, sigma in enumerate(sigmas):
-        estimates[sigma] = _smooth(rob, x, sigma, config, device, progress, offset=position * len(x) * config.n_samples,
-                                   total=total)
-    probs, counts = estimates[config.sigma]
+    def finished(part: slice, record: dict[str, torch.Tensor]) -> None:
+        if stream:
+            alpha = None if config.match_clean_acc else config.alpha
+            entries = _entries(record, y[part], alpha, config)
+            stream.append(example_rows(entries, indices[part], y[part], record["time"]))
+        shown(part)
+
+    records = run_units(chunks, lambda part: _certify_part(std, rob, x[part], indices[part], config, device),
+                        key=batch_key, parts=parts, finished=finished)
+    merged = {key: torch.cat([record[key] for record in records]) for key in records[0]}
     alpha, baseline_accuracy = config.alpha, None
-    entries = []
     if config.match_clean_acc:
-        baseline_probs, baseline_counts = estimates[config.resolved_baseline_sigma]
-        baseline_accuracy = _accuracy(baseline_probs, y)
-        alpha = match_alpha(std_probs, probs, y, baseline_accuracy)
-    entries.append(_entry("mix", alpha, config.sigma, probs, counts, std_probs, y, config))
-    entries.append(_entry("rob", 1.0, config.sigma, probs, counts, std_probs, y, config))
-    if config.match_clean_acc:
-        entries.append(_entry("baseline", 1.0, config.resolved_baseline_sigma, baseline_probs, baseline_counts,
-                              std_probs, y, config))
-    return CertifyResult(config, len(x), tuple(entries), alpha, baseline_accuracy, models or {})
+        baseline_accuracy = _accuracy(merged["baseline/probs"], y)
+        alpha = match_alpha(_std_probs(merged["std_logits"], config), merged["probs"], y, baseline_accuracy)
+    entries = _entries(merged, y, alpha, config)
+    if stream:
+        stream.close(example_rows(entries, indices, y, merged["time"]))
+    finish(parts)
+    return CertifyResult(config, len(x), tuple(entries), alpha, baseline_accuracy, models or {},
+                         tuple(indices.tolist()))
+
+
+def _certify_part(std: nn.Module, rob: nn.Module, x: torch.Tensor, indices: torch.Tensor, config: CertifyConfig,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """g's logits and h's (smoothed) outputs on a few examples, each smoothed with its own generator keyed by
+    its index in the data (so skipping, batching and sharding leave its numbers alone), and the seconds spent."""
+    started = time.perf_counter()
+    x_device = x.to(device)
+    with torch.no_grad():
+        record = {"std_logits": std(x_device).float().cpu()}
+        if not config.smoothing:
+            record["rob_logits"] = rob(x_device).float().cpu()
+    sigmas = {"": config.sigma} | ({"baseline/": config.resolved_baseline_sigma} if config.match_clean_acc else {})
+    for prefix, sigma in (sigmas.items() if config.smoothing else ()):
+        means, counts = [], []
+        for position, index in enumerate(indices.tolist()):
+            mean, count = smoothed_probabilities(rob, x_device[position:position + 1], sigma, config.n_samples,
+                                                 batch_size=config.batch_size,
+                                                 generator=batch_generator(config.seed, "smoothing", sigma, index),
+                                                 output=config.smoothing_output,
+                                                 draw_counts=config.confidence is not None)
+            means.append(mean)
+            if count is not None:
+                counts.append(count.cpu())
+        record[f"{prefix}probs"] = torch.cat(means)
+        if counts:
+            record[f"{prefix}counts"] = torch.cat(counts)
+    record["time"] = torch.full((len(x),), (time.perf_counter() - started) / len(x), dtype=torch.float64)
+    return record
+
+
+def _std_probs(std_logits: torch.Tensor, config: CertifyConfig) -> torch.Tensor:
+    return std_log_probs(std_logits, temperature=0.0 if config.std_hardmax else 1.0).exp()
+
+
+def _entries(record: dict[str, torch.Tensor], y: torch.Tensor, alpha: float | None,
+             config: CertifyConfig) -> list[CertifiedModel]:
+    """h_alpha (left out while ``alpha`` is unknown), h alone and, with ``match_clean_acc``, the baseline."""
+    std_probs = _std_probs(record["std_logits"], config)
+    if not config.smoothing:
+        rob_probs = torch.softmax(record["rob_logits"], dim=1)
+        entries = [("mix", alpha, None, rob_probs, None), ("rob", 1.0, None, rob_probs, None)]
+    else:
+        entries = [("mix", alpha, config.sigma, record["probs"], record.get("counts")),
+                   ("rob", 1.0, config.sigma, record["probs"], record.get("counts"))]
+        if config.match_clean_acc:
+            entries.append(("baseline", 1.0, config.resolved_baseline_sigma, record["baseline/probs"],
+                            record.get("baseline/counts")))
+    return [_entry(name, entry_alpha, sigma, probs, counts, std_probs, y, config)
+            for name, entry_alpha, sigma, probs, counts in entries if entry_alpha is not None]
+
+
+def example_columns(config: CertifyConfig) -> list[str]:
+    """Columns of the per-example rows: index and label, then per classifier the class certified, whether it
+    is the label and its radius per bound (empty for a classifier not known yet), then seconds spent."""
+    columns = ["index", "label"]
+    for name in config.classifiers:
+        columns += [f"{name}_prediction", f"{name}_correct"] + [f"{name}_radius_{bound}" for bound in config.bounds]
+    return columns + ["time"]
+
+
+def example_rows(entries: list[CertifiedModel], indices: torch.Tensor, y: torch.Tensor,
+                 seconds: torch.Tensor) -> list[dict]:
+    """One row per example, as randomized-smoothing tools write them (``example_columns``); a radius of -inf
+    certifies nothing."""
+    rows = [{"index": index, "label": label} for index, label in zip(indices.tolist(), y.tolist())]
+    for entry in entries:
+        for position, row in enumerate(rows):
+            row[f"{entry.name}_prediction"] = entry.predictions[position]
+            row[f"{entry.name}_correct"] = int(entry.curves[0].correct[position])
+            for curve in entry.curves:
+                row[f"{entry.name}_radius_{curve.bound}"] = curve.radii[position]
+    for row, spent in zip(rows, seconds.tolist()):
+        row["time"] = round(spent, 6)
+    return rows
+
+
+class _RowStream:
+    """Per-example rows streamed to ``<folder>/examples.csv`` (each torchrun rank but 0 to
+    ``examples.rank<N>.csv``) one part at a time; ``close`` writes the complete, ordered file atomically."""
+
+    def __init__(self, folder: Path, columns: list[str]) -> None:
+        self.path = folder / ROWS_FILE
+        self.final = self.path
+        if not distributed.is_main_process():
+            self.path = folder / f"examples.rank{distributed.rank()}.csv"
+        self.columns = columns
+        atomic_write_text(self.path, _csv_text([], columns))
+
+    def append(self, rows: list[dict]) -> None:
+        """One write per part: a kill leaves whole parts (a rerun rewrites the file anyway)."""
+        try:
+            with open(self.path, "a", newline="") as handle:
+                handle.write(_csv_text(rows, self.columns, header=False))
+        except OSError as error:
+            raise write_error(self.path, error) from error
+
+    def close(self, rows: list[dict]) -> None:
+        if distributed.is_main_process():
+            atomic_write_text(self.final, _csv_text(rows, self.columns))
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+ROWS_FILE = "examples.csv"
+
+
+def _csv_text(rows: list[dict], columns: list[str], header: bool = True) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def match_alpha(std_probs: torch.Tensor, rob_probs: torch.Tensor, y: torch.Tensor, target: float,
@@ -218,23 +374,6 @@ def match_alpha(std_probs: torch.Tensor, rob_probs: torch.Tensor, y: torch.Tenso
 
 def _accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
     return (probs.argmax(dim=1) == y).float().mean().item()
-
-
-def _smooth(rob, x, sigma, config, device, progress, *, offset, total):
-    """Per-example Monte Carlo with its own generator: results do not depend on batching."""
-    means, counts = [], []
-    for index in range(len(x)):
-        generator = batch_generator(config.seed, "smoothing", sigma, index)
-        mean, count = smoothed_probabilities(rob, x[index:index + 1].to(device), sigma, config.n_samples,
-                                             batch_size=config.batch_size, generator=generator,
-                                             output=config.smoothing_output,
-                                             draw_counts=config.confidence is not None, progress=progress,
-                                             task=f"smoothing sigma={sigma:g}",
-                                             done=offset + index * config.n_samples, total=total)
-        means.append(mean)
-        if count is not None:
-            counts.append(count.cpu())
-    return torch.cat(means), (torch.cat(counts) if counts else None)
 
 
 def _entry(name, alpha, sigma, rob_probs, counts, std_probs, y, config) -> CertifiedModel:
@@ -259,4 +398,5 @@ def _entry(name, alpha, sigma, rob_probs, counts, std_probs, y, config) -> Certi
         curve = certified_accuracy(radii, correct, list(config.radii))
         curves.append(CertifiedCurve(bound, lipschitz if bound == "lipschitz" else None, tuple(curve.tolist()),
                                      tuple(radii.tolist()), tuple(correct.tolist())))
-    return CertifiedModel(name, alpha, sigma, _accuracy(mixed, y), correct.float().mean().item(), tuple(curves))
+    return CertifiedModel(name, alpha, sigma, _accuracy(mixed, y), correct.float().mean().item(), tuple(curves),
+                          tuple(top.tolist()))

@@ -10,9 +10,7 @@ torchrun the batches are shared out across ranks and rank 0 merges them.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from asmix.attacks.pgd import PGD, cross_entropy_objective
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.io import atomic_write, check_writable_file
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, finish, fingerprint, run_units
 from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
@@ -169,29 +168,19 @@ def evaluate(
     out_path = check_out_path(out) if out is not None else None
     mixed = MixedClassifier(std, rob, mixer if mixer is not None else config.alpha, mix_space=config.mix_space,
                             std_scale=config.std_scale, rob_scale=config.rob_scale).to(device).eval()
-    parts = _Parts(out_path, _fingerprint(config, x, y, mixed, models or {})) if out_path else None
+    parts = None
+    if out_path:
+        parts = Parts(out_path.with_name(out_path.name + ".parts"), _fingerprint(config, x, y, mixed, models or {}))
     batches = list(batch_slices(len(x), config.batch_size))
-    mine = batches[distributed.shard_slice(len(batches))]
-    records, done = [], 0
-    total = sum(part.stop - part.start for part in mine)
-    for part in mine:
-        record = parts.load(part) if parts else None
-        if record is None:
-            record = _evaluate_batch(mixed, x[part], y[part], part.start, config, device)
-            if parts:
-                parts.save(part, record)
-        records.append(record)
-        done += part.stop - part.start
-        if progress:
-            progress("evaluate", done, total)
-    records = [record for rank_records in distributed.gather_objects(records) for record in rank_records]
+    count = ShareProgress(batches, "evaluate", progress)
+    records = run_units(batches, lambda part: _evaluate_batch(mixed, x[part], y[part], part.start, config, device),
+                        key=batch_key, parts=parts, finished=count)
     examples = {key: torch.cat([record[key] for record in records]) for key in records[0]}
     examples["y"] = y.cpu().clone()
     result = _summarize(examples, config, len(x), models or {}, mixed.adaptive)
     if out_path and distributed.is_main_process():
         save_examples(result, out_path)
-        parts.remove()
-    distributed.barrier()
+    finish(parts)
     return result
 
 
@@ -335,50 +324,9 @@ def _summarize(examples: dict[str, torch.Tensor], config: EvalConfig, n: int, mo
     return EvalResult(config, n, rows, models, adaptive, examples)
 
 
-RESULTS_VERSION = 2
-"""Bumped when an attack's numbers change for the same settings (2: PGD keeps the first misclassified iterate),
-so saved batches of an older asmix are recomputed."""
-
-
 def _fingerprint(config: EvalConfig, x: torch.Tensor, y: torch.Tensor, mixed: nn.Module,
                  models: dict[str, str]) -> str:
     """What a batch's numbers depend on: settings, model names, every weight (g, h and the mixer), the mixer's
-    evaluation head (range, bias, scale: not weights, so not in the state dict), data and the results version.
-    Saved batches with another fingerprint are recomputed, never mixed in."""
+    evaluation head (range, bias, scale: not weights, so not in the state dict) and the data."""
     head = mixed.alpha_source.architecture() if hasattr(mixed.alpha_source, "architecture") else None
-    digest = hashlib.sha256()
-    digest.update(json.dumps([asdict(config), models, head, RESULTS_VERSION], sort_keys=True, default=str).encode())
-    for tensor in (x, y):
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for name, tensor in mixed.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-class _Parts:
-    """Finished batches saved atomically beside ``out`` (``<out>.parts/``), for resuming."""
-
-    def __init__(self, out: Path, fingerprint: str) -> None:
-        self.folder = out.with_name(out.name + ".parts")
-        self.fingerprint = fingerprint
-
-    def _path(self, part: slice) -> Path:
-        return self.folder / f"batch-{part.start:09d}-{part.stop:09d}.pt"
-
-    def load(self, part: slice) -> dict[str, torch.Tensor] | None:
-        path = self._path(part)
-        if not path.is_file():
-            return None
-        try:
-            saved = torch.load(path, weights_only=True)
-        except Exception:  # a part from an incompatible version: recompute it
-            return None
-        return saved["record"] if saved.get("fingerprint") == self.fingerprint else None
-
-    def save(self, part: slice, record: dict[str, torch.Tensor]) -> None:
-        payload = {"fingerprint": self.fingerprint, "record": record}
-        atomic_write(self._path(part), lambda temporary: torch.save(payload, temporary))
-
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+    return fingerprint([asdict(config), models, head], modules=(mixed,), tensors=(x, y))

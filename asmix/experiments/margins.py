@@ -2,21 +2,25 @@
 softmax(h) (App. C.3) and the empirical check of Lemma 3.2.
 
 Each model is attacked on its own: PGD (cross-entropy, final iterate) and the min-margin AutoAttack
-(APGD-CE + APGD-T, per example the iterate with the smallest margin; App. D.2).
+(APGD-CE + APGD-T, per example the iterate with the smallest margin; App. D.2). Each batch is a unit of
+``asmix.experiments.parts``: resumable with ``out`` and shared out across ranks under torchrun.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from asmix.attacks.margin import local_lipschitz, min_margin_autoattack, probability_gap, true_class_margin
+from asmix.attacks.margin import (LipschitzEstimate, local_lipschitz, min_margin_autoattack, probability_gap,
+                                  true_class_margin)
 from asmix.attacks.pgd import PGD
 from asmix.certify import lemma32_threshold, lipschitz_radius_per_class, satisfies_lemma32
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, finish, fingerprint, run_units
 from asmix.mixing import MixedClassifier, check_alpha
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
@@ -192,59 +196,70 @@ def margins(
     device: torch.device = torch.device("cpu"),
     progress: ProgressFn | None = None,
     models: dict[str, str] | None = None,
+    out: str | Path | None = None,
 ) -> MarginsResult:
     """Table 1 for g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs, Lemma 3.2's
-    empirical count for ``config.alpha`` and (``config.lipschitz``) eq. C.1 estimates for h."""
+    empirical count for ``config.alpha`` and (``config.lipschitz``) eq. C.1 estimates for h.
+
+    One unit per batch; with ``out`` (the command's folder) each finished batch is saved in ``<out>/parts/``
+    and reused by a rerun with the same settings; under torchrun the batches are shared out across ranks.
+    """
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     mixed = MixedClassifier(std, rob, config.alpha, mix_space=config.mix_space,
                             std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
-    networks = {"std": mixed.std, "rob": mixed.rob, "mix": mixed}
+    parts = None
+    if out is not None:
+        parts = Parts(Path(out) / "parts", fingerprint(["margins", asdict(config), models or {}],
+                                                       modules=(mixed,), tensors=(x, y)))
     chosen = tuple(model for model in MODELS if model in config.classifiers)
-    logits = {model: {inputs: [] for inputs in config.inputs} for model in chosen}
-    lipschitz_parts = []
-    pgd = config.pgd()
-    total = len(x) * len(chosen)
-    for part in batch_slices(len(x), config.batch_size):
-        x_batch, y_batch = x[part].to(device), y[part].to(device)
-        for model in chosen:
-            network = networks[model]
-            with torch.no_grad():
-                logits[model]["clean"].append(network(x_batch).float().cpu())
-            _report(progress, "clean", chosen, model, part, total)
-            if "pgd" in config.attacks:
-                x_adv = pgd.perturb(network, x_batch, y_batch, generator=batch_generator(config.seed, "pgd", part.start))
-                with torch.no_grad():
-                    logits[model]["pgd"].append(network(x_adv).float().cpu())
-                _report(progress, f"PGD-{config.steps}", chosen, model, part, total)
-            if "autoattack" in config.attacks:
-                seed = batch_generator(config.seed, "apgd", part.start).initial_seed()
-                x_adv, _ = min_margin_autoattack(network, x_batch, y_batch, eps=config.eps, norm=config.norm,
-                                                 steps=config.aa_steps, target_classes=config.target_classes,
-                                                 seed=seed)
-                with torch.no_grad():
-                    logits[model]["autoattack"].append(network(x_adv).float().cpu())
-                _report(progress, "AutoAttack (min margin)", chosen, model, part, total)
-        if config.lipschitz:
-            estimate = local_lipschitz(mixed.rob, x_batch, y_batch, eps=config.eps, norm=config.norm,
-                                       steps=config.steps, step_size=config.step_size,
-                                       classes=config.lipschitz_classes,
-                                       generator=batch_generator(config.seed, "lipschitz", part.start))
-            lipschitz_parts.append(estimate)
-            if progress:
-                progress("Lipschitz (eq. C.1)", part.stop, len(x))
-    merged = {model: {inputs: torch.cat(parts) for inputs, parts in by_input.items()} for model, by_input in logits.items()}
+    batches = list(batch_slices(len(x), config.batch_size))
+    records = run_units(batches, lambda part: _margins_batch(mixed, chosen, x[part], y[part], part.start, config,
+                                                             device),
+                        key=batch_key, parts=parts, finished=ShareProgress(batches, "margins", progress))
+    finish(parts)
+    merged = {model: {inputs: torch.cat([record[f"{model}/{inputs}"] for record in records])
+                      for inputs in config.inputs} for model in chosen}
     stats = {model: {inputs: MarginStats.from_logits(value, y) for inputs, value in by_input.items()}
              for model, by_input in merged.items()}
-    lipschitz = _lipschitz_stats(lipschitz_parts, merged["rob"]["clean"], y, config) if config.lipschitz else None
+    lipschitz = None
+    if config.lipschitz:
+        estimates = [LipschitzEstimate(**{name: record[f"lipschitz/{name}"] for name in LIPSCHITZ_FIELDS},
+                                       num_classes=int(record["lipschitz/num_classes"])) for record in records]
+        lipschitz = _lipschitz_stats(estimates, merged["rob"]["clean"], y, config)
     return MarginsResult(config, len(x), stats, _lemma32_rows(merged, y, config), lipschitz, models or {})
 
 
-def _report(progress: ProgressFn | None, task: str, chosen: tuple[str, ...], model: str, part: slice,
-            total: int) -> None:
-    """Units done once ``model`` has finished batch ``part`` (batches outer, models inner)."""
-    if progress:
-        progress(task, part.start * len(chosen) + (chosen.index(model) + 1) * (part.stop - part.start), total)
+LIPSCHITZ_FIELDS = ("value", "drop", "rise", "classes")
+
+
+def _margins_batch(mixed: MixedClassifier, chosen: tuple[str, ...], x: torch.Tensor, y: torch.Tensor, start: int,
+                   config: MarginsConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """Logits of each chosen model on the batch's clean and attacked inputs (``{model}/{inputs}``) and, with
+    ``config.lipschitz``, h's eq. C.1 estimate (``lipschitz/...``); every attack seeded by (seed, attack, start)."""
+    x, y = x.to(device), y.to(device)
+    networks = {"std": mixed.std, "rob": mixed.rob, "mix": mixed}
+    pgd = config.pgd()
+    record = {}
+    for model in chosen:
+        network = networks[model]
+        inputs = {"clean": x}
+        if "pgd" in config.attacks:
+            inputs["pgd"] = pgd.perturb(network, x, y, generator=batch_generator(config.seed, "pgd", start))
+        if "autoattack" in config.attacks:
+            seed = batch_generator(config.seed, "apgd", start).initial_seed()
+            inputs["autoattack"], _ = min_margin_autoattack(network, x, y, eps=config.eps, norm=config.norm,
+                                                            steps=config.aa_steps,
+                                                            target_classes=config.target_classes, seed=seed)
+        with torch.no_grad():
+            record |= {f"{model}/{name}": network(x_in).float().cpu() for name, x_in in inputs.items()}
+    if config.lipschitz:
+        estimate = local_lipschitz(mixed.rob, x, y, eps=config.eps, norm=config.norm, steps=config.steps,
+                                   step_size=config.step_size, classes=config.lipschitz_classes,
+                                   generator=batch_generator(config.seed, "lipschitz", start))
+        record |= {f"lipschitz/{name}": getattr(estimate, name).cpu() for name in LIPSCHITZ_FIELDS}
+        record["lipschitz/num_classes"] = torch.tensor(estimate.num_classes)
+    return record
 
 
 def _lemma32_rows(logits: dict, y: torch.Tensor, config: MarginsConfig) -> tuple[Lemma32Row, ...]:

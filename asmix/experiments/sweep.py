@@ -3,12 +3,14 @@
 Base-model logits on clean inputs, and on every iterate of the STD attack (crafted on g) and the ROB attack
 (crafted on h), are computed once and mixed for every alpha without another forward pass; only the MIX attack
 (crafted on h_alpha end to end) runs once per alpha. A point counts as broken for a classifier if any iterate
-breaks it (the rule of APGD, and of the library's PGD for the attacked model itself).
+breaks it (the rule of APGD, and of the library's PGD for the attacked model itself). Each batch's base work and each (alpha, batch) MIX attack is a
+unit of ``asmix.experiments.parts``: resumable with ``out`` and shared out across ranks under torchrun.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,8 +18,9 @@ from torch import nn
 from asmix.attacks.pgd import PGD, AllIteratesCorrect
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, example_count, finish, fingerprint, run_units
 from asmix.mixing import MixedClassifier, check_alpha
-from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size, predict_logits
+from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
 ATTACKS = ("std", "rob", "mix")
 
@@ -124,25 +127,54 @@ def sweep_alpha(
     device: torch.device = torch.device("cpu"),
     progress: ProgressFn | None = None,
     models: dict[str, str] | None = None,
+    out: str | Path | None = None,
 ) -> SweepResult:
-    """Accuracy of g, h and h_alpha for each alpha, clean and under PGD crafted on g, h and h_alpha."""
+    """Accuracy of g, h and h_alpha for each alpha, clean and under PGD crafted on g, h and h_alpha.
+
+    The work is one base unit per batch (clean logits, STD and ROB attacks) and one MIX unit per (alpha, batch);
+    with ``out`` (the command's folder) each finished unit is saved in ``<out>/parts/`` and reused by a rerun
+    with the same settings; under torchrun the units are shared out across ranks.
+    """
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     mixed = MixedClassifier(std, rob, 0.5, mix_space=config.mix_space,
                             std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
-    std, rob = mixed.std, mixed.rob
-    pgd = config.pgd()
-    transfer = replace(pgd, stop_at_break=False)  # the path goes on; every judged classifier keeps its own count
-    clean = (
-        predict_logits(std, x, batch_size=config.batch_size, device=device, progress=progress, task="clean g"),
-        predict_logits(rob, x, batch_size=config.batch_size, device=device, progress=progress, task="clean h"),
-    )
-    # per attack crafted on g or h: whether every iterate is classified right by g, h and h_alpha for each alpha
-    robust: dict[str, torch.Tensor] = {}
-    for name, source in (("std", std), ("rob", rob)):
-        if name in config.attacks:
-            robust[name] = _robust_flags(transfer, source, _base_judge(mixed, name, config.alphas), x, y, config,
-                                         device, progress, task=f"{name.upper()} attack")
+    parts = None
+    if out is not None:
+        parts = Parts(Path(out) / "parts", fingerprint(["sweep-alpha", asdict(config), models or {}],
+                                                       modules=(mixed,), tensors=(x, y)))
+    batches = list(batch_slices(len(x), config.batch_size))
+    base_attacks = tuple(name for name in ("std", "rob") if name in config.attacks)
+    mix_alphas = tuple(alpha for alpha in config.alphas if "mix" in config.attacks
+                       and _same_as_base_attack(alpha, config) not in base_attacks)
+    units = [_Unit("base", part) for part in batches] + [_Unit("mix", part, alpha) for alpha in mix_alphas
+                                                         for part in batches]
+
+    def compute(unit: _Unit) -> dict[str, torch.Tensor]:
+        x_batch, y_batch = x[unit.part].to(device), y[unit.part].to(device)
+        if unit.kind == "mix":
+            target = mixed.with_alpha(unit.alpha)
+            return {"mix": _robust_flags(config.pgd(), target, _own_logits, x_batch, y_batch, unit.part.start,
+                                         config)[0]}
+        with torch.no_grad():
+            record = {"clean/std": mixed.std(x_batch).float().cpu(), "clean/rob": mixed.rob(x_batch).float().cpu()}
+        transfer = replace(config.pgd(), stop_at_break=False)  # the path goes on; each judge keeps its own count
+        for name in base_attacks:
+            source = mixed.std if name == "std" else mixed.rob
+            record[f"{name}/robust"] = _robust_flags(transfer, source, _base_judge(mixed, name, config.alphas),
+                                                     x_batch, y_batch, unit.part.start, config)
+        return record
+
+    shown = ShareProgress(units, lambda unit: "MIX attack" if unit.kind == "mix" else "base logits and attacks",
+                          progress, size=lambda unit: example_count(unit.part))
+    records = run_units(units, compute, key=_Unit.key, parts=parts, finished=shown)
+    n = len(batches)
+    clean = tuple(torch.cat([record[f"clean/{model}"] for record in records[:n]]) for model in ("std", "rob"))
+    # per base attack, (2 + len(alphas), N): g, h and each h_alpha classified every iterate correctly
+    robust = {name: torch.cat([record[f"{name}/robust"] for record in records[:n]], dim=1) for name in base_attacks}
+    mix_robust = {alpha: torch.cat([record["mix"] for record in records[n * (1 + index):n * (2 + index)]])
+                  for index, alpha in enumerate(mix_alphas)}
+    finish(parts)
 
     def accuracy(correct: torch.Tensor) -> float:
         return correct.float().mean().item()
@@ -160,19 +192,44 @@ def sweep_alpha(
             return accuracy(robust[name][2 + position]) if name in robust else None
 
         mix_attack = None
-        if "mix" in config.attacks:
-            reusable = _same_as_base_attack(alpha, config)
-            if reusable in robust:
-                mix_attack = mixed_accuracy(reusable)
-                if progress:
-                    progress("MIX attack", (position + 1) * len(x), len(config.alphas) * len(x))
-            else:
-                flags = _robust_flags(pgd, mixed.with_alpha(alpha), _own_logits, x, y, config, device, progress,
-                                      task="MIX attack", offset=position * len(x), total=len(config.alphas) * len(x))
-                mix_attack = accuracy(flags[0])
+        if alpha in mix_robust:
+            mix_attack = accuracy(mix_robust[alpha])
+        elif "mix" in config.attacks:
+            mix_attack = mixed_accuracy(_same_as_base_attack(alpha, config))
         rows.append(SweepRow(alpha, accuracy(mixed.mix(*clean, alpha).argmax(1) == y), mixed_accuracy("std"),
                              mixed_accuracy("rob"), mix_attack))
     return SweepResult(config, len(x), {"std": base_accuracy(0), "rob": base_accuracy(1)}, tuple(rows), models or {})
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One part of a sweep: the base logits and attacks of a batch, or the MIX attack at ``alpha`` on it."""
+
+    kind: str
+    part: slice
+    alpha: float | None = None
+
+    def key(self) -> str:
+        return batch_key(self.part) if self.kind == "base" else f"mix-alpha{self.alpha!r}-{batch_key(self.part)}"
+
+
+def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
+    """At alpha 0 (1) with unit logit scale, h_alpha's cross-entropy equals g's (h's), so the MIX
+    attack is the STD (ROB) attack: all attacks share per-batch random starts, so reuse it."""
+    if alpha == 0.0 and config.std_scale == 1.0:
+        return "std"
+    if alpha == 1.0 and config.rob_scale == 1.0:
+        return "rob"
+    return None
+
+
+def _robust_flags(pgd: PGD, source: nn.Module, judge, x: torch.Tensor, y: torch.Tensor, start: int,
+                  config: SweepConfig) -> torch.Tensor:
+    """PGD crafted on ``source`` for the batch at ``start``; per judged classifier and example, whether it
+    classified every iterate correctly (a point counts as broken if any iterate breaks it): (J, n) bool on CPU."""
+    tracker = AllIteratesCorrect(judge, y)
+    pgd.perturb(source, x, y, generator=batch_generator(config.seed, "pgd", start), on_iterate=tracker)
+    return tracker.correct.cpu()
 
 
 def _own_logits(x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -190,30 +247,3 @@ def _base_judge(mixed: MixedClassifier, source: str, alphas: tuple[float, ...]):
         return torch.stack([std_logits.float(), rob_logits.float(), *(mix.float() for mix in mixes)])
 
     return judge
-
-
-def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
-    """At alpha 0 (1) with unit logit scale, h_alpha's cross-entropy equals g's (h's), so the MIX
-    attack is the STD (ROB) attack: all attacks share per-batch random starts, so reuse it."""
-    if alpha == 0.0 and config.std_scale == 1.0:
-        return "std"
-    if alpha == 1.0 and config.rob_scale == 1.0:
-        return "rob"
-    return None
-
-
-def _robust_flags(pgd: PGD, source: nn.Module, judge, x, y, config, device, progress, *, task, offset=0,
-                  total=None) -> torch.Tensor:
-    """PGD crafted on ``source`` batch by batch; per judged classifier and example, whether it classified every
-    iterate correctly (a point counts as broken if any iterate breaks it): (J, N) bool on CPU."""
-    flags = []
-    total = total or len(x)
-    for part in batch_slices(len(x), config.batch_size):
-        x_batch, y_batch = x[part].to(device), y[part].to(device)
-        tracker = AllIteratesCorrect(judge, y_batch)
-        pgd.perturb(source, x_batch, y_batch, generator=batch_generator(config.seed, "pgd", part.start),
-                    on_iterate=tracker)
-        flags.append(tracker.correct.cpu())
-        if progress:
-            progress(task, offset + part.stop, total)
-    return torch.cat(flags, dim=1)
