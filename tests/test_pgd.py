@@ -121,3 +121,18 @@ def test_a_point_broken_by_any_iterate_counts_as_broken():
     for stop_at_break, broken in ((False, False), (True, True)):
         x_adv = PGD(eps=0.3, steps=10, step_size=0.05, random_start=False, stop_at_break=stop_at_break).perturb(model, x, y)
         assert bool((model(x_adv).argmax(1) != y).all()) is broken
+
+
+def test_transfer_counts_a_point_broken_for_the_judged_model_if_any_iterate_breaks_it():
+    from asmix.attacks.pgd import AllIteratesCorrect
+
+    source, judged = _FlipAfterStart(threshold=10.0), _BreaksInTheMiddle()  # source is never fooled in the ball
+    x = torch.full((2, 1, 2, 2), 0.4)
+    y = torch.zeros(2, dtype=torch.long)
+    tracker = AllIteratesCorrect(lambda x_t, logits: torch.stack((logits, judged(x_t))), y)
+    last = PGD(eps=0.3, steps=10, step_size=0.05, random_start=False, stop_at_break=False).perturb(
+        source, x, y, on_iterate=tracker)
+    assert bool((judged(last).argmax(1) == y).all())  # the last iterate (sum 2.8) fools nobody
+    assert tracker.correct.tolist() == [[True, True], [False, False]]  # but an iterate inside the band fooled h
+    # the reported point for the judged model is the first iterate in the band: sum 2.2 (0.55 per pixel)
+    assert torch.allclose(tracker.points[1], torch.full_like(x, 0.55)) and torch.equal(tracker.points[0], last)

@@ -316,7 +316,9 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
         assert verdict["gain_points"] == pytest.approx(100 * (verdict["mixer"]["attacked_acc"]
                                                               - verdict["fixed"]["attacked_acc"]))
         assert verdict["fixed"]["clean_correct"] >= verdict["mixer"]["clean_correct"] or verdict["fixed"]["alpha"] == 0
-    assert summary["comparison"] == json.loads((tmp_path / "run" / "comparison.json").read_text())
+    written = json.loads((tmp_path / "run" / "comparison.json").read_text())
+    assert written.pop("provenance")["command"].startswith("asmix train-mixer")
+    assert summary["comparison"] == written
 
 
 def test_verdict_line_says_gain_or_no_gain():

@@ -11,7 +11,7 @@ torchrun the batches are shared out across ranks and rank 0 merges them.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from asmix.attacks.autoattack import (SQUARE_QUERIES, STANDARD_ATTACKS, AutoAtta
                                       potentially_unreliable, standard_autoattack)
 from asmix.attacks.margin import true_class_margin
 from asmix.attacks.objectives import graybox_objective
-from asmix.attacks.pgd import PGD, cross_entropy_objective
+from asmix.attacks.pgd import PGD, AllIteratesCorrect, cross_entropy_objective
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.io import atomic_write, check_writable_file
@@ -243,6 +243,25 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
                                           objective=objective)
         return crafted[source]
 
+    transferred: dict[str, dict[str, torch.Tensor]] = {}
+
+    def transfer(source: str, row: str) -> torch.Tensor:
+        """PGD crafted on g or h alone; for each row the first iterate that breaks it, else the last (a point is
+        broken if any iterate breaks it). The path goes on past the source's own break."""
+        if source not in transferred:
+            model = mixed.std if source == "std" else mixed.rob
+            names = list(targets)
+
+            def judge(x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+                return torch.stack([logits.float() if row_name == source else targets[row_name](x_t).float()
+                                    for row_name in names])
+
+            tracker = AllIteratesCorrect(judge, y)
+            replace(pgd, stop_at_break=False).perturb(
+                model, x, y, generator=batch_generator(config.seed, "pgd", source, start), on_iterate=tracker)
+            transferred[source] = dict(zip(names, tracker.points))
+        return transferred[source][row]
+
     record = {"index": torch.arange(start, start + len(x))}
     for name, model in targets.items():
         runs: dict[str, AutoAttackRun] = {}
@@ -255,7 +274,7 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
             elif attack == "pgd-graybox":
                 x_adv = craft("mixed-graybox" if name == "mixed" else name)
             elif attack in ("transfer-std", "transfer-rob"):
-                x_adv = craft(attack.removeprefix("transfer-"))
+                x_adv = transfer(attack.removeprefix("transfer-"), name)
             else:
                 aa_seed = batch_generator(config.seed, "aa", name, start).initial_seed()
                 if "aa" not in runs:
