@@ -522,17 +522,41 @@ def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str,
     return directory
 
 
+HF_PREFIX = "hf:"
+
+
+def resolve_mixer_dir(directory: str | Path) -> Path:
+    """A mixer folder, or ``hf:ORG/NAME[@REVISION]``: that Hugging Face repository's snapshot in the local cache
+    (``$HF_HOME``/``$HF_HUB_CACHE``, default ~/.cache/huggingface/hub), never downloaded by asmix."""
+    text = str(directory)
+    if not text.startswith(HF_PREFIX):
+        return Path(directory)
+    repo_id, _, revision = text[len(HF_PREFIX):].partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise AsmixError(f"mixer {text!r}: use hf:ORG/NAME or hf:ORG/NAME@REVISION")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=True))
+    except Exception as error:  # huggingface_hub raises several kinds for "not in the cache"
+        raise AsmixError(f"mixer {text} is not in the local Hugging Face cache {HF_HUB_CACHE}: on a machine with "
+                         f"internet run `huggingface-cli download {repo_id}` and copy the cache here, or pass the "
+                         f"folder that holds mixer.json and mixer.safetensors ({type(error).__name__})") from error
+
+
 def load_mixer(directory: str | Path, *, std: str | None = None, rob: str | None = None,
                std_model: nn.Module | None = None, rob_model: nn.Module | None = None,
                canonical: Callable[[str], str] = str.strip) -> tuple[MixingNetwork, dict]:
-    """Read a saved mixer (eval mode, on CPU) and its config; if ``std``/``rob`` specs are given they
+    """Read a saved mixer (eval mode, on CPU) from a folder or ``hf:ORG/NAME`` (``resolve_mixer_dir``) and its
+    config; if ``std``/``rob`` specs are given they
     must match the base models it was trained with, compared after ``canonical`` (pass
     ``asmix.models.canonical_spec`` to resolve aliases; the mixer layer does not import models), and if
     ``std_model``/``rob_model`` are given their weights must be the ones it was trained with
     (``check_base_weights``)."""
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = resolve_mixer_dir(directory)
     config_path, weights_path = directory / MIXER_CONFIG, directory / MIXER_WEIGHTS
     if not directory.is_dir():
         raise AsmixError(f"mixer directory not found: {directory}")

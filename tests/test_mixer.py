@@ -401,3 +401,43 @@ def test_mixer_does_not_import_models():
     imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     assert not [name for name in imported if name and name.startswith("asmix.models")]
+
+
+def test_mixer_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    std, rob, mixer = _trained_looking_mixer()
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--asmix-org--demo-mixer"
+    save_mixer(mixer, repo / "snapshots" / commit, config={}, std=std, rob=rob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded, _ = load_mixer("hf:asmix-org/demo-mixer", std_model=std, rob_model=rob)
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded.run(x, std, rob).alpha, mixer.run(x, std, rob).alpha)
+    with pytest.raises(AsmixError, match="not in the local Hugging Face cache .*huggingface-cli download asmix-org/other"):
+        load_mixer("hf:asmix-org/other")
+    with pytest.raises(AsmixError, match="use hf:ORG/NAME"):
+        load_mixer("hf:no-slash")
+
+
+def test_mixer_card_names_the_weights_head_recipe_and_verdict(tmp_path):
+    from asmix.report.card import write_mixer_card
+
+    std, rob, mixer = _trained_looking_mixer()
+    judged = {"name": "mixer", "alpha": None, "clean_acc": 0.9, "attacked_acc": 0.7, "clean_correct": 9,
+              "attacked_correct": 7, "alpha_clean": 0.55, "alpha_attacked": 0.61}
+    verdict = {"n_examples": 10, "eps": 0.3, "norm": "linf", "line": "no gain: the mixer only detects the training "
+               "attack (-10.00 points ...)", "mixer": judged,
+               "fixed": judged | {"name": "fixed alpha 0.8", "alpha": 0.8, "attacked_correct": 8, "alpha_clean": 0.8,
+                                  "alpha_attacked": 0.8}}
+    directory = save_mixer(mixer, tmp_path / "m", std=std, rob=rob, config={
+        "models": {"std": "demo-std", "rob": "demo-rob"}, "training": {"setting": "C", "epochs": 4, "eps_max": 0.3},
+        "n_train": 2048, "n_val": 500, "data_fingerprint": "f" * 64, "verdict": verdict, "selection": None})
+    card = write_mixer_card(directory).read_text()
+    assert weights_digest(std) in card and weights_digest(rob) in card and "`demo-rob`" in card
+    assert "alpha range (0.2, 0.8)" in card and "Setting C, 4 epochs" in card and "f" * 64 in card
+    assert verdict["line"] in card and "| fixed alpha 0.8 | 9/10 | 8/10 | 0.800 | 0.800 |" in card
+    assert "| mixer | 9/10 | 7/10 | 0.550 | 0.610 |" in card

@@ -316,6 +316,9 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
         assert verdict["gain_points"] == pytest.approx(100 * (verdict["mixer"]["attacked_acc"]
                                                               - verdict["fixed"]["attacked_acc"]))
         assert verdict["fixed"]["clean_correct"] >= verdict["mixer"]["clean_correct"] or verdict["fixed"]["alpha"] == 0
+    card = (tmp_path / "run" / "README.md").read_text()  # the model card beside the weights
+    stored = json.loads((tmp_path / "run" / "mixer.json").read_text())
+    assert stored["base_weights"]["rob"] in card and stored["verdict"]["line"] in card
     written = json.loads((tmp_path / "run" / "comparison.json").read_text())
     assert written.pop("provenance")["command"].startswith("asmix train-mixer")
     assert summary["comparison"] == written

@@ -84,6 +84,7 @@ def train_mixer_command(
     from asmix.experiments.train import TrainConfig, default_run_size, judge, load_train_data, parse_range, train_mixer
     from asmix.io import atomic_write_json
     from asmix.mixer import parse_layers
+    from asmix.report.card import write_mixer_card
     from asmix.report.train import epoch_line, history_table, selection_line, verdict_table, write_train_outputs
     from asmix.runtime import resolve_device
 
@@ -140,4 +141,5 @@ def train_mixer_command(
     summary = {**result.to_dict(), "comparison": comparison.to_dict() if comparison is not None else None}
     for path in write_train_outputs(result, out, comparison) + ([atomic_write_json(json_path, summary)] if json_path else []):
         console.print(f"wrote {path}")
-    console.print(f"wrote {out / 'mixer.safetensors'} and {out / 'mixer.json'}")
+    card = write_mixer_card(out)
+    console.print(f"wrote {out / 'mixer.safetensors'}, {out / 'mixer.json'} and the model card {card}")
