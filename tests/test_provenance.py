@@ -70,8 +70,8 @@ def test_plain_progress_writes_a_line_per_ten_percent_or_thirty_seconds():
     assert len(lines) == 10 and lines[0] == "PGD: 10/100 (10%), 1.0/s, 0:01:30 left"
     assert lines[-1] == "PGD: 100/100 (100%), 1.0/s, 0:01:40 elapsed"
     lines.clear()
-    slow = PlainProgress(lines.append, clock=lambda: now[0])
     now[0] = 1000.0
+    slow = PlainProgress(lines.append, clock=lambda: now[0])
     slow("AA", 0, 1000)
     for done in range(1, 1001):  # 1000 units, one every 0.5 s: 1% per 5 s, so the 30-second rule fires first
         now[0] = 1000.0 + done * 0.5
@@ -82,3 +82,17 @@ def test_plain_progress_writes_a_line_per_ten_percent_or_thirty_seconds():
     assert all(line.startswith("AA: ") for line in lines) and lines[-1].startswith("AA: 1000/1000 (100%)")
     slow("AA", 150, 1000)  # the task starts again (a new alpha): it logs again from its first tenth
     assert lines[-1].startswith("AA: 150/1000")
+
+
+def test_plain_progress_times_a_task_from_the_end_of_the_previous_one():
+    # callers that report finished units only (a whole batch) give their first report after real work
+    lines, now = [], [0.0]
+    progress = PlainProgress(lines.append, clock=lambda: now[0])
+    now[0] = 50.0
+    progress("base", 250, 1000)
+    now[0] = 200.0
+    progress("base", 1000, 1000)
+    now[0] = 260.0
+    progress("MIX", 500, 1000)
+    assert lines == ["base: 250/1000 (25%), 5.0/s, 0:02:30 left", "base: 1000/1000 (100%), 5.0/s, 0:03:20 elapsed",
+                     "MIX: 500/1000 (50%), 8.3/s, 0:01:00 left"]

@@ -36,11 +36,16 @@ class PlainProgress:
     steps: int = LOG_STEPS
     tasks: dict[str, _TaskLog] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # a task is timed from the end of the previous one (or the display's start): callers that report only
+        # finished units give their first report after real work
+        self._free_since = self.clock()
+
     def __call__(self, task: str, completed: int, total: int) -> None:
         now = self.clock()
-        log = self.tasks.setdefault(task, _TaskLog(started=now, last_time=now))
-        if log.done and completed < total:  # the same task name started again (a new alpha, a new epoch)
-            log = self.tasks[task] = _TaskLog(started=now, last_time=now)
+        if task not in self.tasks or (self.tasks[task].done and completed < total):  # new, or started again
+            self.tasks[task] = _TaskLog(started=self._free_since, last_time=self._free_since)
+        log = self.tasks[task]
         if log.done:
             return
         share = completed / total if total else 1.0
@@ -54,6 +59,8 @@ class PlainProgress:
         timing = f"{_clock(elapsed)} elapsed" if finished else f"{_clock(left)} left" if left is not None else "time left unknown"
         self.write(f"{task}: {completed}/{total} ({100 * share:.0f}%), {rate:.1f}/s, {timing}")
         log.last_time, log.last_step, log.done = now, step, finished
+        if finished:
+            self._free_since = now
 
 
 def _clock(seconds: float) -> str:
