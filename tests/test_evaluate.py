@@ -359,3 +359,34 @@ def test_cli_with_a_mixer_writes_table_json_and_examples(monkeypatch, capsys, tm
     examples = load_examples(out)
     assert examples["mixed/aa-adaptive/x_adv"].shape == (6, 1, 28, 28)
     assert examples["mixed/clean/correct"].float().mean().item() == document["rows"]["mixed"]["clean"]["accuracy"]
+
+
+def test_robustbench_writes_the_leaderboard_model_info_and_a_claim(monkeypatch, capsys, tmp_path):
+    import json
+
+    from asmix.data import load_data
+
+    # g alone (alpha 0) falls to APGD-CE at once, so the protocol's AutoAttack is quick here
+    code, out, err = run_cli(monkeypatch, capsys, "--alpha", "0", "--robustbench", str(tmp_path / "rb"),
+                             "--model-name", "Demo2026Mixed", "--n-examples", "6", "--square-queries", "10",
+                             "--batch-size", "6", "--device", "cpu")
+    assert code in (0, None), err
+    info = json.loads((tmp_path / "rb" / "Demo2026Mixed.json").read_text())
+    x, y = load_data("demo", n_examples=6)
+    with torch.no_grad():
+        clean = (load_model("demo-std")(x).argmax(1) == y).float().mean().item()
+    assert info["clean_acc"] == f"{100 * clean:.2f}" and info["autoattack_acc"] == info["reported"] == "0.00"
+    assert info["eps"] == "0.3" and info["dataset"] == "demo" and info["number_forward_passes"] == 1
+    assert info["architecture"] == "demo-std + demo-rob" and info["unreliable"] is False
+    assert info["link"] is None and info["additional_data"] is None and "provenance" not in info
+    claim = (tmp_path / "rb" / "Demo2026Mixed.md").read_text()
+    assert "## NOT the leaderboard protocol" in claim and "Square with 10 queries, not 5000" in claim
+    assert "demo has no RobustBench leaderboard" in claim and f"({round(clean * 6)}/6)" in claim
+    assert "note: not the leaderboard protocol: Square with 10 queries, not 5000" in err
+
+
+def test_robustbench_radius_is_written_as_robustbench_does():
+    from asmix.report.robustbench import radius_text
+
+    assert radius_text(8 / 255) == "8/255" and radius_text(4 / 255) == "4/255" and radius_text(0.5) == "0.5"
+    assert radius_text(0.3) == "0.3"

@@ -29,6 +29,8 @@ StdScale = Annotated[Optional[float], typer.Option("--std-scale", help="Scale of
 RobScale = Annotated[Optional[float], typer.Option("--rob-scale", help="Scale of h's logits (default: the mixer's, else 1).")]
 SaveAdv = Annotated[bool, typer.Option("--save-adv", help="Also save the adversarial examples in --out.")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Per-example results (.npz or .pt); makes the run resumable.")]
+RobustBench = Annotated[Optional[Path], typer.Option("--robustbench", help="Run the leaderboard protocol (the full test set, clean and standard AutoAttack at the standard radius) and write RobustBench's model_info JSON and a claim summary (.md) into this folder.")]
+ModelName = Annotated[str, typer.Option("--model-name", help="File name of the --robustbench outputs (RobustBench's <Name><Year><FirstWord> style).")]
 
 
 @app.command("evaluate")
@@ -61,6 +63,8 @@ def evaluate_command(
     save_adv: SaveAdv = False,
     out: Out = None,
     json_path: JsonOption = None,
+    robustbench: RobustBench = None,
+    model_name: ModelName = "asmix_mixed",
 ) -> None:
     """Accuracy of the mixed classifier (and, with --bases, g and h) clean and under attack: PGD white-box
     (B) and gray-box (A), transfer from g or h, AutoAttack (C) and adaptive AutoAttack (D)."""
@@ -73,11 +77,20 @@ def evaluate_command(
     attacks = parse_attacks(attack)
     if alpha is not None and mixer is not None:
         raise AsmixError("give either --alpha (fixed) or --mixer (adaptive), not both")
+    default_n_examples = DEFAULT_N_EXAMPLES
+    if robustbench is not None:
+        from asmix.data import standard_eps
+        from asmix.report.robustbench import LEADERBOARD_EXAMPLES
+
+        attacks = ("clean", "aa")  # the leaderboard's protocol: clean and standard AutoAttack
+        default_n_examples = LEADERBOARD_EXAMPLES.get(dataset, 10**9)  # the full test set
+        leaderboard_eps = standard_eps(dataset, norm)
+        check_outputs(out_dir=robustbench)
     check_outputs(json_path=json_path, out_file=out)
     if out is not None:
         check_out_path(out)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
-                         trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
+                         trust_code=trust_code, default_n_examples=default_n_examples)
     mixer_net, mixer_config = None, {}
     if mixer is not None:
         from asmix.mixer import load_mixer
@@ -112,3 +125,12 @@ def evaluate_command(
         console.print(f"wrote {write_evaluate_json(result, json_path)}")
     if out:
         console.print(f"wrote {out}")
+    if robustbench is not None:
+        from asmix.report.robustbench import protocol_deviations, write_robustbench
+
+        deviations = protocol_deviations(result, dataset, leaderboard_eps)
+        for path in write_robustbench(result, robustbench, dataset=dataset, model_name=model_name,
+                                      deviations=deviations):
+            console.print(f"wrote {path}")
+        for deviation in deviations:
+            console.print(f"note: not the leaderboard protocol: {deviation}", highlight=False)
