@@ -191,3 +191,38 @@ def test_a_write_that_fails_after_the_work_is_one_line(monkeypatch, capsys, tmp_
     monkeypatch.setattr(asmix.report.sweep, "write_sweep_outputs", disk_full)
     line = last_line_error(*run_cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "out")))
     assert line == f"asmix: error: cannot write {tmp_path / 'out' / 'sweep.csv'}: No space left on device"
+
+
+def _help_of(command: str) -> str:
+    from typer.testing import CliRunner
+
+    from asmix.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "3000", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("command", ["sweep-alpha", "train-mixer", "evaluate", "margins", "certify"])
+def test_help_reads_right(command):
+    import typer.main
+
+    from asmix.cli import app
+
+    click_command = typer.main.get_command(app).commands[command]
+    shown = _help_of(command)
+    choices = {"--norm": "linf|l2", "--dataset": "demo|mnist|cifar10|cifar100|imagenet", "--device": "auto|cpu|cuda",
+               "--setting": "C|B|A", "--mix-space": "prob|logit"}
+    for parameter in click_command.params:
+        if parameter.help:  # the whole help text, brackets, asterisks and all, survives the markup
+            assert " ".join(parameter.help.split()) in shown, parameter.help
+        if getattr(parameter, "is_flag", False) and parameter.secondary_opts == [] and parameter.name != "help":
+            raise AssertionError(f"{parameter.opts[0]} has no --no- form")
+        for option in parameter.opts:
+            if option in choices:
+                assert choices[option] in shown, option
+    assert 2 <= shown.split("Examples:")[1].count(f"asmix {command} ") + shown.count("-m asmix ") <= 3
+    options = {option for parameter in click_command.params for option in parameter.opts + parameter.secondary_opts}
+    for token in shown.split("Examples:")[1].split():
+        if token.startswith("--") and not token.startswith("--nproc"):
+            assert token in options, f"example uses unknown option {token}"

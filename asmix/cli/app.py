@@ -10,8 +10,14 @@ app = typer.Typer(
     name="asmix",
     help="Adaptive smoothing: mix an accurate classifier g with a robust classifier h.",
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     add_completion=False,
 )
+
+
+def examples(*commands: str) -> str:
+    """A command's ``--help`` epilog: two or three example command lines (markdown code)."""
+    return "Examples:\n\n" + "\n\n".join(f"`{command}`" for command in commands)
 
 
 def _print_version(value: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.checks import canonical_norm
-from asmix.cli.app import app
+from asmix.cli.app import app, examples
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
                                TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source, print_notes,
@@ -18,7 +18,8 @@ DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
 
 
-@app.command("certify")
+@app.command("certify", epilog=examples(
+    'asmix certify --n-examples 200 --n-samples 1000', 'asmix certify --match-clean-acc --baseline-sigma 0.5 --out runs/certify', 'asmix certify --skip 20 --confidence 0.999 --out runs/certify'))
 def certify_command(
     std: StdOption = "demo-std",
     rob: Annotated[str, typer.Option("--rob", help="Base model of the randomized-smoothing h (or h itself with --lipschitz-const).")] = "demo-rob",
@@ -30,13 +31,13 @@ def certify_command(
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
     trust_code: TrustCodeOption = False,
-    norm: Annotated[str, typer.Option("--norm", parser=canonical_norm, help="Threat model used to pick rb: models (certificates are l_2).")] = "l2",
+    norm: Annotated[str, typer.Option("--norm", parser=canonical_norm, metavar="linf|l2", help="Threat model used to pick rb: models (certificates are l_2).")] = "l2",
     sigma: Annotated[float, typer.Option("--sigma", parser=number_parser("--sigma"), metavar="SIGMA", help="Gaussian smoothing noise of h, a number or a fraction.")] = 0.25,
     n_samples: Annotated[int, typer.Option("--n-samples", help="Monte Carlo noise samples per example (paper: 10000).")] = 500,
     alpha: Annotated[float, typer.Option("--alpha", help="Mixing weight of h_alpha (ignored with --match-clean-acc).")] = 0.8,
-    match_clean_acc: Annotated[bool, typer.Option("--match-clean-acc", help="Pick alpha so h_alpha's clean accuracy matches an RS baseline with --baseline-sigma (Fig. 6).")] = False,
+    match_clean_acc: Annotated[bool, typer.Option("--match-clean-acc/--no-match-clean-acc", help="Pick alpha so h_alpha's clean accuracy matches an RS baseline with --baseline-sigma (Fig. 6).")] = False,
     baseline_sigma: Annotated[Optional[float], typer.Option("--baseline-sigma", parser=number_parser("--baseline-sigma"), metavar="SIGMA", help="Noise of the baseline RS model (default sigma/2).")] = None,
-    std_hardmax: Annotated[bool, typer.Option("--std-hardmax", help="Use g's one-hot prediction instead of its softmax (App. A.2).")] = False,
+    std_hardmax: Annotated[bool, typer.Option("--std-hardmax/--no-std-hardmax", help="Use g's one-hot prediction instead of its softmax (App. A.2).")] = False,
     confidence: Annotated[Optional[float], typer.Option("--confidence", help="Clopper-Pearson bounds at this level, e.g. 0.999: certificates hold with this probability.")] = None,
     lipschitz_const: Annotated[Optional[float], typer.Option("--lipschitz-const", help="Thm 3.5 for h itself with this Lipschitz constant of softmax(h) (no smoothing).")] = None,
     smoothing_output: Annotated[str, typer.Option("--smoothing-output", help="probs (smooth softmax, App. A.1) or votes (smooth the argmax).")] = "probs",

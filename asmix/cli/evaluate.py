@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from asmix.cli.app import app
+from asmix.cli.app import app, examples
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
@@ -20,20 +20,21 @@ DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
 Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Fixed mixing weight (default 0.5).")]
 Mixer = Annotated[Optional[Path], typer.Option("--mixer", help="Mixing network folder (train-mixer): adaptive alpha.")]
-Attacks = Annotated[str, typer.Option("--attack", "--attacks", help="Comma list of clean, pgd, pgd-graybox, "
+Attacks = Annotated[str, typer.Option("--attack", "--attacks", metavar="ATTACK,...", help="Comma list of clean, pgd, pgd-graybox, "
                                       "transfer-std, transfer-rob, aa, aa-adaptive.")]
-Bases = Annotated[bool, typer.Option("--bases", help="Also evaluate g and h alone.")]
+Bases = Annotated[bool, typer.Option("--bases/--no-bases", help="Also evaluate g and h alone.")]
 AlphaWeight = Annotated[float, typer.Option("--alpha-weight", help="w of the adaptive attacks' loss (1 - w) * loss + w * BCE(mixer logit, 1).")]
 SquareQueries = Annotated[int, typer.Option("--square-queries", help="Square's query budget (standard: 5000).")]
 StdScale = Annotated[Optional[float], typer.Option("--std-scale", help="Scale of g's logits (default: the mixer's, else 1).")]
 RobScale = Annotated[Optional[float], typer.Option("--rob-scale", help="Scale of h's logits (default: the mixer's, else 1).")]
-SaveAdv = Annotated[bool, typer.Option("--save-adv", help="Also save the adversarial examples in --out.")]
+SaveAdv = Annotated[bool, typer.Option("--save-adv/--no-save-adv", help="Also save the adversarial examples in --out.")]
 Out = Annotated[Optional[Path], typer.Option("--out", help="Per-example results (.npz or .pt); makes the run resumable.")]
 RobustBench = Annotated[Optional[Path], typer.Option("--robustbench", help="Run the leaderboard protocol (the full test set, clean and standard AutoAttack at the standard radius) and write RobustBench's model_info JSON and a claim summary (.md) into this folder.")]
-ModelName = Annotated[str, typer.Option("--model-name", help="File name of the --robustbench outputs (RobustBench's <Name><Year><FirstWord> style).")]
+ModelName = Annotated[str, typer.Option("--model-name", help="File name of the --robustbench outputs, in RobustBench's style: author, year, first word of the title (Bai2023Improving).")]
 
 
-@app.command("evaluate")
+@app.command("evaluate", epilog=examples(
+    'asmix evaluate --alpha 0.8 --attack clean,pgd,aa', 'asmix evaluate --mixer runs/mixer --attack clean,aa,aa-adaptive --bases --out runs/eval.npz', 'asmix evaluate --std bit-r152 --rob Wang2023 --dataset cifar10 --mixer runs/mixer --robustbench runs/rb --model-name Me2026Mixed'))
 def evaluate_command(
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from asmix.cli.app import app
+from asmix.cli.app import app, examples
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
                                SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
@@ -22,7 +22,8 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-@app.command("margins")
+@app.command("margins", epilog=examples(
+    'asmix margins', 'asmix margins --n-examples 1000 --lipschitz --out runs/margins', 'asmix margins --rob Wang2023 --dataset cifar10 --alpha 0.8'))
 def margins_command(
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
@@ -48,7 +49,7 @@ def margins_command(
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
-    mix_space: Annotated[str, typer.Option("--mix-space", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
+    mix_space: Annotated[str, typer.Option("--mix-space", metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
     out: OutOption = None,
     json_path: JsonOption = None,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from asmix.cli.app import app
+from asmix.cli.app import app, examples
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
@@ -15,7 +15,8 @@ from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, Datas
                                run_with_progress, start_device, stdout, write_results)
 
 
-@app.command("sweep-alpha")
+@app.command("sweep-alpha", epilog=examples(
+    'asmix sweep-alpha', 'asmix sweep-alpha --alphas 0,0.5,0.6,0.7,1 --steps 40 --out runs/demo-sweep', 'asmix sweep-alpha --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --device cuda'))
 def sweep_alpha_command(
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
@@ -36,7 +37,7 @@ def sweep_alpha_command(
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
-    mix_space: Annotated[str, typer.Option("--mix-space", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
+    mix_space: Annotated[str, typer.Option("--mix-space", metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
     std_scale: Annotated[float, typer.Option("--std-scale", help="Multiply g's logits before the softmax.")] = 1.0,
     rob_scale: Annotated[float, typer.Option("--rob-scale", help="Multiply h's logits before the softmax.")] = 1.0,
     out: OutOption = None,

@@ -7,18 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from asmix.cli.app import app
+from asmix.cli.app import app, examples
 from asmix.cli.options import (DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
                                NExamplesOption, NormOption, RobOption, RobWeightsOption, SeedOption, StdOption,
                                StdWeightsOption, TrustCodeOption, check_outputs, console, number_parser, pair_source,
                                print_notes, progress_callback, stdout)
 
 
-def _option(name: str, text: str):
-    return typer.Option(name, help=text)
+def _option(name: str, text: str, **settings):
+    return typer.Option(name, help=text, **settings)
 
 
-@app.command("train-mixer")
+@app.command("train-mixer", epilog=examples(
+    'asmix train-mixer --out runs/mixer', 'asmix train-mixer --out runs/mixer --resume', 'torchrun --nproc-per-node 4 -m asmix train-mixer --std bit-r152 --rob Wang2023 --dataset cifar10 --bf16'))
 def train_mixer_command(
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
@@ -31,7 +32,7 @@ def train_mixer_command(
     rob_weights: RobWeightsOption = None,
     trust_code: TrustCodeOption = False,
     norm: NormOption = "linf",
-    setting: Annotated[str, _option("--setting", "Training attacks: C APGD-CE + APGD-T copies (the paper's recipe), B white-box PGD, A gray-box PGD.")] = "C",
+    setting: Annotated[str, _option("--setting", metavar="C|B|A", text="Training attacks: C APGD-CE + APGD-T copies (the paper's recipe), B white-box PGD, A gray-box PGD.")] = "C",
     epochs: Annotated[Optional[int], _option("--epochs", "Epochs (default 4 on demo, 3 otherwise).")] = None,
     batch_size: Annotated[Optional[int], _option("--batch-size", "Global batch of clean images attacked per step (default 64 on demo, 128 otherwise).")] = None,
     accum_steps: Annotated[int, _option("--accum-steps", "Split each optimiser step into this many micro-batches whose gradients add up (memory).")] = 1,
@@ -42,18 +43,18 @@ def train_mixer_command(
     c_ce: Annotated[float, _option("--c-ce", "Weight of CE in the composite loss (eq. 4.2).")] = 0.0,
     c_bce: Annotated[float, _option("--c-bce", "Weight of BCE in the composite loss.")] = 1.5,
     c_prod: Annotated[float, _option("--c-prod", "Weight of CE*BCE in the composite loss.")] = 0.2,
-    pseudo_labels: Annotated[str, _option("--pseudo-labels", "paper: clean 0, attacked 1; oracle: also asks whether g and h are right.")] = "paper",
+    pseudo_labels: Annotated[str, _option("--pseudo-labels", metavar="paper|oracle", text="paper: clean 0, attacked 1; oracle: also asks whether g and h are right.")] = "paper",
     eps_max: Annotated[Optional[float], typer.Option("--eps-max", parser=number_parser("--eps-max"), metavar="EPS", help="Training attack radius eps, a number or a fraction like 8/255 (default: the dataset's standard eps).")] = None,
     eps_range: Annotated[str, _option("--eps-range", "Radius per example (C) or per batch (A/B) drawn as eps * U(LOW, HIGH).")] = "0.4:1.1",
     steps_range: Annotated[Optional[str], _option("--steps-range", "PGD steps of settings A/B drawn per batch from LOW:HIGH (default 5:10 on demo, 5:20).")] = None,
     apgd_steps_df: Annotated[Optional[int], _option("--apgd-steps-df", "Setting C: APGD iterations per copy ~ chi-square(DF) (default 10 on demo, 75).")] = None,
     target_classes: Annotated[Optional[int], _option("--target-classes", "Setting C: APGD-T copies per clean image (default 2 on demo, 9).")] = None,
-    attack_bce_max: Annotated[float, _option("--attack-bce-max", "Largest w of the attack loss (1-w)*loss + w*BCE(alpha logit, 1), w drawn per example.")] = 0.4,
+    attack_bce_max: Annotated[float, _option("--attack-bce-max", "Largest w of the attack loss (1 - w) * loss + w * BCE(alpha logit, 1), w drawn per example.")] = 0.4,
     val_eps: Annotated[Optional[float], typer.Option("--val-eps", parser=number_parser("--val-eps"), metavar="EPS", help="Validation and verdict radius (default eps-max).")] = None,
     val_steps: Annotated[Optional[int], _option("--val-steps", "Per-epoch validation PGD steps (default 10 on demo, 20).")] = None,
     n_train: Annotated[Optional[int], _option("--n-train", "Training examples from the start of the train split (default 2048 on demo, all).")] = None,
     n_val: Annotated[Optional[int], _option("--n-val", "Held-out examples (the end of --val-split): validation, head choice (first half) and verdict (second half) (default 500 on demo, 1000).")] = None,
-    val_split: Annotated[str, _option("--val-split", "Split the held-out examples come from: test (its last --n-val; evaluate on the rest) or train.")] = "test",
+    val_split: Annotated[str, _option("--val-split", metavar="test|train", text="Split the held-out examples come from: test (its last --n-val; evaluate on the rest) or train.")] = "test",
     scale: Annotated[float, _option("--scale", "Sigmoid scale s of the mixer output (Table 7).")] = 2.0,
     mixer_width: Annotated[Optional[int], _option("--mixer-width", "Channels of the mixing network (default: half the middle channels of g and h, at least 16).")] = None,
     mixer_blocks: Annotated[int, _option("--mixer-blocks", "ResNet blocks per mixer stage.")] = 2,
@@ -71,9 +72,9 @@ def train_mixer_command(
     range_min_alpha: Annotated[float, _option("--range-min-alpha", "Smallest alpha_min the head choice considers.")] = 0.5,
     range_max_width: Annotated[float, _option("--range-max-width", "Widest alpha_max - alpha_min the head choice considers.")] = 0.2,
     verdict: Annotated[bool, _option("--verdict/--no-verdict", "End with the mixer against the fixed alpha of equal clean accuracy under adaptive AutoAttack-lite on held-out data.")] = True,
-    compare: Annotated[bool, _option("--compare", "Also judge on the first --n-examples evaluation examples (default 1000).")] = False,
+    compare: Annotated[bool, _option("--compare/--no-compare", "Also judge on the first --n-examples evaluation examples (default 1000).")] = False,
     out: Annotated[Path, _option("--out", "Folder for the mixer, checkpoint and log.")] = Path("asmix-mixer"),
-    resume: Annotated[bool, _option("--resume", "Continue from the checkpoint in --out.")] = False,
+    resume: Annotated[bool, _option("--resume/--no-resume", "Continue from the checkpoint in --out.")] = False,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     json_path: JsonOption = None,
