@@ -226,3 +226,42 @@ def test_help_reads_right(command):
     for token in shown.split("Examples:")[1].split():
         if token.startswith("--") and not token.startswith("--nproc"):
             assert token in options, f"example uses unknown option {token}"
+
+
+def test_config_file_replays_a_result_and_options_override_it(monkeypatch, capsys, tmp_path):
+    import json
+
+    def sweep(*args):
+        monkeypatch.setattr(sys, "argv", ["asmix", "sweep-alpha", *args])
+        try:
+            main()
+        except SystemExit as done:
+            assert done.code in (0, None), capsys.readouterr().err
+        capsys.readouterr()
+
+    sweep("--alphas", "0,0.7", "--steps", "3", "--n-examples", "12", "--batch-size", "6", "--eps", "0.2",
+          "--attacks", "std,mix", "--device", "cpu", "--json", str(tmp_path / "first.json"))
+    first = json.loads((tmp_path / "first.json").read_text())
+    sweep("--config", str(tmp_path / "first.json"), "--json", str(tmp_path / "replay.json"))
+    replay = json.loads((tmp_path / "replay.json").read_text())
+    assert replay["config"] == first["config"] and replay["rows"] == first["rows"] and replay["base"] == first["base"]
+    # a YAML of the same keys, with one option overridden on the command line
+    (tmp_path / "settings.yaml").write_text("alphas: [0.0, 0.7]\nsteps: 3\nn_examples: 12\nbatch_size: 6\n"
+                                            "eps: 0.2\nattacks: [std, mix]\n")
+    sweep("--config", str(tmp_path / "settings.yaml"), "--steps", "1", "--device", "cpu", "--json",
+          str(tmp_path / "yaml.json"))
+    from_yaml = json.loads((tmp_path / "yaml.json").read_text())["config"]
+    assert from_yaml["steps"] == 1 and from_yaml["eps"] == 0.2 and from_yaml["alphas"] == [0.0, 0.7]
+    assert from_yaml["n_examples"] == 12 and from_yaml["attacks"] == ["std", "mix"]
+
+
+def test_a_bad_config_file_is_one_line(monkeypatch, capsys, tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for path, message in ((tmp_path / "bad.json", "cannot read config"), (tmp_path / "list.json", "holds no mapping"),
+                          (tmp_path / "missing.json", "cannot read config")):
+        monkeypatch.setattr(sys, "argv", ["asmix", "margins", "--config", str(path)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1

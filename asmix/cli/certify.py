@@ -9,6 +9,7 @@ import typer
 
 from asmix.checks import canonical_norm
 from asmix.cli.app import app, examples
+from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
                                TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source, print_notes,
@@ -21,6 +22,7 @@ NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
 @app.command("certify", epilog=examples(
     'asmix certify --n-examples 200 --n-samples 1000', 'asmix certify --match-clean-acc --baseline-sigma 0.5 --out runs/certify', 'asmix certify --skip 20 --confidence 0.999 --out runs/certify'))
 def certify_command(
+    config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: Annotated[str, typer.Option("--rob", help="Base model of the randomized-smoothing h (or h itself with --lipschitz-const).")] = "demo-rob",
     dataset: DatasetOption = "demo",

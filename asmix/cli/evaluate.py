@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app, examples
+from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
@@ -36,6 +37,7 @@ ModelName = Annotated[str, typer.Option("--model-name", help="File name of the -
 @app.command("evaluate", epilog=examples(
     'asmix evaluate --alpha 0.8 --attack clean,pgd,aa', 'asmix evaluate --mixer runs/mixer --attack clean,aa,aa-adaptive --bases --out runs/eval.npz', 'asmix evaluate --std bit-r152 --rob Wang2023 --dataset cifar10 --mixer runs/mixer --robustbench runs/rb --model-name Me2026Mixed'))
 def evaluate_command(
+    config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
     dataset: DatasetOption = "demo",

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app, examples
+from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
                                SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
@@ -25,6 +26,7 @@ def _split(text: str) -> tuple[str, ...]:
 @app.command("margins", epilog=examples(
     'asmix margins', 'asmix margins --n-examples 1000 --lipschitz --out runs/margins', 'asmix margins --rob Wang2023 --dataset cifar10 --alpha 0.8'))
 def margins_command(
+    config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
     dataset: DatasetOption = "demo",

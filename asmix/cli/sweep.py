@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from asmix.cli.app import app, examples
+from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
@@ -18,6 +19,7 @@ from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, Datas
 @app.command("sweep-alpha", epilog=examples(
     'asmix sweep-alpha', 'asmix sweep-alpha --alphas 0,0.5,0.6,0.7,1 --steps 40 --out runs/demo-sweep', 'asmix sweep-alpha --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --device cuda'))
 def sweep_alpha_command(
+    config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
     dataset: DatasetOption = "demo",

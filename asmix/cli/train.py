@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app, examples
+from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
                                NExamplesOption, NormOption, RobOption, RobWeightsOption, SeedOption, StdOption,
                                StdWeightsOption, TrustCodeOption, check_outputs, console, number_parser, pair_source,
@@ -21,6 +22,7 @@ def _option(name: str, text: str, **settings):
 @app.command("train-mixer", epilog=examples(
     'asmix train-mixer --out runs/mixer', 'asmix train-mixer --out runs/mixer --resume', 'torchrun --nproc-per-node 4 -m asmix train-mixer --std bit-r152 --rob Wang2023 --dataset cifar10 --bf16'))
 def train_mixer_command(
+    config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
     dataset: DatasetOption = "demo",

@@ -1,0 +1,77 @@
+"""``--config FILE``: rerun an experiment from the ``config`` block of any asmix JSON output (or a YAML file with
+the same keys); options given on the command line override it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+
+from asmix.errors import AsmixError
+
+ALIASES = {"attacks": "attack", "width": "mixer_width", "blocks": "mixer_blocks", "stages": "mixer_stages"}
+"""Config keys whose command-line option has another name."""
+
+
+def read_config_block(path: Path) -> dict[str, Any]:
+    """The settings in ``path``: the ``config`` block of an asmix result, or the whole mapping of a YAML or JSON
+    file of settings."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise AsmixError(f"cannot read config {path}: {error.strerror or error}") from error
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            document = yaml.safe_load(text)
+        else:
+            document = json.loads(text)
+    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
+        raise AsmixError(f"cannot read config {path}: {str(error).splitlines()[0]}") from error
+    block = document.get("config", document) if isinstance(document, dict) else None
+    if not isinstance(block, dict):
+        raise AsmixError(f"config {path} holds no mapping of settings (an asmix JSON output or a YAML of its keys)")
+    return block
+
+
+def as_option_value(name: str, value: Any) -> Any:
+    """A config value as the command line would spell it: ranges ``LOW:HIGH``, lists comma-separated."""
+    if isinstance(value, (list, tuple)):
+        return ":".join(map(str, value)) if name.endswith("_range") else ",".join(map(str, value))
+    return value
+
+
+def config_defaults(block: dict[str, Any], parameters: set[str]) -> dict[str, Any]:
+    """The block's settings that name an option of this command (base-model specs from ``models``); keys the
+    command does not take (computed values, another command's settings) are left out."""
+    flat = dict(block)
+    models = flat.pop("models", None)
+    if isinstance(models, dict):
+        for role in ("std", "rob", "mixer"):
+            if models.get(role) is not None:
+                flat.setdefault(role, models[role])
+    defaults = {}
+    for key, value in flat.items():
+        name = ALIASES.get(key, key) if ALIASES.get(key) in parameters else key
+        if name in parameters and name != "config_file" and value is not None:
+            defaults[name] = as_option_value(name, value)
+    return defaults
+
+
+def _load(ctx: click.Context, parameter: click.Parameter, value: Optional[Path]) -> Optional[Path]:
+    if value is None:
+        return None
+    block = read_config_block(Path(value))
+    names = {param.name for param in ctx.command.params}
+    ctx.default_map = {**(ctx.default_map or {}), **config_defaults(block, names)}
+    return value
+
+
+ConfigOption = Annotated[Optional[Path], typer.Option(
+    "--config", callback=_load, is_eager=True,
+    help="Take every setting from this file: the config block of an asmix JSON output, or a YAML of the same keys. "
+         "Options given on the command line override it.")]
