@@ -69,8 +69,14 @@ def test_unknown_option_is_a_usage_error(monkeypatch, capsys):
 def test_sweep_writes_json_csv_and_plots(monkeypatch, capsys, tmp_path):
     out = run_ok(monkeypatch, capsys, "sweep-alpha", "--n-examples", "20", "--alphas", "0,0.5,1",
                       "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "out"),
-                      "--json", str(tmp_path / "r.json"))
+                      "--json", str(tmp_path / "r.json"), "--report", str(tmp_path / "report.md"))
     assert "Fixed-alpha sweep" in out
+    report = (tmp_path / "report.md").read_text()
+    # the printed table, whole, and links to both plots relative to the report
+    assert "Fixed-alpha sweep" in report
+    table_lines = [line for line in out.splitlines() if "│" in line]
+    assert table_lines and all(line.rstrip() in report for line in table_lines)
+    assert "![sweep_accuracy](out/sweep_accuracy.png)" in report and "![sweep_tradeoff](out/sweep_tradeoff.png)" in report
     data = json.loads((tmp_path / "r.json").read_text())
     assert [row["alpha"] for row in data["rows"]] == [0.0, 0.5, 1.0]
     assert data["config"]["models"] == {"std": "demo-std", "rob": "demo-rob"} and data["config"]["eps"] == 0.3
@@ -265,3 +271,15 @@ def test_a_bad_config_file_is_one_line(monkeypatch, capsys, tmp_path):
             main()
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_html_report_and_bad_report_names(monkeypatch, capsys, tmp_path):
+    run_ok(monkeypatch, capsys, "margins", "--n-examples", "4", "--steps", "1", "--aa-steps", "1", "--device", "cpu",
+           "--report", str(tmp_path / "margins.html"))
+    page = (tmp_path / "margins.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<h1>asmix margins" in page and "clean" in page
+    monkeypatch.setattr(sys, "argv", ["asmix", "margins", "--report", str(tmp_path / "report.txt")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "must end in .md or .html" in err and len(err.strip().splitlines()) == 1

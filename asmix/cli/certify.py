@@ -13,7 +13,8 @@ from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
                                TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source, print_notes,
-                               run_with_progress, start_device, stdout, write_results)
+                               ReportOption, run_with_progress, start_device, stdout, write_report,
+                               write_results)
 
 DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
@@ -49,6 +50,7 @@ def certify_command(
     seed: SeedOption = 0,
     skip: Annotated[int, typer.Option("--skip", help="Certify every K-th of the examples (Cohen et al.'s --skip).")] = 1,
     out: OutOption = None,
+    report: ReportOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Certified accuracy vs l_2 radius of h_alpha and of h alone, by Thm 3.5 and Thm A.2 (Figures 6, 7)."""
@@ -57,7 +59,7 @@ def certify_command(
     from asmix.report.certify import certify_table, write_certify_outputs
     from asmix.distributed import is_main_process
 
-    check_outputs(json_path=json_path, out_dir=out)
+    check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
                          trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
     config = CertifyConfig(sigma=sigma, n_samples=n_samples, alpha=alpha, match_clean_acc=match_clean_acc,
@@ -72,4 +74,4 @@ def certify_command(
     if not is_main_process():
         return
     stdout.print(certify_table(result))
-    write_results(result, json_path, out, write_certify_outputs)
+    write_report(report, write_results(result, json_path, out, write_certify_outputs))

@@ -9,7 +9,7 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (ReportOption, write_report, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                console, n_examples_option, pair_source, print_notes, run_with_progress, start_device,
@@ -65,6 +65,7 @@ def evaluate_command(
     rob_scale: RobScale = None,
     save_adv: SaveAdv = False,
     out: Out = None,
+    report: ReportOption = None,
     json_path: JsonOption = None,
     robustbench: RobustBench = None,
     model_name: ModelName = "asmix_mixed",
@@ -89,7 +90,7 @@ def evaluate_command(
         default_n_examples = LEADERBOARD_EXAMPLES.get(dataset, 10**9)  # the full test set
         leaderboard_eps = standard_eps(dataset, norm)
         check_outputs(out_dir=robustbench)
-    check_outputs(json_path=json_path, out_file=out)
+    check_outputs(json_path=json_path, out_file=out, report=report)
     if out is not None:
         check_out_path(out)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
@@ -124,8 +125,10 @@ def evaluate_command(
     trail = trail_table(result)
     if trail is not None:
         stdout.print(trail)
+    written = []
     if json_path:
-        console.print(f"wrote {write_evaluate_json(result, json_path)}")
+        written.append(write_evaluate_json(result, json_path))
+        console.print(f"wrote {written[-1]}")
     if out:
         console.print(f"wrote {out}")
     if robustbench is not None:
@@ -134,6 +137,8 @@ def evaluate_command(
         deviations = protocol_deviations(result, dataset, leaderboard_eps)
         for path in write_robustbench(result, robustbench, dataset=dataset, model_name=model_name,
                                       deviations=deviations):
+            written.append(path)
             console.print(f"wrote {path}")
         for deviation in deviations:
             console.print(f"note: not the leaderboard protocol: {deviation}", highlight=False)
+    write_report(report, written)

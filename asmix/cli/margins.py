@@ -13,7 +13,7 @@ from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, Datas
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
                                SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                n_examples_option, pair_source, print_notes, run_with_progress, start_device, stdout,
-                               write_results)
+                               write_report, write_results, ReportOption)
 
 DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
@@ -53,6 +53,7 @@ def margins_command(
     seed: SeedOption = 0,
     mix_space: Annotated[str, typer.Option("--mix-space", metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
     out: OutOption = None,
+    report: ReportOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Accuracy and confidence gaps of g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs (Table 1)."""
@@ -61,7 +62,7 @@ def margins_command(
     from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
     from asmix.distributed import is_main_process
 
-    check_outputs(json_path=json_path, out_dir=out)
+    check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
                          trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
     config = MarginsConfig(attacks=_split(attacks), classifiers=_split(classifiers), norm=source.norm,
@@ -80,4 +81,4 @@ def margins_command(
     table = lipschitz_table(result)
     if table is not None:
         stdout.print(table)
-    write_results(result, json_path, out, write_margins_outputs)
+    write_report(report, write_results(result, json_path, out, write_margins_outputs))

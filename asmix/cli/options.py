@@ -11,7 +11,7 @@ from rich.console import Console
 from asmix.checks import canonical_norm, parse_number
 
 console = Console(stderr=True)
-stdout = Console()
+stdout = Console(record=True)  # recorded, so that --report can save the tables a command printed
 
 
 def number_parser(option: str):
@@ -37,6 +37,7 @@ BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Examples per
 DeviceOption = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda|cuda:N", help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (PGD random starts).")]
 OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSON, CSV and PNG outputs; finished batches wait in its parts/ folder, so rerunning the same command resumes.")]
+ReportOption = Annotated[Optional[Path], typer.Option("--report", help="Also write the printed tables, with links to the PNG plots, as a report: FILE.md or FILE.html.")]
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
 
 
@@ -86,21 +87,24 @@ def run_with_progress(work):
 
 
 def check_outputs(*, json_path: Path | None = None, out_dir: Path | None = None,
-                  out_file: Path | None = None) -> None:
-    """Before any work: every output path a command will write can be written (``--json`` and a file
-    ``--out`` are files, a folder ``--out`` is a folder), so that no result is lost at the end."""
+                  out_file: Path | None = None, report: Path | None = None) -> None:
+    """Before any work: every output path a command will write can be written (``--json``, ``--report`` and a
+    file ``--out`` are files, a folder ``--out`` is a folder), so that no result is lost at the end."""
+    from asmix.errors import AsmixError
     from asmix.io import check_writable_dir, check_writable_file
 
-    for path in (json_path, out_file):
+    if report is not None and report.suffix.lower() not in (".md", ".html"):
+        raise AsmixError(f"--report {report}: the file must end in .md or .html")
+    for path in (json_path, out_file, report):
         if path is not None:
             check_writable_file(path)
     if out_dir is not None:
         check_writable_dir(out_dir)
 
 
-def write_results(result, json_path: Path | None, out: Path | None, write_outputs) -> None:
+def write_results(result, json_path: Path | None, out: Path | None, write_outputs) -> list[Path]:
     """Write a result's ``--json`` file and its ``--out`` folder (``write_outputs(result, out)``), saying
-    where; a write that fails is one ``AsmixError`` line naming the path."""
+    where, and return the paths; a write that fails is one ``AsmixError`` line naming the path."""
     from asmix.io import write_error
     from asmix.report import write_json
 
@@ -115,6 +119,16 @@ def write_results(result, json_path: Path | None, out: Path | None, write_output
         raise write_error(error.filename or target, error) from error
     for path in paths:
         console.print(f"wrote {path}")
+    return paths
+
+
+def write_report(report: Path | None, written: list[Path]) -> None:
+    """``--report``: what the command printed on stdout (its tables) and links to the PNG plots it wrote."""
+    if report is None:
+        return
+    from asmix.report.document import write_report_file
+
+    console.print(f"wrote {write_report_file(report, stdout, [path for path in written if path.suffix == '.png'])}")
 
 
 def print_notes(notes) -> None:

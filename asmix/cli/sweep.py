@@ -13,7 +13,8 @@ from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, Datas
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
                                StepSizeOption, TrustCodeOption, check_outputs, pair_source, print_notes,
-                               run_with_progress, start_device, stdout, write_results)
+                               ReportOption, run_with_progress, start_device, stdout, write_report,
+                               write_results)
 
 
 @app.command("sweep-alpha", epilog=examples(
@@ -43,6 +44,7 @@ def sweep_alpha_command(
     std_scale: Annotated[float, typer.Option("--std-scale", help="Multiply g's logits before the softmax.")] = 1.0,
     rob_scale: Annotated[float, typer.Option("--rob-scale", help="Multiply h's logits before the softmax.")] = 1.0,
     out: OutOption = None,
+    report: ReportOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Accuracy vs fixed alpha, clean and under PGD crafted on g (STD), h (ROB) and the mix (MIX)."""
@@ -51,7 +53,7 @@ def sweep_alpha_command(
     from asmix.report.sweep import sweep_table, write_sweep_outputs
     from asmix.distributed import is_main_process
 
-    check_outputs(json_path=json_path, out_dir=out)
+    check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
                          trust_code=trust_code)
     config = SweepConfig(alphas=parse_alphas(alphas), attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
@@ -66,4 +68,4 @@ def sweep_alpha_command(
     if not is_main_process():
         return
     stdout.print(sweep_table(result))
-    write_results(result, json_path, out, write_sweep_outputs)
+    write_report(report, write_results(result, json_path, out, write_sweep_outputs))

@@ -9,7 +9,7 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
+from asmix.cli.options import (ReportOption, write_report, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
                                NExamplesOption, NormOption, RobOption, RobWeightsOption, SeedOption, StdOption,
                                StdWeightsOption, TrustCodeOption, check_outputs, console, number_parser, pair_source,
                                print_notes, progress_callback, stdout)
@@ -79,6 +79,7 @@ def train_mixer_command(
     resume: Annotated[bool, _option("--resume/--no-resume", "Continue from the checkpoint in --out.")] = False,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
+    report: ReportOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Train the mixing network on clean and attacked images; launch with torchrun for several GPUs."""
@@ -91,7 +92,7 @@ def train_mixer_command(
     from asmix.report.train import epoch_line, history_table, selection_line, verdict_table, write_train_outputs
     from asmix.runtime import resolve_device
 
-    check_outputs(json_path=json_path, out_dir=out)
+    check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
                          trust_code=trust_code)
     size = default_run_size(dataset)
@@ -146,3 +147,4 @@ def train_mixer_command(
         console.print(f"wrote {path}")
     card = write_mixer_card(out)
     console.print(f"wrote {out / 'mixer.safetensors'}, {out / 'mixer.json'} and the model card {card}")
+    write_report(report, [card])
