@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (BatchSizeOption, CalibrationOption, FamilyOption, RobMapOption, mix_choice,
+                               DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                console, n_examples_option, pair_source, progress_callback, stdout)
@@ -57,6 +58,9 @@ def evaluate_command(
     square_queries: SquareQueries = 5000,
     std_scale: StdScale = None,
     rob_scale: RobScale = None,
+    rob_map: RobMapOption = None,
+    calibration: CalibrationOption = None,
+    family: FamilyOption = "nuts",
     save_adv: SaveAdv = False,
     out: Out = None,
     json_path: JsonOption = None,
@@ -73,6 +77,11 @@ def evaluate_command(
     attacks = parse_attacks(attack)
     if alpha is not None and mixer is not None:
         raise AsmixError("give either --alpha (fixed) or --mixer (adaptive), not both")
+    if calibration is not None and mixer is not None:
+        raise AsmixError("give either --calibration or --mixer, not both")
+    choice = mix_choice(rob_map, calibration, family, std=std, rob=rob, alpha=alpha)
+    if choice is not None:
+        alpha = choice.alpha if mixer is None else None
     check_outputs(json_path=json_path, out_file=out)
     if out is not None:
         check_out_path(out)
@@ -89,7 +98,9 @@ def evaluate_command(
                         batch_size=batch_size, seed=seed, alpha_weight=alpha_weight, square_queries=square_queries,
                         save_adv=save_adv,
                         std_scale=std_scale if std_scale is not None else float(training.get("std_scale", 1.0)),
-                        rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)))
+                        rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)),
+                        std_temperature=choice.std_temperature if choice else 1.0,
+                        rob_map=choice.rob_map if choice else None)
     device_ = resolve_device(device)
     distributed.init_distributed(device_)
     device_ = distributed.local_device(device_)
