@@ -191,16 +191,17 @@ class Calibration:
     models: dict[str, str]
     families: dict[str, MixChoice]
     target_clean_acc: float | None = None
+    source: str = "the calibration"
 
     def choice(self, family: str) -> MixChoice:
         if family not in self.families:
-            raise AsmixError(f"the calibration has no {family!r} family (it has {', '.join(self.families) or 'none'})")
+            raise AsmixError(f"{self.source} has no {family!r} family (it has {', '.join(self.families)})")
         return self.families[family]
 
     def check_models(self, std: str, rob: str) -> None:
         made = (self.models.get("std"), self.models.get("rob"))
         if made != (std, rob):
-            raise AsmixError(f"the calibration was made for --std {made[0]} --rob {made[1]}, not {std} / {rob}")
+            raise AsmixError(f"{self.source} was made for --std {made[0]} --rob {made[1]}, not {std} / {rob}")
 
 
 def load_calibration(path: str | Path) -> Calibration:
@@ -240,7 +241,7 @@ def load_calibration(path: str | Path) -> Calibration:
             families[name] = MixChoice(float(alpha), entry.get("std_temperature", 1.0),
                                        None if rob_map is None else NutsMap.from_dict(rob_map))
         target = data.get("config", {}).get("target_clean_acc") if isinstance(data.get("config"), dict) else None
-        return Calibration({k: str(v) for k, v in models.items()}, families, target)
+        return Calibration({k: str(v) for k, v in models.items()}, families, target, f"calibration {path}")
     except AsmixError as error:
         raise AsmixError(f"calibration {path}: {error}") from error
 
