@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,11 +87,14 @@ def correct_intervals(std_probs: torch.Tensor, rob_probs: torch.Tensor, y: torch
     return lo, hi
 
 
-def robust_thresholds(rob_probs_attacked: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def attacked_margin(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """True-class margin p_y - max_{i != y} p_i per example (Lemma 3.2's margin)."""
+    true = probs.gather(1, y[:, None])[:, 0]
+    return true - probs.scatter(1, y[:, None], -1.0).max(dim=1).values
+
+
+def robust_thresholds(margin: torch.Tensor) -> torch.Tensor:
     """Per example, the smallest alpha at which Lemma 3.2 holds, 1/(1 + m) for margin m > 0, else inf."""
-    true = rob_probs_attacked.gather(1, y[:, None])[:, 0]
-    others = rob_probs_attacked.scatter(1, y[:, None], -1.0).max(dim=1).values
-    margin = true - others
     return torch.where(margin > 0, 1.0 / (1.0 + margin.clamp_min(1e-300)), torch.full_like(margin, math.inf))
 
 
@@ -145,10 +148,8 @@ class SearchCache:
         probs = torch.softmax(mapped, 1)
         clean_probs, attacked_probs = probs[:self.n], probs[self.n:]
         lo, hi = correct_intervals(self.std_probs, clean_probs, self.y)
-        true = attacked_probs.gather(1, self.y[:, None])[:, 0]
-        margin = true - attacked_probs.scatter(1, self.y[:, None], -1.0).max(dim=1).values
-        thresholds = torch.where(margin > 0, 1.0 / (1.0 + margin.clamp_min(1e-300)), torch.full_like(margin, math.inf))
-        return (*operating_points(lo, hi, thresholds), margin)
+        margin = attacked_margin(attacked_probs, self.y)
+        return (*operating_points(lo, hi, robust_thresholds(margin)), margin)
 
     def score(self, rob_map: NutsMap, target: float) -> tuple[float, Operating, bool]:
         """The search objective of a map: the robust estimate at its best alpha (minus 1 where the target
@@ -251,6 +252,3 @@ def calibration_dict(models: dict[str, str], config: dict, families: dict[str, F
     return {"format": FORMAT, "version": VERSION, "models": models, "config": config,
             "families": {name: entry.to_dict() for name, entry in families.items()}, **extra}
 
-
-def operating_dict(point: Operating) -> dict:
-    return asdict(point)

@@ -119,7 +119,7 @@ def calibration_dir(tmp_path_factory):
     argv = sys.argv
     sys.argv = ["asmix", "calibrate", "--n-examples", "40", "--aa-steps", "2", "--target-classes", "0",
                 "--grid-size", "2", "--no-refine", "--target-clean-acc", "97.5", "--device", "cpu",
-                "--verify", "3", "--square-queries", "5", "--out", str(out)]
+                "--verify", "2", "--square-queries", "5", "--out", str(out)]
     try:
         with pytest.raises(SystemExit) as exit_info:
             main()
@@ -135,7 +135,7 @@ def test_calibrate_writes_json_plot_and_verification(calibration_dir):
     assert set(data["families"]) == {"linear", "nuts"} and data["models"] == {"std": "demo-std", "rob": "demo-rob"}
     nuts = data["families"]["nuts"]
     assert nuts["rob_map"]["scale"] > 0 and nuts["std_temperature"] == 0.0
-    assert [row["n"] for row in data["verification"]] == [3, 3]
+    assert [row["n"] for row in data["verification"]] == [2, 2]
     assert data["config"]["n_examples"] == 40
     loaded = load_calibration(calibration_dir)
     assert loaded.choice("nuts") == MixChoice(nuts["alpha"], 0.0, NutsMap.from_dict(nuts["rob_map"]))

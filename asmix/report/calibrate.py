@@ -13,14 +13,11 @@ CALIBRATION_FILE = "calibration.json"
 PLOT_FILE = "calibration_tradeoff.png"
 
 
-def _mix_text(family) -> str:
+def _map_text(family) -> str:
     choice = family.choice
-    parts = [f"alpha={choice.alpha:.6g}"]
-    if choice.rob_map is not None:
-        parts.append(f"s={choice.rob_map.scale:.4g} p={choice.rob_map.power:.4g} c={choice.rob_map.clamp_bias:.4g}")
-    if choice.std_temperature == 0:
-        parts.append("g hard-max")
-    return " ".join(parts)
+    rob = "h" if choice.rob_map is None else (f"s={choice.rob_map.scale:.3g} p={choice.rob_map.power:.3g} "
+                                              f"c={choice.rob_map.clamp_bias:.3g}")
+    return ("hard-max g, " if choice.std_temperature == 0 else "") + rob
 
 
 def calibrate_table(result) -> Table:
@@ -28,14 +25,14 @@ def calibrate_table(result) -> Table:
     config = result.config
     table = Table(title=f"Calibration · {result.n_examples} examples · target clean {100 * config.target_clean_acc:.2f}% · "
                         f"{config.norm} eps={config.eps:.4g} · h's min-margin APGD-{config.aa_steps}")
-    for column in ("family", "mix", "clean", "robust est.", "meets target", "search s"):
+    for column in ("family", "alpha", "map", "clean", "robust est.", "target met", "search s"):
         table.add_column(column, justify="right")
     base = result.base
-    table.add_row("g alone", "alpha=0", percent(base["std_clean"]), "-", "", "", style="dim")
-    table.add_row("h alone", "alpha=1", percent(base["rob_clean"]), percent(base["rob_attacked"]), "", "", style="dim")
+    table.add_row("g alone", "0", "", percent(base["std_clean"]), "-", "", "", style="dim")
+    table.add_row("h alone", "1", "", percent(base["rob_clean"]), percent(base["rob_attacked"]), "", "", style="dim")
     for name, family in result.families.items():
-        table.add_row(name, _mix_text(family), percent(family.clean), percent(family.robust_estimate),
-                      "yes" if family.meets_target else "NO", f"{family.seconds:.2f}")
+        table.add_row(name, f"{family.choice.alpha:.4f}", _map_text(family), percent(family.clean),
+                      percent(family.robust_estimate), "yes" if family.meets_target else "NO", f"{family.seconds:.2f}")
     timing = result.timing
     table.caption = (f"forward pass of g and h: {timing['forward_g_h']:.2f} s · min-margin attack on h: "
                      f"{timing['attack_h']:.1f} s · searches run no model")
