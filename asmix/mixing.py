@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asmix.errors import AsmixError
+from asmix.nuts import NutsMap
 
 MixSpace = Literal["prob", "logit"]
 MIX_SPACES = ("prob", "logit")
@@ -60,6 +61,17 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
+def check_mix_settings(*, mix_space: str = "prob", rob_scale: float = 1.0, std_temperature: float = 1.0,
+                       rob_map: NutsMap | None = None) -> None:
+    """The settings of a mix fit together (checked before any model runs)."""
+    if mix_space not in MIX_SPACES:
+        raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {mix_space!r}")
+    if not std_temperature >= 0:
+        raise AsmixError(f"std temperature must be >= 0, got {std_temperature}")
+    if rob_map is not None and (mix_space != "prob" or float(rob_scale) != 1.0):
+        raise AsmixError("the nuts rob map needs mix space prob and rob scale 1 (its layer norm cancels a scale)")
+
+
 def std_log_probs(std_logits: torch.Tensor, *, scale: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(scale * g / temperature); temperature 0 is the hard-max of g (App. A.2).
 
@@ -81,14 +93,19 @@ def mix_logits(
     std_scale: float = 1.0,
     rob_scale: float = 1.0,
     std_temperature: float = 1.0,
+    rob_map: NutsMap | None = None,
 ) -> torch.Tensor:
     """Mix base logits into the output of h_alpha (eq. 3.4), stably.
 
     ``prob``: logsumexp([log(1-alpha) + log_softmax(g), log(alpha) + log_softmax(h)]), the log of the
     mixed probabilities, exact at alpha 0 and 1 (then the unused logits may be None).
     ``logit``: (1-alpha) * g + alpha * h, the logit-space ablation of Figure 1.
-    ``alpha`` is a float or a per-example tensor of shape (N,) or (N, 1).
+    ``alpha`` is a float or a per-example tensor of shape (N,) or (N, 1). ``rob_map`` (MixedNUTS,
+    ``asmix.nuts``) replaces ``rob_scale * h`` by the map of h's logits before the softmax.
     """
+    rob_input = (lambda logits: rob_map(logits)) if rob_map is not None else (lambda logits: logits * rob_scale)
+    if rob_map is not None and mix_space != "prob":
+        raise AsmixError("the nuts rob map mixes probabilities: use mix space prob")
     if isinstance(alpha, torch.Tensor):
         alpha = alpha.reshape(-1, 1)
     if mix_space == "logit":
@@ -99,13 +116,13 @@ def mix_logits(
         if alpha == 0.0:
             return std_log_probs(std_logits, scale=std_scale, temperature=std_temperature)
         if alpha == 1.0:
-            return F.log_softmax(rob_logits * rob_scale, dim=1)
+            return F.log_softmax(rob_input(rob_logits), dim=1)
         log_std_weight, log_rob_weight = math.log1p(-alpha), math.log(alpha)
     else:
         log_std_weight = torch.log((1 - alpha).clamp_min(_LOG_FLOOR))
         log_rob_weight = torch.log(alpha.clamp_min(_LOG_FLOOR))
     std_part = log_std_weight + std_log_probs(std_logits, scale=std_scale, temperature=std_temperature)
-    rob_part = log_rob_weight + F.log_softmax(rob_logits * rob_scale, dim=1)
+    rob_part = log_rob_weight + F.log_softmax(rob_input(rob_logits), dim=1)
     return torch.logsumexp(torch.stack((std_part, rob_part)), dim=0)
 
 
@@ -122,7 +139,9 @@ class MixedClassifier(nn.Module):
     ``alpha`` is a float in [0, 1], a per-example tensor, or an ``AlphaSource`` module (the mixing
     network), which is registered as ``alpha_source`` and follows train/eval. At a float alpha of 0
     (or 1) only g (or h) runs. ``std_temperature=0`` uses g's hard-max (App. A.2); ``std_scale``/``rob_scale``
-    multiply the logits before the softmax (App. D.1).
+    multiply the logits before the softmax (App. D.1). ``rob_map`` passes h's logits through the
+    MixedNUTS map (``asmix.nuts.NutsMap``) before the softmax; it replaces ``rob_scale`` (its layer
+    norm would cancel any scale) and mixes in probability space only.
     """
 
     def __init__(
@@ -135,12 +154,10 @@ class MixedClassifier(nn.Module):
         std_scale: float = 1.0,
         rob_scale: float = 1.0,
         std_temperature: float = 1.0,
+        rob_map: NutsMap | None = None,
     ) -> None:
         super().__init__()
-        if mix_space not in MIX_SPACES:
-            raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {mix_space!r}")
-        if std_temperature < 0:
-            raise AsmixError(f"std temperature must be >= 0, got {std_temperature}")
+        check_mix_settings(mix_space=mix_space, rob_scale=rob_scale, std_temperature=std_temperature, rob_map=rob_map)
         self.std = freeze(std)
         self.rob = freeze(rob)
         self.alpha_source: nn.Module | None = None
@@ -153,6 +170,7 @@ class MixedClassifier(nn.Module):
         self.std_scale = float(std_scale)
         self.rob_scale = float(rob_scale)
         self.std_temperature = float(std_temperature)
+        self.rob_map = rob_map
 
     def train(self, mode: bool = True) -> "MixedClassifier":
         """Base models stay in eval mode whatever the mode of the mix."""
@@ -168,7 +186,7 @@ class MixedClassifier(nn.Module):
     def with_alpha(self, alpha: "float | torch.Tensor | AlphaSource") -> "MixedClassifier":
         """The same g and h (shared, not copied) and settings, mixed with another ``alpha``."""
         return MixedClassifier(self.std, self.rob, alpha, mix_space=self.mix_space, std_scale=self.std_scale,
-                               rob_scale=self.rob_scale, std_temperature=self.std_temperature)
+                               rob_scale=self.rob_scale, std_temperature=self.std_temperature, rob_map=self.rob_map)
 
     def parts(self, x: torch.Tensor) -> MixParts:
         """One forward of each base model that ``alpha`` needs, and alpha itself (see ``MixParts``)."""
@@ -200,6 +218,7 @@ class MixedClassifier(nn.Module):
             std_scale=self.std_scale,
             rob_scale=self.rob_scale,
             std_temperature=self.std_temperature,
+            rob_map=self.rob_map,
         )
 
 

@@ -209,7 +209,7 @@ def _help_of(command: str) -> str:
     return " ".join(result.output.replace("│", " ").split())
 
 
-@pytest.mark.parametrize("command", ["sweep-alpha", "train-mixer", "evaluate", "margins", "certify"])
+@pytest.mark.parametrize("command", ["sweep-alpha", "train-mixer", "evaluate", "margins", "certify", "calibrate"])
 def test_help_reads_right(command):
     import typer.main
 

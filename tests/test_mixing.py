@@ -122,3 +122,85 @@ def test_with_alpha_keeps_models_and_settings():
     x = torch.zeros(2, 3)
     expected = reference(STD_LOGITS * 0.5, ROB_LOGITS * 0.5, 0.4)
     np.testing.assert_allclose(other(x).detach().numpy(), expected, atol=1e-6)
+
+
+# MixedNUTS map (asmix.nuts), hand-computed: logits [0, 1, 2] -> mean 1, unbiased var 1 -> LN [-1, 0, 1];
+# c = 0: GELU -> [-0.158655, 0, 0.841345]; p = 2 with sign: [-0.025171, 0, 0.707861]; s = 2: doubled.
+GELU_AT_1 = 0.8413447460685429  # 1 * Phi(1)
+
+
+def test_nuts_map_hand_computed():
+    from asmix.nuts import NutsMap
+
+    out = NutsMap(2.0, 2.0, 0.0)(torch.tensor([[0.0, 1.0, 2.0]]))
+    expected = [-2 * (1 - GELU_AT_1) ** 2, 0.0, 2 * GELU_AT_1 ** 2]
+    assert out.dtype == torch.float32
+    assert out[0].tolist() == pytest.approx(expected, abs=1e-6)
+    # the clamp bias shifts before GELU: c = -1 maps LN value 1 to GELU(0) = 0 and 0 to GELU(-1)
+    out = NutsMap(1.0, 1.0, -1.0)(torch.tensor([[0.0, 1.0, 2.0]]))
+    assert out[0].tolist() == pytest.approx([-0.0455003, -(1 - GELU_AT_1), 0.0], abs=1e-6)
+    # the layer norm makes the map blind to shifts and positive scales of h's logits
+    z = torch.tensor([[0.3, -2.0, 1.5, 0.1]])
+    assert torch.allclose(NutsMap(3.0, 2.5, -0.4)(z), NutsMap(3.0, 2.5, -0.4)(7 * z + 11), atol=1e-5)
+
+
+def test_nuts_map_top_k_statistics():
+    from asmix.nuts import NutsMap
+
+    # ln_k = 2: mean and var from the two largest logits (3, 1): mean 2, var 2 -> (z - 2) / sqrt(2)
+    z = torch.tensor([[3.0, 1.0, -5.0]])
+    out = NutsMap(1.0, 1.0, 10.0, ln_k=2)(z)  # c = 10: GELU is the identity to 1e-20
+    assert out[0].tolist() == pytest.approx([10 + 1 / math.sqrt(2), 10 - 1 / math.sqrt(2), 10 - 7 / math.sqrt(2)],
+                                            abs=1e-5)
+
+
+def test_nuts_mix_matches_formula_and_hardmax():
+    from asmix.nuts import NutsMap
+
+    nuts = NutsMap(1.5, 2.0, -0.5)
+    mapped = nuts(ROB_LOGITS)
+    out = mix_logits(STD_LOGITS, ROB_LOGITS, 0.7, rob_map=nuts)
+    np.testing.assert_allclose(out.numpy(), reference(STD_LOGITS, mapped, 0.7), rtol=1e-6, atol=1e-6)
+    hard = mix_logits(STD_LOGITS, ROB_LOGITS, 0.7, rob_map=nuts, std_temperature=0.0).exp()
+    rob_probs = torch.softmax(mapped, 1)
+    expected = 0.7 * rob_probs + 0.3 * F.one_hot(STD_LOGITS.argmax(1), 3)
+    assert torch.allclose(hard, expected, atol=1e-6)
+
+
+def test_nuts_mixed_classifier_extreme_logits_finite_gradients():
+    from asmix.nuts import NutsMap
+
+    model = LinearImageModel(4, 3)
+    x = torch.rand(3, 1, 2, 2, requires_grad=True)
+    for temperature in (1.0, 0.0):
+        for alpha in (0.3, 0.99, 1.0):
+            mixed = MixedClassifier(_Scaled(model, 1e4), _Scaled(LinearImageModel(4, 3, seed=1), 1e4), alpha,
+                                    std_temperature=temperature, rob_map=NutsMap(5.0, 4.0, -1.1))
+            out = mixed(x)
+            (grad,) = torch.autograd.grad(F.cross_entropy(out, torch.tensor([0, 1, 2])), x)
+            assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+            assert grad.abs().sum() > 0
+    # equal logits (zero variance) and logits of 1e30 stay finite too
+    for logits in (torch.zeros(1, 3), torch.tensor([[1e30, -1e30, 0.0]])):
+        logits.requires_grad_(True)
+        out = mix_logits(torch.zeros(1, 3), logits, 0.5, rob_map=NutsMap(2.0, 3.0, -0.5))
+        (grad,) = torch.autograd.grad(out[0, 0], logits)
+        assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+
+
+def test_nuts_with_alpha_keeps_the_map_and_bad_settings_are_refused():
+    from asmix.nuts import NutsMap, parse_rob_map
+
+    nuts = parse_rob_map("nuts:2,3,-0.5")
+    assert nuts == NutsMap(2.0, 3.0, -0.5) and parse_rob_map("none") is None
+    mixed = MixedClassifier(LinearImageModel(4, 3), LinearImageModel(4, 3), 0.5, rob_map=nuts)
+    assert mixed.with_alpha(0.9).rob_map == nuts
+    for text, message in (("nuts:0,1,0", "scale must be > 0"), ("nuts:1,0.5,0", "power must be >= 1"),
+                          ("nuts:1,2", "needs 3 numbers"), ("gelu:1,2,3", "use nuts:S,P,C"),
+                          ("nuts:1,x,0", "must be numbers"), ("nuts:1,nan,0", "finite number")):
+        with pytest.raises(AsmixError, match=message):
+            parse_rob_map(text)
+    with pytest.raises(AsmixError, match="rob scale 1"):
+        MixedClassifier(LinearImageModel(4, 3), LinearImageModel(4, 3), 0.5, rob_scale=2.0, rob_map=nuts)
+    with pytest.raises(AsmixError, match="mix space prob"):
+        MixedClassifier(LinearImageModel(4, 3), LinearImageModel(4, 3), 0.5, mix_space="logit", rob_map=nuts)

@@ -10,7 +10,7 @@ import typer
 from asmix.checks import canonical_norm
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
+from asmix.cli.options import (BatchSizeOption, CalibrationOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
                                ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
                                TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source, print_notes,
                                ReportOption, run_with_progress, start_device, stdout, write_report,
@@ -37,7 +37,7 @@ def certify_command(
     norm: Annotated[str, typer.Option("--norm", parser=canonical_norm, metavar="linf|l2", help="Threat model used to pick rb: models (certificates are l_2).")] = "l2",
     sigma: Annotated[float, typer.Option("--sigma", parser=number_parser("--sigma"), metavar="SIGMA", help="Gaussian smoothing noise of h, a number or a fraction.")] = 0.25,
     n_samples: Annotated[int, typer.Option("--n-samples", help="Monte Carlo noise samples per example (paper: 10000).")] = 500,
-    alpha: Annotated[float, typer.Option("--alpha", help="Mixing weight of h_alpha (ignored with --match-clean-acc).")] = 0.8,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Mixing weight of h_alpha (default 0.8; ignored with --match-clean-acc).")] = None,
     match_clean_acc: Annotated[bool, typer.Option("--match-clean-acc/--no-match-clean-acc", help="Pick alpha so h_alpha's clean accuracy matches an RS baseline with --baseline-sigma (Fig. 6).")] = False,
     baseline_sigma: Annotated[Optional[float], typer.Option("--baseline-sigma", parser=number_parser("--baseline-sigma"), metavar="SIGMA", help="Noise of the baseline RS model (default sigma/2).")] = None,
     std_hardmax: Annotated[bool, typer.Option("--std-hardmax/--no-std-hardmax", help="Use g's one-hot prediction instead of its softmax (App. A.2).")] = False,
@@ -49,6 +49,7 @@ def certify_command(
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     skip: Annotated[int, typer.Option("--skip", help="Certify every K-th of the examples (Cohen et al.'s --skip).")] = 1,
+    calibration: CalibrationOption = None,
     out: OutOption = None,
     report: ReportOption = None,
     json_path: JsonOption = None,
@@ -62,7 +63,9 @@ def certify_command(
     check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
                          trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
-    config = CertifyConfig(sigma=sigma, n_samples=n_samples, alpha=alpha, match_clean_acc=match_clean_acc,
+    if calibration is not None:
+        alpha, std_hardmax = _calibrated(calibration, alpha, match_clean_acc, std_hardmax, std=std, rob=rob)
+    config = CertifyConfig(sigma=sigma, n_samples=n_samples, alpha=0.8 if alpha is None else alpha, match_clean_acc=match_clean_acc,
                            baseline_sigma=baseline_sigma, std_hardmax=std_hardmax, confidence=confidence,
                            lipschitz_const=lipschitz_const, smoothing_output=smoothing_output,
                            radii=parse_radii(radii), batch_size=batch_size, seed=seed, skip=skip)
@@ -75,3 +78,17 @@ def certify_command(
         return
     stdout.print(certify_table(result))
     write_report(report, write_results(result, json_path, out, write_certify_outputs))
+
+
+def _calibrated(path: Path, alpha, match_clean_acc: bool, std_hardmax: bool, *, std: str, rob: str):
+    """Alpha and g's hard-max from a calibration's fixed-alpha family: Thm 3.5 and A.2 certify eq. 3.4
+    with h's own probabilities, so the MixedNUTS map (which changes h's Lipschitz constant) is not used."""
+    from asmix.calibration import load_calibration
+    from asmix.errors import AsmixError
+
+    if alpha is not None or match_clean_acc:
+        raise AsmixError("give either --calibration or --alpha/--match-clean-acc, not both")
+    loaded = load_calibration(path)
+    loaded.check_models(std, rob)
+    choice = loaded.choice("linear")
+    return choice.alpha, std_hardmax or choice.std_temperature == 0

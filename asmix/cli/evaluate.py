@@ -9,7 +9,8 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (ReportOption, write_report, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (ReportOption, write_report, BatchSizeOption, CalibrationOption, FamilyOption,
+                               RobMapOption, mix_choice, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
                                StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                console, n_examples_option, pair_source, print_notes, run_with_progress, start_device,
@@ -63,6 +64,9 @@ def evaluate_command(
     square_queries: SquareQueries = 5000,
     std_scale: StdScale = None,
     rob_scale: RobScale = None,
+    rob_map: RobMapOption = None,
+    calibration: CalibrationOption = None,
+    family: FamilyOption = "nuts",
     save_adv: SaveAdv = False,
     out: Out = None,
     report: ReportOption = None,
@@ -81,6 +85,11 @@ def evaluate_command(
     attacks = parse_attacks(attack)
     if alpha is not None and mixer is not None:
         raise AsmixError("give either --alpha (fixed) or --mixer (adaptive), not both")
+    if calibration is not None and mixer is not None:
+        raise AsmixError("give either --calibration or --mixer, not both")
+    choice = mix_choice(rob_map, calibration, family, std=std, rob=rob, alpha=alpha)
+    if choice is not None:
+        alpha = choice.alpha if mixer is None else None
     default_n_examples = DEFAULT_N_EXAMPLES
     if robustbench is not None:
         from asmix.data import standard_eps
@@ -107,7 +116,9 @@ def evaluate_command(
                         batch_size=batch_size, seed=seed, alpha_weight=alpha_weight, square_queries=square_queries,
                         save_adv=save_adv,
                         std_scale=std_scale if std_scale is not None else float(training.get("std_scale", 1.0)),
-                        rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)))
+                        rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)),
+                        std_temperature=choice.std_temperature if choice else 1.0,
+                        rob_map=choice.rob_map if choice else None)
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)

@@ -9,7 +9,8 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (BatchSizeOption, CalibrationOption, FamilyOption, RobMapOption, mix_choice,
+                               DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NormOption, OutOption, RobOption, RobWeightsOption,
                                SeedOption, StdOption, StdWeightsOption, StepSizeOption, TrustCodeOption, check_outputs,
                                n_examples_option, pair_source, print_notes, run_with_progress, start_device, stdout,
@@ -45,13 +46,16 @@ def margins_command(
     step_size: StepSizeOption = None,
     aa_steps: Annotated[int, typer.Option("--aa-steps", help="APGD iterations (standard AutoAttack: 100).")] = 20,
     target_classes: Annotated[int, typer.Option("--target-classes", help="APGD-T target classes (standard AutoAttack: 9; 0 skips APGD-T).")] = 2,
-    alpha: Annotated[float, typer.Option("--alpha", help="Mixing weight of h_alpha and of the Lemma 3.2 count.")] = 0.6,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Mixing weight of h_alpha and of the Lemma 3.2 count (default 0.6).")] = None,
     lipschitz: Annotated[bool, typer.Option("--lipschitz/--no-lipschitz", help="Estimate softmax(h)'s local Lipschitz constant (eq. C.1).")] = False,
     lipschitz_classes: Annotated[Optional[int], typer.Option("--lipschitz-classes", help="Only the K most likely other classes (many classes).")] = None,
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     mix_space: Annotated[str, typer.Option("--mix-space", metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
+    rob_map: RobMapOption = None,
+    calibration: CalibrationOption = None,
+    family: FamilyOption = "nuts",
     out: OutOption = None,
     report: ReportOption = None,
     json_path: JsonOption = None,
@@ -65,10 +69,14 @@ def margins_command(
     check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
                          trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
+    choice = mix_choice(rob_map, calibration, family, std=std, rob=rob, alpha=alpha)
+    alpha = choice.alpha if choice is not None else (0.6 if alpha is None else alpha)
     config = MarginsConfig(attacks=_split(attacks), classifiers=_split(classifiers), norm=source.norm,
                            eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
                            aa_steps=aa_steps, target_classes=target_classes, alpha=alpha, lipschitz=lipschitz,
-                           lipschitz_classes=lipschitz_classes, batch_size=batch_size, seed=seed, mix_space=mix_space)
+                           lipschitz_classes=lipschitz_classes, batch_size=batch_size, seed=seed, mix_space=mix_space,
+                           std_temperature=choice.std_temperature if choice else 1.0,
+                           rob_map=choice.rob_map if choice else None)
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)

@@ -39,6 +39,31 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (PGD random
 OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSON, CSV and PNG outputs; finished batches wait in its parts/ folder, so rerunning the same command resumes.")]
 ReportOption = Annotated[Optional[Path], typer.Option("--report", help="Also write the printed tables, with links to the PNG plots, as a report: FILE.md or FILE.html.")]
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
+MIX_PANEL = "Mix (MixedNUTS / calibration)"
+RobMapOption = Annotated[Optional[str], typer.Option("--rob-map", rich_help_panel=MIX_PANEL, help="Map h's logits before mixing: nuts:S,P,C (MixedNUTS scale, power, clamp bias; arXiv 2402.02263).")]
+CalibrationOption = Annotated[Optional[Path], typer.Option("--calibration", rich_help_panel=MIX_PANEL, help="Mix chosen by asmix calibrate (its calibration.json or folder): alpha, h's map, g's hard-max.")]
+FamilyOption = Annotated[str, typer.Option("--family", rich_help_panel=MIX_PANEL, help="Which choice of --calibration: nuts or linear (the fixed alpha).")]
+
+
+def mix_choice(rob_map: str | None, calibration: Path | None, family: str, *, std: str, rob: str,
+               alpha: float | None = None):
+    """The ``MixChoice`` the mix options name, or None without ``--rob-map`` and ``--calibration``:
+    ``--calibration`` (checked against ``--std``/``--rob``) gives the family's alpha, map and g
+    temperature; ``--rob-map`` a map with ``alpha``. Both at once, or ``--alpha`` with a calibration, is an error."""
+    from asmix.calibration import MixChoice, load_calibration
+    from asmix.errors import AsmixError
+    from asmix.nuts import parse_rob_map
+
+    if calibration is None:
+        parsed = parse_rob_map(rob_map)
+        return None if parsed is None else MixChoice(0.5 if alpha is None else alpha, 1.0, parsed)
+    if rob_map is not None:
+        raise AsmixError("give either --rob-map or --calibration, not both (the calibration holds the map)")
+    if alpha is not None:
+        raise AsmixError("give either --alpha or --calibration, not both (the calibration holds alpha)")
+    loaded = load_calibration(calibration)
+    loaded.check_models(std, rob)
+    return loaded.choice(family)
 
 
 def n_examples_option(default: int):

@@ -9,7 +9,8 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
+from asmix.cli.options import (BatchSizeOption, CalibrationOption, FamilyOption, RobMapOption, mix_choice,
+                               DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
                                JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
                                RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
                                StepSizeOption, TrustCodeOption, check_outputs, pair_source, print_notes,
@@ -43,6 +44,9 @@ def sweep_alpha_command(
     mix_space: Annotated[str, typer.Option("--mix-space", metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
     std_scale: Annotated[float, typer.Option("--std-scale", help="Multiply g's logits before the softmax.")] = 1.0,
     rob_scale: Annotated[float, typer.Option("--rob-scale", help="Multiply h's logits before the softmax.")] = 1.0,
+    rob_map: RobMapOption = None,
+    calibration: CalibrationOption = None,
+    family: FamilyOption = "nuts",
     out: OutOption = None,
     report: ReportOption = None,
     json_path: JsonOption = None,
@@ -56,10 +60,16 @@ def sweep_alpha_command(
     check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
                          trust_code=trust_code)
-    config = SweepConfig(alphas=parse_alphas(alphas), attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
+    choice = mix_choice(rob_map, calibration, family, std=std, rob=rob)
+    alpha_grid = parse_alphas(alphas)
+    if calibration is not None:
+        alpha_grid = tuple(sorted(set(alpha_grid) | {choice.alpha}))
+    config = SweepConfig(alphas=alpha_grid, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
                          norm=source.norm, eps=source.default_eps if eps is None else eps, steps=steps,
                          step_size=step_size, batch_size=batch_size, seed=seed, mix_space=mix_space,
-                         std_scale=std_scale, rob_scale=rob_scale)
+                         std_scale=std_scale, rob_scale=rob_scale,
+                         std_temperature=choice.std_temperature if choice else 1.0,
+                         rob_map=choice.rob_map if choice else None)
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)

@@ -29,7 +29,8 @@ from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.io import atomic_write, check_writable_file
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, finish, fingerprint, run_units
-from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha
+from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha, check_mix_settings
+from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
 ATTACKS = ("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob", "aa", "aa-adaptive")
@@ -82,6 +83,8 @@ class EvalConfig:
     mix_space: str = "prob"
     std_scale: float = 1.0
     rob_scale: float = 1.0
+    std_temperature: float = 1.0
+    rob_map: NutsMap | None = None
 
     def __post_init__(self) -> None:
         check_attacks(tuple(self.attacks))
@@ -95,6 +98,8 @@ class EvalConfig:
             raise AsmixError(f"alpha weight must be in [0, 1], got {self.alpha_weight}")
         check_finite(self.std_scale, "std scale")
         check_finite(self.rob_scale, "rob scale")
+        check_mix_settings(mix_space=self.mix_space, rob_scale=self.rob_scale, std_temperature=self.std_temperature,
+                           rob_map=self.rob_map)
         if self.square_queries <= 0:
             raise AsmixError(f"square queries must be positive, got {self.square_queries}")
         self.pgd()
@@ -167,7 +172,8 @@ def evaluate(
         raise AsmixError(f"{len(x)} inputs but {len(y)} labels")
     out_path = check_out_path(out) if out is not None else None
     mixed = MixedClassifier(std, rob, mixer if mixer is not None else config.alpha, mix_space=config.mix_space,
-                            std_scale=config.std_scale, rob_scale=config.rob_scale).to(device).eval()
+                            std_scale=config.std_scale, rob_scale=config.rob_scale,
+                            std_temperature=config.std_temperature, rob_map=config.rob_map).to(device).eval()
     parts = None
     if out_path:
         parts = Parts(out_path.with_name(out_path.name + ".parts"), _fingerprint(config, x, y, mixed, models or {}))

@@ -21,7 +21,8 @@ from asmix.certify import lemma32_threshold, lipschitz_radius_per_class, satisfi
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, finish, fingerprint, run_units
-from asmix.mixing import MixedClassifier, check_alpha
+from asmix.mixing import MixedClassifier, check_alpha, check_mix_settings
+from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
 MODELS = ("std", "rob", "mix")
@@ -49,6 +50,8 @@ class MarginsConfig:
     mix_space: str = "prob"
     std_scale: float = 1.0
     rob_scale: float = 1.0
+    std_temperature: float = 1.0
+    rob_map: NutsMap | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.attacks) - set(INPUTS[1:])
@@ -62,6 +65,8 @@ class MarginsConfig:
         check_batch_size(self.batch_size)
         check_finite(self.std_scale, "std scale")
         check_finite(self.rob_scale, "rob scale")
+        check_mix_settings(mix_space=self.mix_space, rob_scale=self.rob_scale, std_temperature=self.std_temperature,
+                           rob_map=self.rob_map)
         self.pgd()
         if self.aa_steps <= 0:
             raise AsmixError(f"AutoAttack steps must be positive, got {self.aa_steps}")
@@ -207,7 +212,8 @@ def margins(
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     mixed = MixedClassifier(std, rob, config.alpha, mix_space=config.mix_space,
-                            std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
+                            std_scale=config.std_scale, rob_scale=config.rob_scale,
+                            std_temperature=config.std_temperature, rob_map=config.rob_map).to(device)
     parts = None
     if out is not None:
         parts = Parts(Path(out) / "parts", fingerprint(["margins", asdict(config), models or {}],
@@ -267,7 +273,8 @@ def _lemma32_rows(logits: dict, y: torch.Tensor, config: MarginsConfig) -> tuple
     if config.alpha == 0.0:
         return ()
     threshold = lemma32_threshold(config.alpha)
-    rob_margins = {inputs: true_class_margin(value, y) for inputs, value in logits["rob"].items()}
+    rob_map = config.rob_map if config.rob_map is not None else (lambda value: value)
+    rob_margins = {inputs: true_class_margin(rob_map(value), y) for inputs, value in logits["rob"].items()}
     mix_correct = {inputs: value.argmax(dim=1) == y for inputs, value in logits.get("mix", {}).items()}
     if len(rob_margins) > 1:
         rob_margins["worst"] = torch.stack(list(rob_margins.values())).min(dim=0).values

@@ -19,7 +19,8 @@ from asmix.attacks.pgd import PGD, AllIteratesCorrect
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, example_count, finish, fingerprint, run_units
-from asmix.mixing import MixedClassifier, check_alpha
+from asmix.mixing import MixedClassifier, check_alpha, check_mix_settings
+from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
 ATTACKS = ("std", "rob", "mix")
@@ -63,6 +64,8 @@ class SweepConfig:
     mix_space: str = "prob"
     std_scale: float = 1.0
     rob_scale: float = 1.0
+    std_temperature: float = 1.0
+    rob_map: NutsMap | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.attacks) - set(ATTACKS)
@@ -73,6 +76,8 @@ class SweepConfig:
         check_batch_size(self.batch_size)
         check_finite(self.std_scale, "std scale")
         check_finite(self.rob_scale, "rob scale")
+        check_mix_settings(mix_space=self.mix_space, rob_scale=self.rob_scale, std_temperature=self.std_temperature,
+                           rob_map=self.rob_map)
         self.pgd()
 
     def pgd(self) -> PGD:
@@ -138,7 +143,8 @@ def sweep_alpha(
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     mixed = MixedClassifier(std, rob, 0.5, mix_space=config.mix_space,
-                            std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
+                            std_scale=config.std_scale, rob_scale=config.rob_scale,
+                            std_temperature=config.std_temperature, rob_map=config.rob_map).to(device)
     parts = None
     if out is not None:
         parts = Parts(Path(out) / "parts", fingerprint(["sweep-alpha", asdict(config), models or {}],
@@ -216,9 +222,9 @@ class _Unit:
 def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
     """At alpha 0 (1) with unit logit scale, h_alpha's cross-entropy equals g's (h's), so the MIX
     attack is the STD (ROB) attack: all attacks share per-batch random starts, so reuse it."""
-    if alpha == 0.0 and config.std_scale == 1.0:
+    if alpha == 0.0 and config.std_scale == 1.0 and config.std_temperature == 1.0:
         return "std"
-    if alpha == 1.0 and config.rob_scale == 1.0:
+    if alpha == 1.0 and config.rob_scale == 1.0 and config.rob_map is None:
         return "rob"
     return None
 

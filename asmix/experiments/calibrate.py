@@ -1,0 +1,283 @@
+"""``calibrate``: choose, for a target clean accuracy, the fixed alpha (eq. 3.4) and the MixedNUTS map
+and alpha (arXiv 2402.02263) from one pass of cached logits, then optionally verify with AutoAttack.
+
+Phases: ``cache_logits`` (g and h clean, h on its own min-margin APGD inputs, App. D.2) →
+``choose_linear`` and ``choose_nuts`` (grid as the MixedNUTS code, then Nelder-Mead on the same
+objective) → ``verify`` (standard AutoAttack on examples the choice did not see).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from asmix.attacks.autoattack import standard_autoattack
+from asmix.attacks.margin import min_margin_autoattack
+from asmix.calibration import (CachedLogits, FamilyChoice, MixChoice, SearchCache, best_alpha, calibration_dict,
+                               family_curve)
+from asmix.checks import check_finite
+from asmix.errors import AsmixError
+from asmix.mixing import MixedClassifier, freeze
+from asmix.nuts import NutsMap
+from asmix.runtime import ProgressFn, batch_slices, check_batch_size, predict_logits
+
+CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """Settings of ``calibrate``. Ranges are (low, high) of the MixedNUTS grid: s log-spaced, p and c
+    linear, ``grid_size`` values each (the authors' CIFAR-10 initial guess and 8 per axis by default)."""
+
+    target_clean_acc: float = 0.99
+    norm: str = "linf"
+    eps: float = 0.3
+    aa_steps: int = 20
+    target_classes: int = 2
+    grid_size: int = 8
+    scale_range: tuple[float, float] = (0.05, 5.0)
+    power_range: tuple[float, float] = (1.0, 4.0)
+    clamp_bias_range: tuple[float, float] = (-1.1, 0.0)
+    refine: bool = True
+    nuts_std_hardmax: bool = True
+    verify: int = 0
+    square_queries: int = 5000
+    batch_size: int = 250
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < check_finite(self.target_clean_acc, "target clean accuracy") <= 1.0:
+            raise AsmixError(f"target clean accuracy must be in (0, 1] (a fraction), got {self.target_clean_acc}")
+        check_finite(self.eps, "eps")
+        check_batch_size(self.batch_size)
+        if self.grid_size < 1 or self.aa_steps < 1 or self.verify < 0 or self.square_queries < 1:
+            raise AsmixError("grid size, AutoAttack steps and Square queries must be positive, --verify >= 0")
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise AsmixError(f"scale range must satisfy 0 < low <= high, got {self.scale_range}")
+        if not 1 <= self.power_range[0] <= self.power_range[1]:
+            raise AsmixError(f"power range must satisfy 1 <= low <= high, got {self.power_range}")
+        if not self.clamp_bias_range[0] <= self.clamp_bias_range[1]:
+            raise AsmixError(f"clamp bias range must satisfy low <= high, got {self.clamp_bias_range}")
+
+    @property
+    def nuts_std_temperature(self) -> float:
+        return 0.0 if self.nuts_std_hardmax else 1.0
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One family's chosen mix measured with standard AutoAttack on ``n`` examples the choice did not see."""
+
+    family: str
+    n: int
+    clean: float
+    autoattack: float
+    estimate_clean: float
+    estimate_robust: float
+    trail: dict[str, float]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CalibrateResult:
+    """The choices, their trade-off curves over alpha on the calibration examples, and the timing.
+
+    ``timing``: seconds of one forward pass of g and h over the calibration examples, of the
+    min-margin attack, and of each family's search (which runs no model)."""
+
+    config: CalibrateConfig
+    n_examples: int
+    families: dict[str, FamilyChoice]
+    curves: dict[str, dict[str, list[float]]]
+    base: dict[str, float]
+    timing: dict[str, float]
+    verification: tuple[Verification, ...] = ()
+    models: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        config = asdict(self.config) | {"n_examples": self.n_examples}
+        return calibration_dict(self.models, config, self.families, {
+            "base": self.base, "timing": self.timing, "curves": self.curves,
+            "verification": [asdict(v) for v in self.verification]})
+
+
+@contextmanager
+def one_thread():
+    """Run the search on one intra-op thread: its tensors are N x C, where spreading each op over
+    threads costs more than it saves (20x slower on two busy cores, measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def cache_logits(std: nn.Module, rob: nn.Module, x: torch.Tensor, y: torch.Tensor, config: CalibrateConfig, *,
+                 device: torch.device, progress: ProgressFn | None = None) -> tuple[CachedLogits, dict[str, float]]:
+    """One pass: g's and h's clean logits and h's logits on its min-margin APGD-CE/APGD-T inputs."""
+    start = time.perf_counter()
+    std_clean = predict_logits(std, x, batch_size=config.batch_size, device=device, progress=progress, task="clean g")
+    rob_clean = predict_logits(rob, x, batch_size=config.batch_size, device=device, progress=progress, task="clean h")
+    forward = time.perf_counter() - start
+    attacked = []
+    for part in batch_slices(len(x), config.batch_size):
+        x_adv, _ = min_margin_autoattack(rob, x[part].to(device), y[part].to(device), eps=config.eps,
+                                         norm=config.norm, steps=config.aa_steps,
+                                         target_classes=config.target_classes, seed=config.seed + part.start)
+        with torch.no_grad():
+            attacked.append(rob(x_adv).float().cpu())
+        if progress:
+            progress("min-margin attack on h", part.stop, len(x))
+    attack = time.perf_counter() - start - forward
+    cached = CachedLogits(std_clean.double(), rob_clean.double(), torch.cat(attacked).double(), y.cpu())
+    return cached, {"forward_g_h": forward, "attack_h": attack}
+
+
+def _curve(alphas: np.ndarray, clean: np.ndarray, robust: np.ndarray) -> dict[str, list[float]]:
+    keep = np.unique(np.linspace(0, len(alphas) - 1, min(CURVE_POINTS, len(alphas))).round().astype(int))
+    return {"alpha": alphas[keep].tolist(), "clean": clean[keep].tolist(), "robust_estimate": robust[keep].tolist()}
+
+
+def choose_linear(cached: CachedLogits, config: CalibrateConfig) -> tuple[FamilyChoice, dict]:
+    """The fixed alpha of eq. 3.4 (softmax g, raw h) with the best robust estimate at the target."""
+    start = time.perf_counter()
+    alphas, clean, robust = family_curve(cached, None, 1.0)
+    point, meets = best_alpha(alphas, clean, robust, config.target_clean_acc)
+    seconds = time.perf_counter() - start
+    return FamilyChoice("linear", MixChoice(point.alpha), point.clean, point.robust_estimate, meets, seconds,
+                        {"candidates": int(len(alphas))}), _curve(alphas, clean, robust)
+
+
+def grid(config: CalibrateConfig) -> list[tuple[float, float, float]]:
+    """The MixedNUTS code's grid: s log-spaced, c and p linear, ``grid_size`` values each."""
+    n = config.grid_size
+    scales = np.logspace(np.log10(config.scale_range[0]), np.log10(config.scale_range[1]), n)
+    powers = np.linspace(*config.power_range, n)
+    biases = np.linspace(*config.clamp_bias_range, n)
+    return [(float(s), float(p), float(c)) for s in scales for p in powers for c in biases]
+
+
+def choose_nuts(cached: CachedLogits, config: CalibrateConfig, *,
+                progress: ProgressFn | None = None) -> tuple[FamilyChoice, dict]:
+    """MixedNUTS's (s, p, c, alpha): the best grid point, then Nelder-Mead over (log s, p, c) from it on
+    the same objective (``asmix.calibration.score``); alpha is exact for each map. The refined point is
+    kept only where it scores higher."""
+    start = time.perf_counter()
+    temperature = config.nuts_std_temperature
+    search = SearchCache(cached, temperature)
+    candidates = grid(config)
+    best = None
+    for position, (s, p, c) in enumerate(candidates):
+        value, point, meets = search.score(NutsMap(s, p, c), config.target_clean_acc)
+        if best is None or value > best[0]:
+            best = (value, (s, p, c), point, meets)
+        if progress and (position + 1) % 32 == 0 or progress and position + 1 == len(candidates):
+            progress("nuts grid", position + 1, len(candidates))
+    grid_value, grid_params, _, _ = best
+    evaluations = len(candidates)
+    if config.refine:
+        best, used = _refine(search, config, best)
+        evaluations += used
+    value, (s, p, c), point, meets = best
+    nuts = NutsMap(s, p, c)
+    alphas, clean, robust, _ = search.curve(nuts)
+    seconds = time.perf_counter() - start
+    details = {"grid_best": {"scale": grid_params[0], "power": grid_params[1], "clamp_bias": grid_params[2],
+                             "score": grid_value},
+               "refined_score": value, "refined": config.refine and value > grid_value,
+               "maps_evaluated": evaluations}
+    return (FamilyChoice("nuts", MixChoice(point.alpha, temperature, nuts), point.clean, point.robust_estimate,
+                         meets, seconds, details), _curve(alphas, clean, robust))
+
+
+def _refine(search: SearchCache, config: CalibrateConfig, best):
+    """Nelder-Mead (scipy) over (log s, p, c) from the best grid point; p is held >= 1 by reflection."""
+    from scipy.optimize import minimize
+
+    target = config.target_clean_acc
+    found = {"best": best, "count": 0}
+
+    def params(v):
+        return float(math.exp(v[0])), float(1 + abs(v[1] - 1)), float(v[2])
+
+    def objective(v):
+        if not np.all(np.isfinite(v)) or abs(v[0]) > 20 or abs(v[1]) > 50 or abs(v[2]) > 50:
+            return 10.0
+        s, p, c = params(v)
+        value, point, meets = search.score(NutsMap(s, p, c), target)
+        found["count"] += 1
+        if value > found["best"][0]:
+            found["best"] = (value, (s, p, c), point, meets)
+        return -value
+
+    s0, p0, c0 = best[1]
+    n = max(config.grid_size - 1, 1)
+    steps = (math.log(config.scale_range[1] / config.scale_range[0]) / n or 0.5,
+             (config.power_range[1] - config.power_range[0]) / n or 0.25,
+             (config.clamp_bias_range[1] - config.clamp_bias_range[0]) / n or 0.1)
+    x0 = np.array([math.log(s0), p0, c0])
+    simplex = np.stack([x0] + [x0 + np.eye(3)[k] * steps[k] for k in range(3)])
+    minimize(objective, x0, method="Nelder-Mead",
+             options={"initial_simplex": simplex, "maxfev": 300, "xatol": 1e-3, "fatol": 1e-9})
+    return found["best"], found["count"]
+
+
+def verify(std: nn.Module, rob: nn.Module, x: torch.Tensor, y: torch.Tensor, families: dict[str, FamilyChoice],
+           config: CalibrateConfig, *, device: torch.device, progress: ProgressFn | None = None) -> tuple[Verification, ...]:
+    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5000 queries unless ``square_queries``) end to
+    end on each family's mix, on examples the choice did not see."""
+    rows = []
+    for name, family in families.items():
+        choice = family.choice
+        mixed = MixedClassifier(std, rob, choice.alpha, std_temperature=choice.std_temperature,
+                                rob_map=choice.rob_map).to(device).eval()
+        start, flags = time.perf_counter(), []
+        for part in batch_slices(len(x), config.batch_size):
+            run = standard_autoattack(mixed, x[part].to(device), y[part].to(device), eps=config.eps,
+                                      norm=config.norm, seed=config.seed + part.start,
+                                      square_queries=config.square_queries)
+            flags.append(run.robust)
+            if progress:
+                progress(f"AutoAttack on {name}", part.stop, len(x))
+        robust = torch.cat(flags).float()
+        stages = ("clean", "apgd-ce", "apgd-t", "fab-t", "square")
+        rows.append(Verification(name, len(x), robust[:, 0].mean().item(), robust[:, -1].mean().item(),
+                                 family.clean, family.robust_estimate,
+                                 {stage: robust[:, k].mean().item() for k, stage in enumerate(stages)},
+                                 time.perf_counter() - start))
+    return tuple(rows)
+
+
+def calibrate(std: nn.Module, rob: nn.Module, x: torch.Tensor, y: torch.Tensor, config: CalibrateConfig = CalibrateConfig(),
+              *, x_verify: torch.Tensor | None = None, y_verify: torch.Tensor | None = None,
+              device: torch.device = torch.device("cpu"), progress: ProgressFn | None = None,
+              models: dict[str, str] | None = None) -> CalibrateResult:
+    """Choose each family's mix for ``config.target_clean_acc`` on (x, y); with ``x_verify`` (examples
+    not in x), measure each choice with standard AutoAttack."""
+    if len(x) == 0:
+        raise AsmixError("no calibration examples")
+    std, rob = freeze(std).to(device), freeze(rob).to(device)
+    cached, timing = cache_logits(std, rob, x, y, config, device=device, progress=progress)
+    with one_thread():
+        linear, linear_curve = choose_linear(cached, config)
+        nuts, nuts_curve = choose_nuts(cached, config, progress=progress)
+    timing |= {"search_linear": linear.seconds, "search_nuts": nuts.seconds}
+    y_cpu = cached.y
+    h_attacked = (cached.rob_attacked.argmax(1) == y_cpu).double().mean().item()
+    base = {"std_clean": (cached.std_clean.argmax(1) == y_cpu).double().mean().item(),
+            "rob_clean": (cached.rob_clean.argmax(1) == y_cpu).double().mean().item(),
+            "rob_attacked": h_attacked}
+    families = {"linear": linear, "nuts": nuts}
+    verification = ()
+    if x_verify is not None and len(x_verify):
+        verification = verify(std, rob, x_verify, y_verify, families, config, device=device, progress=progress)
+    return CalibrateResult(config, len(x), families, {"linear": linear_curve, "nuts": nuts_curve}, base, timing,
+                           verification, models or {})
