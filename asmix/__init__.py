@@ -13,21 +13,30 @@ from typing import Any
 from asmix.errors import AsmixError
 
 _EXPORTS = {
-    "MixedClassifier": "asmix.mixing", "mix_logits": "asmix.mixing",
+    "MixedClassifier": "asmix.mixing",
+    "mix_logits": "asmix.mixing",
     "load_model": "asmix.models",
     "load_data": "asmix.data",
     "PGD": "asmix.attacks.pgd",
-    "MixingNetwork": "asmix.mixer", "load_mixer": "asmix.mixer", "save_mixer": "asmix.mixer",
-    "SweepConfig": "asmix.experiments.sweep", "SweepResult": "asmix.experiments.sweep",
+    "MixingNetwork": "asmix.mixer",
+    "load_mixer": "asmix.mixer",
+    "save_mixer": "asmix.mixer",
+    "SweepConfig": "asmix.experiments.sweep",
+    "SweepResult": "asmix.experiments.sweep",
     "sweep_alpha": "asmix.experiments.sweep",
-    "TrainConfig": "asmix.experiments.train", "TrainResult": "asmix.experiments.train",
-    "judge": "asmix.experiments.train", "select_head": "asmix.experiments.train",
+    "TrainConfig": "asmix.experiments.train",
+    "TrainResult": "asmix.experiments.train",
+    "judge": "asmix.experiments.train",
+    "select_head": "asmix.experiments.train",
     "train_mixer": "asmix.experiments.train",
-    "EvalConfig": "asmix.experiments.evaluate", "EvalResult": "asmix.experiments.evaluate",
+    "EvalConfig": "asmix.experiments.evaluate",
+    "EvalResult": "asmix.experiments.evaluate",
     "evaluate": "asmix.experiments.evaluate",
-    "MarginsConfig": "asmix.experiments.margins", "MarginsResult": "asmix.experiments.margins",
+    "MarginsConfig": "asmix.experiments.margins",
+    "MarginsResult": "asmix.experiments.margins",
     "margins": "asmix.experiments.margins",
-    "CertifyConfig": "asmix.experiments.certify", "CertifyResult": "asmix.experiments.certify",
+    "CertifyConfig": "asmix.experiments.certify",
+    "CertifyResult": "asmix.experiments.certify",
 }
 
 __all__ = ["AsmixError", *sorted(_EXPORTS)]

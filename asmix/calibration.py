@@ -42,13 +42,19 @@ class MixChoice:
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
-        if not (isinstance(self.std_temperature, (int, float)) and math.isfinite(self.std_temperature)
-                and self.std_temperature >= 0):
+        if not (
+            isinstance(self.std_temperature, (int, float))
+            and math.isfinite(self.std_temperature)
+            and self.std_temperature >= 0
+        ):
             raise AsmixError(f"std temperature must be a number >= 0, got {self.std_temperature!r}")
 
     def to_dict(self) -> dict:
-        return {"alpha": self.alpha, "std_temperature": self.std_temperature,
-                "rob_map": None if self.rob_map is None else self.rob_map.to_dict()}
+        return {
+            "alpha": self.alpha,
+            "std_temperature": self.std_temperature,
+            "rob_map": None if self.rob_map is None else self.rob_map.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,9 @@ class Operating:
     robust_estimate: float
 
 
-def correct_intervals(std_probs: torch.Tensor, rob_probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def correct_intervals(
+    std_probs: torch.Tensor, rob_probs: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example, (lo, hi) with argmax((1 - a) p_g + a p_h) == y iff lo < a < hi (ties excluded)."""
     d0 = std_probs.gather(1, y[:, None]) - std_probs  # value at alpha 0, per class
     d1 = rob_probs.gather(1, y[:, None]) - rob_probs  # value at alpha 1
@@ -98,7 +106,9 @@ def robust_thresholds(margin: torch.Tensor) -> torch.Tensor:
     return torch.where(margin > 0, 1.0 / (1.0 + margin.clamp_min(1e-300)), torch.full_like(margin, math.inf))
 
 
-def operating_points(lo: torch.Tensor, hi: torch.Tensor, thresholds: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def operating_points(
+    lo: torch.Tensor, hi: torch.Tensor, thresholds: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every alpha where clean accuracy or the robust estimate can change (the interval ends and the
     robust thresholds in [0, 1], and 0 and 1) and the middle of each open cell between them, with both
     values there. Returns (alphas, clean, robust), sorted by alpha."""
@@ -146,7 +156,7 @@ class SearchCache:
         """(alphas, clean, robust, attacked margins of the mapped h) for one map (None: h itself)."""
         mapped = self.rob if rob_map is None else rob_map.from_normed(self.normed)
         probs = torch.softmax(mapped, 1)
-        clean_probs, attacked_probs = probs[:self.n], probs[self.n:]
+        clean_probs, attacked_probs = probs[: self.n], probs[self.n :]
         lo, hi = correct_intervals(self.std_probs, clean_probs, self.y)
         margin = attacked_margin(attacked_probs, self.y)
         return (*operating_points(lo, hi, robust_thresholds(margin)), margin)
@@ -162,7 +172,9 @@ class SearchCache:
         return point.robust_estimate + (0.0 if meets else -1.0) + 0.4 / self.n * tie, point, meets
 
 
-def score(cached: CachedLogits, rob_map: NutsMap, std_temperature: float, target: float) -> tuple[float, Operating, bool]:
+def score(
+    cached: CachedLogits, rob_map: NutsMap, std_temperature: float, target: float
+) -> tuple[float, Operating, bool]:
     """``SearchCache.score`` for one map (builds the cache; searches build it once)."""
     return SearchCache(cached, std_temperature, rob_map.ln_k).score(rob_map, target)
 
@@ -180,9 +192,15 @@ class FamilyChoice:
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"family": self.family, **self.choice.to_dict(), "clean": self.clean,
-                "robust_estimate": self.robust_estimate, "meets_target": self.meets_target,
-                "seconds": self.seconds, "details": self.details}
+        return {
+            "family": self.family,
+            **self.choice.to_dict(),
+            "clean": self.clean,
+            "robust_estimate": self.robust_estimate,
+            "meets_target": self.meets_target,
+            "seconds": self.seconds,
+            "details": self.details,
+        }
 
 
 @dataclass(frozen=True)
@@ -223,24 +241,25 @@ def load_calibration(path: str | Path) -> Calibration:
         raise AsmixError(f"calibration {path}: not JSON ({error.msg} at line {error.lineno})") from error
     try:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise AsmixError(f"not an asmix calibration (no \"format\": \"{FORMAT}\")")
+            raise AsmixError(f'not an asmix calibration (no "format": "{FORMAT}")')
         if data.get("version") != VERSION:
             raise AsmixError(f"calibration format version {data.get('version')!r}, this asmix reads {VERSION}")
         models, raw = data.get("models"), data.get("families")
         if not isinstance(models, dict) or not isinstance(raw, dict) or not raw:
-            raise AsmixError("needs \"models\" and a non-empty \"families\" object")
+            raise AsmixError('needs "models" and a non-empty "families" object')
         families = {}
         for name, entry in raw.items():
             if name not in FAMILIES:
                 raise AsmixError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
             if not isinstance(entry, dict) or "alpha" not in entry:
-                raise AsmixError(f"family {name!r} needs an \"alpha\"")
+                raise AsmixError(f'family {name!r} needs an "alpha"')
             alpha = entry["alpha"]
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
                 raise AsmixError(f"family {name!r}: alpha must be a number, got {alpha!r}")
             rob_map = entry.get("rob_map")
-            families[name] = MixChoice(float(alpha), entry.get("std_temperature", 1.0),
-                                       None if rob_map is None else NutsMap.from_dict(rob_map))
+            families[name] = MixChoice(
+                float(alpha), entry.get("std_temperature", 1.0), None if rob_map is None else NutsMap.from_dict(rob_map)
+            )
         target = data.get("config", {}).get("target_clean_acc") if isinstance(data.get("config"), dict) else None
         return Calibration({k: str(v) for k, v in models.items()}, families, target, f"calibration {path}")
     except AsmixError as error:
@@ -249,6 +268,11 @@ def load_calibration(path: str | Path) -> Calibration:
 
 def calibration_dict(models: dict[str, str], config: dict, families: dict[str, FamilyChoice], extra: dict) -> dict:
     """The calibration file's content (``load_calibration`` reads it back)."""
-    return {"format": FORMAT, "version": VERSION, "models": models, "config": config,
-            "families": {name: entry.to_dict() for name, entry in families.items()}, **extra}
-
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "models": models,
+        "config": config,
+        "families": {name: entry.to_dict() for name, entry in families.items()},
+        **extra,
+    }

@@ -74,7 +74,7 @@ def lipschitz_radius(
 def lipschitz_radius_per_class(probs: torch.Tensor, alpha: float, lipschitz: torch.Tensor) -> torch.Tensor:
     """Thm 3.5 (eq. 3.5) with a Lipschitz constant per class, shape (c,) or (N, c):
 
-        r = min_{i != y} (alpha * (p_y - p_i) + alpha - 1) / (alpha * (L_y + L_i)),  y = argmax p
+    r = min_{i != y} (alpha * (p_y - p_i) + alpha - 1) / (alpha * (L_y + L_i)),  y = argmax p
     """
     _check_alpha(alpha)
     if alpha == 0.0:
@@ -130,7 +130,8 @@ def clopper_pearson_lower(successes: torch.Tensor, n: int, error: float) -> torc
     k = torch.as_tensor(successes).double().cpu().numpy()
     bound = beta.ppf(error, k, n - k + 1)
     return torch.nan_to_num(torch.as_tensor(bound, dtype=torch.float64), nan=0.0).where(
-        torch.as_tensor(k) > 0, torch.tensor(0.0, dtype=torch.float64))
+        torch.as_tensor(k) > 0, torch.tensor(0.0, dtype=torch.float64)
+    )
 
 
 def clopper_pearson_upper(successes: torch.Tensor, n: int, error: float) -> torch.Tensor:
@@ -140,7 +141,8 @@ def clopper_pearson_upper(successes: torch.Tensor, n: int, error: float) -> torc
     k = torch.as_tensor(successes).double().cpu().numpy()
     bound = beta.ppf(1.0 - error, k + 1, n - k)
     return torch.nan_to_num(torch.as_tensor(bound, dtype=torch.float64), nan=1.0).where(
-        torch.as_tensor(k) < n, torch.tensor(1.0, dtype=torch.float64))
+        torch.as_tensor(k) < n, torch.tensor(1.0, dtype=torch.float64)
+    )
 
 
 def bounded_top_two(counts: torch.Tensor, n: int, confidence: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,7 +207,7 @@ def smoothed_probabilities(
     means, all_counts = [], []
     total = total if total is not None else len(x) * n_samples
     for index in range(len(x)):
-        point = x[index:index + 1]
+        point = x[index : index + 1]
         summed, counts = None, None
         for part in batch_slices(n_samples, batch_size):
             size = part.stop - part.start

@@ -54,7 +54,9 @@ def import_robustbench() -> types.ModuleType:
             warnings.filterwarnings("ignore", message=".*torch.jit.interface.* is deprecated", category=FutureWarning)
             return importlib.import_module("robustbench")
     except ImportError as error:
-        raise AsmixError(f"RobustBench cannot be imported ({error}); pip install robustbench 'setuptools<81'") from error
+        raise AsmixError(
+            f"RobustBench cannot be imported ({error}); pip install robustbench 'setuptools<81'"
+        ) from error
 
 
 def silence_dependency_warnings() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -48,8 +48,9 @@ def standard_eps(dataset: str, norm: str) -> float:
     """The standard attack radius of ``dataset`` under ``norm``; where there is none, the user must say."""
     info, norm = dataset_info(dataset), check_norm(norm)
     if norm not in info.standard_eps:
-        raise AsmixError(f"{dataset} has no standard {norm} radius (none on RobustBench's or AutoAttack's "
-                         f"leaderboards): give --eps")
+        raise AsmixError(
+            f"{dataset} has no standard {norm} radius (none on RobustBench's or AutoAttack's leaderboards): give --eps"
+        )
     return info.standard_eps[norm]
 
 
@@ -112,7 +113,9 @@ def load_array_file(path: str | Path, x_key: str = "x", y_key: str = "y") -> tup
     except AsmixError:
         raise
     except Exception as error:
-        raise AsmixError(f"cannot read data file {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+        raise AsmixError(
+            f"cannot read data file {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error
     return to_image_tensor(x, source=str(path)), to_label_tensor(y, len(x), source=str(path))
 
 
@@ -150,8 +153,10 @@ def check_labels(y: torch.Tensor, num_classes: int, *, source: str = "data") -> 
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
         first = int(bad.nonzero()[0])
-        raise AsmixError(f"{source}: label {int(y[first])} at index {first} is outside [0, {num_classes}) "
-                         f"({int(bad.sum())} such labels; the models have {num_classes} classes)")
+        raise AsmixError(
+            f"{source}: label {int(y[first])} at index {first} is outside [0, {num_classes}) "
+            f"({int(bad.sum())} such labels; the models have {num_classes} classes)"
+        )
     return y
 
 
@@ -178,7 +183,9 @@ def _load_mnist(data_dir: Path, split: str, n_examples: int | None, preprocessin
     try:
         data = MNIST(str(data_dir), train=split == "train", download=True)
     except Exception as error:
-        raise AsmixError(f"MNIST not found in {data_dir / 'MNIST'} and the download failed; put the raw files there") from error
+        raise AsmixError(
+            f"MNIST not found in {data_dir / 'MNIST'} and the download failed; put the raw files there"
+        ) from error
     return to_image_tensor(data.data), data.targets.long()
 
 
@@ -191,7 +198,9 @@ def _load_cifar(name: str):
             data = dataset_class(str(data_dir), train=split == "train", download=True)
         except Exception as error:
             folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-            raise AsmixError(f"{name} not found in {data_dir / folder} and the download failed; put the extracted dataset there") from error
+            raise AsmixError(
+                f"{name} not found in {data_dir / folder} and the download failed; put the extracted dataset there"
+            ) from error
         return to_image_tensor(data.data[:n_examples]), torch.as_tensor(data.targets[:n_examples]).long()
 
     return load
@@ -220,17 +229,24 @@ def _load_imagenet(data_dir: Path, split: str, n_examples: int | None, preproces
     if split != "test":
         raise AsmixError("only the ImageNet validation split (split 'test') is supported")
     if n_examples is not None and n_examples > IMAGENET_VAL_EXAMPLES:
-        raise AsmixError(f"n-examples {n_examples} is more than the {IMAGENET_VAL_EXAMPLES} ImageNet validation "
-                         f"images RobustBench evaluates on")
+        raise AsmixError(
+            f"n-examples {n_examples} is more than the {IMAGENET_VAL_EXAMPLES} ImageNet validation "
+            f"images RobustBench evaluates on"
+        )
     space = preprocessing.input_space() if preprocessing is not None else imagenet_default_preprocessing()
     folder = data_dir / "val"
     try:
-        x, y = load_imagenet(n_examples=n_examples or IMAGENET_VAL_EXAMPLES, data_dir=str(data_dir),
-                             transforms_test=space.to_torchvision())
+        x, y = load_imagenet(
+            n_examples=n_examples or IMAGENET_VAL_EXAMPLES,
+            data_dir=str(data_dir),
+            transforms_test=space.to_torchvision(),
+        )
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise AsmixError(f"cannot read ImageNet validation images under {folder}: put the ILSVRC2012 validation set "
-                         f"there as {IMAGENET_VAL_LAYOUT}, or pass --data-dir ({reason})") from error
+        raise AsmixError(
+            f"cannot read ImageNet validation images under {folder}: put the ILSVRC2012 validation set "
+            f"there as {IMAGENET_VAL_LAYOUT}, or pass --data-dir ({reason})"
+        ) from error
     return to_image_tensor(x, source=str(folder)), to_label_tensor(y, len(x), source=str(folder))
 
 

@@ -44,7 +44,10 @@ DEFAULT_TAPS: dict[str, tuple[str, str]] = {
 """Architecture class name -> (upstream, middle) module names (relative to the unwrapped network)."""
 
 FALLBACK_TAPS: tuple[tuple[str, str], ...] = (
-    ("layer1", "layer2"), ("stages.0", "stages.1"), ("block1", "block2"), ("layer.0", "layer.1"),
+    ("layer1", "layer2"),
+    ("stages.0", "stages.1"),
+    ("block1", "block2"),
+    ("layer.0", "layer.1"),
     ("layers.0", "layers.1"),
 )
 """Name patterns tried, in order, for architectures not in ``DEFAULT_TAPS``."""
@@ -80,8 +83,11 @@ def candidate_layers(model: nn.Module, max_depth: int = 2, limit: int = 30) -> l
     listed = [entry["module"] for entry in _feature_info(tap_root(model))]
     if listed:
         return listed[:limit]
-    names = [name for name, module in tap_root(model).named_modules()
-             if name and name.count(".") < max_depth and any(True for _ in module.children())]
+    names = [
+        name
+        for name, module in tap_root(model).named_modules()
+        if name and name.count(".") < max_depth and any(True for _ in module.children())
+    ]
     return names[:limit]
 
 
@@ -140,6 +146,7 @@ def capture_features(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[s
     def hook_for(name: str):
         def hook(module, inputs, output):
             captured[name] = output[0] if isinstance(output, (tuple, list)) else output
+
         return hook
 
     handles = [_find_module(model, name).register_forward_hook(hook_for(name)) for name in layers]
@@ -182,12 +189,16 @@ def check_layout(model: nn.Module, name: str, feature: torch.Tensor) -> None:
     root = tap_root(model)
     listed = ", ".join(candidate_layers(model)) or "none"
     if not isinstance(feature, torch.Tensor) or feature.ndim != 4:
-        raise AsmixError(f"tap {name!r} must output a feature map (N, C, H, W), got "
-                         f"{tuple(getattr(feature, 'shape', ())) or type(feature).__name__}; tap one of: {listed}")
+        raise AsmixError(
+            f"tap {name!r} must output a feature map (N, C, H, W), got "
+            f"{tuple(getattr(feature, 'shape', ())) or type(feature).__name__}; tap one of: {listed}"
+        )
     channels = _known_channels(root, name, _find_module(model, name))
     if channels is not None and feature.shape[1] != channels and feature.shape[-1] == channels:
-        raise AsmixError(f"tap {name!r} of {type(root).__name__} outputs channels-last maps {tuple(feature.shape)} "
-                         f"({channels} channels in the last dim); the mixer needs (N, C, H, W): tap one of: {listed}")
+        raise AsmixError(
+            f"tap {name!r} of {type(root).__name__} outputs channels-last maps {tuple(feature.shape)} "
+            f"({channels} channels in the last dim); the mixer needs (N, C, H, W): tap one of: {listed}"
+        )
 
 
 def _known_channels(root: nn.Module, name: str, module: nn.Module) -> int | None:
@@ -212,14 +223,18 @@ _INTERMEDIATES: "weakref.WeakKeyDictionary[nn.Module, dict[str, int]]" = weakref
 """Per tap root: which ``forward_intermediates`` index yields each ``feature_info`` module (found once)."""
 
 
-def _intermediate_indices(model: nn.Module, root: nn.Module, x: torch.Tensor, x_root: torch.Tensor,
-                          layers: Sequence[str]) -> dict[str, int]:
+def _intermediate_indices(
+    model: nn.Module, root: nn.Module, x: torch.Tensor, x_root: torch.Tensor, layers: Sequence[str]
+) -> dict[str, int]:
     """The taps ``forward_intermediates`` serves, with their indices; empty where the network has no
     such method (or its head does not reproduce the model's logits). Indices differ from positions in
     ``feature_info`` (ConvNeXt counts its stem), so the first call matches them by value on one example."""
     listed = [entry["module"] for entry in _feature_info(root)]
-    if not listed or not callable(getattr(root, "forward_intermediates", None)) \
-            or not callable(getattr(root, "forward_head", None)):
+    if (
+        not listed
+        or not callable(getattr(root, "forward_intermediates", None))
+        or not callable(getattr(root, "forward_head", None))
+    ):
         return {}
     if root not in _INTERMEDIATES:
         _INTERMEDIATES[root] = _match_intermediates(model, root, x[:1].detach(), x_root[:1].detach(), listed)
@@ -227,8 +242,9 @@ def _intermediate_indices(model: nn.Module, root: nn.Module, x: torch.Tensor, x_
     return {name: found[name] for name in layers if name in found}
 
 
-def _match_intermediates(model: nn.Module, root: nn.Module, x: torch.Tensor, x_root: torch.Tensor,
-                         listed: list[str]) -> dict[str, int]:
+def _match_intermediates(
+    model: nn.Module, root: nn.Module, x: torch.Tensor, x_root: torch.Tensor, listed: list[str]
+) -> dict[str, int]:
     with torch.no_grad(), capture_features(root, listed) as hooked:
         try:
             final, intermediates = root.forward_intermediates(x_root, indices=None, output_fmt="NCHW")
@@ -254,7 +270,9 @@ def _same_map(output: torch.Tensor, nchw: torch.Tensor) -> bool:
     if output.ndim == 4:
         views = [output, output.permute(0, 3, 1, 2)]
     elif output.ndim == 3 and output.shape[1] >= height * width and output.shape[2] == channels:
-        views = [output[:, output.shape[1] - height * width:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)]
+        views = [
+            output[:, output.shape[1] - height * width :].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        ]
     else:
         return False
     return any(view.shape == nchw.shape and torch.allclose(view, nchw, rtol=1e-4, atol=1e-5) for view in views)
@@ -314,8 +332,11 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn2 = SyncedBatchNorm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-                         if stride != 1 or in_channels != out_channels else None)
+        self.shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+            if stride != 1 or in_channels != out_channels
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
@@ -326,8 +347,12 @@ class PreActBlock(nn.Module):
 
 
 def _stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(*(PreActBlock(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
-                           for i in range(blocks)))
+    return nn.Sequential(
+        *(
+            PreActBlock(in_channels if i == 0 else out_channels, out_channels, stride if i == 0 else 1)
+            for i in range(blocks)
+        )
+    )
 
 
 def resize_to(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -376,7 +401,9 @@ class MixingNetwork(nn.Module):
         mid_channels = self.std_channels[1] + self.rob_channels[1]
         self.width = int(width) if width else max(16, mid_channels // 2)
         if blocks < 1 or stages < 0 or self.width < 1:
-            raise AsmixError(f"mixer needs blocks >= 1, stages >= 0 and width >= 1, got {blocks}, {stages}, {self.width}")
+            raise AsmixError(
+                f"mixer needs blocks >= 1, stages >= 0 and width >= 1, got {blocks}, {stages}, {self.width}"
+            )
         self.blocks, self.stages = int(blocks), int(stages)
         self.scale = float(scale)
         if clamp_std < 0 or not 0 < bn_momentum <= 1:
@@ -386,7 +413,9 @@ class MixingNetwork(nn.Module):
         self.set_alpha_bias(alpha_bias)
         self.upstream = _stage(up_channels, self.width, self.blocks, stride=2)
         self.middle = nn.Conv2d(mid_channels, self.width, 1, bias=False)
-        self.downstream = nn.Sequential(*(_stage(self.width, self.width, self.blocks, stride=2) for _ in range(self.stages)))
+        self.downstream = nn.Sequential(
+            *(_stage(self.width, self.width, self.blocks, stride=2) for _ in range(self.stages))
+        )
         self.head_norm = SyncedBatchNorm(self.width)
         self.linear = nn.Linear(self.width, 1, bias=False)  # a bias would be removed by the BN below
         self.output_norm = SyncedBatchNorm(1, affine=False, momentum=self.bn_momentum)
@@ -410,14 +439,21 @@ class MixingNetwork(nn.Module):
         with torch.no_grad():
             _, std_features = run_with_features(std, x_probe[:1], std_layers)
             _, rob_features = run_with_features(rob, x_probe[:1], rob_layers)
-        return cls([f.shape[1] for f in std_features], [f.shape[1] for f in rob_features],
-                   std_layers=std_layers, rob_layers=rob_layers, **kwargs)
+        return cls(
+            [f.shape[1] for f in std_features],
+            [f.shape[1] for f in rob_features],
+            std_layers=std_layers,
+            rob_layers=rob_layers,
+            **kwargs,
+        )
 
     def set_alpha_range(self, alpha_min: float, alpha_max: float) -> None:
         """The evaluation range (alpha_min, alpha_max) within [0, 1] (App. D.1)."""
         alpha_min, alpha_max = float(alpha_min), float(alpha_max)
         if not 0.0 <= alpha_min <= alpha_max <= 1.0:
-            raise AsmixError(f"alpha range must satisfy 0 <= alpha_min <= alpha_max <= 1, got ({alpha_min}, {alpha_max})")
+            raise AsmixError(
+                f"alpha range must satisfy 0 <= alpha_min <= alpha_max <= 1, got ({alpha_min}, {alpha_max})"
+            )
         self.alpha_min, self.alpha_max = alpha_min, alpha_max
 
     def set_alpha_bias(self, alpha_bias: float) -> None:
@@ -444,13 +480,24 @@ class MixingNetwork(nn.Module):
 
     def architecture(self) -> dict[str, Any]:
         """Everything needed to rebuild this network (stored in mixer.json)."""
-        return {"std_channels": list(self.std_channels), "rob_channels": list(self.rob_channels),
-                "std_layers": list(self.std_layers), "rob_layers": list(self.rob_layers), "width": self.width,
-                "blocks": self.blocks, "stages": self.stages, "scale": self.scale,
-                "alpha_range": [self.alpha_min, self.alpha_max], "alpha_bias": self.alpha_bias,
-                "clamp_std": self.clamp_std, "bn_momentum": self.bn_momentum}
+        return {
+            "std_channels": list(self.std_channels),
+            "rob_channels": list(self.rob_channels),
+            "std_layers": list(self.std_layers),
+            "rob_layers": list(self.rob_layers),
+            "width": self.width,
+            "blocks": self.blocks,
+            "stages": self.stages,
+            "scale": self.scale,
+            "alpha_range": [self.alpha_min, self.alpha_max],
+            "alpha_bias": self.alpha_bias,
+            "clamp_std": self.clamp_std,
+            "bn_momentum": self.bn_momentum,
+        }
 
-    def features(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> tuple[torch.Tensor, torch.Tensor, Features, Features]:
+    def features(
+        self, x: torch.Tensor, std: nn.Module, rob: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor, Features, Features]:
         """One forward of g and of h: (std_logits, rob_logits, std features, rob features)."""
         std_logits, std_features = run_with_features(std, x, self.std_layers)
         rob_logits, rob_features = run_with_features(rob, x, self.rob_layers)
@@ -503,8 +550,14 @@ def _batch_mean_std(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var.sqrt()
 
 
-def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str, Any],
-               std: nn.Module | None = None, rob: nn.Module | None = None) -> Path:
+def save_mixer(
+    mixer: MixingNetwork,
+    directory: str | Path,
+    *,
+    config: dict[str, Any],
+    std: nn.Module | None = None,
+    rob: nn.Module | None = None,
+) -> Path:
     """Write ``mixer.safetensors`` (weights and BN buffers) and ``mixer.json`` (architecture plus
     ``config``: base model specs under ``models``, training settings, data fingerprint) atomically. Given the
     base models ``std`` and ``rob``, the sha256 of their weights goes under ``base_weights``, and loading the
@@ -514,8 +567,7 @@ def save_mixer(mixer: MixingNetwork, directory: str | Path, *, config: dict[str,
     directory = Path(directory)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in mixer.state_dict().items()}
     atomic_write(directory / MIXER_WEIGHTS, lambda path: save_file(state, str(path)))
-    document = {"format": MIXER_FORMAT, "version": MIXER_FORMAT_VERSION, **config,
-                "architecture": mixer.architecture()}
+    document = {"format": MIXER_FORMAT, "version": MIXER_FORMAT_VERSION, **config, "architecture": mixer.architecture()}
     if std is not None and rob is not None:
         document["base_weights"] = base_weights(std, rob)
     atomic_write_json(directory / MIXER_CONFIG, document)
@@ -531,7 +583,7 @@ def resolve_mixer_dir(directory: str | Path) -> Path:
     text = str(directory)
     if not text.startswith(HF_PREFIX):
         return Path(directory)
-    repo_id, _, revision = text[len(HF_PREFIX):].partition("@")
+    repo_id, _, revision = text[len(HF_PREFIX) :].partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise AsmixError(f"mixer {text!r}: use hf:ORG/NAME or hf:ORG/NAME@REVISION")
     from huggingface_hub import snapshot_download
@@ -540,14 +592,22 @@ def resolve_mixer_dir(directory: str | Path) -> Path:
     try:
         return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=True))
     except Exception as error:  # huggingface_hub raises several kinds for "not in the cache"
-        raise AsmixError(f"mixer {text} is not in the local Hugging Face cache {HF_HUB_CACHE}: on a machine with "
-                         f"internet run `huggingface-cli download {repo_id}` and copy the cache here, or pass the "
-                         f"folder that holds mixer.json and mixer.safetensors ({type(error).__name__})") from error
+        raise AsmixError(
+            f"mixer {text} is not in the local Hugging Face cache {HF_HUB_CACHE}: on a machine with "
+            f"internet run `huggingface-cli download {repo_id}` and copy the cache here, or pass the "
+            f"folder that holds mixer.json and mixer.safetensors ({type(error).__name__})"
+        ) from error
 
 
-def load_mixer(directory: str | Path, *, std: str | None = None, rob: str | None = None,
-               std_model: nn.Module | None = None, rob_model: nn.Module | None = None,
-               canonical: Callable[[str], str] = str.strip) -> tuple[MixingNetwork, dict]:
+def load_mixer(
+    directory: str | Path,
+    *,
+    std: str | None = None,
+    rob: str | None = None,
+    std_model: nn.Module | None = None,
+    rob_model: nn.Module | None = None,
+    canonical: Callable[[str], str] = str.strip,
+) -> tuple[MixingNetwork, dict]:
     """Read a saved mixer (eval mode, on CPU) from a folder or ``hf:ORG/NAME`` (``resolve_mixer_dir``) and its
     config; if ``std``/``rob`` specs are given they
     must match the base models it was trained with, compared after ``canonical`` (pass
@@ -592,10 +652,13 @@ def check_base_weights(config: dict[str, Any], std: nn.Module, rob: nn.Module, d
     and is refused too (retrain it, or save it again with ``save_mixer(..., std=, rob=)``)."""
     stored = config.get("base_weights")
     if not isinstance(stored, dict):
-        raise AsmixError(f"mixer in {directory} records no base-model weight hashes (made by an older asmix): "
-                         f"cannot check it was trained with these models; retrain it with asmix train-mixer")
+        raise AsmixError(
+            f"mixer in {directory} records no base-model weight hashes (made by an older asmix): "
+            f"cannot check it was trained with these models; retrain it with asmix train-mixer"
+        )
     differing = differing_models(stored, base_weights(std, rob))
     if differing:
-        raise AsmixError(f"mixer in {directory} was trained with other weights for {describe_roles(differing)} "
-                         f"(sha256 {stored.get(differing[0], 'none')[:12]}...): load the models it was trained with")
-
+        raise AsmixError(
+            f"mixer in {directory} was trained with other weights for {describe_roles(differing)} "
+            f"(sha256 {stored.get(differing[0], 'none')[:12]}...): load the models it was trained with"
+        )

@@ -41,8 +41,7 @@ class AlphaSource(Protocol):
     returns ``MixParts`` with alpha of shape (N,) in [0, 1] and the pre-range ``alpha_logit``.
     """
 
-    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> MixParts:
-        ...
+    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> MixParts: ...
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -61,8 +60,9 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
-def check_mix_settings(*, mix_space: str = "prob", rob_scale: float = 1.0, std_temperature: float = 1.0,
-                       rob_map: NutsMap | None = None) -> None:
+def check_mix_settings(
+    *, mix_space: str = "prob", rob_scale: float = 1.0, std_temperature: float = 1.0, rob_map: NutsMap | None = None
+) -> None:
     """The settings of a mix fit together (checked before any model runs)."""
     if mix_space not in MIX_SPACES:
         raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {mix_space!r}")
@@ -185,16 +185,25 @@ class MixedClassifier(nn.Module):
 
     def with_alpha(self, alpha: "float | torch.Tensor | AlphaSource") -> "MixedClassifier":
         """The same g and h (shared, not copied) and settings, mixed with another ``alpha``."""
-        return MixedClassifier(self.std, self.rob, alpha, mix_space=self.mix_space, std_scale=self.std_scale,
-                               rob_scale=self.rob_scale, std_temperature=self.std_temperature, rob_map=self.rob_map)
+        return MixedClassifier(
+            self.std,
+            self.rob,
+            alpha,
+            mix_space=self.mix_space,
+            std_scale=self.std_scale,
+            rob_scale=self.rob_scale,
+            std_temperature=self.std_temperature,
+            rob_map=self.rob_map,
+        )
 
     def parts(self, x: torch.Tensor) -> MixParts:
         """One forward of each base model that ``alpha`` needs, and alpha itself (see ``MixParts``)."""
         if self.alpha_source is not None:
             return self.alpha_source.run(x, self.std, self.rob)
         alpha = self.alpha
-        return MixParts(None if _is_fixed(alpha, 1.0) else self.std(x),
-                        None if _is_fixed(alpha, 0.0) else self.rob(x), alpha)
+        return MixParts(
+            None if _is_fixed(alpha, 1.0) else self.std(x), None if _is_fixed(alpha, 0.0) else self.rob(x), alpha
+        )
 
     def forward(self, x: torch.Tensor, return_alpha: bool = False):
         """Logits of h_alpha; with ``return_alpha`` also the alpha used per example, shape (N,)."""

@@ -34,8 +34,9 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
-            raise AsmixError(f"preprocessing interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                             f"got {self.interpolation!r}")
+            raise AsmixError(
+                f"preprocessing interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
         if isinstance(self.resize, (list, tuple)):
             object.__setattr__(self, "resize", _pair(self.resize, "resize"))
         if self.crop is not None:
@@ -120,7 +121,7 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = F.pad(x, (pad_left, pad_right, pad_top, pad_bottom))
         height, width = x.shape[-2:]
     top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
-    return x[..., top:top + crop_h, left:left + crop_w]
+    return x[..., top : top + crop_h, left : left + crop_w]
 
 
 def from_torchvision(transform: Any, *, source: str = "") -> Preprocessing:
@@ -154,8 +155,11 @@ def from_timm_config(config: Any, *, source: str = "timm data config") -> Prepro
         raise AsmixError(f"{source}: interpolation {interpolation!r} is not supported (only bilinear, bicubic)")
     if get("crop_mode", "center") not in ("center", None):
         raise AsmixError(f"{source}: crop mode {get('crop_mode')!r} is not supported (only center)")
-    scale = math.floor(height / crop_pct) if height == width else (
-        math.floor(height / crop_pct), math.floor(width / crop_pct))
+    scale = (
+        math.floor(height / crop_pct)
+        if height == width
+        else (math.floor(height / crop_pct), math.floor(width / crop_pct))
+    )
     return Preprocessing(resize=scale, crop=(height, width), interpolation=interpolation, source=source)
 
 

@@ -54,8 +54,10 @@ def main() -> None:
     print(f"(a) forward pass of g and h:        {forward:8.3f} s")
     print(f"(b) linear search (exact in alpha): {linear.seconds:8.3f} s  = {linear.seconds / forward:6.2f} x (a)")
     print(f"(c) MixedNUTS search, {candidates} maps:  {nuts.seconds:8.3f} s  = {nuts.seconds / forward:6.2f} x (a)")
-    print(f"(d) re-running g and h per map:     {candidates * forward:8.1f} s  = {candidates:6d} x (a)"
-          f"  -> the cache saves {candidates * forward / (linear.seconds + nuts.seconds):.0f}x")
+    print(
+        f"(d) re-running g and h per map:     {candidates * forward:8.1f} s  = {candidates:6d} x (a)"
+        f"  -> the cache saves {candidates * forward / (linear.seconds + nuts.seconds):.0f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ def direct_autoattack(args) -> float:
     start = time.perf_counter()
     pair = load_pair(PairSource(std=args.std, rob=args.rob, n_examples=args.n_examples))
     mixed = MixedClassifier(pair.std, pair.rob, args.alpha).eval()
-    adversary = register_autoattack().AutoAttack(mixed, eps=args.eps, norm="Linf", version="standard",
-                                                 device=torch.device("cpu"), seed=0)
+    adversary = register_autoattack().AutoAttack(
+        mixed, eps=args.eps, norm="Linf", version="standard", device=torch.device("cpu"), seed=0
+    )
     adversary.run_standard_evaluation(pair.x, pair.y, batch_size=args.batch_size)
     return time.perf_counter() - start
 
@@ -37,10 +38,30 @@ def asmix_evaluate(args, out_dir: Path, run: int) -> float:
     """``asmix evaluate --attack aa`` through the CLI entry point (in process)."""
     from asmix.cli import main
 
-    sys.argv = ["asmix", "evaluate", "--std", args.std, "--rob", args.rob, "--alpha", str(args.alpha),
-                "--attack", "aa", "--eps", str(args.eps), "--n-examples", str(args.n_examples),
-                "--batch-size", str(args.batch_size), "--device", "cpu",
-                "--json", str(out_dir / f"run{run}.json"), "--out", str(out_dir / f"run{run}.npz")]
+    sys.argv = [
+        "asmix",
+        "evaluate",
+        "--std",
+        args.std,
+        "--rob",
+        args.rob,
+        "--alpha",
+        str(args.alpha),
+        "--attack",
+        "aa",
+        "--eps",
+        str(args.eps),
+        "--n-examples",
+        str(args.n_examples),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        "cpu",
+        "--json",
+        str(out_dir / f"run{run}.json"),
+        "--out",
+        str(out_dir / f"run{run}.npz"),
+    ]
     start = time.perf_counter()
     try:
         main()
@@ -69,12 +90,16 @@ def main() -> None:
         for run in range(args.repeats):
             theirs.append(direct_autoattack(args))
             ours.append(asmix_evaluate(args, Path(folder), run))
-            print(f"run {run}: direct AutoAttack {theirs[-1]:.1f} s, asmix evaluate --attack aa {ours[-1]:.1f} s",
-                  file=sys.stderr)
+            print(
+                f"run {run}: direct AutoAttack {theirs[-1]:.1f} s, asmix evaluate --attack aa {ours[-1]:.1f} s",
+                file=sys.stderr,
+            )
     ratio = statistics.median(ours) / statistics.median(theirs)
-    print(f"std={args.std} rob={args.rob} alpha={args.alpha} n={args.n_examples} batch={args.batch_size}: "
-          f"direct {statistics.median(theirs):.1f} s, asmix evaluate {statistics.median(ours):.1f} s, "
-          f"ratio {ratio:.3f} (goal <= 1.05)")
+    print(
+        f"std={args.std} rob={args.rob} alpha={args.alpha} n={args.n_examples} batch={args.batch_size}: "
+        f"direct {statistics.median(theirs):.1f} s, asmix evaluate {statistics.median(ours):.1f} s, "
+        f"ratio {ratio:.3f} (goal <= 1.05)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,10 @@ def bench_overhead(device: torch.device, batch_size: int, repeats: int) -> None:
         samples["mixed"] += _fwd_bwd_seconds(mixed, x, 1)
     median = {name: statistics.median(values) for name, values in samples.items()}
     parameters = sum(p.numel() for p in mixer.parameters())
-    print(f"timm resnet18 pair, 32x32, batch {batch_size}, {device}, mixer width {mixer.width} ({parameters:,} parameters)")
+    print(
+        f"timm resnet18 pair, 32x32, batch {batch_size}, {device}, mixer width {mixer.width} ({parameters:,} "
+        f"parameters)"
+    )
     for name, seconds in median.items():
         print(f"  fwd+bwd {name:6s} {1000 * seconds:8.2f} ms")
     print(f"  ratio mixed / (g + h) = {median['mixed'] / (median['g'] + median['h']):.3f}   (goal <= 1.25)")
@@ -70,14 +73,33 @@ def bench_training(device: torch.device, batch_size: int, steps: int) -> None:
         rob = load_model("demo-std").to(device)
     x, y = load_data("demo", split="train")
     n_train = batch_size * (steps + 1)
-    print(f"train_mixer throughput on the demo pair, batch {batch_size}, PGD steps 5..10 (A/B), "
-          f"C: 1 + 2 APGD copies of chi-square(10) iterations, {device}")
+    print(
+        f"train_mixer throughput on the demo pair, batch {batch_size}, PGD steps 5..10 (A/B), "
+        f"C: 1 + 2 APGD copies of chi-square(10) iterations, {device}"
+    )
     for setting in ("A", "B", "C"):
         stamps: list[float] = []
-        config = TrainConfig(setting=setting, epochs=1, batch_size=batch_size, steps_range=(5, 10), val_steps=0,
-                             target_classes=2, apgd_steps_df=10)
-        train_mixer(std, rob, x[:n_train], y[:n_train], x[-batch_size:], y[-batch_size:], config, device=device,
-                    judge_mixer=False, on_step=lambda epoch, step: stamps.append(time.perf_counter()))
+        config = TrainConfig(
+            setting=setting,
+            epochs=1,
+            batch_size=batch_size,
+            steps_range=(5, 10),
+            val_steps=0,
+            target_classes=2,
+            apgd_steps_df=10,
+        )
+        train_mixer(
+            std,
+            rob,
+            x[:n_train],
+            y[:n_train],
+            x[-batch_size:],
+            y[-batch_size:],
+            config,
+            device=device,
+            judge_mixer=False,
+            on_step=lambda epoch, step, stamps=stamps: stamps.append(time.perf_counter()),
+        )
         rate = batch_size * (len(stamps) - 1) / (stamps[-1] - stamps[0])
         print(f"  setting {setting}: {rate:8.1f} clean images/s (+ as many attacked)")
 

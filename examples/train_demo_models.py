@@ -307,35 +307,63 @@ def pgd_accuracy(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; path defaults are relative to the repository root."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mnist", type=Path, default=REPO_ROOT / ".." / "shared" / "data" / "mnist.npz",
-                   help="MNIST .npz (x_train, y_train, x_test, y_test; uint8 images)")
+    p.add_argument(
+        "--mnist",
+        type=Path,
+        default=REPO_ROOT / ".." / "shared" / "data" / "mnist.npz",
+        help="MNIST .npz (x_train, y_train, x_test, y_test; uint8 images)",
+    )
     p.add_argument("--out", type=Path, default=REPO_ROOT / "asmix" / "assets", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--std-epochs", type=int, default=5, help="clean training epochs of demo-std")
-    p.add_argument("--train", default="demo-std,demo-rob",
-                   help="models to (re)train; the others keep their weights and model-card entry in --out")
+    p.add_argument(
+        "--train",
+        default="demo-std,demo-rob",
+        help="models to (re)train; the others keep their weights and model-card entry in --out",
+    )
     p.add_argument("--rob-epochs", type=int, default=6, help="adversarial training epochs of demo-rob")
-    p.add_argument("--ramp-epochs", type=float, default=2.0,
-                   help="demo-rob: epochs over which eps ramps linearly from 0 to --eps")
+    p.add_argument(
+        "--ramp-epochs", type=float, default=2.0, help="demo-rob: epochs over which eps ramps linearly from 0 to --eps"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine-decayed to 0)")
     p.add_argument("--eps", type=float, default=0.3, help="l_inf radius of the evaluation attack")
-    p.add_argument("--train-eps", type=float, default=0.4,
-                   help="l_inf radius of demo-rob's adversarial training (larger than --eps: more robust, "
-                        "less accurate on clean images)")
-    p.add_argument("--rob-width", type=int, default=DEMO_WIDTHS["demo-rob"],
-                   help="channels of demo-rob's first stage (the package loads the width in DEMO_WIDTHS)")
+    p.add_argument(
+        "--train-eps",
+        type=float,
+        default=0.4,
+        help="l_inf radius of demo-rob's adversarial training (larger than --eps: more robust, "
+        "less accurate on clean images)",
+    )
+    p.add_argument(
+        "--rob-width",
+        type=int,
+        default=DEMO_WIDTHS["demo-rob"],
+        help="channels of demo-rob's first stage (the package loads the width in DEMO_WIDTHS)",
+    )
     p.add_argument("--device", default="cpu", help="torch device for training and evaluation (cpu, cuda)")
     p.add_argument("--train-steps", type=int, default=10, help="PGD steps during adversarial training")
-    p.add_argument("--train-step-size", type=float, default=0.05,
-                   help="PGD step size during adversarial training (at full eps; scaled during the ramp)")
+    p.add_argument(
+        "--train-step-size",
+        type=float,
+        default=0.05,
+        help="PGD step size during adversarial training (at full eps; scaled during the ramp)",
+    )
     p.add_argument("--eval-steps", type=int, default=40)
     p.add_argument("--eval-step-size", type=float, default=0.01)
-    p.add_argument("--monitor", type=int, default=500,
-                   help="demo-rob: PGD-eval accuracy on this many test points after each epoch (0: off)")
-    p.add_argument("--no-bf16", dest="bf16", action="store_false",
-                   help="train in fp32 (default: bf16 autocast for training and training attacks)")
+    p.add_argument(
+        "--monitor",
+        type=int,
+        default=500,
+        help="demo-rob: PGD-eval accuracy on this many test points after each epoch (0: off)",
+    )
+    p.add_argument(
+        "--no-bf16",
+        dest="bf16",
+        action="store_false",
+        help="train in fp32 (default: bf16 autocast for training and training attacks)",
+    )
     return p.parse_args(argv)
 
 
@@ -362,9 +390,12 @@ def main(argv: list[str] | None = None) -> None:
     configs = {
         "demo-std": TrainConfig(args.std_epochs, args.batch_size, args.lr, bf16=args.bf16),
         "demo-rob": TrainConfig(
-            args.rob_epochs, args.batch_size, args.lr,
+            args.rob_epochs,
+            args.batch_size,
+            args.lr,
             attack=PGDConfig(args.train_eps, args.train_step_size, args.train_steps),
-            ramp_epochs=args.ramp_epochs, bf16=args.bf16,
+            ramp_epochs=args.ramp_epochs,
+            bf16=args.bf16,
         ),
     }
     to_train = {name.strip() for name in args.train.split(",") if name.strip()}
@@ -372,7 +403,8 @@ def main(argv: list[str] | None = None) -> None:
     previous = json.loads(card_path.read_text()) if card_path.is_file() else {}
     card: dict[str, object] = {}
     train_seconds: dict[str, float] = {
-        name: previous.get("settings", {}).get("train", {}).get(name, {}).get("seconds", 0.0) for name in configs}
+        name: previous.get("settings", {}).get("train", {}).get(name, {}).get("seconds", 0.0) for name in configs
+    }
     for offset, (name, cfg) in enumerate(configs.items()):
         if name not in to_train:
             continue
@@ -408,17 +440,30 @@ def main(argv: list[str] | None = None) -> None:
         clean = clean_accuracy(model, x_test, y_test)
         robust = pgd_accuracy(model, x_test, y_test, eval_attack, seed=args.seed)
         card[name] = {"clean": clean, "pgd40": robust}
-        log(f"{name}: clean {clean:.4f}, PGD-{eval_attack.steps} {robust:.4f} "
-            f"(10k test set, {time.perf_counter() - t0:.0f}s)")
+        log(
+            f"{name}: clean {clean:.4f}, PGD-{eval_attack.steps} {robust:.4f} "
+            f"(10k test set, {time.perf_counter() - t0:.0f}s)"
+        )
 
     card["settings"] = {
         "data": "MNIST, full 10000-image official test split, inputs in [0, 1]",
-        "eval_attack": {**asdict(eval_attack), "norm": "linf", "seed": args.seed,
-                        "precision": "fp32",
-                        "scoring": "robust = correct on the clean input and on every PGD iterate"},
-        "train": {name: {**asdict(cfg), "width": widths[name], "optimizer": "Adam",
-                         "lr_schedule": "cosine to 0 (per step)", "seconds": round(train_seconds[name], 1)}
-                  for name, cfg in configs.items()},
+        "eval_attack": {
+            **asdict(eval_attack),
+            "norm": "linf",
+            "seed": args.seed,
+            "precision": "fp32",
+            "scoring": "robust = correct on the clean input and on every PGD iterate",
+        },
+        "train": {
+            name: {
+                **asdict(cfg),
+                "width": widths[name],
+                "optimizer": "Adam",
+                "lr_schedule": "cosine to 0 (per step)",
+                "seconds": round(train_seconds[name], 1),
+            }
+            for name, cfg in configs.items()
+        },
         "seed": args.seed,
         "torch": torch.__version__,
         "threads": args.threads,

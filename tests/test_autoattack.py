@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from asmix.attacks.adaptive import (ADAPTIVE_STAGES, AlphaAPGD, AlphaAPGDTargeted, AttackBudget, adaptive_attack,
-                                    adaptive_autoattack, autoattack_lite)
+from asmix.attacks.adaptive import (
+    ADAPTIVE_STAGES,
+    AlphaAPGD,
+    AlphaAPGDTargeted,
+    AttackBudget,
+    adaptive_autoattack,
+    autoattack_lite,
+)
 from asmix.attacks.autoattack import accuracy_trail, package_norm, potentially_unreliable, standard_autoattack
 from asmix.attacks.objectives import alpha_down_term
 from asmix.compat import register_autoattack
@@ -54,15 +60,18 @@ def data():
     return x, tiny_linear(0)(x).argmax(1)
 
 
-@pytest.mark.parametrize("trail, flagged", [
-    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.447}, True),    # 0.3 points
-    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.449}, False),   # 0.1 points
-    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.448}, True),    # exactly 0.2
-    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.45}, False),
-    ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45}, False),                                  # no Square
-    ({"clean": 0.9, "square": 0.1}, False),                                                   # nothing before
-    ({"clean": 0.9, "apgd-ce": 0.5, "square": 0.5, "apgd-ce-alpha": 0.2}, False),          # later APGD ignored
-])
+@pytest.mark.parametrize(
+    "trail, flagged",
+    [
+        ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.447}, True),  # 0.3 points
+        ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.449}, False),  # 0.1 points
+        ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.448}, True),  # exactly 0.2
+        ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.45}, False),
+        ({"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45}, False),  # no Square
+        ({"clean": 0.9, "square": 0.1}, False),  # nothing before
+        ({"clean": 0.9, "apgd-ce": 0.5, "square": 0.5, "apgd-ce-alpha": 0.2}, False),  # later APGD ignored
+    ],
+)
 def test_unreliable_flag(trail, flagged):
     assert potentially_unreliable(trail) is flagged
 
@@ -122,13 +131,17 @@ def test_standard_autoattack_rejects_unknown_attack(data):
         standard_autoattack(tiny_linear(0), x, y, eps=0.1, attacks=("apgd-ce", "pgd"))
 
 
-@pytest.mark.parametrize("ours, package_attack, extra", [
-    (AlphaAPGD, "APGDAttack", {"loss": "ce"}),
-    (AlphaAPGDTargeted, "APGDAttack_targeted", {"n_target_classes": 2}),
-])
+@pytest.mark.parametrize(
+    "ours, package_attack, extra",
+    [
+        (AlphaAPGD, "APGDAttack", {"loss": "ce"}),
+        (AlphaAPGDTargeted, "APGDAttack_targeted", {"n_target_classes": 2}),
+    ],
+)
 @pytest.mark.parametrize("adaptive, weight", [(False, 0.5), (True, 0.0)])
-def test_alpha_apgd_equals_the_package_attack_when_the_alpha_term_is_constant(data, ours, package_attack, extra,
-                                                                            adaptive, weight):
+def test_alpha_apgd_equals_the_package_attack_when_the_alpha_term_is_constant(
+    data, ours, package_attack, extra, adaptive, weight
+):
     """A fixed alpha (the term has no gradient) or a zero weight leaves the package's attack unchanged."""
     x, _ = data
     mixed = adaptive_mix() if adaptive else MixedClassifier(tiny_linear(0), tiny_linear(1), 0.7)

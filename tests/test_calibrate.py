@@ -30,8 +30,17 @@ def synthetic(n=60, classes=4, seed=0) -> CachedLogits:
 
 def brute(cached, rob_map, temperature, alpha):
     """Clean accuracy from the mixed model's own logits and the Lemma 3.2 estimate, at one alpha."""
-    clean = (mix_logits(cached.std_clean, cached.rob_clean, alpha, rob_map=rob_map, std_temperature=temperature)
-             .argmax(1) == cached.y).double().mean().item()
+    clean = (
+        (
+            mix_logits(cached.std_clean, cached.rob_clean, alpha, rob_map=rob_map, std_temperature=temperature).argmax(
+                1
+            )
+            == cached.y
+        )
+        .double()
+        .mean()
+        .item()
+    )
     mapped = cached.rob_attacked if rob_map is None else rob_map(cached.rob_attacked)
     probs = torch.softmax(mapped, 1)
     true = probs.gather(1, cached.y[:, None])[:, 0]
@@ -43,8 +52,9 @@ def brute(cached, rob_map, temperature, alpha):
 FINE = np.linspace(0.0005, 0.9995, 1000)
 
 
-@pytest.mark.parametrize("temperature, rob_map", [(1.0, None), (0.0, NutsMap(2.0, 2.0, -0.5)),
-                                                  (1.0, NutsMap(0.3, 3.0, 0.0))])
+@pytest.mark.parametrize(
+    "temperature, rob_map", [(1.0, None), (0.0, NutsMap(2.0, 2.0, -0.5)), (1.0, NutsMap(0.3, 3.0, 0.0))]
+)
 def test_exact_curve_matches_the_mixed_model_at_every_alpha(temperature, rob_map):
     cached = synthetic()
     alphas, clean, robust = family_curve(cached, rob_map, temperature)
@@ -75,8 +85,12 @@ def test_nuts_choice_beats_a_brute_force_grid_and_refinement_never_loses():
     cached, target = synthetic(), 0.85
     config = CalibrateConfig(target_clean_acc=target, grid_size=3, refine=False)
     chosen, _ = choose_nuts(cached, config)
-    best = max(r for s, p, c in grid(config) for cl, r in (brute(cached, NutsMap(s, p, c), 0.0, a) for a in FINE[::4])
-               if cl >= target)
+    best = max(
+        r
+        for s, p, c in grid(config)
+        for cl, r in (brute(cached, NutsMap(s, p, c), 0.0, a) for a in FINE[::4])
+        if cl >= target
+    )
     assert chosen.meets_target and chosen.robust_estimate >= best
     assert chosen.choice.std_temperature == 0.0  # hard-max g, as the authors' code
     measured = brute(cached, chosen.choice.rob_map, 0.0, chosen.choice.alpha)
@@ -100,10 +114,12 @@ def test_search_cost_does_not_depend_on_models():
     search = SearchCache(cached, 0.0)
     value, point, _ = search.score(NutsMap(1.0, 2.0, -0.3), 0.85)
     from asmix.calibration import score
+
     assert score(cached, NutsMap(1.0, 2.0, -0.3), 0.0, 0.85)[0] == value
 
 
 # ---- the calibration file through the CLI ------------------------------------------------------------
+
 
 def run_cli(monkeypatch, capsys, *args):
     monkeypatch.setattr(sys, "argv", ["asmix", *args])
@@ -117,9 +133,25 @@ def run_cli(monkeypatch, capsys, *args):
 def calibration_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cal")
     argv = sys.argv
-    sys.argv = ["asmix", "calibrate", "--n-examples", "40", "--aa-steps", "2", "--target-classes", "0",
-                "--grid-size", "2", "--no-refine", "--target-clean-acc", "97.5", "--device", "cpu",
-                "--out", str(out)]
+    sys.argv = [
+        "asmix",
+        "calibrate",
+        "--n-examples",
+        "40",
+        "--aa-steps",
+        "2",
+        "--target-classes",
+        "0",
+        "--grid-size",
+        "2",
+        "--no-refine",
+        "--target-clean-acc",
+        "97.5",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     try:
         with pytest.raises(SystemExit) as exit_info:
             main()
@@ -143,34 +175,72 @@ def test_calibrate_writes_json_and_plot(calibration_dir):
 
 @pytest.mark.slow
 def test_verify_runs_standard_autoattack_on_unseen_examples(monkeypatch, capsys, tmp_path):
-    code, out, err = run_cli(monkeypatch, capsys, "calibrate", "--n-examples", "20", "--aa-steps", "2",
-                             "--target-classes", "0", "--grid-size", "2", "--no-refine", "--device", "cpu",
-                             "--verify", "1", "--square-queries", "5", "--out", str(tmp_path))
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "calibrate",
+        "--n-examples",
+        "20",
+        "--aa-steps",
+        "2",
+        "--target-classes",
+        "0",
+        "--grid-size",
+        "2",
+        "--no-refine",
+        "--device",
+        "cpu",
+        "--verify",
+        "1",
+        "--square-queries",
+        "5",
+        "--out",
+        str(tmp_path),
+    )
     assert code in (0, None), err
     rows = json.loads((tmp_path / "calibration.json").read_text())["verification"]
     assert [(row["family"], row["n"]) for row in rows] == [("linear", 1), ("nuts", 1)]
-    assert all(0 <= row["autoattack"] <= row["clean"] <= 1 and set(row["trail"]) ==
-               {"clean", "apgd-ce", "apgd-t", "fab-t", "square"} for row in rows)
+    assert all(
+        0 <= row["autoattack"] <= row["clean"] <= 1
+        and set(row["trail"]) == {"clean", "apgd-ce", "apgd-t", "fab-t", "square"}
+        for row in rows
+    )
     assert "Verification" in out
 
 
-@pytest.mark.parametrize("command, extra", [
-    ("sweep-alpha", ["--alphas", "0.5", "--attacks", "rob", "--steps", "1"]),
-    ("evaluate", ["--attack", "clean,pgd", "--steps", "1"]),
-    ("margins", ["--attacks", "pgd", "--steps", "1", "--classifiers", "rob,mix"]),
-    ("certify", ["--n-samples", "8"]),
-])
+@pytest.mark.parametrize(
+    "command, extra",
+    [
+        ("sweep-alpha", ["--alphas", "0.5", "--attacks", "rob", "--steps", "1"]),
+        ("evaluate", ["--attack", "clean,pgd", "--steps", "1"]),
+        ("margins", ["--attacks", "pgd", "--steps", "1", "--classifiers", "rob,mix"]),
+        ("certify", ["--n-samples", "8"]),
+    ],
+)
 @pytest.mark.parametrize("family", ["nuts", "linear"])
-def test_calibration_round_trip_through_every_command(monkeypatch, capsys, tmp_path, calibration_dir,
-                                                      command, extra, family):
+def test_calibration_round_trip_through_every_command(
+    monkeypatch, capsys, tmp_path, calibration_dir, command, extra, family
+):
     data = json.loads((calibration_dir / "calibration.json").read_text())
     chosen = data["families"][family]
     family_args = [] if command == "certify" else ["--family", family]
     if command == "certify" and family == "nuts":
         pytest.skip("certify reads the linear family only")
-    code, out, err = run_cli(monkeypatch, capsys, command, "--n-examples", "4", "--device", "cpu",
-                             "--calibration", str(calibration_dir / "calibration.json"), *family_args, *extra,
-                             "--json", str(tmp_path / "r.json"))
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        command,
+        "--n-examples",
+        "4",
+        "--device",
+        "cpu",
+        "--calibration",
+        str(calibration_dir / "calibration.json"),
+        *family_args,
+        *extra,
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert code in (0, None), err
     config = json.loads((tmp_path / "r.json").read_text())["config"]
     if command == "sweep-alpha":
@@ -186,8 +256,23 @@ def test_calibration_round_trip_through_every_command(monkeypatch, capsys, tmp_p
 
 
 def test_rob_map_option_builds_the_same_mix(monkeypatch, capsys, tmp_path):
-    code, _, err = run_cli(monkeypatch, capsys, "evaluate", "--n-examples", "4", "--device", "cpu", "--attack",
-                           "clean", "--alpha", "0.9", "--rob-map", "nuts:2,3,-0.5", "--json", str(tmp_path / "r.json"))
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--n-examples",
+        "4",
+        "--device",
+        "cpu",
+        "--attack",
+        "clean",
+        "--alpha",
+        "0.9",
+        "--rob-map",
+        "nuts:2,3,-0.5",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert code in (0, None), err
     config = json.loads((tmp_path / "r.json").read_text())["config"]
     assert config["rob_map"] == {"scale": 2.0, "power": 3.0, "clamp_bias": -0.5, "ln_k": 250}
@@ -199,25 +284,36 @@ def _write(path, data):
     return path
 
 
-GOOD = {"format": "asmix-calibration", "version": 1, "models": {"std": "demo-std", "rob": "demo-rob"},
-        "families": {"linear": {"alpha": 0.7}, "nuts": {"alpha": 0.9, "std_temperature": 0.0,
-                                                         "rob_map": {"scale": 1, "power": 2, "clamp_bias": -0.5}}}}
+GOOD = {
+    "format": "asmix-calibration",
+    "version": 1,
+    "models": {"std": "demo-std", "rob": "demo-rob"},
+    "families": {
+        "linear": {"alpha": 0.7},
+        "nuts": {"alpha": 0.9, "std_temperature": 0.0, "rob_map": {"scale": 1, "power": 2, "clamp_bias": -0.5}},
+    },
+}
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    ("{not json", "not JSON"),
-    ({"families": {}}, "not an asmix calibration"),
-    (GOOD | {"version": 7}, "format version 7"),
-    (GOOD | {"families": {"linear": {"alpha": 1.5}}}, "alpha must be in [0, 1], got 1.5"),
-    (GOOD | {"families": {"linear": {"alpha": "high"}}}, "alpha must be a number"),
-    (GOOD | {"families": {"nuts": {"alpha": 0.9, "rob_map": {"scale": -1, "power": 2, "clamp_bias": 0}}}},
-     "nuts scale must be > 0"),
-    (GOOD | {"families": {"nuts": {"alpha": 0.9, "rob_map": {"scale": 1}}}}, "nuts map lacks clamp_bias, power"),
-    (GOOD | {"families": {"mixer": {"alpha": 0.9}}}, "unknown family 'mixer'"),
-    (GOOD | {"models": {"std": "demo-std", "rob": "other"}}, "made for --std demo-std --rob other"),
-    (GOOD | {"families": {"linear": {"alpha": 0.7}}}, "has no 'nuts' family"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        ("{not json", "not JSON"),
+        ({"families": {}}, "not an asmix calibration"),
+        (GOOD | {"version": 7}, "format version 7"),
+        (GOOD | {"families": {"linear": {"alpha": 1.5}}}, "alpha must be in [0, 1], got 1.5"),
+        (GOOD | {"families": {"linear": {"alpha": "high"}}}, "alpha must be a number"),
+        (
+            GOOD | {"families": {"nuts": {"alpha": 0.9, "rob_map": {"scale": -1, "power": 2, "clamp_bias": 0}}}},
+            "nuts scale must be > 0",
+        ),
+        (GOOD | {"families": {"nuts": {"alpha": 0.9, "rob_map": {"scale": 1}}}}, "nuts map lacks clamp_bias, power"),
+        (GOOD | {"families": {"mixer": {"alpha": 0.9}}}, "unknown family 'mixer'"),
+        (GOOD | {"models": {"std": "demo-std", "rob": "other"}}, "made for --std demo-std --rob other"),
+        (GOOD | {"families": {"linear": {"alpha": 0.7}}}, "has no 'nuts' family"),
+    ],
+)
 @pytest.mark.parametrize("command", ["sweep-alpha", "evaluate", "margins", "certify"])
 def test_bad_calibration_is_one_line(monkeypatch, capsys, tmp_path, content, message, command):
     path = tmp_path / "cal.json"
@@ -227,8 +323,9 @@ def test_bad_calibration_is_one_line(monkeypatch, capsys, tmp_path, content, mes
         content = GOOD | {"families": {"nuts": GOOD["families"]["nuts"]}}
         _write(path, content)
         message = "has no 'linear' family"
-    code, out, err = run_cli(monkeypatch, capsys, command, "--n-examples", "4", "--device", "cpu",
-                             "--calibration", str(path))
+    code, out, err = run_cli(
+        monkeypatch, capsys, command, "--n-examples", "4", "--device", "cpu", "--calibration", str(path)
+    )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
     assert message in err and str(path) in err
@@ -236,9 +333,11 @@ def test_bad_calibration_is_one_line(monkeypatch, capsys, tmp_path, content, mes
 
 def test_conflicting_options_are_one_line(monkeypatch, capsys, tmp_path):
     path = _write(tmp_path / "cal.json", GOOD)
-    for args, message in ((["evaluate", "--alpha", "0.5"], "either --alpha or --calibration"),
-                          (["evaluate", "--rob-map", "nuts:1,2,0"], "either --rob-map or --calibration"),
-                          (["certify", "--match-clean-acc"], "either --calibration or --alpha/--match-clean-acc")):
+    for args, message in (
+        (["evaluate", "--alpha", "0.5"], "either --alpha or --calibration"),
+        (["evaluate", "--rob-map", "nuts:1,2,0"], "either --rob-map or --calibration"),
+        (["certify", "--match-clean-acc"], "either --calibration or --alpha/--match-clean-acc"),
+    ):
         code, _, err = run_cli(monkeypatch, capsys, args[0], "--n-examples", "4", "--calibration", str(path), *args[1:])
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 

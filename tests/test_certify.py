@@ -7,9 +7,20 @@ import torch
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from asmix.certify import (bounded_top_two, certified_accuracy, clopper_pearson, clopper_pearson_lower,
-                           clopper_pearson_upper, lemma32_threshold, lipschitz_radius, lipschitz_radius_per_class,
-                           satisfies_lemma32, smoothed_probabilities, smoothing_lipschitz, smoothing_radius)
+from asmix.certify import (
+    bounded_top_two,
+    certified_accuracy,
+    clopper_pearson,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    lemma32_threshold,
+    lipschitz_radius,
+    lipschitz_radius_per_class,
+    satisfies_lemma32,
+    smoothed_probabilities,
+    smoothing_lipschitz,
+    smoothing_radius,
+)
 from asmix.errors import AsmixError
 
 
@@ -124,8 +135,9 @@ def test_smoothed_probabilities_match_gaussian_cdf():
     # votes for class 0 = P(x0 + noise > 0) = Phi(x0 / sigma)
     x = torch.tensor([[0.25], [0.0]])
     generator = torch.Generator().manual_seed(0)
-    probs, counts = smoothed_probabilities(_Constant(), x, 0.5, 4000, batch_size=1000, generator=generator,
-                                           output="votes", draw_counts=True)
+    probs, counts = smoothed_probabilities(
+        _Constant(), x, 0.5, 4000, batch_size=1000, generator=generator, output="votes", draw_counts=True
+    )
     assert probs[0, 0].item() == pytest.approx(norm.cdf(0.5), abs=0.03)
     assert probs[1, 0].item() == pytest.approx(0.5, abs=0.03)
     assert counts.sum(dim=1).tolist() == [4000, 4000]
@@ -157,8 +169,9 @@ def test_certify_smoothing_radius_matches_distance_to_boundary():
     x = torch.tensor([0.25, 0.1, -0.2]).reshape(3, 1, 1, 1)
     y = torch.tensor([0, 0, 0])
     std = _Fixed(torch.tensor([0.6, 0.3, 0.1]))
-    config = CertifyConfig(sigma=0.5, n_samples=4000, alpha=0.9, smoothing_output="votes", batch_size=1000,
-                           radii=(0.0, 0.05, 0.2))
+    config = CertifyConfig(
+        sigma=0.5, n_samples=4000, alpha=0.9, smoothing_output="votes", batch_size=1000, radii=(0.0, 0.05, 0.2)
+    )
     result = certify(std, _Constant(), x, y, config)
     rob = _entry(result, "rob")
     rs = _curve(rob, "rs")
@@ -181,8 +194,13 @@ def test_certify_with_lipschitz_constant_is_exact():
     from asmix.experiments.certify import CertifyConfig, certify
 
     x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
-    result = certify(_Fixed(torch.tensor([0.1, 0.8, 0.1])), _Fixed(torch.tensor([0.7, 0.2, 0.1])), x, y,
-                     CertifyConfig(lipschitz_const=2.0, alpha=0.8, radii=(0.0, 0.1)))
+    result = certify(
+        _Fixed(torch.tensor([0.1, 0.8, 0.1])),
+        _Fixed(torch.tensor([0.7, 0.2, 0.1])),
+        x,
+        y,
+        CertifyConfig(lipschitz_const=2.0, alpha=0.8, radii=(0.0, 0.1)),
+    )
     rob, mix = _entry(result, "rob"), _entry(result, "mix")
     assert [curve.bound for curve in rob.curves] == ["lipschitz"]
     assert rob.curves[0].radii == pytest.approx([0.125, 0.125])  # (0.7 - 0.2) / (2 * 2)
@@ -235,14 +253,23 @@ def test_certify_hardmax_raises_mixed_clean_accuracy():
 def test_certify_config_rejects_bad_values():
     from asmix.experiments.certify import CertifyConfig
 
-    for kwargs in ({"sigma": 0.0}, {"n_samples": 0}, {"confidence": 1.0}, {"lipschitz_const": -1.0},
-                   {"lipschitz_const": 1.0, "confidence": 0.99}, {"smoothing_output": "logits"}, {"radii": (-1.0,)}):
+    for kwargs in (
+        {"sigma": 0.0},
+        {"n_samples": 0},
+        {"confidence": 1.0},
+        {"lipschitz_const": -1.0},
+        {"lipschitz_const": 1.0, "confidence": 0.99},
+        {"smoothing_output": "logits"},
+        {"radii": (-1.0,)},
+    ):
         with pytest.raises(AsmixError):
             CertifyConfig(**kwargs)
-    for kwargs, message in (({"sigma": float("inf")}, "sigma must be a finite number, got inf"),
-                            ({"baseline_sigma": float("nan")}, "baseline sigma must be a finite number, got nan"),
-                            ({"lipschitz_const": float("inf")}, "Lipschitz constant must be a finite number"),
-                            ({"radii": (0.0, float("inf"))}, "radius must be a finite number, got inf")):
+    for kwargs, message in (
+        ({"sigma": float("inf")}, "sigma must be a finite number, got inf"),
+        ({"baseline_sigma": float("nan")}, "baseline sigma must be a finite number, got nan"),
+        ({"lipschitz_const": float("inf")}, "Lipschitz constant must be a finite number"),
+        ({"radii": (0.0, float("inf"))}, "radius must be a finite number, got inf"),
+    ):
         with pytest.raises(AsmixError, match=message):
             CertifyConfig(**kwargs)
 
@@ -280,9 +307,29 @@ def test_certify_cli_on_demo_data(tmp_path):
 
     from asmix.cli import app
 
-    result = CliRunner().invoke(app, ["certify", "--std", "demo-std", "--rob", "demo-std", "--n-examples", "5",
-                                      "--n-samples", "50", "--confidence", "0.99", "--std-hardmax", "--device", "cpu",
-                                      "--skip", "2", "--json", str(tmp_path / "c.json")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "certify",
+            "--std",
+            "demo-std",
+            "--rob",
+            "demo-std",
+            "--n-examples",
+            "5",
+            "--n-samples",
+            "50",
+            "--confidence",
+            "0.99",
+            "--std-hardmax",
+            "--device",
+            "cpu",
+            "--skip",
+            "2",
+            "--json",
+            str(tmp_path / "c.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["config"]["confidence"] == 0.99 and data["config"]["std_hardmax"] is True
@@ -311,8 +358,9 @@ def _rows(path):
 
 @pytest.mark.parametrize("settings", [{}, {"match_clean_acc": True, "confidence": 0.9}])
 def test_killed_certify_resumes_streams_its_rows_and_they_match_the_summary(tmp_path, monkeypatch, settings):
-    from asmix.experiments.certify import CertifyConfig, certify
     from conftest import kill_after, record_computed_parts
+
+    from asmix.experiments.certify import CertifyConfig, certify
 
     std, rob, x, y = _certify_problem()
     # 2 examples per part (60 // 30): parts of 2, 2, 2 and 1 examples
@@ -355,8 +403,7 @@ def test_skip_certifies_every_kth_example_with_its_own_numbers(tmp_path):
     std, rob, x, y = _certify_problem()
     config = CertifyConfig(sigma=0.5, n_samples=30, batch_size=60)
     every = certify(std, rob, x, y, config)
-    skipped = certify(std, rob, x, y, CertifyConfig(sigma=0.5, n_samples=30, batch_size=60, skip=3),
-                      out=tmp_path)
+    skipped = certify(std, rob, x, y, CertifyConfig(sigma=0.5, n_samples=30, batch_size=60, skip=3), out=tmp_path)
     assert skipped.n_examples == 3 and skipped.indices == (0, 3, 6)
     assert [row["index"] for row in _rows(tmp_path / "examples.csv")] == ["0", "3", "6"]
     for full, part in zip(every.entries, skipped.entries):  # each example keeps the noise of its index

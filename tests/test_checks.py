@@ -9,8 +9,10 @@ from asmix.checks import canonical_norm, check_finite, check_norm, parse_number
 from asmix.experiments.certify import parse_radii
 
 
-@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), (" 0.5 ", 0.5), ("1e-3", 1e-3), ("36 / 255", 36 / 255),
-                                         ("2", 2.0), ("-1/4", -0.25)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("8/255", 8 / 255), (" 0.5 ", 0.5), ("1e-3", 1e-3), ("36 / 255", 36 / 255), ("2", 2.0), ("-1/4", -0.25)],
+)
 def test_numbers_and_fractions(text, value):
     assert parse_number(text, "--eps") == value
 

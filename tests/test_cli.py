@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import booby_trapped_export
 
 from asmix.cli import main
-from conftest import booby_trapped_export
 
 
 def run_cli(monkeypatch, capsys, *args):
@@ -31,24 +31,27 @@ def wrong_classes_file(tmp_path):
     return tmp_path / "rgb.npz"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--std", "Nonexistent2099"], "unknown model 'Nonexistent2099'"),
-    (["--alphas", "0,1.5"], "alpha must be in [0, 1], got 1.5"),
-    (["--eps", "-0.1"], "eps must be >= 0"),
-    (["--batch-size", "0"], "batch size must be positive"),
-    (["--data", "/nonexistent/data.npz"], "data file not found"),
-    (["--device", "cuda:99"], "is not available"),
-    (["--std-weights", "/nonexistent/w.safetensors"], "weights file not found"),
-    (["--attacks", "std,cw"], "unknown attack(s) cw"),
-    (["--norm", "l1"], "norm must be one of linf, l2"),
-    (["--dataset", "svhn"], "unknown dataset 'svhn'"),
-    (["--eps", "nan"], "eps must be a finite number, got nan"),
-    (["--step-size", "inf"], "step size must be a finite number, got inf"),
-    (["--eps", "8/0"], "--eps must be a number or a fraction like 8/255, got '8/0'"),
-    (["--norm", "l2"], "demo has no standard l2 radius"),
-    (["--norm", "L1", "--eps", "0.1"], "norm must be one of linf, l2, got 'l1'"),
-    (["--rob-scale", "nan"], "rob scale must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--std", "Nonexistent2099"], "unknown model 'Nonexistent2099'"),
+        (["--alphas", "0,1.5"], "alpha must be in [0, 1], got 1.5"),
+        (["--eps", "-0.1"], "eps must be >= 0"),
+        (["--batch-size", "0"], "batch size must be positive"),
+        (["--data", "/nonexistent/data.npz"], "data file not found"),
+        (["--device", "cuda:99"], "is not available"),
+        (["--std-weights", "/nonexistent/w.safetensors"], "weights file not found"),
+        (["--attacks", "std,cw"], "unknown attack(s) cw"),
+        (["--norm", "l1"], "norm must be one of linf, l2"),
+        (["--dataset", "svhn"], "unknown dataset 'svhn'"),
+        (["--eps", "nan"], "eps must be a finite number, got nan"),
+        (["--step-size", "inf"], "step size must be a finite number, got inf"),
+        (["--eps", "8/0"], "--eps must be a number or a fraction like 8/255, got '8/0'"),
+        (["--norm", "l2"], "demo has no standard l2 radius"),
+        (["--norm", "L1", "--eps", "0.1"], "norm must be one of linf, l2, got 'l1'"),
+        (["--rob-scale", "nan"], "rob scale must be a finite number"),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, args, message):
     code, out, err = run_cli(monkeypatch, capsys, "sweep-alpha", "--n-examples", "4", *args)
     assert code == 2
@@ -67,22 +70,42 @@ def test_unknown_option_is_a_usage_error(monkeypatch, capsys):
 
 
 def test_sweep_writes_json_csv_and_plots(monkeypatch, capsys, tmp_path):
-    out = run_ok(monkeypatch, capsys, "sweep-alpha", "--n-examples", "20", "--alphas", "0,0.5,1",
-                      "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "out"),
-                      "--json", str(tmp_path / "r.json"), "--report", str(tmp_path / "report.md"))
+    out = run_ok(
+        monkeypatch,
+        capsys,
+        "sweep-alpha",
+        "--n-examples",
+        "20",
+        "--alphas",
+        "0,0.5,1",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--report",
+        str(tmp_path / "report.md"),
+    )
     assert "Fixed-alpha sweep" in out
     report = (tmp_path / "report.md").read_text()
     # the printed table, whole, and links to both plots relative to the report
     assert "Fixed-alpha sweep" in report
     table_lines = [line for line in out.splitlines() if "│" in line]
     assert table_lines and all(line.rstrip() in report for line in table_lines)
-    assert "![sweep_accuracy](out/sweep_accuracy.png)" in report and "![sweep_tradeoff](out/sweep_tradeoff.png)" in report
+    assert (
+        "![sweep_accuracy](out/sweep_accuracy.png)" in report and "![sweep_tradeoff](out/sweep_tradeoff.png)" in report
+    )
     data = json.loads((tmp_path / "r.json").read_text())
     assert [row["alpha"] for row in data["rows"]] == [0.0, 0.5, 1.0]
     assert data["config"]["models"] == {"std": "demo-std", "rob": "demo-rob"} and data["config"]["eps"] == 0.3
     for name in ("sweep.json", "sweep.csv", "sweep_accuracy.png", "sweep_tradeoff.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    assert (tmp_path / "out" / "sweep.csv").read_text().splitlines()[0] == "alpha,clean,std_attack,rob_attack,mix_attack"
+    assert (tmp_path / "out" / "sweep.csv").read_text().splitlines()[
+        0
+    ] == "alpha,clean,std_attack,rob_attack,mix_attack"
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
@@ -125,10 +148,13 @@ def test_labels_outside_the_classes_stop_every_command(monkeypatch, capsys, tmp_
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize("n, message", [
-    ("0", "n-examples must be positive, got 0"),
-    ("2001", "n-examples 2001 is more than the 2000 examples in the demo test split"),
-])
+@pytest.mark.parametrize(
+    "n, message",
+    [
+        ("0", "n-examples must be positive, got 0"),
+        ("2001", "n-examples 2001 is more than the 2000 examples in the demo test split"),
+    ],
+)
 def test_n_examples_has_one_meaning_everywhere(monkeypatch, capsys, command, n, message):
     line = one_line_error(*run_cli(monkeypatch, capsys, command, "--n-examples", n))
     assert message in line
@@ -136,8 +162,19 @@ def test_n_examples_has_one_meaning_everywhere(monkeypatch, capsys, command, n, 
 
 def test_robustbench_spellings_and_fractions_are_accepted(monkeypatch, capsys, tmp_path):
     args = ["sweep-alpha", "--n-examples", "4", "--alphas", "0,1", "--steps", "1", "--device", "cpu"]
-    run_ok(monkeypatch, capsys, *args, "--norm", "Linf", "--eps", "8/255", "--step-size", "2/255",
-           "--json", str(tmp_path / "linf.json"))
+    run_ok(
+        monkeypatch,
+        capsys,
+        *args,
+        "--norm",
+        "Linf",
+        "--eps",
+        "8/255",
+        "--step-size",
+        "2/255",
+        "--json",
+        str(tmp_path / "linf.json"),
+    )
     config = json.loads((tmp_path / "linf.json").read_text())["config"]
     assert (config["norm"], config["eps"], config["step_size"]) == ("linf", 8 / 255, 2 / 255)
     run_ok(monkeypatch, capsys, *args, "--norm", "L2", "--eps", "3/2", "--json", str(tmp_path / "l2.json"))
@@ -217,8 +254,13 @@ def test_help_reads_right(command):
 
     click_command = typer.main.get_command(app).commands[command]
     shown = _help_of(command)
-    choices = {"--norm": "linf|l2", "--dataset": "demo|mnist|cifar10|cifar100|imagenet", "--device": "auto|cpu|cuda",
-               "--setting": "C|B|A", "--mix-space": "prob|logit"}
+    choices = {
+        "--norm": "linf|l2",
+        "--dataset": "demo|mnist|cifar10|cifar100|imagenet",
+        "--device": "auto|cpu|cuda",
+        "--setting": "C|B|A",
+        "--mix-space": "prob|logit",
+    }
     for parameter in click_command.params:
         if parameter.help:  # the whole help text, brackets, asterisks and all, survives the markup
             assert " ".join(parameter.help.split()) in shown, parameter.help
@@ -245,17 +287,42 @@ def test_config_file_replays_a_result_and_options_override_it(monkeypatch, capsy
             assert done.code in (0, None), capsys.readouterr().err
         capsys.readouterr()
 
-    sweep("--alphas", "0,0.7", "--steps", "3", "--n-examples", "12", "--batch-size", "6", "--eps", "0.2",
-          "--attacks", "std,mix", "--device", "cpu", "--json", str(tmp_path / "first.json"))
+    sweep(
+        "--alphas",
+        "0,0.7",
+        "--steps",
+        "3",
+        "--n-examples",
+        "12",
+        "--batch-size",
+        "6",
+        "--eps",
+        "0.2",
+        "--attacks",
+        "std,mix",
+        "--device",
+        "cpu",
+        "--json",
+        str(tmp_path / "first.json"),
+    )
     first = json.loads((tmp_path / "first.json").read_text())
     sweep("--config", str(tmp_path / "first.json"), "--json", str(tmp_path / "replay.json"))
     replay = json.loads((tmp_path / "replay.json").read_text())
     assert replay["config"] == first["config"] and replay["rows"] == first["rows"] and replay["base"] == first["base"]
     # a YAML of the same keys, with one option overridden on the command line
-    (tmp_path / "settings.yaml").write_text("alphas: [0.0, 0.7]\nsteps: 3\nn_examples: 12\nbatch_size: 6\n"
-                                            "eps: 0.2\nattacks: [std, mix]\n")
-    sweep("--config", str(tmp_path / "settings.yaml"), "--steps", "1", "--device", "cpu", "--json",
-          str(tmp_path / "yaml.json"))
+    (tmp_path / "settings.yaml").write_text(
+        "alphas: [0.0, 0.7]\nsteps: 3\nn_examples: 12\nbatch_size: 6\neps: 0.2\nattacks: [std, mix]\n"
+    )
+    sweep(
+        "--config",
+        str(tmp_path / "settings.yaml"),
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        str(tmp_path / "yaml.json"),
+    )
     from_yaml = json.loads((tmp_path / "yaml.json").read_text())["config"]
     assert from_yaml["steps"] == 1 and from_yaml["eps"] == 0.2 and from_yaml["alphas"] == [0.0, 0.7]
     assert from_yaml["n_examples"] == 12 and from_yaml["attacks"] == ["std", "mix"]
@@ -264,8 +331,11 @@ def test_config_file_replays_a_result_and_options_override_it(monkeypatch, capsy
 def test_a_bad_config_file_is_one_line(monkeypatch, capsys, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "list.json").write_text("[1, 2]")
-    for path, message in ((tmp_path / "bad.json", "cannot read config"), (tmp_path / "list.json", "holds no mapping"),
-                          (tmp_path / "missing.json", "cannot read config")):
+    for path, message in (
+        (tmp_path / "bad.json", "cannot read config"),
+        (tmp_path / "list.json", "holds no mapping"),
+        (tmp_path / "missing.json", "cannot read config"),
+    ):
         monkeypatch.setattr(sys, "argv", ["asmix", "margins", "--config", str(path)])
         with pytest.raises(SystemExit) as exit_info:
             main()
@@ -274,8 +344,21 @@ def test_a_bad_config_file_is_one_line(monkeypatch, capsys, tmp_path):
 
 
 def test_html_report_and_bad_report_names(monkeypatch, capsys, tmp_path):
-    run_ok(monkeypatch, capsys, "margins", "--n-examples", "4", "--steps", "1", "--aa-steps", "1", "--device", "cpu",
-           "--report", str(tmp_path / "margins.html"))
+    run_ok(
+        monkeypatch,
+        capsys,
+        "margins",
+        "--n-examples",
+        "4",
+        "--steps",
+        "1",
+        "--aa-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--report",
+        str(tmp_path / "margins.html"),
+    )
     page = (tmp_path / "margins.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<h1>asmix margins" in page and "clean" in page
     monkeypatch.setattr(sys, "argv", ["asmix", "margins", "--report", str(tmp_path / "report.txt")])

@@ -41,7 +41,8 @@ def test_apgd_internals(autoattack):
     assert parameters(apgd.init_hyperparam) == ["self", "x"]
     assert parameters(apgd.dlr_loss) == ["self", "x", "y"]
     assert {"predict", "n_iter", "norm", "n_restarts", "eps", "seed", "loss", "rho", "device"} <= set(
-        parameters(apgd.__init__))
+        parameters(apgd.__init__)
+    )
     attack = apgd(nn.Linear(4, 3), n_iter=10, eps=0.1, norm="Linf", seed=3, device=torch.device("cpu"))
     for name in ("model", "n_iter", "eps", "norm", "n_restarts", "seed", "device", "y_target"):
         assert hasattr(attack, name), name

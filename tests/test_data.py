@@ -20,11 +20,14 @@ def test_shipped_demo_data():
     assert torch.equal(load_data("demo", n_examples=7)[0], x[:7])
 
 
-@pytest.mark.parametrize("shape, to_nchw", [
-    ((5, 6, 7), lambda a: a[:, None]),
-    ((5, 6, 7, 3), lambda a: a.transpose(0, 3, 1, 2)),
-    ((5, 3, 6, 7), lambda a: a),
-])
+@pytest.mark.parametrize(
+    "shape, to_nchw",
+    [
+        ((5, 6, 7), lambda a: a[:, None]),
+        ((5, 6, 7, 3), lambda a: a.transpose(0, 3, 1, 2)),
+        ((5, 3, 6, 7), lambda a: a),
+    ],
+)
 def test_array_layouts(tmp_path, shape, to_nchw):
     x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(5))
@@ -40,11 +43,14 @@ def test_float_and_pt_files(tmp_path):
     assert torch.equal(loaded, x[:2]) and labels.tolist() == [1, 2]
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"x": np.zeros((2, 4, 4), np.uint8)}, "must contain arrays 'x' and 'y'"),
-    ({"x": np.full((2, 4, 4), 2.0), "y": np.zeros(2, int)}, r"must lie in \[0, 1\]"),
-    ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(3, int)}, "labels must be 2 integers"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.zeros((2, 4, 4), np.uint8)}, "must contain arrays 'x' and 'y'"),
+        ({"x": np.full((2, 4, 4), 2.0), "y": np.zeros(2, int)}, r"must lie in \[0, 1\]"),
+        ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(3, int)}, "labels must be 2 integers"),
+    ],
+)
 def test_bad_data_files(tmp_path, arrays, message):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(AsmixError, match=message):
@@ -161,11 +167,18 @@ def test_cifar_folder_is_read_in_order_as_nchw_in_unit_range(tmp_path, monkeypat
     assert calls == []  # verified and read locally
 
 
-
-@pytest.mark.parametrize("dataset, norm, eps", [
-    ("cifar10", "linf", 8 / 255), ("cifar10", "l2", 0.5), ("cifar100", "linf", 8 / 255),
-    ("imagenet", "linf", 4 / 255), ("mnist", "linf", 0.3), ("demo", "Linf", 0.3), ("cifar10", "L2", 0.5),
-])
+@pytest.mark.parametrize(
+    "dataset, norm, eps",
+    [
+        ("cifar10", "linf", 8 / 255),
+        ("cifar10", "l2", 0.5),
+        ("cifar100", "linf", 8 / 255),
+        ("imagenet", "linf", 4 / 255),
+        ("mnist", "linf", 0.3),
+        ("demo", "Linf", 0.3),
+        ("cifar10", "L2", 0.5),
+    ],
+)
 def test_standard_radius_per_dataset_and_norm(dataset, norm, eps):
     # RobustBench's leaderboards (model_info/<dataset>/<threat>/*.json "eps"); AutoAttack's for MNIST
     assert standard_eps(dataset, norm) == eps
@@ -186,8 +199,11 @@ def test_imagenet_loads_in_h_input_space_and_fails_offline_in_one_line(tmp_path,
     import_robustbench()
     import robustbench.data
 
-    with pytest.raises(AsmixError, match=f"cannot read ImageNet validation images under {tmp_path / 'val'}: put "
-                                         r"the ILSVRC2012 validation set there as val/<wnid>/") as missing:
+    with pytest.raises(
+        AsmixError,
+        match=f"cannot read ImageNet validation images under {tmp_path / 'val'}: put "
+        r"the ILSVRC2012 validation set there as val/<wnid>/",
+    ) as missing:
         load_data("imagenet", data_dir=tmp_path, n_examples=2)
     assert len(str(missing.value).splitlines()) == 1
     with pytest.raises(AsmixError, match="n-examples 5001 is more than the 5000"):
@@ -203,5 +219,7 @@ def test_imagenet_loads_in_h_input_space_and_fails_offline_in_one_line(tmp_path,
     x, y = load_data("imagenet", data_dir=tmp_path, n_examples=3, preprocessing=bicubic)
     load_data("imagenet", data_dir=tmp_path, n_examples=3)
     assert x.shape == (3, 3, 8, 8) and y.tolist() == [0, 1, 2]
-    assert [(p.resize, p.crop, p.interpolation) for p in seen] == [(256, (256, 256), "bicubic"),
-                                                                    (256, (224, 224), "bilinear")]
+    assert [(p.resize, p.crop, p.interpolation) for p in seen] == [
+        (256, (256, 256), "bicubic"),
+        (256, (224, 224), "bilinear"),
+    ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import kill_after, run_in_gloo_processes
 from torch import nn
 
 from asmix.errors import AsmixError
@@ -16,7 +17,6 @@ from asmix.experiments.evaluate import EvalConfig, evaluate, load_examples, pars
 from asmix.mixing import MixedClassifier, MixParts
 from asmix.models import load_model
 from asmix.report.evaluate import evaluate_table, trail_table
-from conftest import kill_after, run_in_gloo_processes
 
 FAST_AA = {"square_queries": 20}
 
@@ -72,18 +72,21 @@ def test_parse_attacks_and_unknown_names():
         parse_attacks(" , ")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"alpha": 1.5}, "alpha must be in"),
-    ({"batch_size": 0}, "batch size must be positive"),
-    ({"eps": -1.0}, "eps must be >= 0"),
-    ({"square_queries": 0}, "square queries"),
-    ({"alpha_weight": -1.0}, "alpha weight"),
-    ({"eps": float("nan")}, "eps must be a finite number, got nan"),
-    ({"step_size": float("inf")}, "step size must be a finite number, got inf"),
-    ({"alpha_weight": float("inf")}, "alpha weight must be a finite number, got inf"),
-    ({"std_scale": float("nan")}, "std scale must be a finite number"),
-    ({"alpha": float("nan")}, "alpha must be in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"alpha": 1.5}, "alpha must be in"),
+        ({"batch_size": 0}, "batch size must be positive"),
+        ({"eps": -1.0}, "eps must be >= 0"),
+        ({"square_queries": 0}, "square queries"),
+        ({"alpha_weight": -1.0}, "alpha weight"),
+        ({"eps": float("nan")}, "eps must be a finite number, got nan"),
+        ({"step_size": float("inf")}, "step size must be a finite number, got inf"),
+        ({"alpha_weight": float("inf")}, "alpha weight must be a finite number, got inf"),
+        ({"std_scale": float("nan")}, "std scale must be a finite number"),
+        ({"alpha": float("nan")}, "alpha must be in"),
+    ],
+)
 def test_bad_config(kwargs, message):
     with pytest.raises(AsmixError, match=message):
         EvalConfig(**kwargs)
@@ -91,8 +94,14 @@ def test_bad_config(kwargs, message):
 
 def test_clean_and_pgd_numbers():
     std, rob, _, x, y = tiny_problem()
-    config = EvalConfig(attacks=("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob"), bases=True,
-                        eps=0.05, steps=10, batch_size=8, save_adv=True)
+    config = EvalConfig(
+        attacks=("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob"),
+        bases=True,
+        eps=0.05,
+        steps=10,
+        batch_size=8,
+        save_adv=True,
+    )
     result = evaluate(std, rob, x, y, config)
     mixed = MixedClassifier(std, rob, 0.5)
     with torch.no_grad():
@@ -158,10 +167,13 @@ def run_until_killed(std, rob, mixer, x, y, config, out, batches):
         evaluate(std, rob, x, y, config, mixer=mixer, progress=kill_after(batches), out=out)
 
 
-@pytest.mark.parametrize("suffix, attacks", [
-    (".npz", ("clean", "pgd", "aa", "aa-adaptive")),
-    (".pt", ("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob")),
-])
+@pytest.mark.parametrize(
+    "suffix, attacks",
+    [
+        (".npz", ("clean", "pgd", "aa", "aa-adaptive")),
+        (".pt", ("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob")),
+    ],
+)
 def test_resume_after_a_kill_gives_the_same_numbers(tmp_path, monkeypatch, suffix, attacks):
     std, rob, mixer, x, y = tiny_problem(n=24, adaptive=True)
     # at eps 0.1 APGD-CE leaves a few examples to APGD-T: both attacks' seeding is exercised, quickly
@@ -214,15 +226,24 @@ def test_out_must_be_npz_or_pt(tmp_path):
         evaluate(std, rob, x[:0], y[:0], EvalConfig(attacks=("clean",)))
 
 
-SHARD_CONFIG = dict(attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"), eps=0.1, steps=5, batch_size=5,
-                    square_queries=20)
+SHARD_CONFIG = dict(
+    attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"), eps=0.1, steps=5, batch_size=5, square_queries=20
+)
 
 
 def _shard_worker(rank: int, out: str) -> None:
     std, rob, mixer, x, y = tiny_problem(n=23, adaptive=True)
     totals = []
-    evaluate(std, rob, x, y, EvalConfig(**SHARD_CONFIG), mixer=mixer, out=out,
-             progress=lambda task, done, total: totals.append(total))
+    evaluate(
+        std,
+        rob,
+        x,
+        y,
+        EvalConfig(**SHARD_CONFIG),
+        mixer=mixer,
+        out=out,
+        progress=lambda task, done, total: totals.append(total),
+    )
     Path(f"{out}.rank{rank}").write_text(str(totals[-1]))
 
 
@@ -257,17 +278,25 @@ def saved_mixer(tmp_path):
     from asmix.mixer import MixingNetwork, save_mixer
 
     mixer = MixingNetwork([16, 16], [32, 64], width=8, blocks=1, stages=0)
-    return save_mixer(mixer, tmp_path / "mixer", config={"models": {"std": "demo-std", "rob": "demo-rob"}},
-                      std=load_model("demo-std"), rob=load_model("demo-rob"))
+    return save_mixer(
+        mixer,
+        tmp_path / "mixer",
+        config={"models": {"std": "demo-std", "rob": "demo-rob"}},
+        std=load_model("demo-std"),
+        rob=load_model("demo-rob"),
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--attack", "clean,cw"], "unknown attack(s) cw"),
-    (["--mixer", "/nonexistent/mixer"], "mixer directory not found"),
-    (["--alpha", "0.5", "--mixer", "/nonexistent/mixer"], "either --alpha"),
-    (["--out", "results.csv"], ".npz or .pt"),
-    (["--alpha", "2"], "alpha must be in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--attack", "clean,cw"], "unknown attack(s) cw"),
+        (["--mixer", "/nonexistent/mixer"], "mixer directory not found"),
+        (["--alpha", "0.5", "--mixer", "/nonexistent/mixer"], "either --alpha"),
+        (["--out", "results.csv"], ".npz or .pt"),
+        (["--alpha", "2"], "alpha must be in [0, 1]"),
+    ],
+)
 def test_cli_bad_input_is_one_line(monkeypatch, capsys, args, message):
     code, out, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -286,8 +315,18 @@ def test_cli_rejects_a_mixer_trained_with_other_weights(monkeypatch, capsys, sav
     first = next(iter(state))
     state[first].view(-1)[0] += 0.01
     save_file(state, str(tmp_path / "rob.safetensors"))
-    code, _, err = run_cli(monkeypatch, capsys, "--mixer", str(saved_mixer), "--rob-weights",
-                           str(tmp_path / "rob.safetensors"), "--attack", "clean", "--n-examples", "2")
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "--mixer",
+        str(saved_mixer),
+        "--rob-weights",
+        str(tmp_path / "rob.safetensors"),
+        "--attack",
+        "clean",
+        "--n-examples",
+        "2",
+    )
     assert code == 2 and "other weights for h (--rob)" in err and len(err.strip().splitlines()) == 1
 
 
@@ -323,8 +362,14 @@ def test_real_mixing_network_adaptive_attacks():
     mixer = MixingNetwork.build(std, rob, x, width=8, blocks=1, stages=0).eval()
     with torch.no_grad():
         y = MixedClassifier(std, rob, mixer)(x).argmax(1)
-    config = EvalConfig(attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"), eps=0.05, steps=5, batch_size=6,
-                        square_queries=10, save_adv=True)
+    config = EvalConfig(
+        attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"),
+        eps=0.05,
+        steps=5,
+        batch_size=6,
+        square_queries=10,
+        save_adv=True,
+    )
     result = evaluate(std, rob, x, y, config, mixer=mixer)
     assert result.adaptive and result.accuracy("mixed", "clean") == 1.0
     assert not torch.equal(result.examples["mixed/pgd/x_adv"], result.examples["mixed/pgd-graybox/x_adv"])
@@ -339,14 +384,44 @@ def test_cli_with_a_mixer_writes_table_json_and_examples(monkeypatch, capsys, tm
     from asmix.cli import main
     from asmix.mixer import MixingNetwork, save_mixer
 
-    mixer_dir = save_mixer(MixingNetwork([16, 32], [16, 32], width=8, blocks=1, stages=0), tmp_path / "mixer",
-                           config={"models": {"std": "demo-std", "rob": "demo-std"}},
-                           std=load_model("demo-std"), rob=load_model("demo-std"))
+    mixer_dir = save_mixer(
+        MixingNetwork([16, 32], [16, 32], width=8, blocks=1, stages=0),
+        tmp_path / "mixer",
+        config={"models": {"std": "demo-std", "rob": "demo-std"}},
+        std=load_model("demo-std"),
+        rob=load_model("demo-std"),
+    )
     out, json_path = tmp_path / "examples.npz", tmp_path / "result.json"
-    monkeypatch.setattr(sys, "argv", [
-        "asmix", "evaluate", "--rob", "demo-std", "--mixer", str(mixer_dir), "--n-examples", "6", "--batch-size", "3",
-        "--attack", "clean,pgd,pgd-graybox,aa-adaptive", "--steps", "3", "--square-queries", "10", "--bases",
-        "--device", "cpu", "--out", str(out), "--json", str(json_path), "--save-adv"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "asmix",
+            "evaluate",
+            "--rob",
+            "demo-std",
+            "--mixer",
+            str(mixer_dir),
+            "--n-examples",
+            "6",
+            "--batch-size",
+            "3",
+            "--attack",
+            "clean,pgd,pgd-graybox,aa-adaptive",
+            "--steps",
+            "3",
+            "--square-queries",
+            "10",
+            "--bases",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--json",
+            str(json_path),
+            "--save-adv",
+        ],
+    )
     try:
         main()
     except SystemExit as done:  # the entry point may exit like a console script
@@ -367,9 +442,24 @@ def test_robustbench_writes_the_leaderboard_model_info_and_a_claim(monkeypatch, 
     from asmix.data import load_data
 
     # g alone (alpha 0) falls to APGD-CE at once, so the protocol's AutoAttack is quick here
-    code, out, err = run_cli(monkeypatch, capsys, "--alpha", "0", "--robustbench", str(tmp_path / "rb"),
-                             "--model-name", "Demo2026Mixed", "--n-examples", "6", "--square-queries", "10",
-                             "--batch-size", "6", "--device", "cpu")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "--alpha",
+        "0",
+        "--robustbench",
+        str(tmp_path / "rb"),
+        "--model-name",
+        "Demo2026Mixed",
+        "--n-examples",
+        "6",
+        "--square-queries",
+        "10",
+        "--batch-size",
+        "6",
+        "--device",
+        "cpu",
+    )
     assert code in (0, None), err
     info = json.loads((tmp_path / "rb" / "Demo2026Mixed.json").read_text())
     x, y = load_data("demo", n_examples=6)

@@ -51,6 +51,6 @@ def test_default_eps_follows_dataset_and_norm_in_any_case():
     assert PairSource(dataset="cifar10", norm="Linf").norm == "linf"
     assert PairSource(dataset="imagenet").default_eps == 4 / 255
     with pytest.raises(AsmixError, match="imagenet has no standard l2 radius"):
-        PairSource(dataset="imagenet", norm="l2").default_eps
+        _ = PairSource(dataset="imagenet", norm="l2").default_eps
     with pytest.raises(AsmixError, match="norm must be one of linf, l2, got 'l1'"):
         PairSource(norm="l1")

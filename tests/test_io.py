@@ -22,8 +22,10 @@ def test_unwritable_paths_are_refused(tmp_path, monkeypatch):
     (tmp_path / "adir").mkdir()
     with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'adir'}: it is a folder, a file name is needed"):
         check_writable_file(tmp_path / "adir")
-    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'afile' / 'sub' / 'r.json'}: "
-                                         f"{tmp_path / 'afile'} is a file, not a folder"):
+    with pytest.raises(
+        AsmixError,
+        match=f"cannot write {tmp_path / 'afile' / 'sub' / 'r.json'}: {tmp_path / 'afile'} is a file, not a folder",
+    ):
         check_writable_file(tmp_path / "afile" / "sub" / "r.json")
     with pytest.raises(AsmixError, match=f"cannot write to {tmp_path / 'afile'}: it is a file, a folder is needed"):
         check_writable_dir(tmp_path / "afile")

@@ -35,8 +35,16 @@ def test_two_class_linear_softmax_closed_form(norm, dual):
     reach = eps * dual(delta_w)
     rise = _sigmoid(z0 + reach) - _sigmoid(z0)  # rise of p_1 = drop of p_0 (label 0)
     expected = (2 * rise) / (2 * eps)
-    estimate = local_lipschitz(model, x, torch.tensor([0]), eps=eps, norm=norm, steps=50,
-                               step_size=eps / 4, generator=torch.Generator().manual_seed(0))
+    estimate = local_lipschitz(
+        model,
+        x,
+        torch.tensor([0]),
+        eps=eps,
+        norm=norm,
+        steps=50,
+        step_size=eps / 4,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert estimate.value.item() == pytest.approx(expected, rel=1e-3)
     assert estimate.drop.item() == pytest.approx(rise / eps, rel=1e-3)
     assert estimate.rise[0, 0].item() == pytest.approx(rise / eps, rel=1e-3)
@@ -59,7 +67,7 @@ def test_class_limit_keeps_most_likely_others():
     assert limited.rise.shape == (2, 2) and full.rise.shape == (2, 4)
     probs = torch.softmax(model(x), dim=1)
     for row in range(2):
-        others = probs[row].scatter(0, y[row:row + 1], -1).argsort(descending=True)[:2]
+        others = probs[row].scatter(0, y[row : row + 1], -1).argsort(descending=True)[:2]
         assert limited.classes[row].tolist() == others.tolist()
         assert y[row].item() not in limited.classes[row].tolist()
     assert (limited.value <= full.value + 1e-6).all()
@@ -77,6 +85,8 @@ def test_saturated_softmax_still_moves():
     model = _linear(torch.tensor([[30.0, 30.0], [-30.0, -30.0]]), torch.tensor([-15.0, 15.0]))
     x = torch.full((1, 2), 0.5)
     assert torch.softmax(model(x), dim=1)[0, 0].item() == 1.0
-    estimate = local_lipschitz(model, x, torch.tensor([0]), eps=0.5, steps=10, generator=torch.Generator().manual_seed(0))
+    estimate = local_lipschitz(
+        model, x, torch.tensor([0]), eps=0.5, steps=10, generator=torch.Generator().manual_seed(0)
+    )
     assert estimate.drop.item() * 0.5 == pytest.approx(1.0, abs=1e-3)
     assert estimate.rise[0, 0].item() * 0.5 == pytest.approx(1.0, abs=1e-3)

@@ -4,15 +4,20 @@ import warnings
 
 import pytest
 import torch
+from conftest import kill_after, record_computed_parts
 from torch import nn
 
-from asmix.attacks.margin import (MinMarginAPGD, MinMarginAPGDTargeted, min_margin_autoattack, probability_gap,
-                                  true_class_margin)
+from asmix.attacks.margin import (
+    MinMarginAPGD,
+    MinMarginAPGDTargeted,
+    min_margin_autoattack,
+    probability_gap,
+    true_class_margin,
+)
 from asmix.compat import register_autoattack
 from asmix.errors import AsmixError
 from asmix.experiments.margins import MarginsConfig, margins
 from asmix.mixing import MixedClassifier
-from conftest import kill_after, record_computed_parts
 
 
 class _Fixed(nn.Module):
@@ -190,8 +195,14 @@ def test_margins_report_renders(tmp_path):
 
     std, rob = _small_net(2), _small_net(3)
     x, y = _data(8, seed=4)
-    result = margins(std, rob, x, y, MarginsConfig(eps=0.2, steps=3, aa_steps=3, target_classes=1, lipschitz=True,
-                                                   lipschitz_classes=2), models={"std": "a", "rob": "b"})
+    result = margins(
+        std,
+        rob,
+        x,
+        y,
+        MarginsConfig(eps=0.2, steps=3, aa_steps=3, target_classes=1, lipschitz=True, lipschitz_classes=2),
+        models={"std": "a", "rob": "b"},
+    )
     console = Console(record=True, width=150)
     for table in (margins_table(result), lemma32_table(result), lipschitz_table(result)):
         console.print(table)
@@ -213,9 +224,31 @@ def test_margins_cli_on_demo_data(tmp_path):
 
     from asmix.cli import app
 
-    result = CliRunner().invoke(app, ["margins", "--std", "demo-std", "--rob", "demo-std", "--n-examples", "6",
-                                      "--steps", "2", "--aa-steps", "2", "--target-classes", "1", "--lipschitz",
-                                      "--lipschitz-classes", "2", "--device", "cpu", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "margins",
+            "--std",
+            "demo-std",
+            "--rob",
+            "demo-std",
+            "--n-examples",
+            "6",
+            "--steps",
+            "2",
+            "--aa-steps",
+            "2",
+            "--target-classes",
+            "1",
+            "--lipschitz",
+            "--lipschitz-classes",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "margins_hist.png").exists()
     import json

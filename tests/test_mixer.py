@@ -11,20 +11,30 @@ from torch import nn
 
 from asmix.errors import AsmixError
 from asmix.identity import weights_digest
-from asmix.mixer import (MixingNetwork, SyncedBatchNorm, default_layers, load_mixer, resolve_layers,
-                         run_with_features, save_mixer)
+from asmix.mixer import (
+    MixingNetwork,
+    SyncedBatchNorm,
+    default_layers,
+    load_mixer,
+    resolve_layers,
+    run_with_features,
+    save_mixer,
+)
 from asmix.mixing import AlphaSource, MixedClassifier, mix_logits
 from asmix.models.adapters import InputAdapter
-from asmix.preprocessing import Preprocessing
 from asmix.models.demo import DemoCNN
+from asmix.preprocessing import Preprocessing
 
 
 def _timm_resnet18(size: int | None = None) -> nn.Module:
     import timm
 
-    return InputAdapter(timm.create_model("resnet18", pretrained=False, num_classes=10),
-                        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
-                        Preprocessing(resize=(size, size)) if size else None).eval()
+    return InputAdapter(
+        timm.create_model("resnet18", pretrained=False, num_classes=10),
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        Preprocessing(resize=(size, size)) if size else None,
+    ).eval()
 
 
 def _demo_pair() -> tuple[nn.Module, nn.Module]:
@@ -135,8 +145,13 @@ def test_alpha_range_in_eval_full_range_in_train():
 def test_mixed_classifier_runs_each_model_once_and_mixes_eq_3_4():
     std, rob = _demo_pair()
     counted_std, counted_rob = CallCounter(std), CallCounter(rob)
-    mixer = MixingNetwork.build(counted_std, counted_rob, torch.rand(2, 1, 28, 28), std_layers="model.layer1,model.layer2",
-                                rob_layers=("model.layer1", "model.layer2")).eval()
+    mixer = MixingNetwork.build(
+        counted_std,
+        counted_rob,
+        torch.rand(2, 1, 28, 28),
+        std_layers="model.layer1,model.layer2",
+        rob_layers=("model.layer1", "model.layer2"),
+    ).eval()
     counted_std.calls = counted_rob.calls = 0
     mixed = MixedClassifier(counted_std, counted_rob, alpha=mixer).eval()
     assert mixed.alpha_source is mixer
@@ -232,8 +247,9 @@ def test_load_errors(tmp_path):
 
 def test_weight_hashes_refuse_other_base_models(tmp_path):
     std, rob, mixer = _trained_looking_mixer()
-    directory = save_mixer(mixer, tmp_path / "m", config={"models": {"std": "demo-std", "rob": "demo-rob"}},
-                           std=std, rob=rob)
+    directory = save_mixer(
+        mixer, tmp_path / "m", config={"models": {"std": "demo-std", "rob": "demo-rob"}}, std=std, rob=rob
+    )
     stored = json.loads((directory / "mixer.json").read_text())["base_weights"]
     assert stored == {"std": weights_digest(std), "rob": weights_digest(rob)} and stored["std"] != stored["rob"]
     load_mixer(directory, std="demo-std", rob="demo-rob", std_model=std, rob_model=rob)  # the same weights pass
@@ -306,8 +322,9 @@ def _tiny_timm(name: str) -> nn.Module:
     import timm
 
     kwargs = {
-        "swin_tiny_patch4_window7_224": dict(img_size=64, patch_size=4, window_size=4, embed_dim=8, depths=(1, 1, 1),
-                                             num_heads=(1, 1, 1)),
+        "swin_tiny_patch4_window7_224": dict(
+            img_size=64, patch_size=4, window_size=4, embed_dim=8, depths=(1, 1, 1), num_heads=(1, 1, 1)
+        ),
         "convnext_atto": dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)),
         "vit_tiny_patch16_224": dict(img_size=64, patch_size=16, embed_dim=16, depth=4, num_heads=2),
     }[name]
@@ -316,22 +333,29 @@ def _tiny_timm(name: str) -> nn.Module:
     return InputAdapter(network, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
 
 
-@pytest.mark.parametrize("name, layers, shapes", [
-    # Swin stages are NHWC in timm: hooked, layers.0 is (N, 16, 16, 8); the mixer must get (N, 8, 16, 16)
-    ("swin_tiny_patch4_window7_224", ("layers.0", "layers.1"), [(8, 16, 16), (16, 8, 8)]),
-    # ConvNeXt's forward_intermediates counts its stem as index 0: stages.1 must still be the 16-channel stage
-    ("convnext_atto", ("stages.0", "stages.1"), [(8, 16, 16), (16, 8, 8)]),
-    # ViT blocks output tokens (N, 1 + 16, 16): the mixer gets the 16 patch tokens as a 4x4 map
-    ("vit_tiny_patch16_224", ("blocks.0", "blocks.1"), [(16, 4, 4), (16, 4, 4)]),
-])
+@pytest.mark.parametrize(
+    "name, layers, shapes",
+    [
+        # Swin stages are NHWC in timm: hooked, layers.0 is (N, 16, 16, 8); the mixer must get (N, 8, 16, 16)
+        ("swin_tiny_patch4_window7_224", ("layers.0", "layers.1"), [(8, 16, 16), (16, 8, 8)]),
+        # ConvNeXt's forward_intermediates counts its stem as index 0: stages.1 must still be the 16-channel stage
+        ("convnext_atto", ("stages.0", "stages.1"), [(8, 16, 16), (16, 8, 8)]),
+        # ViT blocks output tokens (N, 1 + 16, 16): the mixer gets the 16 patch tokens as a 4x4 map
+        ("vit_tiny_patch16_224", ("blocks.0", "blocks.1"), [(16, 4, 4), (16, 4, 4)]),
+    ],
+)
 def test_timm_taps_are_channels_first_from_one_forward(name, layers, shapes):
     model = _tiny_timm(name)
     root = model.wrapped
     x = torch.rand(3, 3, 64, 64)
     assert resolve_layers(model, None) == layers
     outputs: dict[str, torch.Tensor] = {}
-    handles = [root.get_submodule(layer).register_forward_hook(
-        lambda module, inputs, output, layer=layer: outputs.__setitem__(layer, output)) for layer in layers]
+    handles = [
+        root.get_submodule(layer).register_forward_hook(
+            lambda module, inputs, output, layer=layer: outputs.__setitem__(layer, output)
+        )
+        for layer in layers
+    ]
     calls = []
     handles.append(root.register_forward_pre_hook(lambda module, inputs: calls.append(1)))
     counter = root.get_submodule(layers[0])
@@ -360,9 +384,12 @@ def test_timm_taps_are_channels_first_from_one_forward(name, layers, shapes):
 def test_a_hook_on_a_channels_last_module_is_refused():
     swin = _tiny_timm("swin_tiny_patch4_window7_224")
     x = torch.rand(2, 3, 64, 64)
-    with pytest.raises(AsmixError, match=r"tap 'layers.0.blocks.0' of SwinTransformer outputs channels-last maps "
-                                         r"\(2, 16, 16, 8\) \(8 channels in the last dim\).*tap one of: layers.0, "
-                                         r"layers.1, layers.2") as refused:
+    with pytest.raises(
+        AsmixError,
+        match=r"tap 'layers.0.blocks.0' of SwinTransformer outputs channels-last maps "
+        r"\(2, 16, 16, 8\) \(8 channels in the last dim\).*tap one of: layers.0, "
+        r"layers.1, layers.2",
+    ) as refused:
         run_with_features(swin, x, ("layers.0.blocks.0", "layers.1"))
     assert len(str(refused.value).splitlines()) == 1
 
@@ -386,8 +413,11 @@ def test_a_hook_on_a_channels_last_module_is_refused():
 
     with pytest.raises(AsmixError, match=r"tap 'layer1' of Net outputs channels-last maps \(2, 32, 32, 6\)"):
         run_with_features(Net().eval(), x, ("layer1", "layer2"))
-    with pytest.raises(AsmixError, match=r"tap 'blocks.0.mlp' must output a feature map \(N, C, H, W\), got "
-                                         r"\(2, 17, 16\); tap one of: blocks.0, blocks.1"):
+    with pytest.raises(
+        AsmixError,
+        match=r"tap 'blocks.0.mlp' must output a feature map \(N, C, H, W\), got "
+        r"\(2, 17, 16\); tap one of: blocks.0, blocks.1",
+    ):
         run_with_features(_tiny_timm("vit_tiny_patch16_224"), x, ("blocks.0.mlp", "blocks.1"))
 
 
@@ -417,7 +447,9 @@ def test_mixer_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded.run(x, std, rob).alpha, mixer.run(x, std, rob).alpha)
-    with pytest.raises(AsmixError, match="not in the local Hugging Face cache .*huggingface-cli download asmix-org/other"):
+    with pytest.raises(
+        AsmixError, match="not in the local Hugging Face cache .*huggingface-cli download asmix-org/other"
+    ):
         load_mixer("hf:asmix-org/other")
     with pytest.raises(AsmixError, match="use hf:ORG/NAME"):
         load_mixer("hf:no-slash")
@@ -427,15 +459,40 @@ def test_mixer_card_names_the_weights_head_recipe_and_verdict(tmp_path):
     from asmix.report.card import write_mixer_card
 
     std, rob, mixer = _trained_looking_mixer()
-    judged = {"name": "mixer", "alpha": None, "clean_acc": 0.9, "attacked_acc": 0.7, "clean_correct": 9,
-              "attacked_correct": 7, "alpha_clean": 0.55, "alpha_attacked": 0.61}
-    verdict = {"n_examples": 10, "eps": 0.3, "norm": "linf", "line": "no gain: the mixer only detects the training "
-               "attack (-10.00 points ...)", "mixer": judged,
-               "fixed": judged | {"name": "fixed alpha 0.8", "alpha": 0.8, "attacked_correct": 8, "alpha_clean": 0.8,
-                                  "alpha_attacked": 0.8}}
-    directory = save_mixer(mixer, tmp_path / "m", std=std, rob=rob, config={
-        "models": {"std": "demo-std", "rob": "demo-rob"}, "training": {"setting": "C", "epochs": 4, "eps_max": 0.3},
-        "n_train": 2048, "n_val": 500, "data_fingerprint": "f" * 64, "verdict": verdict, "selection": None})
+    judged = {
+        "name": "mixer",
+        "alpha": None,
+        "clean_acc": 0.9,
+        "attacked_acc": 0.7,
+        "clean_correct": 9,
+        "attacked_correct": 7,
+        "alpha_clean": 0.55,
+        "alpha_attacked": 0.61,
+    }
+    verdict = {
+        "n_examples": 10,
+        "eps": 0.3,
+        "norm": "linf",
+        "line": "no gain: the mixer only detects the training attack (-10.00 points ...)",
+        "mixer": judged,
+        "fixed": judged
+        | {"name": "fixed alpha 0.8", "alpha": 0.8, "attacked_correct": 8, "alpha_clean": 0.8, "alpha_attacked": 0.8},
+    }
+    directory = save_mixer(
+        mixer,
+        tmp_path / "m",
+        std=std,
+        rob=rob,
+        config={
+            "models": {"std": "demo-std", "rob": "demo-rob"},
+            "training": {"setting": "C", "epochs": 4, "eps_max": 0.3},
+            "n_train": 2048,
+            "n_val": 500,
+            "data_fingerprint": "f" * 64,
+            "verdict": verdict,
+            "selection": None,
+        },
+    )
     card = write_mixer_card(directory).read_text()
     assert weights_digest(std) in card and weights_digest(rob) in card and "`demo-rob`" in card
     assert "alpha range (0.2, 0.8)" in card and "Setting C, 4 epochs" in card and "f" * 64 in card

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Exploding, FixedLogits, LinearImageModel
 
 from asmix import AsmixError, MixedClassifier, mix_logits
-from conftest import Exploding, FixedLogits, LinearImageModel
 
 STD_LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
 ROB_LOGITS = torch.tensor([[0.1, 0.3, 0.2], [1.0, -1.0, 0.5]])
@@ -14,9 +14,11 @@ ROB_LOGITS = torch.tensor([[0.1, 0.3, 0.2], [1.0, -1.0, 0.5]])
 
 def reference(std, rob, alpha):
     """log((1-a) softmax(g) + a softmax(h)) in float64 numpy."""
+
     def softmax(z):
         e = np.exp(z - z.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
+
     return np.log((1 - alpha) * softmax(std.double().numpy()) + alpha * softmax(rob.double().numpy()))
 
 
@@ -107,16 +109,19 @@ def test_return_alpha_for_fixed_alpha():
     assert alpha.tolist() == pytest.approx([0.3, 0.3])
 
 
-@pytest.mark.parametrize("kwargs", [{"alpha": 1.5}, {"alpha": -0.1}, {"alpha": float("nan")},
-                                    {"mix_space": "odds"}, {"std_temperature": -1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"alpha": 1.5}, {"alpha": -0.1}, {"alpha": float("nan")}, {"mix_space": "odds"}, {"std_temperature": -1.0}],
+)
 def test_bad_settings_raise(kwargs):
     with pytest.raises(AsmixError):
         MixedClassifier(FixedLogits(STD_LOGITS), FixedLogits(ROB_LOGITS), **kwargs)
 
 
 def test_with_alpha_keeps_models_and_settings():
-    mixed = MixedClassifier(FixedLogits(STD_LOGITS), FixedLogits(ROB_LOGITS), 0.2, std_scale=2.0, rob_scale=0.5,
-                            std_temperature=4.0)
+    mixed = MixedClassifier(
+        FixedLogits(STD_LOGITS), FixedLogits(ROB_LOGITS), 0.2, std_scale=2.0, rob_scale=0.5, std_temperature=4.0
+    )
     other = mixed.with_alpha(0.4)
     assert other.std is mixed.std and other.rob is mixed.rob and mixed.alpha == 0.2
     x = torch.zeros(2, 3)
@@ -133,7 +138,7 @@ def test_nuts_map_hand_computed():
     from asmix.nuts import NutsMap
 
     out = NutsMap(2.0, 2.0, 0.0)(torch.tensor([[0.0, 1.0, 2.0]]))
-    expected = [-2 * (1 - GELU_AT_1) ** 2, 0.0, 2 * GELU_AT_1 ** 2]
+    expected = [-2 * (1 - GELU_AT_1) ** 2, 0.0, 2 * GELU_AT_1**2]
     assert out.dtype == torch.float32
     assert out[0].tolist() == pytest.approx(expected, abs=1e-6)
     # the clamp bias shifts before GELU: c = -1 maps LN value 1 to GELU(0) = 0 and 0 to GELU(-1)
@@ -150,8 +155,9 @@ def test_nuts_map_top_k_statistics():
     # ln_k = 2: mean and var from the two largest logits (3, 1): mean 2, var 2 -> (z - 2) / sqrt(2)
     z = torch.tensor([[3.0, 1.0, -5.0]])
     out = NutsMap(1.0, 1.0, 10.0, ln_k=2)(z)  # c = 10: GELU is the identity to 1e-20
-    assert out[0].tolist() == pytest.approx([10 + 1 / math.sqrt(2), 10 - 1 / math.sqrt(2), 10 - 7 / math.sqrt(2)],
-                                            abs=1e-5)
+    assert out[0].tolist() == pytest.approx(
+        [10 + 1 / math.sqrt(2), 10 - 1 / math.sqrt(2), 10 - 7 / math.sqrt(2)], abs=1e-5
+    )
 
 
 def test_nuts_mix_matches_formula_and_hardmax():
@@ -174,8 +180,13 @@ def test_nuts_mixed_classifier_extreme_logits_finite_gradients():
     x = torch.rand(3, 1, 2, 2, requires_grad=True)
     for temperature in (1.0, 0.0):
         for alpha in (0.3, 0.99, 1.0):
-            mixed = MixedClassifier(_Scaled(model, 1e4), _Scaled(LinearImageModel(4, 3, seed=1), 1e4), alpha,
-                                    std_temperature=temperature, rob_map=NutsMap(5.0, 4.0, -1.1))
+            mixed = MixedClassifier(
+                _Scaled(model, 1e4),
+                _Scaled(LinearImageModel(4, 3, seed=1), 1e4),
+                alpha,
+                std_temperature=temperature,
+                rob_map=NutsMap(5.0, 4.0, -1.1),
+            )
             out = mixed(x)
             (grad,) = torch.autograd.grad(F.cross_entropy(out, torch.tensor([0, 1, 2])), x)
             assert torch.isfinite(out).all() and torch.isfinite(grad).all()
@@ -195,9 +206,14 @@ def test_nuts_with_alpha_keeps_the_map_and_bad_settings_are_refused():
     assert nuts == NutsMap(2.0, 3.0, -0.5) and parse_rob_map("none") is None
     mixed = MixedClassifier(LinearImageModel(4, 3), LinearImageModel(4, 3), 0.5, rob_map=nuts)
     assert mixed.with_alpha(0.9).rob_map == nuts
-    for text, message in (("nuts:0,1,0", "scale must be > 0"), ("nuts:1,0.5,0", "power must be >= 1"),
-                          ("nuts:1,2", "needs 3 numbers"), ("gelu:1,2,3", "use nuts:S,P,C"),
-                          ("nuts:1,x,0", "must be numbers"), ("nuts:1,nan,0", "finite number")):
+    for text, message in (
+        ("nuts:0,1,0", "scale must be > 0"),
+        ("nuts:1,0.5,0", "power must be >= 1"),
+        ("nuts:1,2", "needs 3 numbers"),
+        ("gelu:1,2,3", "use nuts:S,P,C"),
+        ("nuts:1,x,0", "must be numbers"),
+        ("nuts:1,nan,0", "finite number"),
+    ):
         with pytest.raises(AsmixError, match=message):
             parse_rob_map(text)
     with pytest.raises(AsmixError, match="rob scale 1"):

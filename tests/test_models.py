@@ -7,13 +7,13 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import LinearImageModel, booby_trapped_export
 from safetensors.torch import save_file
 
 from asmix import AsmixError, load_data, load_model
 from asmix.models import check_model_fits, parse_spec
 from asmix.models.bit import BAI2023_STD_FILE, bit_to_timm_state_dict
 from asmix.models.registry import resolve_zoo_name
-from conftest import LinearImageModel, booby_trapped_export
 
 
 def random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -29,16 +29,19 @@ def random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tenso
     return state
 
 
-@pytest.mark.parametrize("text, kind, name", [
-    ("demo-std", "demo", "demo-std"),
-    ("bit-r152", "bit", "resnetv2_152x2_bit"),
-    ("Wang2023", "rb", "Wang2023Better_WRN-70-16"),
-    ("Carmon2019Unlabeled", "rb", "Carmon2019Unlabeled"),
-    ("rb:Ding2020MMA", "rb", "Ding2020MMA"),
-    ("timm:resnet18@224", "timm", "resnet18@224"),
-    ("file:/tmp/m.pt2", "file", "/tmp/m.pt2"),
-    ("py:pkg.mod:build", "py", "pkg.mod:build"),
-])
+@pytest.mark.parametrize(
+    "text, kind, name",
+    [
+        ("demo-std", "demo", "demo-std"),
+        ("bit-r152", "bit", "resnetv2_152x2_bit"),
+        ("Wang2023", "rb", "Wang2023Better_WRN-70-16"),
+        ("Carmon2019Unlabeled", "rb", "Carmon2019Unlabeled"),
+        ("rb:Ding2020MMA", "rb", "Ding2020MMA"),
+        ("timm:resnet18@224", "timm", "resnet18@224"),
+        ("file:/tmp/m.pt2", "file", "/tmp/m.pt2"),
+        ("py:pkg.mod:build", "py", "pkg.mod:build"),
+    ],
+)
 def test_parse_spec(text, kind, name):
     spec = parse_spec(text)
     assert (spec.kind, spec.name) == (kind, name)
@@ -146,14 +149,17 @@ def test_robustbench_model_from_local_checkpoint(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(x), reference(x), atol=1e-5)
     torch.save(state, tmp_path / "w.pt")
-    assert torch.allclose(load_model("rb:Ding2020MMA", dataset="cifar10", weights=tmp_path / "w.pt")(x), reference(x), atol=1e-5)
+    assert torch.allclose(
+        load_model("rb:Ding2020MMA", dataset="cifar10", weights=tmp_path / "w.pt")(x), reference(x), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("dataset", ["cifar100", "imagenet"])
 def test_robustbench_threat_model_without_models_is_one_line(tmp_path, dataset):
     # RobustBench 1.1.1 has L2 models for cifar10 only; this was a raw KeyError
-    with pytest.raises(AsmixError, match=f"RobustBench has no {dataset} L2 models for 'Wang2023Better_WRN-70-16': "
-                                         "use --norm linf") as refused:
+    with pytest.raises(
+        AsmixError, match=f"RobustBench has no {dataset} L2 models for 'Wang2023Better_WRN-70-16': use --norm linf"
+    ) as refused:
         load_model("Wang2023", dataset=dataset, norm="L2", model_dir=tmp_path)
     assert len(str(refused.value).splitlines()) == 1
 
@@ -208,7 +214,8 @@ def test_python_specs_need_consent_too(tmp_path, monkeypatch):
     marker = tmp_path / "imported"
     (tmp_path / "factory.py").write_text(
         f"import pathlib, torch\npathlib.Path({str(marker)!r}).touch()\n\n"
-        "def build():\n    return torch.nn.Linear(4, 3)\n")
+        "def build():\n    return torch.nn.Linear(4, 3)\n"
+    )
     with pytest.raises(AsmixError, match="refusing py:.*it imports and runs Python code; pass --trust-code"):
         load_model(f"py:{tmp_path / 'factory.py'}:build")
     assert not marker.exists()
@@ -219,7 +226,8 @@ def test_python_specs_need_consent_too(tmp_path, monkeypatch):
 def test_python_factory_and_weights(tmp_path):
     (tmp_path / "factory.py").write_text(
         "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))\n"
-        "\ndef not_a_model():\n    return 3\n")
+        "\ndef not_a_model():\n    return 3\n"
+    )
     model = load_model(f"py:{tmp_path / 'factory.py'}:build", trust_code=True)
     state = random_state(model, seed=4)
     save_file(state, tmp_path / "w.safetensors")
@@ -294,7 +302,10 @@ def test_robustbench_imagenet_model_carries_its_preprocessing(tmp_path):
     torch.save({"state_dict": state}, folder / "Salman2020Do_R18.pt")
     model = load_model("Salman2020Do_R18", dataset="imagenet", model_dir=tmp_path)
     assert isinstance(model, InputAdapter) and type(tap_root(model)).__name__ == "ResNet"
-    assert model.preprocessing.describe() == "resize short side to 256 (bilinear), center-crop 224x224 [RobustBench Res256Crop224]"
+    assert (
+        model.preprocessing.describe()
+        == "resize short side to 256 (bilinear), center-crop 224x224 [RobustBench Res256Crop224]"
+    )
     x = torch.rand(2, 3, 256, 270)  # the common input space is 256 on the short side
     leaderboard = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224)])
     with torch.no_grad():
@@ -311,8 +322,15 @@ def test_g_with_another_imagenet_pipeline_gets_a_note():
     note = preprocessing_note(swin, rob, dataset="imagenet")
     assert note.startswith("STD (g) expects resize short side to 248 (bicubic)") and "\n" not in note
     assert "resize short side to 256 (bicubic), center-crop 256x256" in note
-    assert preprocessing_note(model_preprocessing("Liu2023Comprehensive_ConvNeXt-B", dataset="imagenet"), rob,
-                              dataset="imagenet") is None
-    assert preprocessing_note(model_preprocessing("Salman2020Do_R18", dataset="imagenet"), None, dataset="imagenet") is None
+    assert (
+        preprocessing_note(
+            model_preprocessing("Liu2023Comprehensive_ConvNeXt-B", dataset="imagenet"), rob, dataset="imagenet"
+        )
+        is None
+    )
+    assert (
+        preprocessing_note(model_preprocessing("Salman2020Do_R18", dataset="imagenet"), None, dataset="imagenet")
+        is None
+    )
     assert "the images as they are" in preprocessing_note(None, rob, dataset="imagenet")
     assert preprocessing_note(None, None, dataset="cifar10") is None

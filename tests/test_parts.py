@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LinearImageModel, run_in_gloo_processes
 
 from asmix.experiments.certify import CertifyConfig, certify
 from asmix.experiments.margins import MarginsConfig, margins
 from asmix.experiments.parts import Parts, fingerprint
 from asmix.experiments.sweep import SweepConfig, sweep_alpha
-from conftest import LinearImageModel, run_in_gloo_processes
 
 
 def test_fingerprint_covers_settings_weights_and_data():
@@ -46,8 +46,7 @@ def _problem():
 CONFIGS = {
     "sweep": (sweep_alpha, SweepConfig(alphas=(0.0, 0.5, 0.8), eps=0.1, steps=3, batch_size=4)),
     "margins": (margins, MarginsConfig(eps=0.1, steps=3, aa_steps=3, target_classes=1, lipschitz=True, batch_size=4)),
-    "certify": (certify, CertifyConfig(sigma=0.25, n_samples=20, batch_size=40, confidence=0.9,
-                                       match_clean_acc=True)),
+    "certify": (certify, CertifyConfig(sigma=0.25, n_samples=20, batch_size=40, confidence=0.9, match_clean_acc=True)),
 }
 
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from conftest import LinearImageModel
 
 from asmix import PGD, AsmixError, load_model
 from asmix.runtime import batch_generator
-from conftest import LinearImageModel
 
 
 def test_linf_pgd_breaks_a_linear_model_and_stays_in_the_ball():
@@ -43,10 +43,14 @@ def test_pgd_is_deterministic_and_batch_independent():
     halves = torch.cat([attack.perturb(model, x[:3], y[:3]), attack.perturb(model, x[3:], y[3:])])
     assert torch.allclose(whole, halves, atol=1e-6)
     seeded = PGD(eps=0.1, steps=3)
-    assert torch.equal(seeded.perturb(model, x, y, generator=batch_generator(1, "a")),
-                       seeded.perturb(model, x, y, generator=batch_generator(1, "a")))
-    assert not torch.equal(seeded.perturb(model, x, y, generator=batch_generator(1, "a")),
-                           seeded.perturb(model, x, y, generator=batch_generator(2, "a")))
+    assert torch.equal(
+        seeded.perturb(model, x, y, generator=batch_generator(1, "a")),
+        seeded.perturb(model, x, y, generator=batch_generator(1, "a")),
+    )
+    assert not torch.equal(
+        seeded.perturb(model, x, y, generator=batch_generator(1, "a")),
+        seeded.perturb(model, x, y, generator=batch_generator(2, "a")),
+    )
 
 
 def test_pgd_does_not_touch_model_gradients():
@@ -55,19 +59,23 @@ def test_pgd_does_not_touch_model_gradients():
     assert model.linear.weight.grad is None
 
 
-@pytest.mark.parametrize("kwargs", [{"eps": -0.1}, {"eps": 0.1, "steps": -1}, {"eps": 0.1, "norm": "l1"},
-                                    {"eps": 0.1, "step_size": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"eps": -0.1}, {"eps": 0.1, "steps": -1}, {"eps": 0.1, "norm": "l1"}, {"eps": 0.1, "step_size": 0.0}]
+)
 def test_bad_attack_settings(kwargs):
     with pytest.raises(AsmixError):
         PGD(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"eps": float("nan")}, "eps must be a finite number, got nan"),
-    ({"eps": float("inf")}, "eps must be a finite number, got inf"),
-    ({"eps": 0.1, "step_size": float("inf")}, "step size must be a finite number, got inf"),
-    ({"eps": 0.1, "step_size": float("nan")}, "step size must be a finite number, got nan"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eps": float("nan")}, "eps must be a finite number, got nan"),
+        ({"eps": float("inf")}, "eps must be a finite number, got inf"),
+        ({"eps": 0.1, "step_size": float("inf")}, "step size must be a finite number, got inf"),
+        ({"eps": 0.1, "step_size": float("nan")}, "step size must be a finite number, got nan"),
+    ],
+)
 def test_non_finite_radius_and_step_are_refused(kwargs, message):
     # NaN slipped through ``eps < 0`` and ``step_size <= 0``; inf gave an attack without a ball
     with pytest.raises(AsmixError, match=message):
@@ -119,7 +127,9 @@ def test_a_point_broken_by_any_iterate_counts_as_broken():
     y = torch.zeros(2, dtype=torch.long)
     # the gradient of CE pushes the sum up (the 1e-3 * total term) through the band (2.0, 2.3) and past it
     for stop_at_break, broken in ((False, False), (True, True)):
-        x_adv = PGD(eps=0.3, steps=10, step_size=0.05, random_start=False, stop_at_break=stop_at_break).perturb(model, x, y)
+        x_adv = PGD(eps=0.3, steps=10, step_size=0.05, random_start=False, stop_at_break=stop_at_break).perturb(
+            model, x, y
+        )
         assert bool((model(x_adv).argmax(1) != y).all()) is broken
 
 
@@ -131,7 +141,8 @@ def test_transfer_counts_a_point_broken_for_the_judged_model_if_any_iterate_brea
     y = torch.zeros(2, dtype=torch.long)
     tracker = AllIteratesCorrect(lambda x_t, logits: torch.stack((logits, judged(x_t))), y)
     last = PGD(eps=0.3, steps=10, step_size=0.05, random_start=False, stop_at_break=False).perturb(
-        source, x, y, on_iterate=tracker)
+        source, x, y, on_iterate=tracker
+    )
     assert bool((judged(last).argmax(1) == y).all())  # the last iterate (sum 2.8) fools nobody
     assert tracker.correct.tolist() == [[True, True], [False, False]]  # but an iterate inside the band fooled h
     # the reported point for the judged model is the first iterate in the band: sum 2.2 (0.55 per pixel)

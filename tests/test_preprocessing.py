@@ -114,8 +114,11 @@ def test_robustbench_table_is_read_not_restated():
     from robustbench.data import PREPROCESSINGS
 
     read = {key: from_torchvision(PREPROCESSINGS[key]) for key in PREPROCESSINGS if key is not None}
-    assert (read["BicubicRes256Crop224"].resize, read["BicubicRes256Crop224"].crop,
-            read["BicubicRes256Crop224"].interpolation) == (256, (224, 224), "bicubic")
+    assert (
+        read["BicubicRes256Crop224"].resize,
+        read["BicubicRes256Crop224"].crop,
+        read["BicubicRes256Crop224"].interpolation,
+    ) == (256, (224, 224), "bicubic")
     assert (read["Res256Crop224"].resize, read["Res256Crop224"].interpolation) == (256, "bilinear")
     assert (read["Res224"].resize, read["Res224"].crop) == ((224, 224), None)
     assert (read["Crop288"].resize, read["Crop288"].crop) == (None, (288, 288))

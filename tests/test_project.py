@@ -27,7 +27,8 @@ def test_import_asmix_has_no_side_effects():
 
     script = (
         "import sys, asmix\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith(('asmix.', 'autoattack', 'pyautoattack', 'timm', 'robustbench')))\n"
+        "prefixes = ('asmix.', 'autoattack', 'pyautoattack', 'timm', 'robustbench')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(prefixes))\n"
         "assert loaded == ['asmix.errors'], loaded\n"
         "from asmix import evaluate, PGD\n"
         "import asmix.attacks.margin, asmix.attacks.adaptive\n"

@@ -23,12 +23,18 @@ def test_every_json_carries_the_versions_device_command_and_commit(tmp_path, mon
     document = json.loads(path.read_text())
     assert document["rows"] == [1]
     stamp = document["provenance"]
-    assert stamp["versions"]["torch"] == torch.__version__.split("+")[0] or stamp["versions"]["torch"] == torch.__version__
+    assert (
+        stamp["versions"]["torch"] == torch.__version__.split("+")[0] or stamp["versions"]["torch"] == torch.__version__
+    )
     assert stamp["versions"]["asmix"] == metadata.version("asmix")
     assert stamp["device"] == "cpu" and stamp["command"] == "asmix sweep-alpha --alphas 0,1"
     assert stamp["wall_seconds"] >= 0 and stamp["started"].endswith("+00:00")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=str(__import__("pathlib").Path(__file__).parent))
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).parent),
+    )
     if head.returncode == 0:  # in a checkout the commit is the one git reports
         assert stamp["git_commit"] == head.stdout.strip()
     assert "provenance" not in json.loads(atomic_write_json(tmp_path / "plain.json", {"a": 1}, stamp=False).read_text())
@@ -53,8 +59,11 @@ def test_git_commit_reads_a_packed_ref_and_a_detached_head(tmp_path):
 def test_version_option_prints_the_versions():
     done = subprocess.run([sys.executable, "-m", "asmix", "--version"], capture_output=True, text=True)
     if done.returncode != 0:  # no __main__ module: call the entry point
-        done = subprocess.run([sys.executable, "-c", "import sys; sys.argv=['asmix','--version']; "
-                               "from asmix.cli import main; main()"], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; sys.argv=['asmix','--version']; from asmix.cli import main; main()"],
+            capture_output=True,
+            text=True,
+        )
     assert done.returncode == 0 and done.stdout.strip() == version_line()
     assert version_line().startswith(f"asmix {metadata.version('asmix')} (torch ")
 
@@ -94,5 +103,24 @@ def test_plain_progress_times_a_task_from_the_end_of_the_previous_one():
     progress("base", 1000, 1000)
     now[0] = 260.0
     progress("MIX", 500, 1000)
-    assert lines == ["base: 250/1000 (25%), 5.0/s, 0:02:30 left", "base: 1000/1000 (100%), 5.0/s, 0:03:20 elapsed",
-                     "MIX: 500/1000 (50%), 8.3/s, 0:01:00 left"]
+    assert lines == [
+        "base: 250/1000 (25%), 5.0/s, 0:02:30 left",
+        "base: 1000/1000 (100%), 5.0/s, 0:03:20 elapsed",
+        "MIX: 500/1000 (50%), 8.3/s, 0:01:00 left",
+    ]
+
+
+def test_batch_logs_get_plain_lines_and_terminals_get_bars():
+    import io
+
+    from rich.console import Console
+
+    from asmix.cli.progress import progress_display
+
+    log = io.StringIO()
+    with progress_display(Console(file=log, force_terminal=False, width=200)) as progress:
+        assert isinstance(progress, PlainProgress)
+        progress("clean g", 100, 100)
+    assert log.getvalue().startswith("clean g: 100/100 (100%), ")
+    with progress_display(Console(file=io.StringIO(), force_terminal=True)) as progress:
+        assert not isinstance(progress, PlainProgress)

@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
+from conftest import LinearImageModel, kill_after, record_computed_parts
 
 from asmix import AsmixError, SweepConfig, load_data, load_model, sweep_alpha
 from asmix.experiments.sweep import parse_alphas
-from conftest import LinearImageModel, kill_after, record_computed_parts
 
 
 class Counting(torch.nn.Module):
@@ -18,8 +18,10 @@ class Counting(torch.nn.Module):
         return self.model(x)
 
 
-@pytest.mark.parametrize("text, expected", [("0,0.5,1", (0.0, 0.5, 1.0)), ("1, 0.5,0.5", (0.5, 1.0)),
-                                            ("0:1:0.25", (0.0, 0.25, 0.5, 0.75, 1.0))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("0,0.5,1", (0.0, 0.5, 1.0)), ("1, 0.5,0.5", (0.5, 1.0)), ("0:1:0.25", (0.0, 0.25, 0.5, 0.75, 1.0))],
+)
 def test_parse_alphas(text, expected):
     assert parse_alphas(text) == expected
     assert len(parse_alphas("0:1:0.05")) == 21
@@ -106,13 +108,20 @@ def test_a_killed_sweep_resumes_with_the_numbers_of_one_run(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         sweep_alpha(std, rob, x, y, config, out=tmp_path, progress=kill_after(4))
     assert sorted(path.name for path in (tmp_path / "parts").iterdir()) == [
-        "batch-000000000-000000008.pt", "batch-000000008-000000016.pt", "batch-000000016-000000020.pt",
-        "mix-alpha0.4-batch-000000000-000000008.pt"]
+        "batch-000000000-000000008.pt",
+        "batch-000000008-000000016.pt",
+        "batch-000000016-000000020.pt",
+        "mix-alpha0.4-batch-000000000-000000008.pt",
+    ]
     computed = record_computed_parts(monkeypatch)
     resumed = sweep_alpha(std, rob, x, y, config, out=tmp_path)
-    assert computed == ["mix-alpha0.4-batch-000000008-000000016", "mix-alpha0.4-batch-000000016-000000020",
-                        "mix-alpha0.7-batch-000000000-000000008", "mix-alpha0.7-batch-000000008-000000016",
-                        "mix-alpha0.7-batch-000000016-000000020"]
+    assert computed == [
+        "mix-alpha0.4-batch-000000008-000000016",
+        "mix-alpha0.4-batch-000000016-000000020",
+        "mix-alpha0.7-batch-000000000-000000008",
+        "mix-alpha0.7-batch-000000008-000000016",
+        "mix-alpha0.7-batch-000000016-000000020",
+    ]
     assert resumed.to_dict() == reference.to_dict()
     assert 0 < reference.rows[1].mix_attack < reference.rows[1].clean  # the attack did something to compare
     assert not (tmp_path / "parts").exists()

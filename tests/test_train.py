@@ -9,10 +9,18 @@ import math
 import pytest
 import torch
 
-from asmix.errors import AsmixError
 from asmix.attacks.objectives import mixed_objective
-from asmix.experiments.train import (TrainConfig, attack_rows, composite_loss, judge, pseudo_labels, select_head,
-                                     train_mixer, training_rows)
+from asmix.errors import AsmixError
+from asmix.experiments.train import (
+    TrainConfig,
+    attack_rows,
+    composite_loss,
+    judge,
+    pseudo_labels,
+    select_head,
+    train_mixer,
+    training_rows,
+)
 from asmix.experiments.train.adversary import chi_square_steps
 from asmix.identity import weights_digest
 from asmix.mixer import MixingNetwork, load_mixer
@@ -34,8 +42,9 @@ def _data(n: int, seed: int = 0):
 
 
 def _config(**overrides) -> TrainConfig:
-    settings = dict(epochs=2, batch_size=8, steps_range=(1, 2), val_steps=1, eps_max=0.3, target_classes=1,
-                    apgd_steps_df=2, **TINY)
+    settings = dict(
+        epochs=2, batch_size=8, steps_range=(1, 2), val_steps=1, eps_max=0.3, target_classes=1, apgd_steps_df=2, **TINY
+    )
     return TrainConfig(**(settings | overrides))
 
 
@@ -85,7 +94,8 @@ def test_attack_objective_pushes_alpha_down_and_gray_box_detaches_alpha():
     (grad_b,) = torch.autograd.grad(mixed_objective("B")(mixed, x_b, y)[0].sum(), x_b)
     alpha = mixer.run(x, std, rob).alpha
     expected = torch.autograd.grad(
-        torch.nn.functional.cross_entropy(mixed.mix(std(x_a), rob(x_a), alpha.detach()), y, reduction="sum"), x_a)[0]
+        torch.nn.functional.cross_entropy(mixed.mix(std(x_a), rob(x_a), alpha.detach()), y, reduction="sum"), x_a
+    )[0]
     assert torch.allclose(grad_a, expected, atol=1e-6)
     assert not torch.allclose(grad_a, grad_b, atol=1e-6)  # B also follows alpha's gradient
 
@@ -246,8 +256,9 @@ def test_short_demo_training_lowers_loss_and_separates_alpha():
 
     std, rob = load_model("demo-std"), load_model("demo-rob")
     x, y = load_data("demo", split="train")
-    config = TrainConfig(epochs=3, batch_size=32, target_classes=1, apgd_steps_df=4, val_steps=5, width=16, blocks=1,
-                         stages=1, lr=3e-3)
+    config = TrainConfig(
+        epochs=3, batch_size=32, target_classes=1, apgd_steps_df=4, val_steps=5, width=16, blocks=1, stages=1, lr=3e-3
+    )
     result = train_mixer(std, rob, x[:192], y[:192], x[-64:], y[-64:], config, judge_mixer=False)
     first, last = result.history[0], result.history[-1]
     assert last.train_loss < first.train_loss
@@ -261,8 +272,9 @@ def test_target_clean_acc_sets_saved_range(tmp_path):
     x_val, _ = _data(12, seed=2)
     with torch.no_grad():
         y_val = std(x_val).argmax(1)
-    result = train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=1, target_clean_acc=1.0, range_min_alpha=0.0),
-                         out_dir=tmp_path)
+    result = train_mixer(
+        std, rob, x, y, x_val, y_val, _config(epochs=1, target_clean_acc=1.0, range_min_alpha=0.0), out_dir=tmp_path
+    )
     selection = result.selection
     assert selection is not None and selection.met and selection.clean_acc == 1.0 and selection.n_examples == 6
     assert result.alpha_range == (selection.alpha_min, selection.alpha_max)
@@ -299,11 +311,43 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
 
     from asmix.cli import main
 
-    monkeypatch.setattr(sys, "argv", [
-        "asmix", "train-mixer", "--n-train", "64", "--n-val", "16", "--epochs", "1", "--batch-size", "32",
-        "--target-classes", "1", "--apgd-steps-df", "2", "--val-steps", "1", "--mixer-width", "8", "--mixer-stages",
-        "1", "--mixer-blocks", "1", "--device", "cpu", "--compare", "--n-examples", "8", "--out", str(tmp_path / "run"),
-        "--json", str(tmp_path / "result.json")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "asmix",
+            "train-mixer",
+            "--n-train",
+            "64",
+            "--n-val",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--target-classes",
+            "1",
+            "--apgd-steps-df",
+            "2",
+            "--val-steps",
+            "1",
+            "--mixer-width",
+            "8",
+            "--mixer-stages",
+            "1",
+            "--mixer-blocks",
+            "1",
+            "--device",
+            "cpu",
+            "--compare",
+            "--n-examples",
+            "8",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+            str(tmp_path / "result.json"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     out = capsys.readouterr().out
@@ -313,8 +357,9 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
     assert summary["selection"]["target_clean_acc"] == 0.985 and summary["selection"]["n_examples"] == 8
     for verdict in (summary["verdict"], summary["comparison"]):
         assert verdict["n_examples"] == 8 and verdict["line"] in out
-        assert verdict["gain_points"] == pytest.approx(100 * (verdict["mixer"]["attacked_acc"]
-                                                              - verdict["fixed"]["attacked_acc"]))
+        assert verdict["gain_points"] == pytest.approx(
+            100 * (verdict["mixer"]["attacked_acc"] - verdict["fixed"]["attacked_acc"])
+        )
         assert verdict["fixed"]["clean_correct"] >= verdict["mixer"]["clean_correct"] or verdict["fixed"]["alpha"] == 0
     card = (tmp_path / "run" / "README.md").read_text()  # the model card beside the weights
     stored = json.loads((tmp_path / "run" / "mixer.json").read_text())
@@ -329,8 +374,12 @@ def test_verdict_line_says_gain_or_no_gain():
 
     mixer = JudgedModel("mixer", None, 0.99, 0.85, 99, 85, 0.6, 0.9)
     fixed = JudgedModel("fixed alpha 0.7", 0.7, 0.99, 0.80, 99, 80, 0.7, 0.7)
-    assert Verdict(100, 0.3, "linf", mixer, fixed).line.startswith("gain: +5.00 points over fixed alpha 0.7 (85/100 vs 80/100")
-    lost = Verdict(100, 0.3, "linf", fixed.__class__(**{**mixer.__dict__, "attacked_acc": 0.8, "attacked_correct": 80}), fixed)
+    assert Verdict(100, 0.3, "linf", mixer, fixed).line.startswith(
+        "gain: +5.00 points over fixed alpha 0.7 (85/100 vs 80/100"
+    )
+    lost = Verdict(
+        100, 0.3, "linf", fixed.__class__(**{**mixer.__dict__, "attacked_acc": 0.8, "attacked_correct": 80}), fixed
+    )
     assert lost.line.startswith(NO_GAIN) and "+0.00 points" in lost.line
 
 
@@ -345,11 +394,14 @@ def test_judge_picks_the_largest_fixed_alpha_as_accurate_as_the_mixer():
     mixed = MixedClassifier(std, rob, alpha=mixer).eval()
     with torch.no_grad():
         std_logits, rob_logits = std(x), rob(x)
-    counts = {round(a / 100, 6): int((mixed.mix(std_logits, rob_logits, a / 100).argmax(1) == y).sum()) for a in range(101)}
+    counts = {
+        round(a / 100, 6): int((mixed.mix(std_logits, rob_logits, a / 100).argmax(1) == y).sum()) for a in range(101)
+    }
     for target in (40, 35, counts[1.0]):
         feasible = [a for a, count in counts.items() if count >= target]
         assert equal_accuracy_alpha(mixed, std_logits, rob_logits, y, target) == max(feasible)
     verdict = judge(mixed, x[:10], y[:10], eps=0.05, batch_size=10)
     assert verdict.fixed.clean_correct >= verdict.mixer.clean_correct
-    assert verdict.fixed.alpha == equal_accuracy_alpha(mixed, std_logits[:10], rob_logits[:10], y[:10],
-                                                       verdict.mixer.clean_correct)
+    assert verdict.fixed.alpha == equal_accuracy_alpha(
+        mixed, std_logits[:10], rob_logits[:10], y[:10], verdict.mixer.clean_correct
+    )

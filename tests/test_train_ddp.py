@@ -10,9 +10,36 @@ import sys
 import pytest
 import torch
 
-ARGS = ["train-mixer", "--setting", "B", "--no-verdict", "--rob", "demo-std", "--n-train", "32", "--n-val", "16", "--epochs", "2", "--batch-size", "16",
-        "--steps-range", "1:2", "--val-steps", "1", "--mixer-width", "8", "--mixer-stages", "1", "--mixer-blocks", "1",
-        "--device", "cpu", "--n-examples", "4"]
+ARGS = [
+    "train-mixer",
+    "--setting",
+    "B",
+    "--no-verdict",
+    "--rob",
+    "demo-std",
+    "--n-train",
+    "32",
+    "--n-val",
+    "16",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--steps-range",
+    "1:2",
+    "--val-steps",
+    "1",
+    "--mixer-width",
+    "8",
+    "--mixer-stages",
+    "1",
+    "--mixer-blocks",
+    "1",
+    "--device",
+    "cpu",
+    "--n-examples",
+    "4",
+]
 
 
 def _run(command: list[str], tmp_path) -> subprocess.CompletedProcess:
@@ -26,8 +53,23 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
 
     single = _run([sys.executable, "-m", "asmix", *ARGS, "--out", "single"], tmp_path)
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                "-m", "asmix", *ARGS, "--out", "ddp"], tmp_path)
+    ddp = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "asmix",
+            *ARGS,
+            "--out",
+            "ddp",
+        ],
+        tmp_path,
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert ddp.stdout.count("train-mixer · setting B") == 1  # only rank 0 prints the table
     expected = load_file(str(tmp_path / "single" / "mixer.safetensors"))

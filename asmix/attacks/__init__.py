@@ -1,5 +1,5 @@
 """Attacks: each takes (model, x, y) and returns adversarial x in [0, 1]."""
 
-from asmix.attacks.pgd import PGD, NORMS
+from asmix.attacks.pgd import NORMS, PGD
 
 __all__ = ["NORMS", "PGD"]

@@ -51,8 +51,11 @@ class AlphaTap(nn.Module):
 
 
 def _check_weight(weight: float | torch.Tensor) -> None:
-    low, high = (float(weight.min()), float(weight.max())) if isinstance(weight, torch.Tensor) and weight.numel() \
+    low, high = (
+        (float(weight.min()), float(weight.max()))
+        if isinstance(weight, torch.Tensor) and weight.numel()
         else (float(weight), float(weight))
+    )
     if not 0.0 <= low <= high <= 1.0:
         raise AsmixError(f"the alpha weight w of (1-w)*loss + w*BCE must be in [0, 1], got {low}..{high}")
 
@@ -67,17 +70,37 @@ class AlphaAPGD(_AA.autopgd_base.APGDAttack):
     an ``AlphaTap``. The loss enters through the package's hook for a loss given as a method (``dlr_loss``).
     """
 
-    def __init__(self, mixed: nn.Module, *, eps: float | torch.Tensor, norm: str = "linf", loss: str = "ce",
-                 alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT, n_iter: int = 100, n_restarts: int = 1,
-                 seed: int = 0, rho: float = 0.75, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        mixed: nn.Module,
+        *,
+        eps: float | torch.Tensor,
+        norm: str = "linf",
+        loss: str = "ce",
+        alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT,
+        n_iter: int = 100,
+        n_restarts: int = 1,
+        seed: int = 0,
+        rho: float = 0.75,
+        device: torch.device | None = None,
+    ) -> None:
         if loss not in ("ce", "dlr", "alpha", "ce-hinge"):
             raise AsmixError(f"adaptive APGD loss must be ce, dlr, alpha or ce-hinge, got {loss!r}")
         _check_weight(alpha_weight)
         self.tap = AlphaTap(mixed)
         if loss == "alpha" and not self.tap.adaptive:
             raise AsmixError("the alpha-first attack needs a mixing network")
-        super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=eps,
-                         seed=int(seed), loss="dlr", rho=rho, device=device)
+        super().__init__(
+            self.tap,
+            n_iter=n_iter,
+            norm=package_norm(norm),
+            n_restarts=n_restarts,
+            eps=eps,
+            seed=int(seed),
+            loss="dlr",
+            rho=rho,
+            device=device,
+        )
         self.base_loss, self.alpha_weight = loss, alpha_weight
 
     def dlr_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -85,8 +108,9 @@ class AlphaAPGD(_AA.autopgd_base.APGDAttack):
         if self.base_loss == "alpha":
             return -self.tap.parts.alpha_logit
         if self.base_loss == "ce-hinge":  # the logit is pushed down only while positive, and never saturates
-            return ((1 - self.alpha_weight) * F.cross_entropy(logits, y, reduction="none")
-                    - self.alpha_weight * F.relu(self.tap.parts.alpha_logit))
+            return (1 - self.alpha_weight) * F.cross_entropy(logits, y, reduction="none") - self.alpha_weight * F.relu(
+                self.tap.parts.alpha_logit
+            )
         base = F.cross_entropy(logits, y, reduction="none") if self.base_loss == "ce" else super().dlr_loss(logits, y)
         return blend(base, self.tap.parts, self.alpha_weight)
 
@@ -94,14 +118,33 @@ class AlphaAPGD(_AA.autopgd_base.APGDAttack):
 class AlphaAPGDTargeted(_AA.autopgd_base.APGDAttack_targeted):
     """The package's APGD-T (targeted DLR) with its loss blended with the alpha term."""
 
-    def __init__(self, mixed: nn.Module, *, eps: float | torch.Tensor, norm: str = "linf",
-                 alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT, n_iter: int = 100, n_restarts: int = 1,
-                 n_target_classes: int = 9, seed: int = 0, rho: float = 0.75,
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        mixed: nn.Module,
+        *,
+        eps: float | torch.Tensor,
+        norm: str = "linf",
+        alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT,
+        n_iter: int = 100,
+        n_restarts: int = 1,
+        n_target_classes: int = 9,
+        seed: int = 0,
+        rho: float = 0.75,
+        device: torch.device | None = None,
+    ) -> None:
         _check_weight(alpha_weight)
         self.tap = AlphaTap(mixed)
-        super().__init__(self.tap, n_iter=n_iter, norm=package_norm(norm), n_restarts=n_restarts, eps=eps,
-                         seed=int(seed), rho=rho, n_target_classes=n_target_classes, device=device)
+        super().__init__(
+            self.tap,
+            n_iter=n_iter,
+            norm=package_norm(norm),
+            n_restarts=n_restarts,
+            eps=eps,
+            seed=int(seed),
+            rho=rho,
+            n_target_classes=n_target_classes,
+            device=device,
+        )
         self.alpha_weight = alpha_weight
 
     def dlr_loss_targeted(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -113,12 +156,30 @@ class AlphaSquare(_AA.square.SquareAttack):
     """The package's Square attack (gradient-free) minimising ``(1 - w) * margin - w * BCE(alpha logit, 1)``;
     success is still judged by the true margin."""
 
-    def __init__(self, mixed: nn.Module, *, eps: float, norm: str = "linf", n_queries: int = 5000,
-                 alpha_weight: float = DEFAULT_ALPHA_WEIGHT, seed: int = 0, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        mixed: nn.Module,
+        *,
+        eps: float,
+        norm: str = "linf",
+        n_queries: int = 5000,
+        alpha_weight: float = DEFAULT_ALPHA_WEIGHT,
+        seed: int = 0,
+        device: torch.device | None = None,
+    ) -> None:
         _check_weight(alpha_weight)
         self.tap = AlphaTap(mixed)
-        super().__init__(self.tap, norm=package_norm(norm), n_queries=int(n_queries), eps=float(eps), p_init=0.8,
-                         n_restarts=1, seed=int(seed), loss="margin", device=device)
+        super().__init__(
+            self.tap,
+            norm=package_norm(norm),
+            n_queries=int(n_queries),
+            eps=float(eps),
+            p_init=0.8,
+            n_restarts=1,
+            seed=int(seed),
+            loss="margin",
+            device=device,
+        )
         self.alpha_weight = float(alpha_weight)
 
     def margin_and_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +217,9 @@ StageFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 """(x, y, seed) -> the stage's final point per example (its adversarial example where it succeeded)."""
 
 
-def _apgd_point(attack, x: torch.Tensor, y: torch.Tensor, seed: int, x_init: torch.Tensor | None = None) -> torch.Tensor:
+def _apgd_point(
+    attack, x: torch.Tensor, y: torch.Tensor, seed: int, x_init: torch.Tensor | None = None
+) -> torch.Tensor:
     """One run of a package APGD on all of ``x``: per example the last misclassified iterate, else the
     iterate of highest loss (where the attack got closest)."""
     attack.init_hyperparam(x)
@@ -172,8 +235,9 @@ def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudg
         return _apgd_point(AlphaAPGD(mixed, loss="ce", seed=seed, device=x.device, **settings), x, y, seed)
 
     def apgd_t(x, y, seed):
-        attack = AlphaAPGDTargeted(mixed, seed=seed, device=x.device, n_target_classes=budget.target_classes,
-                                   **settings)
+        attack = AlphaAPGDTargeted(
+            mixed, seed=seed, device=x.device, n_target_classes=budget.target_classes, **settings
+        )
         with torch.no_grad():
             order = mixed(x).sort(dim=1)[1]
         point, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -192,12 +256,20 @@ def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudg
 
     def alpha_first(x, y, seed):
         down = _apgd_point(AlphaAPGD(mixed, loss="alpha", seed=seed, device=x.device, **settings), x, y, seed)
-        return _apgd_point(AlphaAPGD(mixed, loss="ce-hinge", seed=seed + 1, device=x.device, **settings), x, y,
-                           seed + 1, x_init=down)
+        return _apgd_point(
+            AlphaAPGD(mixed, loss="ce-hinge", seed=seed + 1, device=x.device, **settings), x, y, seed + 1, x_init=down
+        )
 
     def square(x, y, seed):
-        attack = AlphaSquare(mixed, eps=eps, norm=norm, n_queries=budget.square_queries,
-                             alpha_weight=budget.alpha_weight, seed=seed, device=x.device)
+        attack = AlphaSquare(
+            mixed,
+            eps=eps,
+            norm=norm,
+            n_queries=budget.square_queries,
+            alpha_weight=budget.alpha_weight,
+            seed=seed,
+            device=x.device,
+        )
         attack.init_hyperparam(x)
         torch.manual_seed(seed)
         return attack.attack_single_run(x, y)[1].detach()
@@ -282,8 +354,16 @@ def adaptive_autoattack(
     return adaptive_attack(mixed, x, y, eps=eps, norm=norm, seed=seed, budget=budget, start=standard)
 
 
-def autoattack_lite(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-                    seed: int = 0, budget: AttackBudget = LITE_BUDGET) -> AutoAttackRun:
+def autoattack_lite(
+    mixed: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    seed: int = 0,
+    budget: AttackBudget = LITE_BUDGET,
+) -> AutoAttackRun:
     """A quick worst case used to choose and judge mixers: the adaptive APGD-CE, APGD-T (few targets),
     alpha-first and Square (few queries) stages, end to end through the mixing network."""
     return adaptive_attack(mixed, x, y, eps=eps, norm=norm, seed=seed, budget=budget)

@@ -44,7 +44,7 @@ def potentially_unreliable(trail: Mapping[str, float], *, drop: float = UNRELIAB
     names = list(trail)
     if "square" not in names:
         return False
-    before = [trail[name] for name in names[:names.index("square")] if name != "clean"]
+    before = [trail[name] for name in names[: names.index("square")] if name != "clean"]
     if not before:
         return False
     return trail["square"] < min(before) - drop + 1e-12
@@ -79,8 +79,10 @@ class AutoAttackRun:
         """Mean alpha per stage over the examples it attacked (None where it attacked none, or for a plain model)."""
         if self.alpha is None:
             return {}
-        return {stage: float(column[~column.isnan()].mean()) if (~column.isnan()).any() else None
-                for stage, column in zip(self.stages, self.alpha.T)}
+        return {
+            stage: float(column[~column.isnan()].mean()) if (~column.isnan()).any() else None
+            for stage, column in zip(self.stages, self.alpha.T)
+        }
 
     @property
     def trail(self) -> dict[str, float]:
@@ -111,8 +113,9 @@ def standard_autoattack(
     if unknown:
         raise AsmixError(f"unknown AutoAttack attack(s) {', '.join(sorted(unknown))}")
     device = x.device
-    adversary = aa_module.AutoAttack(model, eps=float(eps), norm=package_norm(norm), version="standard",
-                                     device=device, seed=int(seed))
+    adversary = aa_module.AutoAttack(
+        model, eps=float(eps), norm=package_norm(norm), version="standard", device=device, seed=int(seed)
+    )
     adversary.verbose = False
     if square_queries <= 0:
         raise AsmixError(f"square queries must be positive, got {square_queries}")

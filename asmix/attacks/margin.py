@@ -97,8 +97,17 @@ def _seeded(seed: int) -> Iterator[None]:
 class MinMarginAPGD(APGDAttack):
     """APGD-CE (Croce & Hein) returning per example the smallest-margin iterate (App. D.2)."""
 
-    def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", steps: int = 100,
-                 restarts: int = 1, seed: int = 0, loss: str = "ce") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float,
+        norm: str = "linf",
+        steps: int = 100,
+        restarts: int = 1,
+        seed: int = 0,
+        loss: str = "ce",
+    ) -> None:
         super().__init__(_MarginTracker(model), loss=loss, **_apgd_kwargs(eps, norm, steps, restarts, seed))
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,10 +129,20 @@ class MinMarginAPGDTargeted(APGDAttack_targeted):
     already-misclassified examples are attacked too. Needs at least 4 classes (the DLR loss).
     """
 
-    def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", steps: int = 100,
-                 restarts: int = 1, seed: int = 0, target_classes: int = 9) -> None:
-        super().__init__(_MarginTracker(model), n_target_classes=target_classes,
-                         **_apgd_kwargs(eps, norm, steps, restarts, seed))
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float,
+        norm: str = "linf",
+        steps: int = 100,
+        restarts: int = 1,
+        seed: int = 0,
+        target_classes: int = 9,
+    ) -> None:
+        super().__init__(
+            _MarginTracker(model), n_target_classes=target_classes, **_apgd_kwargs(eps, norm, steps, restarts, seed)
+        )
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_adv, margin)`` over all target classes and restarts."""
@@ -161,8 +180,9 @@ def min_margin_autoattack(
     with torch.no_grad():
         classes = model(x[:1]).shape[1]
     if target_classes > 0 and classes >= 4:
-        x_t, margin_t = MinMarginAPGDTargeted(model, eps=eps, norm=norm, steps=steps, seed=seed,
-                                              target_classes=target_classes).perturb(x, y)
+        x_t, margin_t = MinMarginAPGDTargeted(
+            model, eps=eps, norm=norm, steps=steps, seed=seed, target_classes=target_classes
+        ).perturb(x, y)
         better = margin_t < margin
         x_adv = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_t, x_adv)
         margin = torch.where(better, margin_t, margin)

@@ -31,9 +31,10 @@ class PGD:
     """PGD-``steps`` within the ``norm`` ball of radius ``eps`` (step size defaults to 2.5 eps / steps).
 
     With ``stop_at_break`` (the default) an example stops at the first iterate (random start included) that
-    the attacked model misclassifies, as APGD keeps its best point: a point counts as broken if any iterate breaks it, and scoring the returned
-    point on the attacked model gives exactly that count. Per-example losses are summed, so each example's
-    path is independent of the batch it is in. Model weights get no gradient; the model should be in eval mode.
+    the attacked model misclassifies, as APGD keeps its best point: a point counts as broken if any iterate
+    breaks it, and scoring the returned point on the attacked model gives exactly that count. Per-example losses
+    are summed, so each example's path is independent of the batch it is in. Model weights get no gradient; the
+    model should be in eval mode.
     """
 
     eps: float

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import sys
 
+from asmix.cli import (  # noqa: F401  (registers certify, margins)
+    calibrate,  # noqa: F401  (registers calibrate)
+    certify,
+    evaluate,  # noqa: F401  (registers evaluate)
+    margins,
+    sweep,  # noqa: F401  (registers sweep-alpha)
+    train,  # noqa: F401  (registers train-mixer)
+)
 from asmix.cli.app import app
-from asmix.cli import sweep  # noqa: F401  (registers sweep-alpha)
-from asmix.cli import train  # noqa: F401  (registers train-mixer)
-from asmix.cli import evaluate  # noqa: F401  (registers evaluate)
-from asmix.cli import certify, margins  # noqa: F401  (registers certify, margins)
-from asmix.cli import calibrate  # noqa: F401  (registers calibrate)
 from asmix.errors import AsmixError
 
 __all__ = ["app", "main"]

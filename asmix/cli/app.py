@@ -30,8 +30,14 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print the versions of asmix, torch, timm, robustbench and "
-                                               "pyautoattack, and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the versions of asmix, torch, timm, robustbench and pyautoattack, and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Adaptive smoothing: mix an accurate classifier g with a robust classifier h (eq. 3.4)."""

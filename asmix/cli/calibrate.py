@@ -9,10 +9,34 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (ReportOption, print_notes, write_report, BatchSizeOption, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
-                               JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
-                               StdOption, StdWeightsOption, TrustCodeOption, check_outputs, console,
-                               n_examples_option, number_parser, pair_source, progress_callback, stdout, write_results)
+from asmix.cli.options import (
+    BatchSizeOption,
+    DataDirOption,
+    DataOption,
+    DatasetOption,
+    DeviceOption,
+    EpsOption,
+    JsonOption,
+    ModelDirOption,
+    NormOption,
+    ReportOption,
+    RobOption,
+    RobWeightsOption,
+    SeedOption,
+    StdOption,
+    StdWeightsOption,
+    TrustCodeOption,
+    check_outputs,
+    console,
+    n_examples_option,
+    number_parser,
+    pair_source,
+    print_notes,
+    progress_callback,
+    stdout,
+    write_report,
+    write_results,
+)
 
 DEFAULT_N_EXAMPLES = 500
 SEARCH = "Search"
@@ -28,9 +52,14 @@ def _range(text: str, option: str) -> tuple[float, float]:
     return parse_number(parts[0], option), parse_number(parts[1], option)
 
 
-@app.command("calibrate", epilog=examples(
-    "asmix calibrate --target-clean-acc 99", "asmix calibrate --target-clean-acc 99 --verify 100 --out runs/calibration",
-    "asmix calibrate --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --target-clean-acc 95"))
+@app.command(
+    "calibrate",
+    epilog=examples(
+        "asmix calibrate --target-clean-acc 99",
+        "asmix calibrate --target-clean-acc 99 --verify 100 --out runs/calibration",
+        "asmix calibrate --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --target-clean-acc 95",
+    ),
+)
 def calibrate_command(
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
@@ -43,23 +72,65 @@ def calibrate_command(
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
     trust_code: TrustCodeOption = False,
-    target_clean_acc: Annotated[float, typer.Option("--target-clean-acc", parser=number_parser("--target-clean-acc"), metavar="PCT", help="Clean accuracy to keep, in percent (99) or as a fraction (0.99).")] = 99.0,
-    grid_size: Annotated[int, typer.Option("--grid-size", rich_help_panel=SEARCH, help="Values per axis of the MixedNUTS grid (s, p, c).")] = 8,
-    scale_range: Annotated[str, typer.Option("--scale-range", rich_help_panel=SEARCH, help="s range, log-spaced.")] = "0.05:5",
-    power_range: Annotated[str, typer.Option("--power-range", rich_help_panel=SEARCH, help="p range (p >= 1).")] = "1:4",
-    clamp_bias_range: Annotated[str, typer.Option("--clamp-bias-range", rich_help_panel=SEARCH, help="c range.")] = "-1.1:0",
-    refine: Annotated[bool, typer.Option("--refine/--no-refine", rich_help_panel=SEARCH, help="Refine the best grid point by Nelder-Mead on the same objective.")] = True,
-    nuts_std_hardmax: Annotated[bool, typer.Option("--nuts-std-hardmax/--nuts-std-softmax", rich_help_panel=SEARCH, help="g's hard-max in the MixedNUTS mix (as the authors' code).")] = True,
-    verify: Annotated[int, typer.Option("--verify", help="Run standard AutoAttack on this many examples after the calibration ones (0: skip).")] = 0,
-    square_queries: Annotated[int, typer.Option("--square-queries", help="Square's queries in --verify (standard: 5000).")] = 5000,
+    target_clean_acc: Annotated[
+        float,
+        typer.Option(
+            "--target-clean-acc",
+            parser=number_parser("--target-clean-acc"),
+            metavar="PCT",
+            help="Clean accuracy to keep, in percent (99) or as a fraction (0.99).",
+        ),
+    ] = 99.0,
+    grid_size: Annotated[
+        int,
+        typer.Option("--grid-size", rich_help_panel=SEARCH, help="Values per axis of the MixedNUTS grid (s, p, c)."),
+    ] = 8,
+    scale_range: Annotated[
+        str, typer.Option("--scale-range", rich_help_panel=SEARCH, help="s range, log-spaced.")
+    ] = "0.05:5",
+    power_range: Annotated[
+        str, typer.Option("--power-range", rich_help_panel=SEARCH, help="p range (p >= 1).")
+    ] = "1:4",
+    clamp_bias_range: Annotated[
+        str, typer.Option("--clamp-bias-range", rich_help_panel=SEARCH, help="c range.")
+    ] = "-1.1:0",
+    refine: Annotated[
+        bool,
+        typer.Option(
+            "--refine/--no-refine",
+            rich_help_panel=SEARCH,
+            help="Refine the best grid point by Nelder-Mead on the same objective.",
+        ),
+    ] = True,
+    nuts_std_hardmax: Annotated[
+        bool,
+        typer.Option(
+            "--nuts-std-hardmax/--nuts-std-softmax",
+            rich_help_panel=SEARCH,
+            help="g's hard-max in the MixedNUTS mix (as the authors' code).",
+        ),
+    ] = True,
+    verify: Annotated[
+        int,
+        typer.Option(
+            "--verify", help="Run standard AutoAttack on this many examples after the calibration ones (0: skip)."
+        ),
+    ] = 0,
+    square_queries: Annotated[
+        int, typer.Option("--square-queries", help="Square's queries in --verify (standard: 5000).")
+    ] = 5000,
     norm: NormOption = "linf",
     eps: EpsOption = None,
-    aa_steps: Annotated[int, typer.Option("--aa-steps", help="Iterations of h's min-margin APGD-CE/APGD-T (standard: 100).")] = 20,
+    aa_steps: Annotated[
+        int, typer.Option("--aa-steps", help="Iterations of h's min-margin APGD-CE/APGD-T (standard: 100).")
+    ] = 20,
     target_classes: Annotated[int, typer.Option("--target-classes", help="APGD-T target classes (standard: 9).")] = 2,
     batch_size: BatchSizeOption = 250,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
-    out: Annotated[Path, typer.Option("--out", help="Folder for calibration.json and calibration_tradeoff.png.")] = Path("./asmix-calibration"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for calibration.json and calibration_tradeoff.png.")
+    ] = Path("./asmix-calibration"),
     report: ReportOption = None,
     json_path: JsonOption = None,
 ) -> None:
@@ -73,23 +144,54 @@ def calibrate_command(
     check_outputs(json_path=json_path, out_dir=out, report=report)
     target = target_clean_acc / 100 if target_clean_acc > 1 else target_clean_acc
     n_calibration = DEFAULT_N_EXAMPLES if n_examples is None else n_examples
-    source = pair_source(std, rob, dataset, data, data_dir, n_calibration + verify, model_dir, std_weights,
-                         rob_weights, norm, trust_code=trust_code)
-    config = CalibrateConfig(target_clean_acc=target, norm=source.norm, eps=source.default_eps if eps is None else eps,
-                             aa_steps=aa_steps, target_classes=target_classes, grid_size=grid_size,
-                             scale_range=_range(scale_range, "--scale-range"),
-                             power_range=_range(power_range, "--power-range"),
-                             clamp_bias_range=_range(clamp_bias_range, "--clamp-bias-range"), refine=refine,
-                             nuts_std_hardmax=nuts_std_hardmax, verify=verify, square_queries=square_queries,
-                             batch_size=batch_size, seed=seed)
+    source = pair_source(
+        std,
+        rob,
+        dataset,
+        data,
+        data_dir,
+        n_calibration + verify,
+        model_dir,
+        std_weights,
+        rob_weights,
+        norm,
+        trust_code=trust_code,
+    )
+    config = CalibrateConfig(
+        target_clean_acc=target,
+        norm=source.norm,
+        eps=source.default_eps if eps is None else eps,
+        aa_steps=aa_steps,
+        target_classes=target_classes,
+        grid_size=grid_size,
+        scale_range=_range(scale_range, "--scale-range"),
+        power_range=_range(power_range, "--power-range"),
+        clamp_bias_range=_range(clamp_bias_range, "--clamp-bias-range"),
+        refine=refine,
+        nuts_std_hardmax=nuts_std_hardmax,
+        verify=verify,
+        square_queries=square_queries,
+        batch_size=batch_size,
+        seed=seed,
+    )
     device_ = resolve_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
     x, y = pair.x[:n_calibration], pair.y[:n_calibration]
     x_verify, y_verify = pair.x[n_calibration:], pair.y[n_calibration:]
     with progress_callback() as progress:
-        result = calibrate(pair.std, pair.rob, x, y, config, x_verify=x_verify, y_verify=y_verify, device=device_,
-                           progress=progress, models=pair.names)
+        result = calibrate(
+            pair.std,
+            pair.rob,
+            x,
+            y,
+            config,
+            x_verify=x_verify,
+            y_verify=y_verify,
+            device=device_,
+            progress=progress,
+            models=pair.names,
+        )
     stdout.print(calibrate_table(result))
     table = verify_table(result)
     if table is not None:

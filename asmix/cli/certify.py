@@ -10,22 +10,53 @@ import typer
 from asmix.checks import canonical_norm
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (BatchSizeOption, CalibrationOption, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption,
-                               ModelDirOption, OutOption, RobWeightsOption, SeedOption, StdOption, StdWeightsOption,
-                               TrustCodeOption, check_outputs, n_examples_option, number_parser, pair_source, print_notes,
-                               ReportOption, run_with_progress, start_device, stdout, write_report,
-                               write_results)
+from asmix.cli.options import (
+    BatchSizeOption,
+    CalibrationOption,
+    DataDirOption,
+    DataOption,
+    DatasetOption,
+    DeviceOption,
+    JsonOption,
+    ModelDirOption,
+    OutOption,
+    ReportOption,
+    RobWeightsOption,
+    SeedOption,
+    StdOption,
+    StdWeightsOption,
+    TrustCodeOption,
+    check_outputs,
+    n_examples_option,
+    number_parser,
+    pair_source,
+    print_notes,
+    run_with_progress,
+    start_device,
+    stdout,
+    write_report,
+    write_results,
+)
 
 DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
 
 
-@app.command("certify", epilog=examples(
-    'asmix certify --n-examples 200 --n-samples 1000', 'asmix certify --match-clean-acc --baseline-sigma 0.5 --out runs/certify', 'asmix certify --skip 20 --confidence 0.999 --out runs/certify'))
+@app.command(
+    "certify",
+    epilog=examples(
+        "asmix certify --n-examples 200 --n-samples 1000",
+        "asmix certify --match-clean-acc --baseline-sigma 0.5 --out runs/certify",
+        "asmix certify --skip 20 --confidence 0.999 --out runs/certify",
+    ),
+)
 def certify_command(
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
-    rob: Annotated[str, typer.Option("--rob", help="Base model of the randomized-smoothing h (or h itself with --lipschitz-const).")] = "demo-rob",
+    rob: Annotated[
+        str,
+        typer.Option("--rob", help="Base model of the randomized-smoothing h (or h itself with --lipschitz-const)."),
+    ] = "demo-rob",
     dataset: DatasetOption = "demo",
     data: DataOption = None,
     data_dir: DataDirOption = Path("./data"),
@@ -34,46 +65,129 @@ def certify_command(
     std_weights: StdWeightsOption = None,
     rob_weights: RobWeightsOption = None,
     trust_code: TrustCodeOption = False,
-    norm: Annotated[str, typer.Option("--norm", parser=canonical_norm, metavar="linf|l2", help="Threat model used to pick rb: models (certificates are l_2).")] = "l2",
-    sigma: Annotated[float, typer.Option("--sigma", parser=number_parser("--sigma"), metavar="SIGMA", help="Gaussian smoothing noise of h, a number or a fraction.")] = 0.25,
-    n_samples: Annotated[int, typer.Option("--n-samples", help="Monte Carlo noise samples per example (paper: 10000).")] = 500,
-    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Mixing weight of h_alpha (default 0.8; ignored with --match-clean-acc).")] = None,
-    match_clean_acc: Annotated[bool, typer.Option("--match-clean-acc/--no-match-clean-acc", help="Pick alpha so h_alpha's clean accuracy matches an RS baseline with --baseline-sigma (Fig. 6).")] = False,
-    baseline_sigma: Annotated[Optional[float], typer.Option("--baseline-sigma", parser=number_parser("--baseline-sigma"), metavar="SIGMA", help="Noise of the baseline RS model (default sigma/2).")] = None,
-    std_hardmax: Annotated[bool, typer.Option("--std-hardmax/--no-std-hardmax", help="Use g's one-hot prediction instead of its softmax (App. A.2).")] = False,
-    confidence: Annotated[Optional[float], typer.Option("--confidence", help="Clopper-Pearson bounds at this level, e.g. 0.999: certificates hold with this probability.")] = None,
-    lipschitz_const: Annotated[Optional[float], typer.Option("--lipschitz-const", help="Thm 3.5 for h itself with this Lipschitz constant of softmax(h) (no smoothing).")] = None,
-    smoothing_output: Annotated[str, typer.Option("--smoothing-output", help="probs (smooth softmax, App. A.1) or votes (smooth the argmax).")] = "probs",
-    radii: Annotated[str, typer.Option("--radii", help="Radii for the table, e.g. 0,0.25,0.5 or 0,36/255.")] = "0,0.1,0.25,0.5,0.75,1",
+    norm: Annotated[
+        str,
+        typer.Option(
+            "--norm",
+            parser=canonical_norm,
+            metavar="linf|l2",
+            help="Threat model used to pick rb: models (certificates are l_2).",
+        ),
+    ] = "l2",
+    sigma: Annotated[
+        float,
+        typer.Option(
+            "--sigma",
+            parser=number_parser("--sigma"),
+            metavar="SIGMA",
+            help="Gaussian smoothing noise of h, a number or a fraction.",
+        ),
+    ] = 0.25,
+    n_samples: Annotated[
+        int, typer.Option("--n-samples", help="Monte Carlo noise samples per example (paper: 10000).")
+    ] = 500,
+    alpha: Annotated[
+        Optional[float],
+        typer.Option("--alpha", help="Mixing weight of h_alpha (default 0.8; ignored with --match-clean-acc)."),
+    ] = None,
+    match_clean_acc: Annotated[
+        bool,
+        typer.Option(
+            "--match-clean-acc/--no-match-clean-acc",
+            help="Pick alpha so h_alpha's clean accuracy matches an RS baseline with --baseline-sigma (Fig. 6).",
+        ),
+    ] = False,
+    baseline_sigma: Annotated[
+        Optional[float],
+        typer.Option(
+            "--baseline-sigma",
+            parser=number_parser("--baseline-sigma"),
+            metavar="SIGMA",
+            help="Noise of the baseline RS model (default sigma/2).",
+        ),
+    ] = None,
+    std_hardmax: Annotated[
+        bool,
+        typer.Option(
+            "--std-hardmax/--no-std-hardmax", help="Use g's one-hot prediction instead of its softmax (App. A.2)."
+        ),
+    ] = False,
+    confidence: Annotated[
+        Optional[float],
+        typer.Option(
+            "--confidence",
+            help="Clopper-Pearson bounds at this level, e.g. 0.999: certificates hold with this probability.",
+        ),
+    ] = None,
+    lipschitz_const: Annotated[
+        Optional[float],
+        typer.Option(
+            "--lipschitz-const", help="Thm 3.5 for h itself with this Lipschitz constant of softmax(h) (no smoothing)."
+        ),
+    ] = None,
+    smoothing_output: Annotated[
+        str, typer.Option("--smoothing-output", help="probs (smooth softmax, App. A.1) or votes (smooth the argmax).")
+    ] = "probs",
+    radii: Annotated[
+        str, typer.Option("--radii", help="Radii for the table, e.g. 0,0.25,0.5 or 0,36/255.")
+    ] = "0,0.1,0.25,0.5,0.75,1",
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
-    skip: Annotated[int, typer.Option("--skip", help="Certify every K-th of the examples (Cohen et al.'s --skip).")] = 1,
+    skip: Annotated[
+        int, typer.Option("--skip", help="Certify every K-th of the examples (Cohen et al.'s --skip).")
+    ] = 1,
     calibration: CalibrationOption = None,
     out: OutOption = None,
     report: ReportOption = None,
     json_path: JsonOption = None,
 ) -> None:
     """Certified accuracy vs l_2 radius of h_alpha and of h alone, by Thm 3.5 and Thm A.2 (Figures 6, 7)."""
+    from asmix.distributed import is_main_process
     from asmix.experiments.certify import CertifyConfig, certify, parse_radii
     from asmix.experiments.inputs import load_pair
     from asmix.report.certify import certify_table, write_certify_outputs
-    from asmix.distributed import is_main_process
 
     check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
-                         trust_code=trust_code, default_n_examples=DEFAULT_N_EXAMPLES)
+    source = pair_source(
+        std,
+        rob,
+        dataset,
+        data,
+        data_dir,
+        n_examples,
+        model_dir,
+        std_weights,
+        rob_weights,
+        norm,
+        trust_code=trust_code,
+        default_n_examples=DEFAULT_N_EXAMPLES,
+    )
     if calibration is not None:
         alpha, std_hardmax = _calibrated(calibration, alpha, match_clean_acc, std_hardmax, std=std, rob=rob)
-    config = CertifyConfig(sigma=sigma, n_samples=n_samples, alpha=0.8 if alpha is None else alpha, match_clean_acc=match_clean_acc,
-                           baseline_sigma=baseline_sigma, std_hardmax=std_hardmax, confidence=confidence,
-                           lipschitz_const=lipschitz_const, smoothing_output=smoothing_output,
-                           radii=parse_radii(radii), batch_size=batch_size, seed=seed, skip=skip)
+    config = CertifyConfig(
+        sigma=sigma,
+        n_samples=n_samples,
+        alpha=0.8 if alpha is None else alpha,
+        match_clean_acc=match_clean_acc,
+        baseline_sigma=baseline_sigma,
+        std_hardmax=std_hardmax,
+        confidence=confidence,
+        lipschitz_const=lipschitz_const,
+        smoothing_output=smoothing_output,
+        radii=parse_radii(radii),
+        batch_size=batch_size,
+        seed=seed,
+        skip=skip,
+    )
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
-    result = run_with_progress(lambda progress: certify(pair.std, pair.rob, pair.x, pair.y, config, device=device_,
-                                                        progress=progress, models=pair.names, out=out))
+    result = run_with_progress(
+        lambda progress: certify(
+            pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names, out=out
+        )
+    )
     if not is_main_process():
         return
     stdout.print(certify_table(result))

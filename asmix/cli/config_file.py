@@ -71,7 +71,13 @@ def _load(ctx: click.Context, parameter: click.Parameter, value: Optional[Path])
     return value
 
 
-ConfigOption = Annotated[Optional[Path], typer.Option(
-    "--config", callback=_load, is_eager=True,
-    help="Take every setting from this file: the config block of an asmix JSON output, or a YAML of the same keys. "
-         "Options given on the command line override it.")]
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        callback=_load,
+        is_eager=True,
+        help="Take every setting from this file: the config block of an asmix JSON output, or a YAML of the same keys. "
+        "Options given on the command line override it.",
+    ),
+]

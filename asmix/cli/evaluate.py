@@ -9,12 +9,39 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (ReportOption, write_report, BatchSizeOption, CalibrationOption, FamilyOption,
-                               RobMapOption, mix_choice, DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
-                               JsonOption, ModelDirOption, NormOption, RobOption, RobWeightsOption, SeedOption,
-                               StdOption, StdWeightsOption, StepsOption, StepSizeOption, TrustCodeOption, check_outputs,
-                               console, n_examples_option, pair_source, print_notes, run_with_progress, start_device,
-                               stdout)
+from asmix.cli.options import (
+    BatchSizeOption,
+    CalibrationOption,
+    DataDirOption,
+    DataOption,
+    DatasetOption,
+    DeviceOption,
+    EpsOption,
+    FamilyOption,
+    JsonOption,
+    ModelDirOption,
+    NormOption,
+    ReportOption,
+    RobMapOption,
+    RobOption,
+    RobWeightsOption,
+    SeedOption,
+    StdOption,
+    StdWeightsOption,
+    StepSizeOption,
+    StepsOption,
+    TrustCodeOption,
+    check_outputs,
+    console,
+    mix_choice,
+    n_examples_option,
+    pair_source,
+    print_notes,
+    run_with_progress,
+    start_device,
+    stdout,
+    write_report,
+)
 
 DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
 
@@ -22,21 +49,62 @@ DEFAULT_N_EXAMPLES = 100
 NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
 Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Fixed mixing weight (default 0.5).")]
 Mixer = Annotated[Optional[Path], typer.Option("--mixer", help="Mixing network folder (train-mixer): adaptive alpha.")]
-Attacks = Annotated[str, typer.Option("--attack", "--attacks", metavar="ATTACK,...", help="Comma list of clean, pgd, pgd-graybox, "
-                                      "transfer-std, transfer-rob, aa, aa-adaptive.")]
+Attacks = Annotated[
+    str,
+    typer.Option(
+        "--attack",
+        "--attacks",
+        metavar="ATTACK,...",
+        help="Comma list of clean, pgd, pgd-graybox, transfer-std, transfer-rob, aa, aa-adaptive.",
+    ),
+]
 Bases = Annotated[bool, typer.Option("--bases/--no-bases", help="Also evaluate g and h alone.")]
-AlphaWeight = Annotated[float, typer.Option("--alpha-weight", help="w of the adaptive attacks' loss (1 - w) * loss + w * BCE(mixer logit, 1).")]
+AlphaWeight = Annotated[
+    float,
+    typer.Option("--alpha-weight", help="w of the adaptive attacks' loss (1 - w) * loss + w * BCE(mixer logit, 1)."),
+]
 SquareQueries = Annotated[int, typer.Option("--square-queries", help="Square's query budget (standard: 5000).")]
-StdScale = Annotated[Optional[float], typer.Option("--std-scale", help="Scale of g's logits (default: the mixer's, else 1).")]
-RobScale = Annotated[Optional[float], typer.Option("--rob-scale", help="Scale of h's logits (default: the mixer's, else 1).")]
+StdScale = Annotated[
+    Optional[float], typer.Option("--std-scale", help="Scale of g's logits (default: the mixer's, else 1).")
+]
+RobScale = Annotated[
+    Optional[float], typer.Option("--rob-scale", help="Scale of h's logits (default: the mixer's, else 1).")
+]
 SaveAdv = Annotated[bool, typer.Option("--save-adv/--no-save-adv", help="Also save the adversarial examples in --out.")]
-Out = Annotated[Optional[Path], typer.Option("--out", help="Per-example results (.npz or .pt); makes the run resumable.")]
-RobustBench = Annotated[Optional[Path], typer.Option("--robustbench", help="Run the leaderboard protocol (the full test set, clean and standard AutoAttack at the standard radius) and write RobustBench's model_info JSON and a claim summary (.md) into this folder.")]
-ModelName = Annotated[str, typer.Option("--model-name", help="File name of the --robustbench outputs, in RobustBench's style: author, year, first word of the title (Bai2023Improving).")]
+Out = Annotated[
+    Optional[Path], typer.Option("--out", help="Per-example results (.npz or .pt); makes the run resumable.")
+]
+RobustBench = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--robustbench",
+        help=(
+            "Run the leaderboard protocol (the full test set, clean and standard AutoAttack at the standard radius) "
+            "and write RobustBench's model_info JSON and a claim summary (.md) into this folder."
+        ),
+    ),
+]
+ModelName = Annotated[
+    str,
+    typer.Option(
+        "--model-name",
+        help=(
+            "File name of the --robustbench outputs, in RobustBench's style: author, year, first word of the title "
+            "(Bai2023Improving)."
+        ),
+    ),
+]
 
 
-@app.command("evaluate", epilog=examples(
-    'asmix evaluate --alpha 0.8 --attack clean,pgd,aa', 'asmix evaluate --mixer runs/mixer --attack clean,aa,aa-adaptive --bases --out runs/eval.npz', 'asmix evaluate --std bit-r152 --rob Wang2023 --dataset cifar10 --mixer runs/mixer --robustbench runs/rb --model-name Me2026Mixed'))
+@app.command(
+    "evaluate",
+    epilog=examples(
+        "asmix evaluate --alpha 0.8 --attack clean,pgd,aa",
+        "asmix evaluate --mixer runs/mixer --attack clean,aa,aa-adaptive --bases --out runs/eval.npz",
+        "asmix evaluate --std bit-r152 --rob Wang2023 --dataset cifar10 --mixer runs/mixer --robustbench runs/rb "
+        "--model-name Me2026Mixed",
+    ),
+)
 def evaluate_command(
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
@@ -102,8 +170,20 @@ def evaluate_command(
     check_outputs(json_path=json_path, out_file=out, report=report)
     if out is not None:
         check_out_path(out)
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
-                         trust_code=trust_code, default_n_examples=default_n_examples)
+    source = pair_source(
+        std,
+        rob,
+        dataset,
+        data,
+        data_dir,
+        n_examples,
+        model_dir,
+        std_weights,
+        rob_weights,
+        norm,
+        trust_code=trust_code,
+        default_n_examples=default_n_examples,
+    )
     mixer_net, mixer_config = None, {}
     if mixer is not None:
         from asmix.mixer import load_mixer
@@ -111,14 +191,24 @@ def evaluate_command(
 
         mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob, canonical=canonical_spec)
     training = mixer_config.get("training", {}) if isinstance(mixer_config.get("training"), dict) else {}
-    config = EvalConfig(attacks=attacks, bases=bases, alpha=0.5 if alpha is None else alpha, norm=source.norm,
-                        eps=source.default_eps if eps is None else eps, steps=steps, step_size=step_size,
-                        batch_size=batch_size, seed=seed, alpha_weight=alpha_weight, square_queries=square_queries,
-                        save_adv=save_adv,
-                        std_scale=std_scale if std_scale is not None else float(training.get("std_scale", 1.0)),
-                        rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)),
-                        std_temperature=choice.std_temperature if choice else 1.0,
-                        rob_map=choice.rob_map if choice else None)
+    config = EvalConfig(
+        attacks=attacks,
+        bases=bases,
+        alpha=0.5 if alpha is None else alpha,
+        norm=source.norm,
+        eps=source.default_eps if eps is None else eps,
+        steps=steps,
+        step_size=step_size,
+        batch_size=batch_size,
+        seed=seed,
+        alpha_weight=alpha_weight,
+        square_queries=square_queries,
+        save_adv=save_adv,
+        std_scale=std_scale if std_scale is not None else float(training.get("std_scale", 1.0)),
+        rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)),
+        std_temperature=choice.std_temperature if choice else 1.0,
+        rob_map=choice.rob_map if choice else None,
+    )
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
@@ -127,9 +217,20 @@ def evaluate_command(
 
         check_base_weights(mixer_config, pair.std, pair.rob, mixer)
     names = pair.names | ({"mixer": str(mixer)} if mixer is not None else {})
-    result = run_with_progress(lambda progress: evaluate(pair.std, pair.rob, pair.x, pair.y, config,
-                                                         mixer=mixer_net, device=device_, progress=progress,
-                                                         models=names, out=out))
+    result = run_with_progress(
+        lambda progress: evaluate(
+            pair.std,
+            pair.rob,
+            pair.x,
+            pair.y,
+            config,
+            mixer=mixer_net,
+            device=device_,
+            progress=progress,
+            models=names,
+            out=out,
+        )
+    )
     if not distributed.is_main_process():
         return
     stdout.print(evaluate_table(result))
@@ -146,8 +247,9 @@ def evaluate_command(
         from asmix.report.robustbench import protocol_deviations, write_robustbench
 
         deviations = protocol_deviations(result, dataset, leaderboard_eps)
-        for path in write_robustbench(result, robustbench, dataset=dataset, model_name=model_name,
-                                      deviations=deviations):
+        for path in write_robustbench(
+            result, robustbench, dataset=dataset, model_name=model_name, deviations=deviations
+        ):
             written.append(path)
             console.print(f"wrote {path}")
         for deviation in deviations:

@@ -19,34 +19,125 @@ def number_parser(option: str):
     return lambda text: parse_number(text, option)
 
 
-StdOption = Annotated[str, typer.Option("--std", help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.")]
-RobOption = Annotated[str, typer.Option("--rob", help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.")]
-DatasetOption = Annotated[str, typer.Option("--dataset", metavar="demo|mnist|cifar10|cifar100|imagenet", help="demo, mnist, cifar10, cifar100 or imagenet.")]
-DataOption = Annotated[Optional[Path], typer.Option("--data", help=".npz/.pt file with arrays x and y (overrides --dataset's data).")]
+StdOption = Annotated[
+    str, typer.Option("--std", help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.")
+]
+RobOption = Annotated[
+    str, typer.Option("--rob", help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.")
+]
+DatasetOption = Annotated[
+    str,
+    typer.Option(
+        "--dataset", metavar="demo|mnist|cifar10|cifar100|imagenet", help="demo, mnist, cifar10, cifar100 or imagenet."
+    ),
+]
+DataOption = Annotated[
+    Optional[Path], typer.Option("--data", help=".npz/.pt file with arrays x and y (overrides --dataset's data).")
+]
 DataDirOption = Annotated[Path, typer.Option("--data-dir", help="Folder of the named dataset's files.")]
-NExamplesOption = Annotated[Optional[int], typer.Option("--n-examples", help="Use the first N examples, N > 0 and at most the data's size (default: 500 on demo, else all).")]
-ModelDirOption = Annotated[Optional[Path], typer.Option("--model-dir", help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models).")]
-StdWeightsOption = Annotated[Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")]
-RobWeightsOption = Annotated[Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")]
-TrustCodeOption = Annotated[bool, typer.Option("--trust-code/--no-trust-code", help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).")]
-NormOption = Annotated[str, typer.Option("--norm", parser=canonical_norm, metavar="linf|l2", help="Threat model: linf or l2 (any case: Linf, L2).")]
-EpsOption = Annotated[Optional[float], typer.Option("--eps", parser=number_parser("--eps"), metavar="EPS", help="Attack radius, a number or a fraction like 8/255 (default: RobustBench's standard: linf 8/255 and l2 0.5 on cifar10, linf 8/255 on cifar100, 4/255 on imagenet, 0.3 on demo/mnist; none elsewhere).")]
+NExamplesOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--n-examples",
+        help="Use the first N examples, N > 0 and at most the data's size (default: 500 on demo, else all).",
+    ),
+]
+ModelDirOption = Annotated[
+    Optional[Path],
+    typer.Option("--model-dir", help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models)."),
+]
+StdWeightsOption = Annotated[
+    Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")
+]
+RobWeightsOption = Annotated[
+    Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")
+]
+TrustCodeOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code/--no-trust-code",
+        help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).",
+    ),
+]
+NormOption = Annotated[
+    str,
+    typer.Option(
+        "--norm", parser=canonical_norm, metavar="linf|l2", help="Threat model: linf or l2 (any case: Linf, L2)."
+    ),
+]
+EpsOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--eps",
+        parser=number_parser("--eps"),
+        metavar="EPS",
+        help=(
+            "Attack radius, a number or a fraction like 8/255 (default: RobustBench's standard: linf 8/255 and l2 "
+            "0.5 on cifar10, linf 8/255 on cifar100, 4/255 on imagenet, 0.3 on demo/mnist; none elsewhere)."
+        ),
+    ),
+]
 StepsOption = Annotated[int, typer.Option("--steps", help="PGD steps.")]
-StepSizeOption = Annotated[Optional[float], typer.Option("--step-size", parser=number_parser("--step-size"), metavar="STEP", help="PGD step size, a number or a fraction like 2/255 (default 2.5*eps/steps).")]
+StepSizeOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--step-size",
+        parser=number_parser("--step-size"),
+        metavar="STEP",
+        help="PGD step size, a number or a fraction like 2/255 (default 2.5*eps/steps).",
+    ),
+]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
-DeviceOption = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda|cuda:N", help="auto, cpu, cuda or cuda:N.")]
+DeviceOption = Annotated[
+    str, typer.Option("--device", metavar="auto|cpu|cuda|cuda:N", help="auto, cpu, cuda or cuda:N.")
+]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (PGD random starts).")]
-OutOption = Annotated[Optional[Path], typer.Option("--out", help="Folder for JSON, CSV and PNG outputs; finished batches wait in its parts/ folder, so rerunning the same command resumes.")]
-ReportOption = Annotated[Optional[Path], typer.Option("--report", help="Also write the printed tables, with links to the PNG plots, as a report: FILE.md or FILE.html.")]
+OutOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--out",
+        help=(
+            "Folder for JSON, CSV and PNG outputs; finished batches wait in its parts/ folder, so rerunning the "
+            "same command resumes."
+        ),
+    ),
+]
+ReportOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--report",
+        help="Also write the printed tables, with links to the PNG plots, as a report: FILE.md or FILE.html.",
+    ),
+]
 JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
 MIX_PANEL = "Mix (MixedNUTS / calibration)"
-RobMapOption = Annotated[Optional[str], typer.Option("--rob-map", rich_help_panel=MIX_PANEL, help="Map h's logits before mixing: nuts:S,P,C (MixedNUTS scale, power, clamp bias; arXiv 2402.02263).")]
-CalibrationOption = Annotated[Optional[Path], typer.Option("--calibration", rich_help_panel=MIX_PANEL, help="Mix chosen by asmix calibrate (its calibration.json or folder): alpha, h's map, g's hard-max.")]
-FamilyOption = Annotated[str, typer.Option("--family", rich_help_panel=MIX_PANEL, help="Which choice of --calibration: nuts or linear (the fixed alpha).")]
+RobMapOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--rob-map",
+        rich_help_panel=MIX_PANEL,
+        help="Map h's logits before mixing: nuts:S,P,C (MixedNUTS scale, power, clamp bias; arXiv 2402.02263).",
+    ),
+]
+CalibrationOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--calibration",
+        rich_help_panel=MIX_PANEL,
+        help="Mix chosen by asmix calibrate (its calibration.json or folder): alpha, h's map, g's hard-max.",
+    ),
+]
+FamilyOption = Annotated[
+    str,
+    typer.Option(
+        "--family", rich_help_panel=MIX_PANEL, help="Which choice of --calibration: nuts or linear (the fixed alpha)."
+    ),
+]
 
 
-def mix_choice(rob_map: str | None, calibration: Path | None, family: str, *, std: str, rob: str,
-               alpha: float | None = None):
+def mix_choice(
+    rob_map: str | None, calibration: Path | None, family: str, *, std: str, rob: str, alpha: float | None = None
+):
     """The ``MixChoice`` the mix options name, or None without ``--rob-map`` and ``--calibration``:
     ``--calibration`` (checked against ``--std``/``--rob``) gives the family's alpha, map and g
     temperature; ``--rob-map`` a map with ``alpha``. Both at once, or ``--alpha`` with a calibration, is an error."""
@@ -68,20 +159,49 @@ def mix_choice(rob_map: str | None, calibration: Path | None, family: str, *, st
 
 def n_examples_option(default: int):
     """``--n-examples`` of a command whose default is the first ``default`` examples (fewer if the data is smaller)."""
-    return Annotated[Optional[int], typer.Option("--n-examples", help=f"Use the first N examples, N > 0 and at most the data's size (default: the first {default}).")]
+    return Annotated[
+        Optional[int],
+        typer.Option(
+            "--n-examples",
+            help=f"Use the first N examples, N > 0 and at most the data's size (default: the first {default}).",
+        ),
+    ]
 
 
-def pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, *,
-                trust_code: bool = False, default_n_examples: int | None = None):
+def pair_source(
+    std,
+    rob,
+    dataset,
+    data,
+    data_dir,
+    n_examples,
+    model_dir,
+    std_weights,
+    rob_weights,
+    norm,
+    *,
+    trust_code: bool = False,
+    default_n_examples: int | None = None,
+):
     """Build the library's ``PairSource`` from the shared CLI options (refuses ``file:``/``py:`` models
     without ``--trust-code``, and ``--n-examples`` below 1)."""
     from asmix.experiments.inputs import PairSource
 
     as_text = lambda value: None if value is None else str(value)  # noqa: E731
-    return PairSource(std=std, rob=rob, dataset=dataset, data=as_text(data), data_dir=str(data_dir),
-                      n_examples=n_examples, model_dir=as_text(model_dir), std_weights=as_text(std_weights),
-                      rob_weights=as_text(rob_weights), norm=norm, trust_code=trust_code,
-                      default_n_examples=default_n_examples)
+    return PairSource(
+        std=std,
+        rob=rob,
+        dataset=dataset,
+        data=as_text(data),
+        data_dir=str(data_dir),
+        n_examples=n_examples,
+        model_dir=as_text(model_dir),
+        std_weights=as_text(std_weights),
+        rob_weights=as_text(rob_weights),
+        norm=norm,
+        trust_code=trust_code,
+        default_n_examples=default_n_examples,
+    )
 
 
 def progress_callback():
@@ -111,8 +231,13 @@ def run_with_progress(work):
         return work(progress)
 
 
-def check_outputs(*, json_path: Path | None = None, out_dir: Path | None = None,
-                  out_file: Path | None = None, report: Path | None = None) -> None:
+def check_outputs(
+    *,
+    json_path: Path | None = None,
+    out_dir: Path | None = None,
+    out_file: Path | None = None,
+    report: Path | None = None,
+) -> None:
     """Before any work: every output path a command will write can be written (``--json``, ``--report`` and a
     file ``--out`` are files, a folder ``--out`` is a folder), so that no result is lost at the end."""
     from asmix.errors import AsmixError

@@ -56,7 +56,13 @@ class PlainProgress:
         elapsed = now - log.started
         rate = completed / elapsed if elapsed > 0 else 0.0
         left = (total - completed) / rate if rate > 0 else None
-        timing = f"{_clock(elapsed)} elapsed" if finished else f"{_clock(left)} left" if left is not None else "time left unknown"
+        timing = (
+            f"{_clock(elapsed)} elapsed"
+            if finished
+            else f"{_clock(left)} left"
+            if left is not None
+            else "time left unknown"
+        )
         self.write(f"{task}: {completed}/{total} ({100 * share:.0f}%), {rate:.1f}/s, {timing}")
         log.last_time, log.last_step, log.done = now, step, finished
         if finished:
@@ -74,8 +80,14 @@ def progress_display(console: Console) -> Iterator[ProgressFn]:
     if not console.is_terminal:
         yield PlainProgress(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         tasks: dict[str, int] = {}
 
         def update(task: str, completed: int, total: int) -> None:

@@ -9,17 +9,50 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (BatchSizeOption, CalibrationOption, FamilyOption, RobMapOption, mix_choice,
-                               DataDirOption, DataOption, DatasetOption, DeviceOption, EpsOption,
-                               JsonOption, ModelDirOption, NExamplesOption, NormOption, OutOption, RobOption,
-                               RobWeightsOption, SeedOption, StdOption, StdWeightsOption, StepsOption,
-                               StepSizeOption, TrustCodeOption, check_outputs, pair_source, print_notes,
-                               ReportOption, run_with_progress, start_device, stdout, write_report,
-                               write_results)
+from asmix.cli.options import (
+    BatchSizeOption,
+    CalibrationOption,
+    DataDirOption,
+    DataOption,
+    DatasetOption,
+    DeviceOption,
+    EpsOption,
+    FamilyOption,
+    JsonOption,
+    ModelDirOption,
+    NExamplesOption,
+    NormOption,
+    OutOption,
+    ReportOption,
+    RobMapOption,
+    RobOption,
+    RobWeightsOption,
+    SeedOption,
+    StdOption,
+    StdWeightsOption,
+    StepSizeOption,
+    StepsOption,
+    TrustCodeOption,
+    check_outputs,
+    mix_choice,
+    pair_source,
+    print_notes,
+    run_with_progress,
+    start_device,
+    stdout,
+    write_report,
+    write_results,
+)
 
 
-@app.command("sweep-alpha", epilog=examples(
-    'asmix sweep-alpha', 'asmix sweep-alpha --alphas 0,0.5,0.6,0.7,1 --steps 40 --out runs/demo-sweep', 'asmix sweep-alpha --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --device cuda'))
+@app.command(
+    "sweep-alpha",
+    epilog=examples(
+        "asmix sweep-alpha",
+        "asmix sweep-alpha --alphas 0,0.5,0.6,0.7,1 --steps 40 --out runs/demo-sweep",
+        "asmix sweep-alpha --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --device cuda",
+    ),
+)
 def sweep_alpha_command(
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
@@ -41,7 +74,9 @@ def sweep_alpha_command(
     batch_size: BatchSizeOption = 256,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
-    mix_space: Annotated[str, typer.Option("--mix-space", metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation).")] = "prob",
+    mix_space: Annotated[
+        str, typer.Option("--mix-space", metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation).")
+    ] = "prob",
     std_scale: Annotated[float, typer.Option("--std-scale", help="Multiply g's logits before the softmax.")] = 1.0,
     rob_scale: Annotated[float, typer.Option("--rob-scale", help="Multiply h's logits before the softmax.")] = 1.0,
     rob_map: RobMapOption = None,
@@ -52,29 +87,42 @@ def sweep_alpha_command(
     json_path: JsonOption = None,
 ) -> None:
     """Accuracy vs fixed alpha, clean and under PGD crafted on g (STD), h (ROB) and the mix (MIX)."""
+    from asmix.distributed import is_main_process
     from asmix.experiments.inputs import load_pair
     from asmix.experiments.sweep import SweepConfig, parse_alphas, sweep_alpha
     from asmix.report.sweep import sweep_table, write_sweep_outputs
-    from asmix.distributed import is_main_process
 
     check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
-                         trust_code=trust_code)
+    source = pair_source(
+        std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code
+    )
     choice = mix_choice(rob_map, calibration, family, std=std, rob=rob)
     alpha_grid = parse_alphas(alphas)
     if calibration is not None:
         alpha_grid = tuple(sorted(set(alpha_grid) | {choice.alpha}))
-    config = SweepConfig(alphas=alpha_grid, attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
-                         norm=source.norm, eps=source.default_eps if eps is None else eps, steps=steps,
-                         step_size=step_size, batch_size=batch_size, seed=seed, mix_space=mix_space,
-                         std_scale=std_scale, rob_scale=rob_scale,
-                         std_temperature=choice.std_temperature if choice else 1.0,
-                         rob_map=choice.rob_map if choice else None)
+    config = SweepConfig(
+        alphas=alpha_grid,
+        attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
+        norm=source.norm,
+        eps=source.default_eps if eps is None else eps,
+        steps=steps,
+        step_size=step_size,
+        batch_size=batch_size,
+        seed=seed,
+        mix_space=mix_space,
+        std_scale=std_scale,
+        rob_scale=rob_scale,
+        std_temperature=choice.std_temperature if choice else 1.0,
+        rob_map=choice.rob_map if choice else None,
+    )
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
-    result = run_with_progress(lambda progress: sweep_alpha(pair.std, pair.rob, pair.x, pair.y, config, device=device_,
-                                                            progress=progress, models=pair.names, out=out))
+    result = run_with_progress(
+        lambda progress: sweep_alpha(
+            pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names, out=out
+        )
+    )
     if not is_main_process():
         return
     stdout.print(sweep_table(result))

@@ -9,18 +9,45 @@ import typer
 
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
-from asmix.cli.options import (ReportOption, write_report, DataDirOption, DataOption, DatasetOption, DeviceOption, JsonOption, ModelDirOption,
-                               NExamplesOption, NormOption, RobOption, RobWeightsOption, SeedOption, StdOption,
-                               StdWeightsOption, TrustCodeOption, check_outputs, console, number_parser, pair_source,
-                               print_notes, progress_callback, stdout)
+from asmix.cli.options import (
+    DataDirOption,
+    DataOption,
+    DatasetOption,
+    DeviceOption,
+    JsonOption,
+    ModelDirOption,
+    NExamplesOption,
+    NormOption,
+    ReportOption,
+    RobOption,
+    RobWeightsOption,
+    SeedOption,
+    StdOption,
+    StdWeightsOption,
+    TrustCodeOption,
+    check_outputs,
+    console,
+    number_parser,
+    pair_source,
+    print_notes,
+    progress_callback,
+    stdout,
+    write_report,
+)
 
 
 def _option(name: str, text: str, **settings):
     return typer.Option(name, help=text, **settings)
 
 
-@app.command("train-mixer", epilog=examples(
-    'asmix train-mixer --out runs/mixer', 'asmix train-mixer --out runs/mixer --resume', 'torchrun --nproc-per-node 4 -m asmix train-mixer --std bit-r152 --rob Wang2023 --dataset cifar10 --bf16'))
+@app.command(
+    "train-mixer",
+    epilog=examples(
+        "asmix train-mixer --out runs/mixer",
+        "asmix train-mixer --out runs/mixer --resume",
+        "torchrun --nproc-per-node 4 -m asmix train-mixer --std bit-r152 --rob Wang2023 --dataset cifar10 --bf16",
+    ),
+)
 def train_mixer_command(
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
@@ -34,10 +61,25 @@ def train_mixer_command(
     rob_weights: RobWeightsOption = None,
     trust_code: TrustCodeOption = False,
     norm: NormOption = "linf",
-    setting: Annotated[str, _option("--setting", metavar="C|B|A", text="Training attacks: C APGD-CE + APGD-T copies (the paper's recipe), B white-box PGD, A gray-box PGD.")] = "C",
+    setting: Annotated[
+        str,
+        _option(
+            "--setting",
+            metavar="C|B|A",
+            text="Training attacks: C APGD-CE + APGD-T copies (the paper's recipe), B white-box PGD, A gray-box PGD.",
+        ),
+    ] = "C",
     epochs: Annotated[Optional[int], _option("--epochs", "Epochs (default 4 on demo, 3 otherwise).")] = None,
-    batch_size: Annotated[Optional[int], _option("--batch-size", "Global batch of clean images attacked per step (default 64 on demo, 128 otherwise).")] = None,
-    accum_steps: Annotated[int, _option("--accum-steps", "Split each optimiser step into this many micro-batches whose gradients add up (memory).")] = 1,
+    batch_size: Annotated[
+        Optional[int],
+        _option("--batch-size", "Global batch of clean images attacked per step (default 64 on demo, 128 otherwise)."),
+    ] = None,
+    accum_steps: Annotated[
+        int,
+        _option(
+            "--accum-steps", "Split each optimiser step into this many micro-batches whose gradients add up (memory)."
+        ),
+    ] = 1,
     lr: Annotated[float, _option("--lr", "AdamW learning rate (cosine schedule).")] = 1e-3,
     weight_decay: Annotated[float, _option("--weight-decay", "AdamW weight decay.")] = 1e-2,
     ema_decay: Annotated[float, _option("--ema-decay", "EMA decay of the mixer weights (App. D.1).")] = 0.8,
@@ -45,36 +87,138 @@ def train_mixer_command(
     c_ce: Annotated[float, _option("--c-ce", "Weight of CE in the composite loss (eq. 4.2).")] = 0.0,
     c_bce: Annotated[float, _option("--c-bce", "Weight of BCE in the composite loss.")] = 1.5,
     c_prod: Annotated[float, _option("--c-prod", "Weight of CE*BCE in the composite loss.")] = 0.2,
-    pseudo_labels: Annotated[str, _option("--pseudo-labels", metavar="paper|oracle", text="paper: clean 0, attacked 1; oracle: also asks whether g and h are right.")] = "paper",
-    eps_max: Annotated[Optional[float], typer.Option("--eps-max", parser=number_parser("--eps-max"), metavar="EPS", help="Training attack radius eps, a number or a fraction like 8/255 (default: the dataset's standard eps).")] = None,
-    eps_range: Annotated[str, _option("--eps-range", "Radius per example (C) or per batch (A/B) drawn as eps * U(LOW, HIGH).")] = "0.4:1.1",
-    steps_range: Annotated[Optional[str], _option("--steps-range", "PGD steps of settings A/B drawn per batch from LOW:HIGH (default 5:10 on demo, 5:20).")] = None,
-    apgd_steps_df: Annotated[Optional[int], _option("--apgd-steps-df", "Setting C: APGD iterations per copy ~ chi-square(DF) (default 10 on demo, 75).")] = None,
-    target_classes: Annotated[Optional[int], _option("--target-classes", "Setting C: APGD-T copies per clean image (default 2 on demo, 9).")] = None,
-    attack_bce_max: Annotated[float, _option("--attack-bce-max", "Largest w of the attack loss (1 - w) * loss + w * BCE(alpha logit, 1), w drawn per example.")] = 0.4,
-    val_eps: Annotated[Optional[float], typer.Option("--val-eps", parser=number_parser("--val-eps"), metavar="EPS", help="Validation and verdict radius (default eps-max).")] = None,
-    val_steps: Annotated[Optional[int], _option("--val-steps", "Per-epoch validation PGD steps (default 10 on demo, 20).")] = None,
-    n_train: Annotated[Optional[int], _option("--n-train", "Training examples from the start of the train split (default 2048 on demo, all).")] = None,
-    n_val: Annotated[Optional[int], _option("--n-val", "Held-out examples (the end of --val-split): validation, head choice (first half) and verdict (second half) (default 500 on demo, 1000).")] = None,
-    val_split: Annotated[str, _option("--val-split", metavar="test|train", text="Split the held-out examples come from: test (its last --n-val; evaluate on the rest) or train.")] = "test",
+    pseudo_labels: Annotated[
+        str,
+        _option(
+            "--pseudo-labels",
+            metavar="paper|oracle",
+            text="paper: clean 0, attacked 1; oracle: also asks whether g and h are right.",
+        ),
+    ] = "paper",
+    eps_max: Annotated[
+        Optional[float],
+        typer.Option(
+            "--eps-max",
+            parser=number_parser("--eps-max"),
+            metavar="EPS",
+            help="Training attack radius eps, a number or a fraction like 8/255 (default: the dataset's standard eps).",
+        ),
+    ] = None,
+    eps_range: Annotated[
+        str, _option("--eps-range", "Radius per example (C) or per batch (A/B) drawn as eps * U(LOW, HIGH).")
+    ] = "0.4:1.1",
+    steps_range: Annotated[
+        Optional[str],
+        _option(
+            "--steps-range", "PGD steps of settings A/B drawn per batch from LOW:HIGH (default 5:10 on demo, 5:20)."
+        ),
+    ] = None,
+    apgd_steps_df: Annotated[
+        Optional[int],
+        _option("--apgd-steps-df", "Setting C: APGD iterations per copy ~ chi-square(DF) (default 10 on demo, 75)."),
+    ] = None,
+    target_classes: Annotated[
+        Optional[int], _option("--target-classes", "Setting C: APGD-T copies per clean image (default 2 on demo, 9).")
+    ] = None,
+    attack_bce_max: Annotated[
+        float,
+        _option(
+            "--attack-bce-max",
+            "Largest w of the attack loss (1 - w) * loss + w * BCE(alpha logit, 1), w drawn per example.",
+        ),
+    ] = 0.4,
+    val_eps: Annotated[
+        Optional[float],
+        typer.Option(
+            "--val-eps",
+            parser=number_parser("--val-eps"),
+            metavar="EPS",
+            help="Validation and verdict radius (default eps-max).",
+        ),
+    ] = None,
+    val_steps: Annotated[
+        Optional[int], _option("--val-steps", "Per-epoch validation PGD steps (default 10 on demo, 20).")
+    ] = None,
+    n_train: Annotated[
+        Optional[int],
+        _option("--n-train", "Training examples from the start of the train split (default 2048 on demo, all)."),
+    ] = None,
+    n_val: Annotated[
+        Optional[int],
+        _option(
+            "--n-val",
+            "Held-out examples (the end of --val-split): validation, head choice (first half) and verdict (second "
+            "half) (default 500 on demo, 1000).",
+        ),
+    ] = None,
+    val_split: Annotated[
+        str,
+        _option(
+            "--val-split",
+            metavar="test|train",
+            text="Split the held-out examples come from: test (its last --n-val; evaluate on the rest) or train.",
+        ),
+    ] = "test",
     scale: Annotated[float, _option("--scale", "Sigmoid scale s of the mixer output (Table 7).")] = 2.0,
-    mixer_width: Annotated[Optional[int], _option("--mixer-width", "Channels of the mixing network (default: half the middle channels of g and h, at least 16).")] = None,
+    mixer_width: Annotated[
+        Optional[int],
+        _option(
+            "--mixer-width",
+            "Channels of the mixing network (default: half the middle channels of g and h, at least 16).",
+        ),
+    ] = None,
     mixer_blocks: Annotated[int, _option("--mixer-blocks", "ResNet blocks per mixer stage.")] = 2,
     mixer_stages: Annotated[int, _option("--mixer-stages", "Mixer stages after the middle features join.")] = 2,
-    clamp_std: Annotated[float, _option("--clamp-std", "In training, clamp the mixer logit to its batch mean +- this many std (0: off).")] = 0.6,
+    clamp_std: Annotated[
+        float, _option("--clamp-std", "In training, clamp the mixer logit to its batch mean +- this many std (0: off).")
+    ] = 0.6,
     bn_momentum: Annotated[float, _option("--bn-momentum", "Momentum of the mixer's output batch norm.")] = 0.01,
-    std_layers: Annotated[Optional[str], _option("--std-layers", "Feature taps of g: UPSTREAM,MIDDLE module names.")] = None,
-    rob_layers: Annotated[Optional[str], _option("--rob-layers", "Feature taps of h: UPSTREAM,MIDDLE module names.")] = None,
+    std_layers: Annotated[
+        Optional[str], _option("--std-layers", "Feature taps of g: UPSTREAM,MIDDLE module names.")
+    ] = None,
+    rob_layers: Annotated[
+        Optional[str], _option("--rob-layers", "Feature taps of h: UPSTREAM,MIDDLE module names.")
+    ] = None,
     std_scale: Annotated[float, _option("--std-scale", "Multiply g's logits before the softmax (App. D.1).")] = 1.0,
     rob_scale: Annotated[float, _option("--rob-scale", "Multiply h's logits before the softmax.")] = 1.0,
-    bf16: Annotated[Optional[bool], _option("--bf16/--no-bf16", "bf16 autocast for the base models' work in training (default: on CUDA only).")] = None,
-    alpha_range: Annotated[str, _option("--alpha-range", "Evaluation range MIN:MAX of alpha without --target-clean-acc (training uses 0:1).")] = "0:1",
-    alpha_bias: Annotated[float, _option("--alpha-bias", "Evaluation bias on the mixer logit without --target-clean-acc (training uses 0).")] = 0.0,
-    target_clean_acc: Annotated[Optional[float], _option("--target-clean-acc", "Choose range and bias on held-out data for this clean accuracy (fraction or percent; default 98.5 on demo).")] = None,
-    range_min_alpha: Annotated[float, _option("--range-min-alpha", "Smallest alpha_min the head choice considers.")] = 0.5,
-    range_max_width: Annotated[float, _option("--range-max-width", "Widest alpha_max - alpha_min the head choice considers.")] = 0.2,
-    verdict: Annotated[bool, _option("--verdict/--no-verdict", "End with the mixer against the fixed alpha of equal clean accuracy under adaptive AutoAttack-lite on held-out data.")] = True,
-    compare: Annotated[bool, _option("--compare/--no-compare", "Also judge on the first --n-examples evaluation examples (default 1000).")] = False,
+    bf16: Annotated[
+        Optional[bool],
+        _option("--bf16/--no-bf16", "bf16 autocast for the base models' work in training (default: on CUDA only)."),
+    ] = None,
+    alpha_range: Annotated[
+        str,
+        _option("--alpha-range", "Evaluation range MIN:MAX of alpha without --target-clean-acc (training uses 0:1)."),
+    ] = "0:1",
+    alpha_bias: Annotated[
+        float,
+        _option("--alpha-bias", "Evaluation bias on the mixer logit without --target-clean-acc (training uses 0)."),
+    ] = 0.0,
+    target_clean_acc: Annotated[
+        Optional[float],
+        _option(
+            "--target-clean-acc",
+            "Choose range and bias on held-out data for this clean accuracy (fraction or percent; default 98.5 on "
+            "demo).",
+        ),
+    ] = None,
+    range_min_alpha: Annotated[
+        float, _option("--range-min-alpha", "Smallest alpha_min the head choice considers.")
+    ] = 0.5,
+    range_max_width: Annotated[
+        float, _option("--range-max-width", "Widest alpha_max - alpha_min the head choice considers.")
+    ] = 0.2,
+    verdict: Annotated[
+        bool,
+        _option(
+            "--verdict/--no-verdict",
+            "End with the mixer against the fixed alpha of equal clean accuracy under adaptive AutoAttack-lite on "
+            "held-out data.",
+        ),
+    ] = True,
+    compare: Annotated[
+        bool,
+        _option("--compare/--no-compare", "Also judge on the first --n-examples evaluation examples (default 1000)."),
+    ] = False,
     out: Annotated[Path, _option("--out", "Folder for the mixer, checkpoint and log.")] = Path("asmix-mixer"),
     resume: Annotated[bool, _option("--resume/--no-resume", "Continue from the checkpoint in --out.")] = False,
     device: DeviceOption = "auto",
@@ -93,46 +237,93 @@ def train_mixer_command(
     from asmix.runtime import resolve_device
 
     check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm,
-                         trust_code=trust_code)
+    source = pair_source(
+        std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code
+    )
     size = default_run_size(dataset)
     target = size.target_clean_acc if target_clean_acc is None else target_clean_acc
     if target is not None and target > 1:
         target /= 100
     device_ = distributed.local_device(resolve_device(device))
     config = TrainConfig(
-        setting=setting.upper(), epochs=size.epochs if epochs is None else epochs,
-        batch_size=size.batch_size if batch_size is None else batch_size, accum_steps=accum_steps, lr=lr,
-        weight_decay=weight_decay, ema_decay=ema_decay, grad_clip=grad_clip, c_ce=c_ce, c_bce=c_bce, c_prod=c_prod,
-        pseudo_labels=pseudo_labels, norm=norm, eps_max=source.default_eps if eps_max is None else eps_max,
+        setting=setting.upper(),
+        epochs=size.epochs if epochs is None else epochs,
+        batch_size=size.batch_size if batch_size is None else batch_size,
+        accum_steps=accum_steps,
+        lr=lr,
+        weight_decay=weight_decay,
+        ema_decay=ema_decay,
+        grad_clip=grad_clip,
+        c_ce=c_ce,
+        c_bce=c_bce,
+        c_prod=c_prod,
+        pseudo_labels=pseudo_labels,
+        norm=norm,
+        eps_max=source.default_eps if eps_max is None else eps_max,
         eps_range=parse_range(eps_range, name="--eps-range"),
         steps_range=parse_range(steps_range, kind=int, name="--steps-range") if steps_range else size.steps_range,
         apgd_steps_df=size.apgd_steps_df if apgd_steps_df is None else apgd_steps_df,
         target_classes=size.target_classes if target_classes is None else target_classes,
-        attack_bce_max=attack_bce_max, val_eps=val_eps, val_steps=size.val_steps if val_steps is None else val_steps,
-        seed=seed, scale=scale, width=mixer_width, blocks=mixer_blocks, stages=mixer_stages, clamp_std=clamp_std,
-        bn_momentum=bn_momentum, std_layers=parse_layers(std_layers), rob_layers=parse_layers(rob_layers),
-        std_scale=std_scale, rob_scale=rob_scale, bf16=device_.type == "cuda" if bf16 is None else bf16,
-        alpha_range=parse_range(alpha_range, name="--alpha-range"), alpha_bias=alpha_bias, target_clean_acc=target,
-        range_min_alpha=range_min_alpha, range_max_width=range_max_width)
+        attack_bce_max=attack_bce_max,
+        val_eps=val_eps,
+        val_steps=size.val_steps if val_steps is None else val_steps,
+        seed=seed,
+        scale=scale,
+        width=mixer_width,
+        blocks=mixer_blocks,
+        stages=mixer_stages,
+        clamp_std=clamp_std,
+        bn_momentum=bn_momentum,
+        std_layers=parse_layers(std_layers),
+        rob_layers=parse_layers(rob_layers),
+        std_scale=std_scale,
+        rob_scale=rob_scale,
+        bf16=device_.type == "cuda" if bf16 is None else bf16,
+        alpha_range=parse_range(alpha_range, name="--alpha-range"),
+        alpha_bias=alpha_bias,
+        target_clean_acc=target,
+        range_min_alpha=range_min_alpha,
+        range_max_width=range_max_width,
+    )
     distributed.init_distributed(device_)
     main = distributed.is_main_process()
     pair = load_pair(source)
     print_notes(pair.notes)
-    split = load_train_data(source, size.n_train if n_train is None else n_train, size.n_val if n_val is None else n_val,
-                            val_split)
+    split = load_train_data(
+        source, size.n_train if n_train is None else n_train, size.n_val if n_val is None else n_val, val_split
+    )
     with progress_callback() as progress:
-        result = train_mixer(pair.std, pair.rob, split.x_train, split.y_train, split.x_val, split.y_val, config,
-                             out_dir=out, resume=resume, judge_mixer=verdict, device=device_,
-                             progress=progress if main else None, models=pair.names,
-                             on_epoch=lambda record: console.print(epoch_line(record, config.epochs)))
+        result = train_mixer(
+            pair.std,
+            pair.rob,
+            split.x_train,
+            split.y_train,
+            split.x_val,
+            split.y_val,
+            config,
+            out_dir=out,
+            resume=resume,
+            judge_mixer=verdict,
+            device=device_,
+            progress=progress if main else None,
+            models=pair.names,
+            on_epoch=lambda record: console.print(epoch_line(record, config.epochs)),
+        )
         comparison = None
         if compare:
             n_compare = n_examples or size.n_compare
             mixed = result.mixed_classifier(pair.std, pair.rob).to(device_)
-            comparison = judge(mixed, split.x_test[:n_compare], split.y_test[:n_compare], eps=config.resolved_val_eps,
-                               norm=norm, batch_size=config.batch_size, seed=seed, device=device_,
-                               progress=progress if main else None)
+            comparison = judge(
+                mixed,
+                split.x_test[:n_compare],
+                split.y_test[:n_compare],
+                eps=config.resolved_val_eps,
+                norm=norm,
+                batch_size=config.batch_size,
+                seed=seed,
+                device=device_,
+                progress=progress if main else None,
+            )
     if not main:
         return
     stdout.print(history_table(result))
@@ -143,7 +334,9 @@ def train_mixer_command(
             stdout.print(verdict_table(judged, title))
             stdout.print(judged.line, soft_wrap=True)
     summary = {**result.to_dict(), "comparison": comparison.to_dict() if comparison is not None else None}
-    for path in write_train_outputs(result, out, comparison) + ([atomic_write_json(json_path, summary)] if json_path else []):
+    for path in write_train_outputs(result, out, comparison) + (
+        [atomic_write_json(json_path, summary)] if json_path else []
+    ):
         console.print(f"wrote {path}")
     card = write_mixer_card(out)
     console.print(f"wrote {out / 'mixer.safetensors'}, {out / 'mixer.json'} and the model card {card}")

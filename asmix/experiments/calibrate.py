@@ -19,8 +19,15 @@ from torch import nn
 
 from asmix.attacks.autoattack import standard_autoattack
 from asmix.attacks.margin import min_margin_autoattack
-from asmix.calibration import (CachedLogits, FamilyChoice, MixChoice, SearchCache, best_alpha, calibration_dict,
-                               family_curve)
+from asmix.calibration import (
+    CachedLogits,
+    FamilyChoice,
+    MixChoice,
+    SearchCache,
+    best_alpha,
+    calibration_dict,
+    family_curve,
+)
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.mixing import MixedClassifier, freeze
@@ -103,9 +110,17 @@ class CalibrateResult:
 
     def to_dict(self) -> dict:
         config = asdict(self.config) | {"n_examples": self.n_examples}
-        return calibration_dict(self.models, config, self.families, {
-            "base": self.base, "timing": self.timing, "curves": self.curves,
-            "verification": [asdict(v) for v in self.verification]})
+        return calibration_dict(
+            self.models,
+            config,
+            self.families,
+            {
+                "base": self.base,
+                "timing": self.timing,
+                "curves": self.curves,
+                "verification": [asdict(v) for v in self.verification],
+            },
+        )
 
 
 @contextmanager
@@ -120,8 +135,16 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def cache_logits(std: nn.Module, rob: nn.Module, x: torch.Tensor, y: torch.Tensor, config: CalibrateConfig, *,
-                 device: torch.device, progress: ProgressFn | None = None) -> tuple[CachedLogits, dict[str, float]]:
+def cache_logits(
+    std: nn.Module,
+    rob: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: CalibrateConfig,
+    *,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> tuple[CachedLogits, dict[str, float]]:
     """One pass: g's and h's clean logits and h's logits on its min-margin APGD-CE/APGD-T inputs."""
     start = time.perf_counter()
     std_clean = predict_logits(std, x, batch_size=config.batch_size, device=device, progress=progress, task="clean g")
@@ -129,9 +152,16 @@ def cache_logits(std: nn.Module, rob: nn.Module, x: torch.Tensor, y: torch.Tenso
     forward = time.perf_counter() - start
     attacked = []
     for part in batch_slices(len(x), config.batch_size):
-        x_adv, _ = min_margin_autoattack(rob, x[part].to(device), y[part].to(device), eps=config.eps,
-                                         norm=config.norm, steps=config.aa_steps,
-                                         target_classes=config.target_classes, seed=config.seed + part.start)
+        x_adv, _ = min_margin_autoattack(
+            rob,
+            x[part].to(device),
+            y[part].to(device),
+            eps=config.eps,
+            norm=config.norm,
+            steps=config.aa_steps,
+            target_classes=config.target_classes,
+            seed=config.seed + part.start,
+        )
         with torch.no_grad():
             attacked.append(rob(x_adv).float().cpu())
         if progress:
@@ -152,8 +182,15 @@ def choose_linear(cached: CachedLogits, config: CalibrateConfig) -> tuple[Family
     alphas, clean, robust = family_curve(cached, None, 1.0)
     point, meets = best_alpha(alphas, clean, robust, config.target_clean_acc)
     seconds = time.perf_counter() - start
-    return FamilyChoice("linear", MixChoice(point.alpha), point.clean, point.robust_estimate, meets, seconds,
-                        {"candidates": int(len(alphas))}), _curve(alphas, clean, robust)
+    return FamilyChoice(
+        "linear",
+        MixChoice(point.alpha),
+        point.clean,
+        point.robust_estimate,
+        meets,
+        seconds,
+        {"candidates": int(len(alphas))},
+    ), _curve(alphas, clean, robust)
 
 
 def grid(config: CalibrateConfig) -> list[tuple[float, float, float]]:
@@ -165,8 +202,9 @@ def grid(config: CalibrateConfig) -> list[tuple[float, float, float]]:
     return [(float(s), float(p), float(c)) for s in scales for p in powers for c in biases]
 
 
-def choose_nuts(cached: CachedLogits, config: CalibrateConfig, *,
-                progress: ProgressFn | None = None) -> tuple[FamilyChoice, dict]:
+def choose_nuts(
+    cached: CachedLogits, config: CalibrateConfig, *, progress: ProgressFn | None = None
+) -> tuple[FamilyChoice, dict]:
     """MixedNUTS's (s, p, c, alpha): the best grid point, then Nelder-Mead over (log s, p, c) from it on
     the same objective (``asmix.calibration.score``); alpha is exact for each map. The refined point is
     kept only where it scores higher."""
@@ -190,12 +228,29 @@ def choose_nuts(cached: CachedLogits, config: CalibrateConfig, *,
     nuts = NutsMap(s, p, c)
     alphas, clean, robust, _ = search.curve(nuts)
     seconds = time.perf_counter() - start
-    details = {"grid_best": {"scale": grid_params[0], "power": grid_params[1], "clamp_bias": grid_params[2],
-                             "score": grid_value},
-               "refined_score": value, "refined": config.refine and value > grid_value,
-               "maps_evaluated": evaluations}
-    return (FamilyChoice("nuts", MixChoice(point.alpha, temperature, nuts), point.clean, point.robust_estimate,
-                         meets, seconds, details), _curve(alphas, clean, robust))
+    details = {
+        "grid_best": {
+            "scale": grid_params[0],
+            "power": grid_params[1],
+            "clamp_bias": grid_params[2],
+            "score": grid_value,
+        },
+        "refined_score": value,
+        "refined": config.refine and value > grid_value,
+        "maps_evaluated": evaluations,
+    }
+    return (
+        FamilyChoice(
+            "nuts",
+            MixChoice(point.alpha, temperature, nuts),
+            point.clean,
+            point.robust_estimate,
+            meets,
+            seconds,
+            details,
+        ),
+        _curve(alphas, clean, robust),
+    )
 
 
 def _refine(search: SearchCache, config: CalibrateConfig, best):
@@ -220,46 +275,87 @@ def _refine(search: SearchCache, config: CalibrateConfig, best):
 
     s0, p0, c0 = best[1]
     n = max(config.grid_size - 1, 1)
-    steps = (math.log(config.scale_range[1] / config.scale_range[0]) / n or 0.5,
-             (config.power_range[1] - config.power_range[0]) / n or 0.25,
-             (config.clamp_bias_range[1] - config.clamp_bias_range[0]) / n or 0.1)
+    steps = (
+        math.log(config.scale_range[1] / config.scale_range[0]) / n or 0.5,
+        (config.power_range[1] - config.power_range[0]) / n or 0.25,
+        (config.clamp_bias_range[1] - config.clamp_bias_range[0]) / n or 0.1,
+    )
     x0 = np.array([math.log(s0), p0, c0])
     simplex = np.stack([x0] + [x0 + np.eye(3)[k] * steps[k] for k in range(3)])
-    minimize(objective, x0, method="Nelder-Mead",
-             options={"initial_simplex": simplex, "maxfev": 300, "xatol": 1e-3, "fatol": 1e-9})
+    minimize(
+        objective,
+        x0,
+        method="Nelder-Mead",
+        options={"initial_simplex": simplex, "maxfev": 300, "xatol": 1e-3, "fatol": 1e-9},
+    )
     return found["best"], found["count"]
 
 
-def verify(std: nn.Module, rob: nn.Module, x: torch.Tensor, y: torch.Tensor, families: dict[str, FamilyChoice],
-           config: CalibrateConfig, *, device: torch.device, progress: ProgressFn | None = None) -> tuple[Verification, ...]:
+def verify(
+    std: nn.Module,
+    rob: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    families: dict[str, FamilyChoice],
+    config: CalibrateConfig,
+    *,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> tuple[Verification, ...]:
     """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5000 queries unless ``square_queries``) end to
     end on each family's mix, on examples the choice did not see."""
     rows = []
     for name, family in families.items():
         choice = family.choice
-        mixed = MixedClassifier(std, rob, choice.alpha, std_temperature=choice.std_temperature,
-                                rob_map=choice.rob_map).to(device).eval()
+        mixed = (
+            MixedClassifier(std, rob, choice.alpha, std_temperature=choice.std_temperature, rob_map=choice.rob_map)
+            .to(device)
+            .eval()
+        )
         start, flags = time.perf_counter(), []
         for part in batch_slices(len(x), config.batch_size):
-            run = standard_autoattack(mixed, x[part].to(device), y[part].to(device), eps=config.eps,
-                                      norm=config.norm, seed=config.seed + part.start,
-                                      square_queries=config.square_queries)
+            run = standard_autoattack(
+                mixed,
+                x[part].to(device),
+                y[part].to(device),
+                eps=config.eps,
+                norm=config.norm,
+                seed=config.seed + part.start,
+                square_queries=config.square_queries,
+            )
             flags.append(run.robust)
             if progress:
                 progress(f"AutoAttack on {name}", part.stop, len(x))
         robust = torch.cat(flags).float()
         stages = ("clean", "apgd-ce", "apgd-t", "fab-t", "square")
-        rows.append(Verification(name, len(x), robust[:, 0].mean().item(), robust[:, -1].mean().item(),
-                                 family.clean, family.robust_estimate,
-                                 {stage: robust[:, k].mean().item() for k, stage in enumerate(stages)},
-                                 time.perf_counter() - start))
+        rows.append(
+            Verification(
+                name,
+                len(x),
+                robust[:, 0].mean().item(),
+                robust[:, -1].mean().item(),
+                family.clean,
+                family.robust_estimate,
+                {stage: robust[:, k].mean().item() for k, stage in enumerate(stages)},
+                time.perf_counter() - start,
+            )
+        )
     return tuple(rows)
 
 
-def calibrate(std: nn.Module, rob: nn.Module, x: torch.Tensor, y: torch.Tensor, config: CalibrateConfig = CalibrateConfig(),
-              *, x_verify: torch.Tensor | None = None, y_verify: torch.Tensor | None = None,
-              device: torch.device = torch.device("cpu"), progress: ProgressFn | None = None,
-              models: dict[str, str] | None = None) -> CalibrateResult:
+def calibrate(
+    std: nn.Module,
+    rob: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: CalibrateConfig = CalibrateConfig(),
+    *,
+    x_verify: torch.Tensor | None = None,
+    y_verify: torch.Tensor | None = None,
+    device: torch.device = torch.device("cpu"),
+    progress: ProgressFn | None = None,
+    models: dict[str, str] | None = None,
+) -> CalibrateResult:
     """Choose each family's mix for ``config.target_clean_acc`` on (x, y); with ``x_verify`` (examples
     not in x), measure each choice with standard AutoAttack."""
     if len(x) == 0:
@@ -272,12 +368,15 @@ def calibrate(std: nn.Module, rob: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     timing |= {"search_linear": linear.seconds, "search_nuts": nuts.seconds}
     y_cpu = cached.y
     h_attacked = (cached.rob_attacked.argmax(1) == y_cpu).double().mean().item()
-    base = {"std_clean": (cached.std_clean.argmax(1) == y_cpu).double().mean().item(),
-            "rob_clean": (cached.rob_clean.argmax(1) == y_cpu).double().mean().item(),
-            "rob_attacked": h_attacked}
+    base = {
+        "std_clean": (cached.std_clean.argmax(1) == y_cpu).double().mean().item(),
+        "rob_clean": (cached.rob_clean.argmax(1) == y_cpu).double().mean().item(),
+        "rob_attacked": h_attacked,
+    }
     families = {"linear": linear, "nuts": nuts}
     verification = ()
     if x_verify is not None and len(x_verify):
         verification = verify(std, rob, x_verify, y_verify, families, config, device=device, progress=progress)
-    return CalibrateResult(config, len(x), families, {"linear": linear_curve, "nuts": nuts_curve}, base, timing,
-                           verification, models or {})
+    return CalibrateResult(
+        config, len(x), families, {"linear": linear_curve, "nuts": nuts_curve}, base, timing, verification, models or {}
+    )

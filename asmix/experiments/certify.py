@@ -25,12 +25,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asmix.certify import (SMOOTHING_OUTPUTS, bounded_top_two, certified_accuracy, lipschitz_radius,
-                           smoothed_probabilities, smoothing_lipschitz, smoothing_radius, top_two)
 from asmix import distributed
+from asmix.certify import (
+    SMOOTHING_OUTPUTS,
+    bounded_top_two,
+    certified_accuracy,
+    lipschitz_radius,
+    smoothed_probabilities,
+    smoothing_lipschitz,
+    smoothing_radius,
+    top_two,
+)
 from asmix.checks import check_finite, parse_number
 from asmix.errors import AsmixError
-from asmix.experiments.parts import Parts, ShareProgress, batch_key, finish, fingerprint, run_units
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
 from asmix.io import atomic_write_text, write_error
 from asmix.mixing import check_alpha, std_log_probs
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
@@ -70,8 +78,11 @@ class CertifyConfig:
         check_batch_size(self.batch_size)
         if self.skip < 1:
             raise AsmixError(f"skip must be >= 1 (every K-th example), got {self.skip}")
-        for name, value in (("sigma", self.sigma), ("baseline sigma", self.baseline_sigma),
-                            ("the Lipschitz constant", self.lipschitz_const)):
+        for name, value in (
+            ("sigma", self.sigma),
+            ("baseline sigma", self.baseline_sigma),
+            ("the Lipschitz constant", self.lipschitz_const),
+        ):
             if value is not None:
                 check_finite(value, name)
         for radius in self.radii:
@@ -88,8 +99,10 @@ class CertifyConfig:
             if not self.lipschitz_const > 0:
                 raise AsmixError(f"the Lipschitz constant must be positive, got {self.lipschitz_const}")
             if self.confidence is not None or self.match_clean_acc:
-                raise AsmixError("--lipschitz-const certifies h itself: --confidence and --match-clean-acc "
-                                 "apply to randomized smoothing only")
+                raise AsmixError(
+                    "--lipschitz-const certifies h itself: --confidence and --match-clean-acc "
+                    "apply to randomized smoothing only"
+                )
         if self.smoothing_output not in SMOOTHING_OUTPUTS:
             raise AsmixError(f"smoothing output must be one of {', '.join(SMOOTHING_OUTPUTS)}")
         if any(radius < 0 for radius in self.radii):
@@ -157,19 +170,34 @@ class CertifyResult:
     indices: tuple[int, ...] = field(repr=False, default=())
 
     def to_dict(self) -> dict:
-        config = asdict(self.config) | {"n_examples": self.n_examples, "models": self.models,
-                                        "alpha_used": self.alpha, "baseline_sigma": self.config.resolved_baseline_sigma}
+        config = asdict(self.config) | {
+            "n_examples": self.n_examples,
+            "models": self.models,
+            "alpha_used": self.alpha,
+            "baseline_sigma": self.config.resolved_baseline_sigma,
+        }
         return {
             "config": config,
             "guarantee": guarantee(self.config),
             "indices": list(self.indices),
             "baseline_clean_accuracy": self.baseline_clean_accuracy,
             "models": [
-                {"name": entry.name, "alpha": entry.alpha, "sigma": entry.sigma,
-                 "clean_accuracy": entry.clean_accuracy, "rob_accuracy": entry.rob_accuracy,
-                 "curves": [{"bound": curve.bound, "lipschitz": curve.lipschitz,
-                             "certified": dict(zip((str(r) for r in self.config.radii), curve.certified)),
-                             "radii": [_finite(r) for r in curve.radii]} for curve in entry.curves]}
+                {
+                    "name": entry.name,
+                    "alpha": entry.alpha,
+                    "sigma": entry.sigma,
+                    "clean_accuracy": entry.clean_accuracy,
+                    "rob_accuracy": entry.rob_accuracy,
+                    "curves": [
+                        {
+                            "bound": curve.bound,
+                            "lipschitz": curve.lipschitz,
+                            "certified": dict(zip((str(r) for r in self.config.radii), curve.certified)),
+                            "radii": [_finite(r) for r in curve.radii],
+                        }
+                        for curve in entry.curves
+                    ],
+                }
                 for entry in self.entries
             ],
         }
@@ -216,8 +244,10 @@ def certify(
     std, rob = std.to(device).eval(), rob.to(device).eval()
     parts = stream = None
     if out is not None:
-        parts = Parts(Path(out) / "parts", fingerprint(["certify", asdict(config), models or {}],
-                                                       modules=(std, rob), tensors=(x, y)))
+        parts = Parts(
+            Path(out) / "parts",
+            fingerprint(["certify", asdict(config), models or {}], modules=(std, rob), tensors=(x, y)),
+        )
         stream = _RowStream(Path(out), example_columns(config))
     chunks = list(batch_slices(len(x), config.examples_per_part))
     shown = ShareProgress(chunks, "certify", progress)
@@ -229,8 +259,13 @@ def certify(
             stream.append(example_rows(entries, indices[part], y[part], record["time"]))
         shown(part)
 
-    records = run_units(chunks, lambda part: _certify_part(std, rob, x[part], indices[part], config, device),
-                        key=batch_key, parts=parts, finished=finished)
+    records = run_units(
+        chunks,
+        lambda part: _certify_part(std, rob, x[part], indices[part], config, device),
+        key=batch_key,
+        parts=parts,
+        finished=finished,
+    )
     merged = {key: torch.cat([record[key] for record in records]) for key in records[0]}
     alpha, baseline_accuracy = config.alpha, None
     if config.match_clean_acc:
@@ -240,12 +275,14 @@ def certify(
     if stream:
         stream.close(example_rows(entries, indices, y, merged["time"]))
     finish(parts)
-    return CertifyResult(config, len(x), tuple(entries), alpha, baseline_accuracy, models or {},
-                         tuple(indices.tolist()))
+    return CertifyResult(
+        config, len(x), tuple(entries), alpha, baseline_accuracy, models or {}, tuple(indices.tolist())
+    )
 
 
-def _certify_part(std: nn.Module, rob: nn.Module, x: torch.Tensor, indices: torch.Tensor, config: CertifyConfig,
-                  device: torch.device) -> dict[str, torch.Tensor]:
+def _certify_part(
+    std: nn.Module, rob: nn.Module, x: torch.Tensor, indices: torch.Tensor, config: CertifyConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
     """g's logits and h's (smoothed) outputs on a few examples, each smoothed with its own generator keyed by
     its index in the data (so skipping, batching and sharding leave its numbers alone), and the seconds spent."""
     started = time.perf_counter()
@@ -255,14 +292,19 @@ def _certify_part(std: nn.Module, rob: nn.Module, x: torch.Tensor, indices: torc
         if not config.smoothing:
             record["rob_logits"] = rob(x_device).float().cpu()
     sigmas = {"": config.sigma} | ({"baseline/": config.resolved_baseline_sigma} if config.match_clean_acc else {})
-    for prefix, sigma in (sigmas.items() if config.smoothing else ()):
+    for prefix, sigma in sigmas.items() if config.smoothing else ():
         means, counts = [], []
         for position, index in enumerate(indices.tolist()):
-            mean, count = smoothed_probabilities(rob, x_device[position:position + 1], sigma, config.n_samples,
-                                                 batch_size=config.batch_size,
-                                                 generator=batch_generator(config.seed, "smoothing", sigma, index),
-                                                 output=config.smoothing_output,
-                                                 draw_counts=config.confidence is not None)
+            mean, count = smoothed_probabilities(
+                rob,
+                x_device[position : position + 1],
+                sigma,
+                config.n_samples,
+                batch_size=config.batch_size,
+                generator=batch_generator(config.seed, "smoothing", sigma, index),
+                output=config.smoothing_output,
+                draw_counts=config.confidence is not None,
+            )
             means.append(mean)
             if count is not None:
                 counts.append(count.cpu())
@@ -277,21 +319,34 @@ def _std_probs(std_logits: torch.Tensor, config: CertifyConfig) -> torch.Tensor:
     return std_log_probs(std_logits, temperature=0.0 if config.std_hardmax else 1.0).exp()
 
 
-def _entries(record: dict[str, torch.Tensor], y: torch.Tensor, alpha: float | None,
-             config: CertifyConfig) -> list[CertifiedModel]:
+def _entries(
+    record: dict[str, torch.Tensor], y: torch.Tensor, alpha: float | None, config: CertifyConfig
+) -> list[CertifiedModel]:
     """h_alpha (left out while ``alpha`` is unknown), h alone and, with ``match_clean_acc``, the baseline."""
     std_probs = _std_probs(record["std_logits"], config)
     if not config.smoothing:
         rob_probs = torch.softmax(record["rob_logits"], dim=1)
         entries = [("mix", alpha, None, rob_probs, None), ("rob", 1.0, None, rob_probs, None)]
     else:
-        entries = [("mix", alpha, config.sigma, record["probs"], record.get("counts")),
-                   ("rob", 1.0, config.sigma, record["probs"], record.get("counts"))]
+        entries = [
+            ("mix", alpha, config.sigma, record["probs"], record.get("counts")),
+            ("rob", 1.0, config.sigma, record["probs"], record.get("counts")),
+        ]
         if config.match_clean_acc:
-            entries.append(("baseline", 1.0, config.resolved_baseline_sigma, record["baseline/probs"],
-                            record.get("baseline/counts")))
-    return [_entry(name, entry_alpha, sigma, probs, counts, std_probs, y, config)
-            for name, entry_alpha, sigma, probs, counts in entries if entry_alpha is not None]
+            entries.append(
+                (
+                    "baseline",
+                    1.0,
+                    config.resolved_baseline_sigma,
+                    record["baseline/probs"],
+                    record.get("baseline/counts"),
+                )
+            )
+    return [
+        _entry(name, entry_alpha, sigma, probs, counts, std_probs, y, config)
+        for name, entry_alpha, sigma, probs, counts in entries
+        if entry_alpha is not None
+    ]
 
 
 def example_columns(config: CertifyConfig) -> list[str]:
@@ -303,8 +358,9 @@ def example_columns(config: CertifyConfig) -> list[str]:
     return columns + ["time"]
 
 
-def example_rows(entries: list[CertifiedModel], indices: torch.Tensor, y: torch.Tensor,
-                 seconds: torch.Tensor) -> list[dict]:
+def example_rows(
+    entries: list[CertifiedModel], indices: torch.Tensor, y: torch.Tensor, seconds: torch.Tensor
+) -> list[dict]:
     """One row per example, as randomized-smoothing tools write them (``example_columns``); a radius of -inf
     certifies nothing."""
     rows = [{"index": index, "label": label} for index, label in zip(indices.tolist(), y.tolist())]
@@ -358,8 +414,9 @@ def _csv_text(rows: list[dict], columns: list[str], header: bool = True) -> str:
     return buffer.getvalue()
 
 
-def match_alpha(std_probs: torch.Tensor, rob_probs: torch.Tensor, y: torch.Tensor, target: float,
-                step: float = 0.001) -> float:
+def match_alpha(
+    std_probs: torch.Tensor, rob_probs: torch.Tensor, y: torch.Tensor, target: float, step: float = 0.001
+) -> float:
     """The largest alpha on a grid whose h_alpha clean accuracy is at least ``target`` (Figure 6:
     the mixed model keeps the baseline's clean accuracy and gets the largest certified radii);
     alpha 0 where none reaches it."""
@@ -396,7 +453,15 @@ def _entry(name, alpha, sigma, rob_probs, counts, std_probs, y, config) -> Certi
         bounds["rs"] = smoothing_radius(p_top, p_runner_up, alpha, sigma)
     for bound, radii in bounds.items():
         curve = certified_accuracy(radii, correct, list(config.radii))
-        curves.append(CertifiedCurve(bound, lipschitz if bound == "lipschitz" else None, tuple(curve.tolist()),
-                                     tuple(radii.tolist()), tuple(correct.tolist())))
-    return CertifiedModel(name, alpha, sigma, _accuracy(mixed, y), correct.float().mean().item(), tuple(curves),
-                          tuple(top.tolist()))
+        curves.append(
+            CertifiedCurve(
+                bound,
+                lipschitz if bound == "lipschitz" else None,
+                tuple(curve.tolist()),
+                tuple(radii.tolist()),
+                tuple(correct.tolist()),
+            )
+        )
+    return CertifiedModel(
+        name, alpha, sigma, _accuracy(mixed, y), correct.float().mean().item(), tuple(curves), tuple(top.tolist())
+    )

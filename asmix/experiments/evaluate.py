@@ -20,15 +20,21 @@ from torch import nn
 
 from asmix import distributed
 from asmix.attacks.adaptive import ADAPTIVE_STAGES, DEFAULT_ALPHA_WEIGHT, AttackBudget, adaptive_autoattack
-from asmix.attacks.autoattack import (SQUARE_QUERIES, STANDARD_ATTACKS, AutoAttackRun, accuracy_trail,
-                                      potentially_unreliable, standard_autoattack)
+from asmix.attacks.autoattack import (
+    SQUARE_QUERIES,
+    STANDARD_ATTACKS,
+    AutoAttackRun,
+    accuracy_trail,
+    potentially_unreliable,
+    standard_autoattack,
+)
 from asmix.attacks.margin import true_class_margin
 from asmix.attacks.objectives import graybox_objective
 from asmix.attacks.pgd import PGD, AllIteratesCorrect, cross_entropy_objective
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
 from asmix.io import atomic_write, check_writable_file
-from asmix.experiments.parts import Parts, ShareProgress, batch_key, finish, fingerprint, run_units
 from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha, check_mix_settings
 from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
@@ -98,8 +104,12 @@ class EvalConfig:
             raise AsmixError(f"alpha weight must be in [0, 1], got {self.alpha_weight}")
         check_finite(self.std_scale, "std scale")
         check_finite(self.rob_scale, "rob scale")
-        check_mix_settings(mix_space=self.mix_space, rob_scale=self.rob_scale, std_temperature=self.std_temperature,
-                           rob_map=self.rob_map)
+        check_mix_settings(
+            mix_space=self.mix_space,
+            rob_scale=self.rob_scale,
+            std_temperature=self.std_temperature,
+            rob_map=self.rob_map,
+        )
         if self.square_queries <= 0:
             raise AsmixError(f"square queries must be positive, got {self.square_queries}")
         self.pgd()
@@ -134,9 +144,12 @@ class EvalResult:
     examples: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        config = asdict(self.config) | {"n_examples": self.n_examples, "models": self.models,
-                                        "adaptive": self.adaptive,
-                                        "step_size": self.config.pgd().resolved_step_size}
+        config = asdict(self.config) | {
+            "n_examples": self.n_examples,
+            "models": self.models,
+            "adaptive": self.adaptive,
+            "step_size": self.config.pgd().resolved_step_size,
+        }
         rows = {model: {attack: asdict(cell) for attack, cell in cells.items()} for model, cells in self.rows.items()}
         return {"config": config, "rows": rows}
 
@@ -171,16 +184,32 @@ def evaluate(
     if len(x) != len(y):
         raise AsmixError(f"{len(x)} inputs but {len(y)} labels")
     out_path = check_out_path(out) if out is not None else None
-    mixed = MixedClassifier(std, rob, mixer if mixer is not None else config.alpha, mix_space=config.mix_space,
-                            std_scale=config.std_scale, rob_scale=config.rob_scale,
-                            std_temperature=config.std_temperature, rob_map=config.rob_map).to(device).eval()
+    mixed = (
+        MixedClassifier(
+            std,
+            rob,
+            mixer if mixer is not None else config.alpha,
+            mix_space=config.mix_space,
+            std_scale=config.std_scale,
+            rob_scale=config.rob_scale,
+            std_temperature=config.std_temperature,
+            rob_map=config.rob_map,
+        )
+        .to(device)
+        .eval()
+    )
     parts = None
     if out_path:
         parts = Parts(out_path.with_name(out_path.name + ".parts"), _fingerprint(config, x, y, mixed, models or {}))
     batches = list(batch_slices(len(x), config.batch_size))
     count = ShareProgress(batches, "evaluate", progress)
-    records = run_units(batches, lambda part: _evaluate_batch(mixed, x[part], y[part], part.start, config, device),
-                        key=batch_key, parts=parts, finished=count)
+    records = run_units(
+        batches,
+        lambda part: _evaluate_batch(mixed, x[part], y[part], part.start, config, device),
+        key=batch_key,
+        parts=parts,
+        finished=count,
+    )
     examples = {key: torch.cat([record[key] for record in records]) for key in records[0]}
     examples["y"] = y.cpu().clone()
     result = _summarize(examples, config, len(x), models or {}, mixed.adaptive)
@@ -228,8 +257,9 @@ def load_examples(path: str | Path) -> dict[str, torch.Tensor]:
         return {key: torch.from_numpy(data[key]) for key in data.files if key != "result_json"}
 
 
-def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, start: int, config: EvalConfig,
-                    device: torch.device) -> dict[str, torch.Tensor]:
+def _evaluate_batch(
+    mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, start: int, config: EvalConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Every requested (model, attack) on one batch; every attack seeded by (seed, attack, model, start)."""
     x, y = x.to(device), y.to(device)
     targets = {"mixed": mixed} | ({"std": mixed.std, "rob": mixed.rob} if config.bases else {})
@@ -245,8 +275,9 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
                 model, objective = mixed, graybox_objective
             else:
                 model, objective = {"mixed": mixed, "std": mixed.std, "rob": mixed.rob}[source], cross_entropy_objective
-            crafted[source] = pgd.perturb(model, x, y, generator=batch_generator(config.seed, "pgd", source, start),
-                                          objective=objective)
+            crafted[source] = pgd.perturb(
+                model, x, y, generator=batch_generator(config.seed, "pgd", source, start), objective=objective
+            )
         return crafted[source]
 
     transferred: dict[str, dict[str, torch.Tensor]] = {}
@@ -259,12 +290,14 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
             names = list(targets)
 
             def judge(x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-                return torch.stack([logits.float() if row_name == source else targets[row_name](x_t).float()
-                                    for row_name in names])
+                return torch.stack(
+                    [logits.float() if row_name == source else targets[row_name](x_t).float() for row_name in names]
+                )
 
             tracker = AllIteratesCorrect(judge, y)
             replace(pgd, stop_at_break=False).perturb(
-                model, x, y, generator=batch_generator(config.seed, "pgd", source, start), on_iterate=tracker)
+                model, x, y, generator=batch_generator(config.seed, "pgd", source, start), on_iterate=tracker
+            )
             transferred[source] = dict(zip(names, tracker.points))
         return transferred[source][row]
 
@@ -284,13 +317,28 @@ def _evaluate_batch(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, st
             else:
                 aa_seed = batch_generator(config.seed, "aa", name, start).initial_seed()
                 if "aa" not in runs:
-                    runs["aa"] = standard_autoattack(model, x, y, eps=config.eps, norm=config.norm, seed=aa_seed,
-                                                     square_queries=config.square_queries)
+                    runs["aa"] = standard_autoattack(
+                        model,
+                        x,
+                        y,
+                        eps=config.eps,
+                        norm=config.norm,
+                        seed=aa_seed,
+                        square_queries=config.square_queries,
+                    )
                 if attack == "aa-adaptive":
                     if name == "mixed" and mixed.adaptive:
                         budget = AttackBudget(square_queries=config.square_queries, alpha_weight=config.alpha_weight)
-                        runs[attack] = adaptive_autoattack(model, x, y, eps=config.eps, norm=config.norm, seed=aa_seed,
-                                                           budget=budget, standard=runs["aa"])
+                        runs[attack] = adaptive_autoattack(
+                            model,
+                            x,
+                            y,
+                            eps=config.eps,
+                            norm=config.norm,
+                            seed=aa_seed,
+                            budget=budget,
+                            standard=runs["aa"],
+                        )
                     else:
                         runs[attack] = _with_skipped_stages(runs["aa"])
                 x_adv, robust = runs[attack].x_adv, runs[attack].robust
@@ -326,8 +374,9 @@ def _logits_and_alpha(name: str, model: nn.Module, x: torch.Tensor) -> tuple[tor
     return logits, torch.full((len(x),), 0.0 if name == "std" else 1.0, device=logits.device)
 
 
-def _summarize(examples: dict[str, torch.Tensor], config: EvalConfig, n: int, models: dict[str, str],
-               adaptive: bool) -> EvalResult:
+def _summarize(
+    examples: dict[str, torch.Tensor], config: EvalConfig, n: int, models: dict[str, str], adaptive: bool
+) -> EvalResult:
     rows: dict[str, dict[str, AttackAccuracy]] = {}
     for name in MODELS:
         if f"{name}/{config.attacks[0]}/correct" not in examples:
@@ -340,17 +389,22 @@ def _summarize(examples: dict[str, torch.Tensor], config: EvalConfig, n: int, mo
                 stages = ("clean", *STANDARD_ATTACKS) + (ADAPTIVE_STAGES if attack == "aa-adaptive" else ())
                 trail = accuracy_trail(examples[f"{key}/robust"], stages)
                 unreliable = potentially_unreliable(trail)
-                run = AutoAttackRun(examples[f"{key}/robust"], examples[f"{key}/robust"], stages,
-                                    examples[f"{key}/stage_alpha"])
+                run = AutoAttackRun(
+                    examples[f"{key}/robust"], examples[f"{key}/robust"], stages, examples[f"{key}/stage_alpha"]
+                )
                 trail_alpha = run.mean_alpha
-            cells[attack] = AttackAccuracy(examples[f"{key}/correct"].float().mean().item(),
-                                           examples[f"{key}/alpha"].mean().item(), trail, unreliable, trail_alpha)
+            cells[attack] = AttackAccuracy(
+                examples[f"{key}/correct"].float().mean().item(),
+                examples[f"{key}/alpha"].mean().item(),
+                trail,
+                unreliable,
+                trail_alpha,
+            )
         rows[name] = cells
     return EvalResult(config, n, rows, models, adaptive, examples)
 
 
-def _fingerprint(config: EvalConfig, x: torch.Tensor, y: torch.Tensor, mixed: nn.Module,
-                 models: dict[str, str]) -> str:
+def _fingerprint(config: EvalConfig, x: torch.Tensor, y: torch.Tensor, mixed: nn.Module, models: dict[str, str]) -> str:
     """What a batch's numbers depend on: settings, model names, every weight (g, h and the mixer), the mixer's
     evaluation head (range, bias, scale: not weights, so not in the state dict) and the data."""
     head = mixed.alpha_source.architecture() if hasattr(mixed.alpha_source, "architecture") else None

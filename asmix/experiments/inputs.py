@@ -71,16 +71,34 @@ def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
     rob_preprocessing = model_preprocessing(source.rob, dataset=source.dataset, norm=source.norm)
     std_preprocessing = model_preprocessing(source.std, dataset=source.dataset, norm=source.norm)
     note = preprocessing_note(std_preprocessing, rob_preprocessing, dataset=source.dataset)
-    x, y = load_data(source.dataset, data_path=source.data, data_dir=source.data_dir,
-                     n_examples=source.n_examples, split=split, preprocessing=rob_preprocessing)
+    x, y = load_data(
+        source.dataset,
+        data_path=source.data,
+        data_dir=source.data_dir,
+        n_examples=source.n_examples,
+        split=split,
+        preprocessing=rob_preprocessing,
+    )
     if source.n_examples is None:
         default = source.default_n_examples or info.default_n_examples
         x, y = x[:default], y[:default]
     check_labels(y, info.num_classes, source=source.data or f"{source.dataset} labels")
     models = {}
     for role, spec, weights in (("std", source.std, source.std_weights), ("rob", source.rob, source.rob_weights)):
-        models[role] = load_model(spec, dataset=source.dataset, norm=source.norm,
-                                  model_dir=source.model_dir, weights=weights, trust_code=source.trust_code)
+        models[role] = load_model(
+            spec,
+            dataset=source.dataset,
+            norm=source.norm,
+            model_dir=source.model_dir,
+            weights=weights,
+            trust_code=source.trust_code,
+        )
         check_model_fits(models[role], x, info.num_classes, role="STD (g)" if role == "std" else "ROB (h)")
-    return LoadedPair(models["std"], models["rob"], x, y, {"std": source.std, "rob": source.rob},
-                      notes=(note,) if note and source.data is None else ())
+    return LoadedPair(
+        models["std"],
+        models["rob"],
+        x,
+        y,
+        {"std": source.std, "rob": source.rob},
+        notes=(note,) if note and source.data is None else (),
+    )

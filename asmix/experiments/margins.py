@@ -14,13 +14,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asmix.attacks.margin import (LipschitzEstimate, local_lipschitz, min_margin_autoattack, probability_gap,
-                                  true_class_margin)
+from asmix.attacks.margin import (
+    LipschitzEstimate,
+    local_lipschitz,
+    min_margin_autoattack,
+    probability_gap,
+    true_class_margin,
+)
 from asmix.attacks.pgd import PGD
 from asmix.certify import lemma32_threshold, lipschitz_radius_per_class, satisfies_lemma32
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
-from asmix.experiments.parts import Parts, ShareProgress, batch_key, finish, fingerprint, run_units
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
 from asmix.mixing import MixedClassifier, check_alpha, check_mix_settings
 from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
@@ -59,14 +64,19 @@ class MarginsConfig:
             raise AsmixError(f"unknown attack(s) {', '.join(sorted(unknown))}: choose from pgd, autoattack")
         unknown = set(self.classifiers) - set(MODELS)
         if unknown or "rob" not in self.classifiers:
-            raise AsmixError(f"classifiers must be among {', '.join(MODELS)} and include rob (h), "
-                             f"got {', '.join(self.classifiers)}")
+            raise AsmixError(
+                f"classifiers must be among {', '.join(MODELS)} and include rob (h), got {', '.join(self.classifiers)}"
+            )
         check_alpha(self.alpha)
         check_batch_size(self.batch_size)
         check_finite(self.std_scale, "std scale")
         check_finite(self.rob_scale, "rob scale")
-        check_mix_settings(mix_space=self.mix_space, rob_scale=self.rob_scale, std_temperature=self.std_temperature,
-                           rob_map=self.rob_map)
+        check_mix_settings(
+            mix_space=self.mix_space,
+            rob_scale=self.rob_scale,
+            std_temperature=self.std_temperature,
+            rob_map=self.rob_map,
+        )
         self.pgd()
         if self.aa_steps <= 0:
             raise AsmixError(f"AutoAttack steps must be positive, got {self.aa_steps}")
@@ -175,12 +185,17 @@ class MarginsResult:
     models: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        config = asdict(self.config) | {"n_examples": self.n_examples, "models": self.models,
-                                        "step_size": self.config.pgd().resolved_step_size}
+        config = asdict(self.config) | {
+            "n_examples": self.n_examples,
+            "models": self.models,
+            "step_size": self.config.pgd().resolved_step_size,
+        }
         return {
             "config": config,
-            "table": {model: {inputs: stats.summary() for inputs, stats in by_input.items()}
-                      for model, by_input in self.stats.items()},
+            "table": {
+                model: {inputs: stats.summary() for inputs, stats in by_input.items()}
+                for model, by_input in self.stats.items()
+            },
             "lemma32": [asdict(row) for row in self.lemma32],
             "lipschitz": None if self.lipschitz is None else self.lipschitz.summary(),
             "examples": {
@@ -211,27 +226,49 @@ def margins(
     """
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
-    mixed = MixedClassifier(std, rob, config.alpha, mix_space=config.mix_space,
-                            std_scale=config.std_scale, rob_scale=config.rob_scale,
-                            std_temperature=config.std_temperature, rob_map=config.rob_map).to(device)
+    mixed = MixedClassifier(
+        std,
+        rob,
+        config.alpha,
+        mix_space=config.mix_space,
+        std_scale=config.std_scale,
+        rob_scale=config.rob_scale,
+        std_temperature=config.std_temperature,
+        rob_map=config.rob_map,
+    ).to(device)
     parts = None
     if out is not None:
-        parts = Parts(Path(out) / "parts", fingerprint(["margins", asdict(config), models or {}],
-                                                       modules=(mixed,), tensors=(x, y)))
+        parts = Parts(
+            Path(out) / "parts",
+            fingerprint(["margins", asdict(config), models or {}], modules=(mixed,), tensors=(x, y)),
+        )
     chosen = tuple(model for model in MODELS if model in config.classifiers)
     batches = list(batch_slices(len(x), config.batch_size))
-    records = run_units(batches, lambda part: _margins_batch(mixed, chosen, x[part], y[part], part.start, config,
-                                                             device),
-                        key=batch_key, parts=parts, finished=ShareProgress(batches, "margins", progress))
+    records = run_units(
+        batches,
+        lambda part: _margins_batch(mixed, chosen, x[part], y[part], part.start, config, device),
+        key=batch_key,
+        parts=parts,
+        finished=ShareProgress(batches, "margins", progress),
+    )
     finish(parts)
-    merged = {model: {inputs: torch.cat([record[f"{model}/{inputs}"] for record in records])
-                      for inputs in config.inputs} for model in chosen}
-    stats = {model: {inputs: MarginStats.from_logits(value, y) for inputs, value in by_input.items()}
-             for model, by_input in merged.items()}
+    merged = {
+        model: {inputs: torch.cat([record[f"{model}/{inputs}"] for record in records]) for inputs in config.inputs}
+        for model in chosen
+    }
+    stats = {
+        model: {inputs: MarginStats.from_logits(value, y) for inputs, value in by_input.items()}
+        for model, by_input in merged.items()
+    }
     lipschitz = None
     if config.lipschitz:
-        estimates = [LipschitzEstimate(**{name: record[f"lipschitz/{name}"] for name in LIPSCHITZ_FIELDS},
-                                       num_classes=int(record["lipschitz/num_classes"])) for record in records]
+        estimates = [
+            LipschitzEstimate(
+                **{name: record[f"lipschitz/{name}"] for name in LIPSCHITZ_FIELDS},
+                num_classes=int(record["lipschitz/num_classes"]),
+            )
+            for record in records
+        ]
         lipschitz = _lipschitz_stats(estimates, merged["rob"]["clean"], y, config)
     return MarginsResult(config, len(x), stats, _lemma32_rows(merged, y, config), lipschitz, models or {})
 
@@ -239,8 +276,15 @@ def margins(
 LIPSCHITZ_FIELDS = ("value", "drop", "rise", "classes")
 
 
-def _margins_batch(mixed: MixedClassifier, chosen: tuple[str, ...], x: torch.Tensor, y: torch.Tensor, start: int,
-                   config: MarginsConfig, device: torch.device) -> dict[str, torch.Tensor]:
+def _margins_batch(
+    mixed: MixedClassifier,
+    chosen: tuple[str, ...],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    start: int,
+    config: MarginsConfig,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
     """Logits of each chosen model on the batch's clean and attacked inputs (``{model}/{inputs}``) and, with
     ``config.lipschitz``, h's eq. C.1 estimate (``lipschitz/...``); every attack seeded by (seed, attack, start)."""
     x, y = x.to(device), y.to(device)
@@ -254,15 +298,30 @@ def _margins_batch(mixed: MixedClassifier, chosen: tuple[str, ...], x: torch.Ten
             inputs["pgd"] = pgd.perturb(network, x, y, generator=batch_generator(config.seed, "pgd", start))
         if "autoattack" in config.attacks:
             seed = batch_generator(config.seed, "apgd", start).initial_seed()
-            inputs["autoattack"], _ = min_margin_autoattack(network, x, y, eps=config.eps, norm=config.norm,
-                                                            steps=config.aa_steps,
-                                                            target_classes=config.target_classes, seed=seed)
+            inputs["autoattack"], _ = min_margin_autoattack(
+                network,
+                x,
+                y,
+                eps=config.eps,
+                norm=config.norm,
+                steps=config.aa_steps,
+                target_classes=config.target_classes,
+                seed=seed,
+            )
         with torch.no_grad():
             record |= {f"{model}/{name}": network(x_in).float().cpu() for name, x_in in inputs.items()}
     if config.lipschitz:
-        estimate = local_lipschitz(mixed.rob, x, y, eps=config.eps, norm=config.norm, steps=config.steps,
-                                   step_size=config.step_size, classes=config.lipschitz_classes,
-                                   generator=batch_generator(config.seed, "lipschitz", start))
+        estimate = local_lipschitz(
+            mixed.rob,
+            x,
+            y,
+            eps=config.eps,
+            norm=config.norm,
+            steps=config.steps,
+            step_size=config.step_size,
+            classes=config.lipschitz_classes,
+            generator=batch_generator(config.seed, "lipschitz", start),
+        )
         record |= {f"lipschitz/{name}": getattr(estimate, name).cpu() for name in LIPSCHITZ_FIELDS}
         record["lipschitz/num_classes"] = torch.tensor(estimate.num_classes)
     return record
@@ -283,8 +342,16 @@ def _lemma32_rows(logits: dict, y: torch.Tensor, config: MarginsConfig) -> tuple
     rows = []
     for inputs, margin in rob_margins.items():
         satisfied = satisfies_lemma32(margin, config.alpha) & (margin > 0)
-        rows.append(Lemma32Row(inputs, config.alpha, threshold, int(satisfied.sum()), satisfied.float().mean().item(),
-                               mix_correct[inputs].float().mean().item() if mix_correct else None))
+        rows.append(
+            Lemma32Row(
+                inputs,
+                config.alpha,
+                threshold,
+                int(satisfied.sum()),
+                satisfied.float().mean().item(),
+                mix_correct[inputs].float().mean().item() if mix_correct else None,
+            )
+        )
     return tuple(rows)
 
 
@@ -299,15 +366,22 @@ def _lipschitz_stats(parts, rob_clean_logits: torch.Tensor, y: torch.Tensor, con
         constants = torch.zeros(len(y), num_classes)
         for part, start in zip(parts, _starts(parts)):
             rows = torch.arange(len(part.value))
-            constants[start + rows, y[start:start + len(rows)]] = part.drop.cpu()
+            constants[start + rows, y[start : start + len(rows)]] = part.drop.cpu()
             constants[(start + rows)[:, None], part.classes.cpu()] = part.rise.cpu()
         probs = torch.softmax(rob_clean_logits, dim=1)
         radius = lipschitz_radius_per_class(probs, config.alpha, constants.clamp_min(1e-12))
         correct = probs.argmax(dim=1) == y
         certified = int((correct & (radius >= config.eps)).sum())
-    return LipschitzStats(mean=values.mean().item(), median=values.median().item(),
-                          p90=values.quantile(0.9).item(), max=values.max().item(), classes_used=classes_used,
-                          num_classes=num_classes, local_radius_at_eps=certified, values=tuple(values.tolist()))
+    return LipschitzStats(
+        mean=values.mean().item(),
+        median=values.median().item(),
+        p90=values.quantile(0.9).item(),
+        max=values.max().item(),
+        classes_used=classes_used,
+        num_classes=num_classes,
+        local_radius_at_eps=certified,
+        values=tuple(values.tolist()),
+    )
 
 
 def _starts(parts) -> list[int]:

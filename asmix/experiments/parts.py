@@ -114,8 +114,13 @@ class ShareProgress:
     """Progress over this rank's share of ``units``: after each unit, ``progress(task, done, total)`` with the
     units' ``size`` counted per task (``task`` a name or a function of the unit)."""
 
-    def __init__(self, units: Sequence[Unit], task: str | Callable[[Unit], str], progress: ProgressFn | None,
-                 size: Callable[[Unit], int] = example_count) -> None:
+    def __init__(
+        self,
+        units: Sequence[Unit],
+        task: str | Callable[[Unit], str],
+        progress: ProgressFn | None,
+        size: Callable[[Unit], int] = example_count,
+    ) -> None:
         self.task = task if callable(task) else (lambda unit: task)
         self.progress, self.size = progress, size
         self.done: dict[str, int] = {}

@@ -3,8 +3,9 @@
 Base-model logits on clean inputs, and on every iterate of the STD attack (crafted on g) and the ROB attack
 (crafted on h), are computed once and mixed for every alpha without another forward pass; only the MIX attack
 (crafted on h_alpha end to end) runs once per alpha. A point counts as broken for a classifier if any iterate
-breaks it (the rule of APGD, and of the library's PGD for the attacked model itself). Each batch's base work and each (alpha, batch) MIX attack is a
-unit of ``asmix.experiments.parts``: resumable with ``out`` and shared out across ranks under torchrun.
+breaks it (the rule of APGD, and of the library's PGD for the attacked model itself). Each batch's base work
+and each (alpha, batch) MIX attack is a unit of ``asmix.experiments.parts``: resumable with ``out`` and shared out
+across ranks under torchrun.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from asmix.attacks.pgd import PGD, AllIteratesCorrect
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
-from asmix.experiments.parts import Parts, ShareProgress, batch_key, example_count, finish, fingerprint, run_units
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, example_count, fingerprint, finish, run_units
 from asmix.mixing import MixedClassifier, check_alpha, check_mix_settings
 from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
@@ -76,8 +77,12 @@ class SweepConfig:
         check_batch_size(self.batch_size)
         check_finite(self.std_scale, "std scale")
         check_finite(self.rob_scale, "rob scale")
-        check_mix_settings(mix_space=self.mix_space, rob_scale=self.rob_scale, std_temperature=self.std_temperature,
-                           rob_map=self.rob_map)
+        check_mix_settings(
+            mix_space=self.mix_space,
+            rob_scale=self.rob_scale,
+            std_temperature=self.std_temperature,
+            rob_map=self.rob_map,
+        )
         self.pgd()
 
     def pgd(self) -> PGD:
@@ -113,8 +118,11 @@ class SweepResult:
     models: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        config = asdict(self.config) | {"n_examples": self.n_examples, "models": self.models,
-                                        "step_size": self.config.pgd().resolved_step_size}
+        config = asdict(self.config) | {
+            "n_examples": self.n_examples,
+            "models": self.models,
+            "step_size": self.config.pgd().resolved_step_size,
+        }
         return {
             "config": config,
             "base": {name: asdict(accuracy) for name, accuracy in self.base.items()},
@@ -142,44 +150,65 @@ def sweep_alpha(
     """
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
-    mixed = MixedClassifier(std, rob, 0.5, mix_space=config.mix_space,
-                            std_scale=config.std_scale, rob_scale=config.rob_scale,
-                            std_temperature=config.std_temperature, rob_map=config.rob_map).to(device)
+    mixed = MixedClassifier(
+        std,
+        rob,
+        0.5,
+        mix_space=config.mix_space,
+        std_scale=config.std_scale,
+        rob_scale=config.rob_scale,
+        std_temperature=config.std_temperature,
+        rob_map=config.rob_map,
+    ).to(device)
     parts = None
     if out is not None:
-        parts = Parts(Path(out) / "parts", fingerprint(["sweep-alpha", asdict(config), models or {}],
-                                                       modules=(mixed,), tensors=(x, y)))
+        parts = Parts(
+            Path(out) / "parts",
+            fingerprint(["sweep-alpha", asdict(config), models or {}], modules=(mixed,), tensors=(x, y)),
+        )
     batches = list(batch_slices(len(x), config.batch_size))
     base_attacks = tuple(name for name in ("std", "rob") if name in config.attacks)
-    mix_alphas = tuple(alpha for alpha in config.alphas if "mix" in config.attacks
-                       and _same_as_base_attack(alpha, config) not in base_attacks)
-    units = [_Unit("base", part) for part in batches] + [_Unit("mix", part, alpha) for alpha in mix_alphas
-                                                         for part in batches]
+    mix_alphas = tuple(
+        alpha
+        for alpha in config.alphas
+        if "mix" in config.attacks and _same_as_base_attack(alpha, config) not in base_attacks
+    )
+    units = [_Unit("base", part) for part in batches] + [
+        _Unit("mix", part, alpha) for alpha in mix_alphas for part in batches
+    ]
 
     def compute(unit: _Unit) -> dict[str, torch.Tensor]:
         x_batch, y_batch = x[unit.part].to(device), y[unit.part].to(device)
         if unit.kind == "mix":
             target = mixed.with_alpha(unit.alpha)
-            return {"mix": _robust_flags(config.pgd(), target, _own_logits, x_batch, y_batch, unit.part.start,
-                                         config)[0]}
+            return {
+                "mix": _robust_flags(config.pgd(), target, _own_logits, x_batch, y_batch, unit.part.start, config)[0]
+            }
         with torch.no_grad():
             record = {"clean/std": mixed.std(x_batch).float().cpu(), "clean/rob": mixed.rob(x_batch).float().cpu()}
         transfer = replace(config.pgd(), stop_at_break=False)  # the path goes on; each judge keeps its own count
         for name in base_attacks:
             source = mixed.std if name == "std" else mixed.rob
-            record[f"{name}/robust"] = _robust_flags(transfer, source, _base_judge(mixed, name, config.alphas),
-                                                     x_batch, y_batch, unit.part.start, config)
+            record[f"{name}/robust"] = _robust_flags(
+                transfer, source, _base_judge(mixed, name, config.alphas), x_batch, y_batch, unit.part.start, config
+            )
         return record
 
-    shown = ShareProgress(units, lambda unit: "MIX attack" if unit.kind == "mix" else "base logits and attacks",
-                          progress, size=lambda unit: example_count(unit.part))
+    shown = ShareProgress(
+        units,
+        lambda unit: "MIX attack" if unit.kind == "mix" else "base logits and attacks",
+        progress,
+        size=lambda unit: example_count(unit.part),
+    )
     records = run_units(units, compute, key=_Unit.key, parts=parts, finished=shown)
     n = len(batches)
     clean = tuple(torch.cat([record[f"clean/{model}"] for record in records[:n]]) for model in ("std", "rob"))
     # per base attack, (2 + len(alphas), N): g, h and each h_alpha classified every iterate correctly
     robust = {name: torch.cat([record[f"{name}/robust"] for record in records[:n]], dim=1) for name in base_attacks}
-    mix_robust = {alpha: torch.cat([record["mix"] for record in records[n * (1 + index):n * (2 + index)]])
-                  for index, alpha in enumerate(mix_alphas)}
+    mix_robust = {
+        alpha: torch.cat([record["mix"] for record in records[n * (1 + index) : n * (2 + index)]])
+        for index, alpha in enumerate(mix_alphas)
+    }
     finish(parts)
 
     def accuracy(correct: torch.Tensor) -> float:
@@ -194,7 +223,8 @@ def sweep_alpha(
 
     rows = []
     for position, alpha in enumerate(config.alphas):
-        def mixed_accuracy(name: str) -> float | None:
+
+        def mixed_accuracy(name: str, position: int = position) -> float | None:
             return accuracy(robust[name][2 + position]) if name in robust else None
 
         mix_attack = None
@@ -202,8 +232,15 @@ def sweep_alpha(
             mix_attack = accuracy(mix_robust[alpha])
         elif "mix" in config.attacks:
             mix_attack = mixed_accuracy(_same_as_base_attack(alpha, config))
-        rows.append(SweepRow(alpha, accuracy(mixed.mix(*clean, alpha).argmax(1) == y), mixed_accuracy("std"),
-                             mixed_accuracy("rob"), mix_attack))
+        rows.append(
+            SweepRow(
+                alpha,
+                accuracy(mixed.mix(*clean, alpha).argmax(1) == y),
+                mixed_accuracy("std"),
+                mixed_accuracy("rob"),
+                mix_attack,
+            )
+        )
     return SweepResult(config, len(x), {"std": base_accuracy(0), "rob": base_accuracy(1)}, tuple(rows), models or {})
 
 
@@ -229,8 +266,9 @@ def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
     return None
 
 
-def _robust_flags(pgd: PGD, source: nn.Module, judge, x: torch.Tensor, y: torch.Tensor, start: int,
-                  config: SweepConfig) -> torch.Tensor:
+def _robust_flags(
+    pgd: PGD, source: nn.Module, judge, x: torch.Tensor, y: torch.Tensor, start: int, config: SweepConfig
+) -> torch.Tensor:
     """PGD crafted on ``source`` for the batch at ``start``; per judged classifier and example, whether it
     classified every iterate correctly (a point counts as broken if any iterate breaks it): (J, n) bool on CPU."""
     tracker = AllIteratesCorrect(judge, y)

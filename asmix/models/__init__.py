@@ -6,11 +6,28 @@ import torch
 from torch import nn
 
 from asmix.errors import AsmixError
-from asmix.models.registry import (ALIASES, ModelSpec, canonical_spec, default_model_dir, load_model, model_preprocessing, parse_spec,
-                                   preprocessing_note)
+from asmix.models.registry import (
+    ALIASES,
+    ModelSpec,
+    canonical_spec,
+    default_model_dir,
+    load_model,
+    model_preprocessing,
+    parse_spec,
+    preprocessing_note,
+)
 
-__all__ = ["ALIASES", "ModelSpec", "canonical_spec", "check_model_fits", "default_model_dir", "load_model", "model_preprocessing",
-           "parse_spec", "preprocessing_note"]
+__all__ = [
+    "ALIASES",
+    "ModelSpec",
+    "canonical_spec",
+    "check_model_fits",
+    "default_model_dir",
+    "load_model",
+    "model_preprocessing",
+    "parse_spec",
+    "preprocessing_note",
+]
 
 
 def check_model_fits(model: nn.Module, x_probe: torch.Tensor, num_classes: int, *, role: str) -> None:
@@ -25,6 +42,8 @@ def check_model_fits(model: nn.Module, x_probe: torch.Tensor, num_classes: int, 
             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
         ) from error
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        raise AsmixError(f"{role} model must return logits of shape (N, classes), got {getattr(logits, 'shape', type(logits))}")
+        raise AsmixError(
+            f"{role} model must return logits of shape (N, classes), got {getattr(logits, 'shape', type(logits))}"
+        )
     if logits.shape[1] != num_classes:
         raise AsmixError(f"{role} model returns {logits.shape[1]} classes, the data has {num_classes}")

@@ -19,10 +19,22 @@ BIT_INPUT_SIZE = {"cifar10": 128, "cifar100": 128}
 BAI2023_STD_FILE = "Bai2023Improving_edm_m0.pt"
 
 _UNIT = re.compile(r"^body\.block(\d+)\.unit(\d+)\.(.+)$")
-_UNIT_PARTS = {"gn1": "norm1", "gn2": "norm2", "gn3": "norm3", "conv1": "conv1", "conv2": "conv2",
-               "conv3": "conv3", "downsample": "downsample.conv"}
-_FIXED = {"root.conv.weight": "stem.conv.weight", "head.gn.weight": "norm.weight",
-          "head.gn.bias": "norm.bias", "head.conv.weight": "head.fc.weight", "head.conv.bias": "head.fc.bias"}
+_UNIT_PARTS = {
+    "gn1": "norm1",
+    "gn2": "norm2",
+    "gn3": "norm3",
+    "conv1": "conv1",
+    "conv2": "conv2",
+    "conv3": "conv3",
+    "downsample": "downsample.conv",
+}
+_FIXED = {
+    "root.conv.weight": "stem.conv.weight",
+    "head.gn.weight": "norm.weight",
+    "head.gn.bias": "norm.bias",
+    "head.conv.weight": "head.fc.weight",
+    "head.conv.bias": "head.fc.bias",
+}
 
 
 def bit_to_timm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -34,9 +34,7 @@ class DemoCNN(nn.Module):
         self.register_buffer("std", torch.tensor(MNIST_STD), persistent=False)
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU())
         self.layer1 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.layer2 = nn.Sequential(
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
-        )
+        self.layer2 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(2 * width * 7 * 7, 256), nn.ReLU(), nn.Linear(256, num_classes)
         )

@@ -33,8 +33,10 @@ ALIASES = {
 
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 
-CODE_KINDS = {"file": "loading it can run code (torch.export unpickles weights, TorchScript carries code)",
-              "py": "it imports and runs Python code"}
+CODE_KINDS = {
+    "file": "loading it can run code (torch.export unpickles weights, TorchScript carries code)",
+    "py": "it imports and runs Python code",
+}
 """Spec kinds that can run code when loaded: asmix opens them only with the user's consent."""
 
 TRUST_CODE_ENV = "ASMIX_TRUST_CODE"
@@ -103,8 +105,9 @@ def check_code_consent(spec: str | ModelSpec, trust_code: bool = False) -> Model
     """Stop before a ``file:`` or ``py:`` spec is opened unless the user consented to run its code."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.kind in CODE_KINDS and not trusts_code(trust_code):
-        raise AsmixError(f"refusing {spec}: {CODE_KINDS[spec.kind]}; pass --trust-code (or set "
-                         f"{TRUST_CODE_ENV}=1) if you trust it")
+        raise AsmixError(
+            f"refusing {spec}: {CODE_KINDS[spec.kind]}; pass --trust-code (or set {TRUST_CODE_ENV}=1) if you trust it"
+        )
     return spec
 
 
@@ -150,8 +153,10 @@ def preprocessing_note(std: Preprocessing | None, rob: Preprocessing | None, *, 
     if std is not None and std.same_space(rob):
         return None
     wanted = std.describe() if std is not None else "the images as they are"
-    return (f"STD (g) expects {wanted} but runs on the common input space of ROB (h), "
-            f"{rob.input_space().describe()}: g's numbers may differ from its reference evaluation")
+    return (
+        f"STD (g) expects {wanted} but runs on the common input space of ROB (h), "
+        f"{rob.input_space().describe()}: g's numbers may differ from its reference evaluation"
+    )
 
 
 def _context(dataset: str, norm: str, model_dir: str | Path | None, weights: str | Path | None) -> LoadContext:
@@ -244,12 +249,12 @@ def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
     folder = context.model_dir / context.dataset / context.threat_model
     try:
         with contextlib.redirect_stdout(sys.stderr):  # RobustBench prints download notices
-            model = rb_load_model(name, model_dir=str(context.model_dir), dataset=context.dataset,
-                                  threat_model=context.threat_model)
+            model = rb_load_model(
+                name, model_dir=str(context.model_dir), dataset=context.dataset, threat_model=context.threat_model
+            )
     except Exception as error:
         raise AsmixError(
-            f"cannot load RobustBench model {name}: put {name}.pt in {folder} "
-            f"(download failed: {type(error).__name__})"
+            f"cannot load RobustBench model {name}: put {name}.pt in {folder} (download failed: {type(error).__name__})"
         ) from error
     return _adapt_robustbench(model, preprocessing)
 
@@ -270,8 +275,10 @@ def _zoo_entry(name: str, context: LoadContext) -> tuple[dict, str]:
     zoos = model_dicts[BenchmarkDataset(context.dataset)]
     if ThreatModel(context.threat_model) not in zoos:
         norms = [norm for norm, threat in THREAT_MODELS.items() if ThreatModel(threat) in zoos]
-        raise AsmixError(f"RobustBench has no {context.dataset} {context.threat_model} models for {name!r}: "
-                         f"use --norm {' or --norm '.join(norms)}, or another spec (timm:, file:, py:)")
+        raise AsmixError(
+            f"RobustBench has no {context.dataset} {context.threat_model} models for {name!r}: "
+            f"use --norm {' or --norm '.join(norms)}, or another spec (timm:, file:, py:)"
+        )
     zoo = zoos[ThreatModel(context.threat_model)]
     return zoo, resolve_zoo_name(name, list(zoo))
 
@@ -293,8 +300,10 @@ def _robustbench_preprocessing(name: str, context: LoadContext) -> Preprocessing
 
     timm_name = f"{name.lower().replace('-', '_')}_{context.dataset}_{context.threat_model.lower()}"
     if not timm.is_model(timm_name):
-        raise AsmixError(f"RobustBench model {name} has no preprocessing entry and timm has no model {timm_name} "
-                         f"to read it from: this timm version cannot build it; use another model")
+        raise AsmixError(
+            f"RobustBench model {name} has no preprocessing entry and timm has no model {timm_name} "
+            f"to read it from: this timm version cannot build it; use another model"
+        )
     return from_timm_config(timm.models.get_pretrained_cfg(timm_name), source=f"timm data config of {timm_name}")
 
 
@@ -306,8 +315,9 @@ def _adapt_robustbench(model: nn.Module, preprocessing: Preprocessing | None) ->
     children = dict(model.named_children()) if isinstance(model, nn.Sequential) else {}
     normalizer = children.get("normalize")
     if set(children) == {"normalize", "model"} and hasattr(normalizer, "mean") and hasattr(normalizer, "std"):
-        return InputAdapter(children["model"], normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist(),
-                            preprocessing)
+        return InputAdapter(
+            children["model"], normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist(), preprocessing
+        )
     return InputAdapter(model, preprocessing=preprocessing)
 
 
@@ -337,7 +347,9 @@ def _load_file(name: str, context: LoadContext) -> nn.Module:
             return _Exported(torch.export.load(str(path)).module())
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as error:
-        raise AsmixError(f"cannot load model file {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+        raise AsmixError(
+            f"cannot load model file {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error
 
 
 class _Exported(nn.Module):

@@ -39,7 +39,9 @@ def save_figure(figure, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight"))
+        return atomic_write(
+            path, lambda temporary: figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
+        )
     finally:
         plt.close(figure)
 

@@ -15,27 +15,41 @@ PLOT_FILE = "calibration_tradeoff.png"
 
 def _map_text(family) -> str:
     choice = family.choice
-    rob = "h" if choice.rob_map is None else (f"s={choice.rob_map.scale:.3g} p={choice.rob_map.power:.3g} "
-                                              f"c={choice.rob_map.clamp_bias:.3g}")
+    rob = (
+        "h"
+        if choice.rob_map is None
+        else (f"s={choice.rob_map.scale:.3g} p={choice.rob_map.power:.3g} c={choice.rob_map.clamp_bias:.3g}")
+    )
     return ("hard-max g, " if choice.std_temperature == 0 else "") + rob
 
 
 def calibrate_table(result) -> Table:
     """Each family's choice with its clean accuracy and robust estimate on the calibration examples."""
     config = result.config
-    table = Table(title=f"Calibration · {result.n_examples} examples · target clean {100 * config.target_clean_acc:.2f}% · "
-                        f"{config.norm} eps={config.eps:.4g} · h's min-margin APGD-{config.aa_steps}")
+    table = Table(
+        title=f"Calibration · {result.n_examples} examples · target clean {100 * config.target_clean_acc:.2f}% · "
+        f"{config.norm} eps={config.eps:.4g} · h's min-margin APGD-{config.aa_steps}"
+    )
     for column in ("family", "alpha", "map", "clean", "robust est.", "target met", "search s"):
         table.add_column(column, justify="right")
     base = result.base
     table.add_row("g alone", "0", "", percent(base["std_clean"]), "-", "", "", style="dim")
     table.add_row("h alone", "1", "", percent(base["rob_clean"]), percent(base["rob_attacked"]), "", "", style="dim")
     for name, family in result.families.items():
-        table.add_row(name, f"{family.choice.alpha:.4f}", _map_text(family), percent(family.clean),
-                      percent(family.robust_estimate), "yes" if family.meets_target else "NO", f"{family.seconds:.2f}")
+        table.add_row(
+            name,
+            f"{family.choice.alpha:.4f}",
+            _map_text(family),
+            percent(family.clean),
+            percent(family.robust_estimate),
+            "yes" if family.meets_target else "NO",
+            f"{family.seconds:.2f}",
+        )
     timing = result.timing
-    table.caption = (f"forward pass of g and h: {timing['forward_g_h']:.2f} s · min-margin attack on h: "
-                     f"{timing['attack_h']:.1f} s · searches run no model")
+    table.caption = (
+        f"forward pass of g and h: {timing['forward_g_h']:.2f} s · min-margin attack on h: "
+        f"{timing['attack_h']:.1f} s · searches run no model"
+    )
     return table
 
 
@@ -48,8 +62,14 @@ def verify_table(result) -> Table | None:
     for column in ("family", "clean est.", "clean", "robust est.", "AutoAttack", "seconds"):
         table.add_column(column, justify="right")
     for row in result.verification:
-        table.add_row(row.family, percent(row.estimate_clean), percent(row.clean), percent(row.estimate_robust),
-                      percent(row.autoattack), f"{row.seconds:.0f}")
+        table.add_row(
+            row.family,
+            percent(row.estimate_clean),
+            percent(row.clean),
+            percent(row.estimate_robust),
+            percent(row.autoattack),
+            f"{row.seconds:.0f}",
+        )
     return table
 
 
@@ -58,11 +78,18 @@ def plot_calibration(result, path: str | Path) -> Path:
     figure, axes = new_figure()
     labels = {"linear": "fixed alpha (eq. 3.4)", "nuts": "MixedNUTS map"}
     for name, curve in result.curves.items():
-        line, = axes.plot([100 * v for v in curve["clean"]], [100 * v for v in curve["robust_estimate"]],
-                          marker=".", markersize=2, linewidth=1, label=labels.get(name, name))
+        (line,) = axes.plot(
+            [100 * v for v in curve["clean"]],
+            [100 * v for v in curve["robust_estimate"]],
+            marker=".",
+            markersize=2,
+            linewidth=1,
+            label=labels.get(name, name),
+        )
         family = result.families[name]
-        axes.plot([100 * family.clean], [100 * family.robust_estimate], marker="*", markersize=12,
-                  color=line.get_color())
+        axes.plot(
+            [100 * family.clean], [100 * family.robust_estimate], marker="*", markersize=12, color=line.get_color()
+        )
     axes.axvline(100 * result.config.target_clean_acc, color="gray", linestyle="--", linewidth=1, label="target")
     low = min(min(c["clean"]) for c in result.curves.values())
     axes.set_xlim(100 * max(low, result.config.target_clean_acc - 0.05) - 0.5, None)

@@ -18,50 +18,91 @@ def mixer_card(document: dict[str, Any]) -> str:
     models, weights = document.get("models") or {}, document.get("base_weights") or {}
     architecture, training = document.get("architecture") or {}, document.get("training") or {}
     low, high = architecture.get("alpha_range", [None, None])
-    lines = ["# asmix mixing network", "",
-             "A mixing network alpha_theta(x) for adaptive smoothing (Bai et al., arXiv 2301.12554): it reads features "
-             "of both base models and sets, per input, the weight alpha of h_alpha(x) = log((1 - alpha) softmax(g(x)) "
-             "+ alpha softmax(h(x))). It only works with the base models below, with exactly these weights.", "",
-             "## Base models", "", "| role | spec | weights sha256 |", "|---|---|---|"]
+    lines = [
+        "# asmix mixing network",
+        "",
+        "A mixing network alpha_theta(x) for adaptive smoothing (Bai et al., arXiv 2301.12554): it reads features "
+        "of both base models and sets, per input, the weight alpha of h_alpha(x) = log((1 - alpha) softmax(g(x)) "
+        "+ alpha softmax(h(x))). It only works with the base models below, with exactly these weights.",
+        "",
+        "## Base models",
+        "",
+        "| role | spec | weights sha256 |",
+        "|---|---|---|",
+    ]
     for role, name in (("std", "g (accurate)"), ("rob", "h (robust)")):
         lines.append(f"| {name} | `{models.get(role, 'unknown')}` | `{weights.get(role, 'not recorded')}` |")
-    lines += ["", "## Evaluation head", "",
-              f"alpha range ({low}, {high}), bias {architecture.get('alpha_bias')}, sigmoid scale "
-              f"{architecture.get('scale')}; taps g {architecture.get('std_layers')}, h {architecture.get('rob_layers')}."]
+    lines += [
+        "",
+        "## Evaluation head",
+        "",
+        f"alpha range ({low}, {high}), bias {architecture.get('alpha_bias')}, sigmoid scale "
+        f"{architecture.get('scale')}; taps g {architecture.get('std_layers')}, h {architecture.get('rob_layers')}.",
+    ]
     selection = document.get("selection")
     if selection:
-        lines += ["", f"Chosen for clean accuracy >= {percent(selection['target_clean_acc'])}% on "
-                      f"{selection['n_examples']} held-out examples by adaptive AutoAttack-lite "
-                      f"(clean {percent(selection['clean_acc'])}%)."]
-    lines += ["", "## Training", "",
-              f"Setting {training.get('setting')}, {training.get('epochs')} epochs, batch {training.get('batch_size')}, "
-              f"{document.get('n_train')} training images, {document.get('n_val')} held out; "
-              f"{training.get('norm')} eps {training.get('eps_max')} (radius eps x U{tuple(training.get('eps_range') or ())}), "
-              f"pseudo-labels {training.get('pseudo_labels')}, seed {training.get('seed')}.", "",
-              f"Training data sha256: `{document.get('data_fingerprint')}`", "",
-              "<details><summary>All training settings</summary>", "", "```json",
-              json.dumps(training, indent=2), "```", "", "</details>"]
+        lines += [
+            "",
+            f"Chosen for clean accuracy >= {percent(selection['target_clean_acc'])}% on "
+            f"{selection['n_examples']} held-out examples by adaptive AutoAttack-lite "
+            f"(clean {percent(selection['clean_acc'])}%).",
+        ]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"Setting {training.get('setting')}, {training.get('epochs')} epochs, batch {training.get('batch_size')}, "
+        f"{document.get('n_train')} training images, {document.get('n_val')} held out; "
+        f"{training.get('norm')} eps {training.get('eps_max')} "
+        f"(radius eps x U{tuple(training.get('eps_range') or ())}), "
+        f"pseudo-labels {training.get('pseudo_labels')}, seed {training.get('seed')}.",
+        "",
+        f"Training data sha256: `{document.get('data_fingerprint')}`",
+        "",
+        "<details><summary>All training settings</summary>",
+        "",
+        "```json",
+        json.dumps(training, indent=2),
+        "```",
+        "",
+        "</details>",
+    ]
     verdict = document.get("verdict")
     lines += ["", "## Verdict", ""]
     if verdict:
-        lines += [verdict["line"], "",
-                  f"On {verdict['n_examples']} held-out examples the head choice did not see, adaptive AutoAttack-lite "
-                  f"{verdict['norm']} eps {verdict['eps']:.4g}:", "",
-                  "| model | clean | AutoAttack-lite (worst case) | mean alpha clean | mean alpha attacked |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            verdict["line"],
+            "",
+            f"On {verdict['n_examples']} held-out examples the head choice did not see, adaptive AutoAttack-lite "
+            f"{verdict['norm']} eps {verdict['eps']:.4g}:",
+            "",
+            "| model | clean | AutoAttack-lite (worst case) | mean alpha clean | mean alpha attacked |",
+            "|---|---|---|---|---|",
+        ]
         for row in (verdict["mixer"], verdict["fixed"]):
-            lines.append(f"| {row['name']} | {row['clean_correct']}/{verdict['n_examples']} | "
-                         f"{row['attacked_correct']}/{verdict['n_examples']} | {_number(row.get('alpha_clean'))} | "
-                         f"{_number(row.get('alpha_attacked'))} |")
+            lines.append(
+                f"| {row['name']} | {row['clean_correct']}/{verdict['n_examples']} | "
+                f"{row['attacked_correct']}/{verdict['n_examples']} | {_number(row.get('alpha_clean'))} | "
+                f"{_number(row.get('alpha_attacked'))} |"
+            )
     else:
         lines.append("Not measured (trained with --no-verdict or without --target-clean-acc).")
     provenance = document.get("provenance") or {}
     if provenance:
-        lines += ["", "## Provenance", "", f"`{provenance.get('command')}` on {provenance.get('device')}, "
-                  f"started {provenance.get('started')}, versions {provenance.get('versions')}, commit "
-                  f"{provenance.get('git_commit') or 'unknown'}."]
-    lines += ["", "Load it with `asmix evaluate --std SPEC --rob SPEC --mixer DIR` (or `--mixer hf:ORG/NAME` from the "
-                  "local Hugging Face cache).", ""]
+        lines += [
+            "",
+            "## Provenance",
+            "",
+            f"`{provenance.get('command')}` on {provenance.get('device')}, "
+            f"started {provenance.get('started')}, versions {provenance.get('versions')}, commit "
+            f"{provenance.get('git_commit') or 'unknown'}.",
+        ]
+    lines += [
+        "",
+        "Load it with `asmix evaluate --std SPEC --rob SPEC --mixer DIR` (or `--mixer hf:ORG/NAME` from the "
+        "local Hugging Face cache).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -34,7 +34,8 @@ def certify_table(result) -> Table:
         title += f" · {config.n_samples} noise samples"
     caption = guarantee(config)
     if config.match_clean_acc and result.baseline_clean_accuracy is not None:
-        caption += f" · alpha {result.alpha:.3f} matches the baseline's clean accuracy {percent(result.baseline_clean_accuracy)}%"
+        baseline = percent(result.baseline_clean_accuracy)
+        caption += f" · alpha {result.alpha:.3f} matches the baseline's clean accuracy {baseline}%"
     table = Table(title=title, caption=caption)
     table.add_column("classifier", no_wrap=True)
     table.add_column("bound", no_wrap=True)
@@ -43,10 +44,13 @@ def certify_table(result) -> Table:
         table.add_column(f"{radius:g}", justify="right")
     for entry in result.entries:
         for position, curve in enumerate(entry.curves):
-            table.add_row(_entry_label(entry, short=True) if position == 0 else "", SHORT_BOUND_LABELS[curve.bound],
-                          f"{100 * entry.clean_accuracy:.1f}" if position == 0 else "",
-                          *(f"{100 * value:.1f}" for value in curve.certified),
-                          end_section=position == len(entry.curves) - 1)
+            table.add_row(
+                _entry_label(entry, short=True) if position == 0 else "",
+                SHORT_BOUND_LABELS[curve.bound],
+                f"{100 * entry.clean_accuracy:.1f}" if position == 0 else "",
+                *(f"{100 * value:.1f}" for value in curve.certified),
+                end_section=position == len(entry.curves) - 1,
+            )
     return table
 
 
@@ -55,8 +59,13 @@ def summary_rows(result) -> list[dict]:
     rows = []
     for entry in result.entries:
         for curve in entry.curves:
-            row = {"classifier": entry.name, "alpha": entry.alpha, "sigma": entry.sigma, "bound": curve.bound,
-                   "clean_accuracy": entry.clean_accuracy}
+            row = {
+                "classifier": entry.name,
+                "alpha": entry.alpha,
+                "sigma": entry.sigma,
+                "bound": curve.bound,
+                "clean_accuracy": entry.clean_accuracy,
+            }
             rows.append(row | {f"r={radius:g}": value for radius, value in zip(result.config.radii, curve.certified)})
     return rows
 
@@ -80,7 +89,9 @@ def plot_certify(result, out_dir: str | Path) -> list[Path]:
     mark clean accuracy (the discontinuity of Figures 6 and 7)."""
     out_dir = Path(out_dir)
     figure, axes = new_figure(7.0, 4.5)
-    finite = [r for entry in result.entries for curve in entry.curves for r in curve.radii if math.isfinite(r) and r > 0]
+    finite = [
+        r for entry in result.entries for curve in entry.curves for r in curve.radii if math.isfinite(r) and r > 0
+    ]
     right = max(finite + [max(result.config.radii, default=0.0), 1e-3]) * 1.05
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for index, entry in enumerate(result.entries):
@@ -89,10 +100,22 @@ def plot_certify(result, out_dir: str | Path) -> list[Path]:
             xs, ys = _curve_points(curve.radii, curve.correct, result.n_examples)
             xs.append(right)
             ys.append(ys[-1])
-            axes.plot(xs, ys, color=colour, linestyle="-" if curve.bound == "rs" else "--",
-                      label=f"{BOUND_LABELS[curve.bound]}, {_entry_label(entry)}")
-        axes.plot([0], [100 * entry.clean_accuracy], marker="o", markerfacecolor="none", color=colour, linestyle="none",
-                  label=f"clean, {_entry_label(entry)}")
+            axes.plot(
+                xs,
+                ys,
+                color=colour,
+                linestyle="-" if curve.bound == "rs" else "--",
+                label=f"{BOUND_LABELS[curve.bound]}, {_entry_label(entry)}",
+            )
+        axes.plot(
+            [0],
+            [100 * entry.clean_accuracy],
+            marker="o",
+            markerfacecolor="none",
+            color=colour,
+            linestyle="none",
+            label=f"clean, {_entry_label(entry)}",
+        )
     axes.set_xlim(0, right)
     axes.set_ylim(-2, 102)
     axes.set_xlabel("l_2 radius")

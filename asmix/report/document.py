@@ -24,8 +24,11 @@ def report_markdown(text: str, images: list[Path], report: Path, title: str) -> 
 
 
 def report_html(recorded: str, images: list[Path], report: Path, title: str) -> str:
-    figures = "".join(f'<figure><img src="{html.escape(_relative(image, report))}" alt="{html.escape(image.stem)}">'
-                      f"<figcaption>{html.escape(image.name)}</figcaption></figure>\n" for image in images)
+    figures = "".join(
+        f'<figure><img src="{html.escape(_relative(image, report))}" alt="{html.escape(image.stem)}">'
+        f"<figcaption>{html.escape(image.name)}</figcaption></figure>\n"
+        for image in images
+    )
     heading = f"<h1>{html.escape(title)}</h1>\n"
     body_start = recorded.find("<body>")
     if body_start < 0:

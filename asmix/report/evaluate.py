@@ -39,8 +39,10 @@ def evaluate_table(result) -> Table:
     """One row per model, one column per attack (accuracy in %); † marks AutoAttack's
     "potentially unreliable" flag."""
     config = result.config
-    table = Table(title=f"Robust accuracy (%) · {result.n_examples} examples · {config.norm} eps={config.eps:.4g} · "
-                        f"PGD-{config.steps}")
+    table = Table(
+        title=f"Robust accuracy (%) · {result.n_examples} examples · {config.norm} eps={config.eps:.4g} · "
+        f"PGD-{config.steps}"
+    )
     table.add_column("model")
     for attack in config.attacks:
         table.add_column(ATTACK_LABELS[attack], justify="right")
@@ -57,8 +59,12 @@ def evaluate_table(result) -> Table:
 
 def trail_table(result) -> Table | None:
     """Accuracy (%) after each AutoAttack stage, one row per (model, AutoAttack column); None without AA."""
-    rows = [(name, attack, cell) for name, cells in result.rows.items() for attack, cell in cells.items()
-            if cell.trail is not None]
+    rows = [
+        (name, attack, cell)
+        for name, cells in result.rows.items()
+        for attack, cell in cells.items()
+        if cell.trail is not None
+    ]
     if not rows:
         return None
     stages = max((tuple(cell.trail) for _, _, cell in rows), key=len)
@@ -69,11 +75,16 @@ def trail_table(result) -> Table | None:
         table.add_column(stage, justify="right")
     table.add_column("flag")
     for name, attack, cell in rows:
-        table.add_row(SHORT_MODEL_LABELS[name], attack, *(percent(cell.trail.get(stage)) for stage in stages),
-                      "unreliable" if cell.unreliable else "ok")
+        table.add_row(
+            SHORT_MODEL_LABELS[name],
+            attack,
+            *(percent(cell.trail.get(stage)) for stage in stages),
+            "unreliable" if cell.unreliable else "ok",
+        )
         if name == "mixed" and result.adaptive and cell.trail_alpha:
-            table.add_row("", "mean alpha", *(_alpha_text(cell.trail_alpha.get(stage)) for stage in stages), "",
-                          style="dim")
+            table.add_row(
+                "", "mean alpha", *(_alpha_text(cell.trail_alpha.get(stage)) for stage in stages), "", style="dim"
+            )
     return table
 
 

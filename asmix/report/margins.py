@@ -35,16 +35,25 @@ def _caption(result) -> str | None:
 def margins_table(result) -> Table:
     """Table 1: accuracy and mean/median gap p_top - p_runner_up over correct (✓) and wrong (✗) examples."""
     config = result.config
-    table = Table(title=f"Confidence gap p_top - p_runner-up (Table 1) · {result.n_examples} examples · "
-                        f"{config.norm} eps={config.eps:.4g}", caption=_caption(result))
+    table = Table(
+        title=f"Confidence gap p_top - p_runner-up (Table 1) · {result.n_examples} examples · "
+        f"{config.norm} eps={config.eps:.4g}",
+        caption=_caption(result),
+    )
     for column in ("model", "inputs", "acc %", "✓ mean", "✓ median", "✗ mean", "✗ median"):
         table.add_column(column, justify="left" if column in ("model", "inputs") else "right")
     for model, by_input in result.stats.items():
         for position, (inputs, stats) in enumerate(by_input.items()):
-            table.add_row(_model_label(result, model) if position == 0 else "", _input_label(result, inputs),
-                          percent(stats.accuracy), _gap(stats.mean_gap_correct), _gap(stats.median_gap_correct),
-                          _gap(stats.mean_gap_wrong), _gap(stats.median_gap_wrong),
-                          end_section=position == len(by_input) - 1)
+            table.add_row(
+                _model_label(result, model) if position == 0 else "",
+                _input_label(result, inputs),
+                percent(stats.accuracy),
+                _gap(stats.mean_gap_correct),
+                _gap(stats.median_gap_correct),
+                _gap(stats.mean_gap_wrong),
+                _gap(stats.median_gap_wrong),
+                end_section=position == len(by_input) - 1,
+            )
     return table
 
 
@@ -57,8 +66,12 @@ def lemma32_table(result) -> Table:
     for column in ("inputs", "h meets Lemma 3.2", "share %", "h_alpha accuracy %"):
         table.add_column(column, justify="left" if column == "inputs" else "right")
     for row in rows:
-        table.add_row(_input_label(result, row.inputs), f"{row.n_satisfied}/{result.n_examples}",
-                      percent(row.share_satisfied), percent(row.mix_accuracy))
+        table.add_row(
+            _input_label(result, row.inputs),
+            f"{row.n_satisfied}/{result.n_examples}",
+            percent(row.share_satisfied),
+            percent(row.mix_accuracy),
+        )
     return table
 
 
@@ -68,11 +81,22 @@ def lipschitz_table(result) -> Table | None:
     if stats is None:
         return None
     others = stats.num_classes - 1
-    scope = "all classes" if stats.classes_used == others else \
-        f"only the {stats.classes_used} most likely of {others} other classes (a lower bound)"
-    table = Table(title=f"Local Lipschitz estimate of softmax(h), eq. C.1 · {result.config.norm} "
-                        f"eps={result.config.eps:.4g} · {scope}")
-    for column in ("mean", "median", "90th pct", "max", f"local Thm 3.5 radius >= eps, alpha={result.config.alpha:g} (estimate)"):
+    scope = (
+        "all classes"
+        if stats.classes_used == others
+        else f"only the {stats.classes_used} most likely of {others} other classes (a lower bound)"
+    )
+    table = Table(
+        title=f"Local Lipschitz estimate of softmax(h), eq. C.1 · {result.config.norm} "
+        f"eps={result.config.eps:.4g} · {scope}"
+    )
+    for column in (
+        "mean",
+        "median",
+        "90th pct",
+        "max",
+        f"local Thm 3.5 radius >= eps, alpha={result.config.alpha:g} (estimate)",
+    ):
         table.add_column(column, justify="right")
     certified = "-" if stats.local_radius_at_eps is None else f"{stats.local_radius_at_eps}/{result.n_examples}"
     table.add_row(f"{stats.mean:.3f}", f"{stats.median:.3f}", f"{stats.p90:.3f}", f"{stats.max:.3f}", certified)
@@ -81,8 +105,11 @@ def lipschitz_table(result) -> Table | None:
 
 def summary_rows(result) -> list[dict]:
     """One flat row per (model, inputs) for CSV."""
-    return [{"model": model, "inputs": inputs} | stats.summary()
-            for model, by_input in result.stats.items() for inputs, stats in by_input.items()]
+    return [
+        {"model": model, "inputs": inputs} | stats.summary()
+        for model, by_input in result.stats.items()
+        for inputs, stats in by_input.items()
+    ]
 
 
 def plot_margins(result, out_dir: str | Path) -> list[Path]:

@@ -40,7 +40,9 @@ def model_info(result, dataset: str) -> dict[str, Any]:
     clean = result.rows["mixed"]["clean"]
     robust = result.rows["mixed"]["aa"]
     return {
-        "link": None, "name": None, "authors": None,
+        "link": None,
+        "name": None,
+        "authors": None,
         "additional_data": None,
         "number_forward_passes": forward_passes(result),
         "dataset": dataset,
@@ -55,46 +57,64 @@ def model_info(result, dataset: str) -> dict[str, Any]:
     }
 
 
-def claim_markdown(result, info: dict[str, Any], model_name: str, deviations: list[str],
-                   provenance: dict[str, Any]) -> str:
+def claim_markdown(
+    result, info: dict[str, Any], model_name: str, deviations: list[str], provenance: dict[str, Any]
+) -> str:
     """A claim summary to paste into RobustBench's "add a model" issue: what was measured, how, and what the
     user still has to fill in."""
     n = result.n_examples
     clean, robust = result.rows["mixed"]["clean"], result.rows["mixed"]["aa"]
-    lines = [f"# RobustBench claim: {model_name}", "",
-             "| field | value |", "|---|---|",
-             f"| dataset | {info['dataset']} |",
-             f"| threat model | {'Linf' if result.config.norm == 'linf' else 'L2'}, eps = {info['eps']} |",
-             f"| architecture | {info['architecture']} |",
-             f"| forward passes per input | {info['number_forward_passes']} |",
-             f"| clean accuracy | {info['clean_acc']}% ({round(clean.accuracy * n)}/{n}) |",
-             f"| AutoAttack (standard) accuracy | {info['autoattack_acc']}% ({round(robust.accuracy * n)}/{n}) |",
-             f"| potentially unreliable (Square lowered accuracy after the gradient attacks) | {info['unreliable']} |",
-             "", "## Evaluation", "",
-             f"Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square with {result.config.square_queries} queries) from "
-             f"the AutoAttack package on the mixed model's logits, seed {result.config.seed}, on the first {n} test "
-             f"images; accuracy after each attack: "
-             + ", ".join(f"{name} {100 * value:.2f}%" for name, value in (robust.trail or {}).items()) + ".",
-             "", f"Command: `{provenance.get('command')}`; versions: {provenance.get('versions')}; device: "
-             f"{provenance.get('device')}; commit: {provenance.get('git_commit') or 'unknown'}.", ""]
+    lines = [
+        f"# RobustBench claim: {model_name}",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| dataset | {info['dataset']} |",
+        f"| threat model | {'Linf' if result.config.norm == 'linf' else 'L2'}, eps = {info['eps']} |",
+        f"| architecture | {info['architecture']} |",
+        f"| forward passes per input | {info['number_forward_passes']} |",
+        f"| clean accuracy | {info['clean_acc']}% ({round(clean.accuracy * n)}/{n}) |",
+        f"| AutoAttack (standard) accuracy | {info['autoattack_acc']}% ({round(robust.accuracy * n)}/{n}) |",
+        f"| potentially unreliable (Square lowered accuracy after the gradient attacks) | {info['unreliable']} |",
+        "",
+        "## Evaluation",
+        "",
+        f"Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square with {result.config.square_queries} queries) from "
+        f"the AutoAttack package on the mixed model's logits, seed {result.config.seed}, on the first {n} test "
+        f"images; accuracy after each attack: "
+        + ", ".join(f"{name} {100 * value:.2f}%" for name, value in (robust.trail or {}).items())
+        + ".",
+        "",
+        f"Command: `{provenance.get('command')}`; versions: {provenance.get('versions')}; device: "
+        f"{provenance.get('device')}; commit: {provenance.get('git_commit') or 'unknown'}.",
+        "",
+    ]
     if deviations:
         lines += ["## NOT the leaderboard protocol", "", *(f"- {item}" for item in deviations), ""]
-    lines += ["## To fill in before submitting", "",
-              f"In `{model_name}.json`: {', '.join(f'`{field}`' for field in TO_FILL)} (null here: asmix cannot know "
-              "them; `additional_data` is true if g, h or the mixer saw data beyond the training set).", ""]
+    lines += [
+        "## To fill in before submitting",
+        "",
+        f"In `{model_name}.json`: {', '.join(f'`{field}`' for field in TO_FILL)} (null here: asmix cannot know "
+        "them; `additional_data` is true if g, h or the mixer saw data beyond the training set).",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_robustbench(result, directory: str | Path, *, dataset: str, model_name: str,
-                      deviations: list[str]) -> list[Path]:
+def write_robustbench(
+    result, directory: str | Path, *, dataset: str, model_name: str, deviations: list[str]
+) -> list[Path]:
     """``DIR/<model_name>.json`` (RobustBench's schema, no asmix keys) and ``DIR/<model_name>.md`` (the claim)."""
     from asmix.provenance import provenance
 
     directory = Path(directory)
     info = model_info(result, dataset)
-    return [atomic_write_json(directory / f"{model_name}.json", info, stamp=False),
-            atomic_write_text(directory / f"{model_name}.md",
-                              claim_markdown(result, info, model_name, deviations, provenance()))]
+    return [
+        atomic_write_json(directory / f"{model_name}.json", info, stamp=False),
+        atomic_write_text(
+            directory / f"{model_name}.md", claim_markdown(result, info, model_name, deviations, provenance())
+        ),
+    ]
 
 
 def protocol_deviations(result, dataset: str, standard_eps: float) -> list[str]:

@@ -12,18 +12,31 @@ from asmix.report import new_figure, percent, save_figure, write_csv, write_json
 def sweep_table(result) -> Table:
     """Figure-4 data as a table: base models first, then one row per alpha (accuracies in %)."""
     models = result.models
-    table = Table(title=f"Fixed-alpha sweep · {result.n_examples} examples · "
-                        f"PGD-{result.config.steps} {result.config.norm} eps={result.config.eps:.4g}")
+    table = Table(
+        title=f"Fixed-alpha sweep · {result.n_examples} examples · "
+        f"PGD-{result.config.steps} {result.config.norm} eps={result.config.eps:.4g}"
+    )
     for column in ("model / alpha", "clean", "STD attack", "ROB attack", "MIX attack"):
         table.add_column(column, justify="right")
     for name, label in (("std", "g"), ("rob", "h")):
         base = result.base[name]
         title = f"{label} ({models[name]})" if name in models else label
-        table.add_row(title, percent(base.clean), percent(base.std_attack), percent(base.rob_attack),
-                      percent(base.std_attack if name == "std" else base.rob_attack), style="dim")
+        table.add_row(
+            title,
+            percent(base.clean),
+            percent(base.std_attack),
+            percent(base.rob_attack),
+            percent(base.std_attack if name == "std" else base.rob_attack),
+            style="dim",
+        )
     for row in result.rows:
-        table.add_row(f"{row.alpha:.3f}", percent(row.clean), percent(row.std_attack),
-                      percent(row.rob_attack), percent(row.mix_attack))
+        table.add_row(
+            f"{row.alpha:.3f}",
+            percent(row.clean),
+            percent(row.std_attack),
+            percent(row.rob_attack),
+            percent(row.mix_attack),
+        )
     return table
 
 
@@ -32,8 +45,12 @@ def plot_sweep(result, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     alphas = [row.alpha for row in result.rows]
     figure, axes = new_figure()
-    for key, label in (("clean", "clean"), ("std_attack", "STD attack"), ("rob_attack", "ROB attack"),
-                       ("mix_attack", "MIX attack")):
+    for key, label in (
+        ("clean", "clean"),
+        ("std_attack", "STD attack"),
+        ("rob_attack", "ROB attack"),
+        ("mix_attack", "MIX attack"),
+    ):
         values = [getattr(row, key) for row in result.rows]
         if all(value is not None for value in values):
             axes.plot(alphas, [100 * value for value in values], marker="o", markersize=3, label=label)
@@ -47,8 +64,10 @@ def plot_sweep(result, out_dir: str | Path) -> list[Path]:
 
     attacked = "mix_attack" if all(row.mix_attack is not None for row in result.rows) else None
     if attacked is None:
-        attacked = next((key for key in ("rob_attack", "std_attack")
-                         if all(getattr(row, key) is not None for row in result.rows)), None)
+        attacked = next(
+            (key for key in ("rob_attack", "std_attack") if all(getattr(row, key) is not None for row in result.rows)),
+            None,
+        )
     if attacked is not None:
         figure, axes = new_figure()
         xs = [100 * row.clean for row in result.rows]
@@ -67,6 +86,5 @@ def plot_sweep(result, out_dir: str | Path) -> list[Path]:
 def write_sweep_outputs(result, out_dir: str | Path) -> list[Path]:
     """JSON, CSV and both plots of a sweep into ``out_dir``."""
     out_dir = Path(out_dir)
-    paths = [write_json(result, out_dir / "sweep.json"),
-             write_csv(result.to_dict()["rows"], out_dir / "sweep.csv")]
+    paths = [write_json(result, out_dir / "sweep.json"), write_csv(result.to_dict()["rows"], out_dir / "sweep.csv")]
     return paths + plot_sweep(result, out_dir)

@@ -34,7 +34,7 @@ class ShardPGD(PGD):
         if self.total is None:
             return super()._random_start(x, generator)
         full = super()._random_start(torch.empty((self.total, *x.shape[1:])), generator)
-        return full[self.offset:self.offset + len(x)].to(x.device, x.dtype)
+        return full[self.offset : self.offset + len(x)].to(x.device, x.dtype)
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,16 @@ def chi_square_steps(df: int, generator: torch.Generator) -> int:
     return max(1, int(round(draw)))
 
 
-def attack_rows(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-                generator: torch.Generator, *, offset: int = 0, total: int | None = None) -> torch.Tensor:
+def attack_rows(
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    *,
+    offset: int = 0,
+    total: int | None = None,
+) -> torch.Tensor:
     """Attacked copies of this shard's images, copy-major: ``config.copies`` * len(x) rows. The mixer runs in
     eval mode with its training head (range (0, 1), bias 0); its train/eval mode is restored afterwards."""
     mixer = mixed.alpha_source
@@ -84,20 +92,30 @@ def _pgd_rows(mixed, x, y, config: TrainConfig, generator, offset, total) -> tor
     return pgd.perturb(mixed, x, y, generator=generator, objective=mixed_objective(config.setting, weight))
 
 
-def _random_start(x: torch.Tensor, eps: torch.Tensor, norm: str, generator: torch.Generator, offset: int,
-                  total: int) -> torch.Tensor:
+def _random_start(
+    x: torch.Tensor, eps: torch.Tensor, norm: str, generator: torch.Generator, offset: int, total: int
+) -> torch.Tensor:
     """APGD's random start (a point on the sphere of radius eps in ``norm``), drawn for the global batch."""
     shape = (total, *x.shape[1:])
-    noise = 2 * torch.rand(shape, generator=generator) - 1 if norm == "linf" else torch.randn(shape, generator=generator)
-    noise = noise[offset:offset + len(x)].to(x.device, x.dtype)
+    noise = (
+        2 * torch.rand(shape, generator=generator) - 1 if norm == "linf" else torch.randn(shape, generator=generator)
+    )
+    noise = noise[offset : offset + len(x)].to(x.device, x.dtype)
     flat = noise.flatten(1)
     size = flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
     view = (-1,) + (1,) * (x.ndim - 1)
     return (x + eps.view(view) * noise / size.clamp_min(1e-12).view(view)).clamp(0, 1)
 
 
-def _apgd_copies(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, generator: torch.Generator,
-                 offset: int, total: int) -> torch.Tensor:
+def _apgd_copies(
+    mixed: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    offset: int,
+    total: int,
+) -> torch.Tensor:
     shard = slice(offset, offset + len(x))
     with torch.no_grad():
         order = mixed(x).sort(dim=1)[1]
@@ -122,9 +140,18 @@ def _apgd_copies(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Tra
     return torch.cat(rows)
 
 
-def training_rows(mixed: MixedClassifier, x_train: torch.Tensor, y_train: torch.Tensor, index: torch.Tensor,
-                  config: TrainConfig, generator: torch.Generator, device: torch.device, *, offset: int = 0,
-                  total: int | None = None) -> TrainingRows:
+def training_rows(
+    mixed: MixedClassifier,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    index: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    *,
+    offset: int = 0,
+    total: int | None = None,
+) -> TrainingRows:
     """Clean images ``x_train[index]`` (this shard of the batch), their attacked copies and, where there are
     several copies, as many extra clean images drawn from the training set, so clean and attacked rows
     balance (the authors' code). Clean rows come first."""
@@ -134,10 +161,9 @@ def training_rows(mixed: MixedClassifier, x_train: torch.Tensor, y_train: torch.
     extra = config.copies - 1
     clean_x, clean_y = [x], [y]
     if extra:
-        draws = torch.randint(0, len(x_train), (extra, total), generator=generator)[:, offset:offset + len(index)]
+        draws = torch.randint(0, len(x_train), (extra, total), generator=generator)[:, offset : offset + len(index)]
         clean_x.append(x_train[draws.flatten()].to(device))
         clean_y.append(y_train[draws.flatten()].to(device))
     clean_x, clean_y = torch.cat(clean_x), torch.cat(clean_y)
     flags = torch.cat((torch.zeros(len(clean_y), dtype=torch.bool), torch.ones(len(attacked), dtype=torch.bool)))
-    return TrainingRows(torch.cat((clean_x, attacked)), torch.cat((clean_y, y.repeat(config.copies))),
-                        flags.to(device))
+    return TrainingRows(torch.cat((clean_x, attacked)), torch.cat((clean_y, y.repeat(config.copies))), flags.to(device))

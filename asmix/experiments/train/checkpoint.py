@@ -47,8 +47,9 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: Path, identity: dict, epoch: int, mixer: nn.Module, ema: Ema, optimizer, scheduler,
-                     history: list) -> None:
+def save_checkpoint(
+    path: Path, identity: dict, epoch: int, mixer: nn.Module, ema: Ema, optimizer, scheduler, history: list
+) -> None:
     state = {
         "identity": json.dumps(identity, sort_keys=True),
         "epoch": epoch,
@@ -68,16 +69,22 @@ def load_checkpoint(path: Path, identity: dict, mixer: nn.Module, ema: Ema, opti
         state = torch.load(path, map_location="cpu", weights_only=True)
         stored = json.loads(state["identity"])
     except Exception as error:
-        raise AsmixError(f"cannot read checkpoint {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+        raise AsmixError(
+            f"cannot read checkpoint {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error
     current = json.loads(json.dumps(identity, sort_keys=True))
     differing = differing_models(stored.get("base_weights") or {}, current.get("base_weights") or {})
     if differing:
-        raise AsmixError(f"checkpoint {path} was made with other weights for {describe_roles(differing)}: "
-                         f"resume with the models it was made with, or start again without --resume")
+        raise AsmixError(
+            f"checkpoint {path} was made with other weights for {describe_roles(differing)}: "
+            f"resume with the models it was made with, or start again without --resume"
+        )
     if stored != current:
         changed = sorted(_differences(stored, current))
-        raise AsmixError(f"checkpoint {path} was written with other settings ({', '.join(changed[:6])}): "
-                         f"rerun with the same options or without --resume")
+        raise AsmixError(
+            f"checkpoint {path} was written with other settings ({', '.join(changed[:6])}): "
+            f"rerun with the same options or without --resume"
+        )
     mixer.load_state_dict(state["mixer"])
     ema.model.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])

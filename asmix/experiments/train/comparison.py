@@ -47,8 +47,10 @@ class Verdict:
     @property
     def line(self) -> str:
         """The one-line verdict the CLI prints."""
-        counts = (f"{self.mixer.attacked_correct}/{self.n_examples} vs {self.fixed.attacked_correct}/{self.n_examples} "
-                  f"under adaptive AutoAttack-lite, clean {self.mixer.clean_correct} vs {self.fixed.clean_correct}")
+        counts = (
+            f"{self.mixer.attacked_correct}/{self.n_examples} vs {self.fixed.attacked_correct}/{self.n_examples} "
+            f"under adaptive AutoAttack-lite, clean {self.mixer.clean_correct} vs {self.fixed.clean_correct}"
+        )
         if self.gain > 0:
             return f"gain: {self.gain:+.2f} points over fixed alpha {self.fixed.alpha:g} ({counts})"
         return f"{NO_GAIN} ({self.gain:+.2f} points against fixed alpha {self.fixed.alpha:g}; {counts})"
@@ -68,8 +70,14 @@ def clean_logits(mixed: MixedClassifier, x: torch.Tensor, batch_size: int, devic
     return torch.cat(std), torch.cat(rob)
 
 
-def equal_accuracy_alpha(mixed: MixedClassifier, std_logits: torch.Tensor, rob_logits: torch.Tensor, y: torch.Tensor,
-                         correct: int, grid: float = 0.01) -> float:
+def equal_accuracy_alpha(
+    mixed: MixedClassifier,
+    std_logits: torch.Tensor,
+    rob_logits: torch.Tensor,
+    y: torch.Tensor,
+    correct: int,
+    grid: float = 0.01,
+) -> float:
     """The largest alpha on ``grid`` whose clean count reaches ``correct`` (robustness grows with alpha,
     Figure 4, so it is the best fixed alpha at equal clean accuracy); else the most accurate alpha."""
     alphas = [round(i * grid, 6) for i in range(int(round(1 / grid)) + 1)]
@@ -78,39 +86,83 @@ def equal_accuracy_alpha(mixed: MixedClassifier, std_logits: torch.Tensor, rob_l
     return max(feasible) if feasible else max(alphas, key=lambda a: (counts[a], a))
 
 
-def attack_accuracy(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
-                    batch_size: int, seed: int, device: torch.device, budget: AttackBudget = LITE_BUDGET,
-                    name: str = "", progress: ProgressFn | None = None) -> JudgedModel:
+def attack_accuracy(
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    budget: AttackBudget = LITE_BUDGET,
+    name: str = "",
+    progress: ProgressFn | None = None,
+) -> JudgedModel:
     """Clean and ``autoattack_lite`` accuracy of ``mixed`` (batches seeded by their start), with mean alpha."""
     mixed.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # clean right, attacked right, alpha clean, alpha attacked
     for batch in batch_slices(len(x), batch_size):
         xb, yb = x[batch].to(device), y[batch].to(device)
-        run = autoattack_lite(mixed, xb, yb, eps=eps, norm=norm, budget=budget,
-                              seed=batch_generator(seed, "judge", batch.start).initial_seed() % (2**31))
+        run = autoattack_lite(
+            mixed,
+            xb,
+            yb,
+            eps=eps,
+            norm=norm,
+            budget=budget,
+            seed=batch_generator(seed, "judge", batch.start).initial_seed() % (2**31),
+        )
         with torch.no_grad():
             _, alpha_adv = mixed(run.x_adv.to(device), return_alpha=True)
-        sums += torch.tensor([run.robust[:, 0].sum().item(), run.robust[:, -1].sum().item(),
-                              run.alpha[:, 0].sum().item(), alpha_adv.sum().item()], dtype=torch.float64)
+        sums += torch.tensor(
+            [
+                run.robust[:, 0].sum().item(),
+                run.robust[:, -1].sum().item(),
+                run.alpha[:, 0].sum().item(),
+                alpha_adv.sum().item(),
+            ],
+            dtype=torch.float64,
+        )
         if progress:
             progress(f"AutoAttack-lite {name}".strip(), batch.stop, len(x))
     n = len(x)
     alpha = None if mixed.adaptive else float(mixed.alpha)
-    return JudgedModel(name, alpha, sums[0].item() / n, sums[1].item() / n, int(sums[0]), int(sums[1]),
-                       sums[2].item() / n, sums[3].item() / n)
+    return JudgedModel(
+        name,
+        alpha,
+        sums[0].item() / n,
+        sums[1].item() / n,
+        int(sums[0]),
+        int(sums[1]),
+        sums[2].item() / n,
+        sums[3].item() / n,
+    )
 
 
-def judge(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
-          batch_size: int = 256, seed: int = 0, device: torch.device = torch.device("cpu"),
-          budget: AttackBudget = LITE_BUDGET, progress: ProgressFn | None = None) -> Verdict:
+def judge(
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    budget: AttackBudget = LITE_BUDGET,
+    progress: ProgressFn | None = None,
+) -> Verdict:
     """The mixer and the fixed alpha of equal clean accuracy on ``(x, y)``, under the same adaptive
     AutoAttack-lite; the verdict says whether the mixer gains anything an adaptive attacker cannot undo."""
     if not mixed.adaptive:
         raise AsmixError("the verdict needs a mixing network")
     if len(x) == 0:
         raise AsmixError("no examples to judge the mixer on")
-    settings = dict(eps=eps, norm=norm, batch_size=batch_size, seed=seed, device=device, budget=budget,
-                    progress=progress)
+    settings = dict(
+        eps=eps, norm=norm, batch_size=batch_size, seed=seed, device=device, budget=budget, progress=progress
+    )
     adaptive = attack_accuracy(mixed, x, y, name="mixer", **settings)
     std_logits, rob_logits = clean_logits(mixed, x, batch_size, device)
     alpha = equal_accuracy_alpha(mixed, std_logits, rob_logits, y.to(device), adaptive.clean_correct)

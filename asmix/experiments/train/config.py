@@ -69,36 +69,59 @@ class TrainConfig:
         if self.setting not in SETTINGS:
             raise AsmixError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
         if self.pseudo_labels not in PSEUDO_LABEL_RULES:
-            raise AsmixError(f"pseudo labels must be one of {', '.join(PSEUDO_LABEL_RULES)}, got {self.pseudo_labels!r}")
+            raise AsmixError(
+                f"pseudo labels must be one of {', '.join(PSEUDO_LABEL_RULES)}, got {self.pseudo_labels!r}"
+            )
         check_batch_size(self.batch_size)
         for name in ("epochs", "accum_steps", "apgd_steps_df", "target_classes", "val_steps"):
             minimum = 0 if name == "val_steps" else 1
             if getattr(self, name) < minimum:
                 raise AsmixError(f"{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
-        numbers = {name: getattr(self, name) for name in ("lr", "weight_decay", "ema_decay", "grad_clip", "c_ce",
-                                                         "c_bce", "c_prod", "eps_max", "attack_bce_max", "scale",
-                                                         "alpha_bias", "clamp_std", "bn_momentum", "std_scale",
-                                                         "rob_scale")}
+        numbers = {
+            name: getattr(self, name)
+            for name in (
+                "lr",
+                "weight_decay",
+                "ema_decay",
+                "grad_clip",
+                "c_ce",
+                "c_bce",
+                "c_prod",
+                "eps_max",
+                "attack_bce_max",
+                "scale",
+                "alpha_bias",
+                "clamp_std",
+                "bn_momentum",
+                "std_scale",
+                "rob_scale",
+            )
+        }
         for name, value in numbers.items():
             if not math.isfinite(value):
                 raise AsmixError(f"{name.replace('_', '-')} must be a finite number, got {value}")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise AsmixError(f"lr and grad-clip must be positive and weight decay >= 0, got {self.lr}, "
-                             f"{self.grad_clip}, {self.weight_decay}")
+            raise AsmixError(
+                f"lr and grad-clip must be positive and weight decay >= 0, got {self.lr}, "
+                f"{self.grad_clip}, {self.weight_decay}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise AsmixError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
         if min(self.c_ce, self.c_bce, self.c_prod) < 0 or self.c_ce + self.c_bce + self.c_prod == 0:
             raise AsmixError("loss weights c_CE, c_BCE, c_prod must be >= 0 and not all 0")
         low, high = self.eps_range
         if self.eps_max <= 0 or not 0.0 < low <= high:
-            raise AsmixError(f"eps-max must be positive and eps-range LOW:HIGH with 0 < LOW <= HIGH, got "
-                             f"{self.eps_max}, {low}:{high}")
+            raise AsmixError(
+                f"eps-max must be positive and eps-range LOW:HIGH with 0 < LOW <= HIGH, got "
+                f"{self.eps_max}, {low}:{high}"
+            )
         low, high = self.steps_range
         if not 1 <= low <= high:
             raise AsmixError(f"steps range must be LOW:HIGH with 1 <= LOW <= HIGH, got {low}:{high}")
         if not 0.0 <= self.attack_bce_max <= 1.0:
-            raise AsmixError(f"attack-bce-max (the largest w of (1-w)*loss + w*BCE) must be in [0, 1], "
-                             f"got {self.attack_bce_max}")
+            raise AsmixError(
+                f"attack-bce-max (the largest w of (1-w)*loss + w*BCE) must be in [0, 1], got {self.attack_bce_max}"
+            )
         if self.scale <= 0:
             raise AsmixError(f"sigmoid scale must be positive, got {self.scale}")
         check_alpha(self.alpha_range[0]), check_alpha(self.alpha_range[1])
@@ -155,7 +178,27 @@ class RunSize:
 def default_run_size(dataset: str) -> RunSize:
     """Defaults per dataset; every value can be overridden from the CLI."""
     if dataset == "demo":
-        return RunSize(n_train=2048, n_val=500, epochs=4, batch_size=64, steps_range=(5, 10), apgd_steps_df=10,
-                       target_classes=2, val_steps=10, n_compare=1000, target_clean_acc=0.985)
-    return RunSize(n_train=None, n_val=1000, epochs=3, batch_size=128, steps_range=(5, 20), apgd_steps_df=75,
-                   target_classes=9, val_steps=20, n_compare=1000, target_clean_acc=None)
+        return RunSize(
+            n_train=2048,
+            n_val=500,
+            epochs=4,
+            batch_size=64,
+            steps_range=(5, 10),
+            apgd_steps_df=10,
+            target_classes=2,
+            val_steps=10,
+            n_compare=1000,
+            target_clean_acc=0.985,
+        )
+    return RunSize(
+        n_train=None,
+        n_val=1000,
+        epochs=3,
+        batch_size=128,
+        steps_range=(5, 20),
+        apgd_steps_df=75,
+        target_classes=9,
+        val_steps=20,
+        n_compare=1000,
+        target_clean_acc=None,
+    )

@@ -44,18 +44,29 @@ def load_train_data(source, n_train: int | None, n_val: int, val_split: str = "t
         if n_train + n_val > len(x):
             raise AsmixError(f"{len(x)} examples cannot hold n-train {n_train} + n-val {n_val}")
         if source.data is not None:
-            return _checked(source, TrainData(x[:n_train], y[:n_train], x[len(x) - n_val:], y[len(y) - n_val:],
-                                              x[n_train:len(x) - n_val], y[n_train:len(y) - n_val]))
+            return _checked(
+                source,
+                TrainData(
+                    x[:n_train],
+                    y[:n_train],
+                    x[len(x) - n_val :],
+                    y[len(y) - n_val :],
+                    x[n_train : len(x) - n_val],
+                    y[n_train : len(y) - n_val],
+                ),
+            )
         x_test, y_test = load_data(source.dataset, split="test", **options)
-        return _checked(source, TrainData(x[:n_train], y[:n_train], x[len(x) - n_val:], y[len(y) - n_val:],
-                                          x_test, y_test))
+        return _checked(
+            source, TrainData(x[:n_train], y[:n_train], x[len(x) - n_val :], y[len(y) - n_val :], x_test, y_test)
+        )
     x_test, y_test = load_data(source.dataset, split="test", **options)
     if n_val >= len(x_test):
         raise AsmixError(f"the test split has {len(x_test)} examples: n-val {n_val} leaves none for evaluation")
     n_train = len(x) if n_train is None else min(n_train, len(x))
     split = len(x_test) - n_val
-    return _checked(source, TrainData(x[:n_train], y[:n_train], x_test[split:], y_test[split:], x_test[:split],
-                                      y_test[:split]))
+    return _checked(
+        source, TrainData(x[:n_train], y[:n_train], x_test[split:], y_test[split:], x_test[:split], y_test[:split])
+    )
 
 
 def _checked(source, data: TrainData) -> TrainData:

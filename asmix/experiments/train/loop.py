@@ -23,8 +23,7 @@ from torch import nn
 from asmix import distributed
 from asmix.errors import AsmixError
 from asmix.experiments.train.adversary import TrainingRows, training_rows
-from asmix.experiments.train.checkpoint import (CHECKPOINT, LOG, Ema, data_fingerprint, load_checkpoint,
-                                                save_checkpoint)
+from asmix.experiments.train.checkpoint import CHECKPOINT, LOG, Ema, data_fingerprint, load_checkpoint, save_checkpoint
 from asmix.experiments.train.comparison import Verdict, judge
 from asmix.experiments.train.config import TrainConfig
 from asmix.experiments.train.loss import composite_loss, pseudo_labels
@@ -83,8 +82,9 @@ class TrainResult:
 
     def mixed_classifier(self, std: nn.Module, rob: nn.Module) -> MixedClassifier:
         """h_alpha with the trained mixer and its evaluation head, and this run's logit scales."""
-        return MixedClassifier(std, rob, self.mixer, std_scale=self.config.std_scale,
-                               rob_scale=self.config.rob_scale).eval()
+        return MixedClassifier(
+            std, rob, self.mixer, std_scale=self.config.std_scale, rob_scale=self.config.rob_scale
+        ).eval()
 
 
 @dataclass
@@ -158,14 +158,22 @@ def train_mixer(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps_per_epoch * config.copies * config.epochs))
     fingerprint = data_fingerprint(x_train, y_train)
     weights = base_weights(mixed.std, mixed.rob)
-    identity = {"config": config.to_dict(), "n_train": n_train, "n_val": n_val, "data_fingerprint": fingerprint,
-                "models": models, "base_weights": weights}
+    identity = {
+        "config": config.to_dict(),
+        "n_train": n_train,
+        "n_val": n_val,
+        "data_fingerprint": fingerprint,
+        "models": models,
+        "base_weights": weights,
+    }
     checkpoint_path = out_dir / CHECKPOINT if out_dir is not None else None
     history: list[EpochRecord] = []
     start_epoch = 0
     if not resume and writer and checkpoint_path.is_file() and not (out_dir / "mixer.json").is_file():
-        raise AsmixError(f"{out_dir} holds the checkpoint of an unfinished run: pass --resume to continue it, "
-                         f"or choose another --out")
+        raise AsmixError(
+            f"{out_dir} holds the checkpoint of an unfinished run: pass --resume to continue it, "
+            f"or choose another --out"
+        )
     if resume:
         if checkpoint_path is None or not checkpoint_path.is_file():
             raise AsmixError(f"--resume: no checkpoint at {checkpoint_path}")
@@ -185,24 +193,50 @@ def train_mixer(
         totals = _Totals()
         mixer.train()
         for step in range(steps_per_epoch):
-            index = order[step * config.batch_size:(step + 1) * config.batch_size][part]
+            index = order[step * config.batch_size : (step + 1) * config.batch_size][part]
             generator = batch_generator(config.seed, "train", epoch, step)
             with _autocast(device, config.bf16):
-                rows = training_rows(mixed, x_train, y_train, index, config, generator, device, offset=part.start,
-                                     total=config.batch_size)
+                rows = training_rows(
+                    mixed,
+                    x_train,
+                    y_train,
+                    index,
+                    config,
+                    generator,
+                    device,
+                    offset=part.start,
+                    total=config.batch_size,
+                )
             totals += _learn(trained, mixer, mixed, rows, config, optimizer, scheduler, ema, generator, device)
             if progress:
                 progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, steps_per_epoch)
             if on_step:
                 on_step(epoch, step)
         totals = sum(distributed.gather_objects(totals), _Totals())
-        check = validate(ema_mixed, x_val, y_val, eps=config.resolved_val_eps, steps=config.val_steps,
-                         norm=config.norm, batch_size=config.batch_size, seed=config.seed, device=device,
-                         progress=progress)
-        record = EpochRecord(epoch + 1, totals.loss / (totals.clean + totals.attacked), scheduler.get_last_lr()[0], check.clean_acc,
-                             check.attacked_acc, check.alpha_clean, check.alpha_attacked,
-                             totals.alpha_clean / totals.clean, totals.alpha_attacked / totals.attacked,
-                             time.perf_counter() - started)
+        check = validate(
+            ema_mixed,
+            x_val,
+            y_val,
+            eps=config.resolved_val_eps,
+            steps=config.val_steps,
+            norm=config.norm,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            device=device,
+            progress=progress,
+        )
+        record = EpochRecord(
+            epoch + 1,
+            totals.loss / (totals.clean + totals.attacked),
+            scheduler.get_last_lr()[0],
+            check.clean_acc,
+            check.attacked_acc,
+            check.alpha_clean,
+            check.alpha_attacked,
+            totals.alpha_clean / totals.clean,
+            totals.alpha_attacked / totals.attacked,
+            time.perf_counter() - started,
+        )
         history.append(record)
         if writer:
             save_checkpoint(checkpoint_path, identity, epoch + 1, mixer, ema, optimizer, scheduler, history)
@@ -216,24 +250,59 @@ def train_mixer(
     final.set_alpha_bias(config.alpha_bias)
     choose, check = _held_out_halves(n_val, config.target_clean_acc is not None and judge_mixer)
     selection = verdict = None
-    settings = dict(eps=config.resolved_val_eps, norm=config.norm, batch_size=config.batch_size, seed=config.seed,
-                    device=device, progress=progress)
+    settings = dict(
+        eps=config.resolved_val_eps,
+        norm=config.norm,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=device,
+        progress=progress,
+    )
     if config.target_clean_acc is not None:
-        selection = select_head(ema_mixed, x_val[choose], y_val[choose], config.target_clean_acc,
-                                min_alpha=config.range_min_alpha, max_width=config.range_max_width, **settings)
+        selection = select_head(
+            ema_mixed,
+            x_val[choose],
+            y_val[choose],
+            config.target_clean_acc,
+            min_alpha=config.range_min_alpha,
+            max_width=config.range_max_width,
+            **settings,
+        )
         final.set_alpha_range(selection.alpha_min, selection.alpha_max)
         final.set_alpha_bias(selection.alpha_bias)
     if judge_mixer:
         verdict = judge(ema_mixed, x_val[check], y_val[check], **settings)
     if writer:
-        save_mixer(final, out_dir, config={
-            "models": models, "training": config.to_dict(), "n_train": n_train, "n_val": n_val,
-            "data_fingerprint": fingerprint, "selection": selection.to_dict() if selection else None,
-            "verdict": verdict.to_dict() if verdict else None, "history": [asdict(r) for r in history]},
-            std=mixed.std, rob=mixed.rob)
+        save_mixer(
+            final,
+            out_dir,
+            config={
+                "models": models,
+                "training": config.to_dict(),
+                "n_train": n_train,
+                "n_val": n_val,
+                "data_fingerprint": fingerprint,
+                "selection": selection.to_dict() if selection else None,
+                "verdict": verdict.to_dict() if verdict else None,
+                "history": [asdict(r) for r in history],
+            },
+            std=mixed.std,
+            rob=mixed.rob,
+        )
     distributed.barrier()
-    return TrainResult(config, tuple(history), (final.alpha_min, final.alpha_max), final.alpha_bias, n_train, n_val,
-                       selection, verdict, models, str(out_dir) if out_dir is not None else None, final)
+    return TrainResult(
+        config,
+        tuple(history),
+        (final.alpha_min, final.alpha_max),
+        final.alpha_bias,
+        n_train,
+        n_val,
+        selection,
+        verdict,
+        models,
+        str(out_dir) if out_dir is not None else None,
+        final,
+    )
 
 
 def _held_out_halves(n: int, split: bool) -> tuple[slice, slice]:
@@ -244,22 +313,42 @@ def _held_out_halves(n: int, split: bool) -> tuple[slice, slice]:
     return slice(0, half), slice(half, n)
 
 
-def _build(std: nn.Module, rob: nn.Module, x_train: torch.Tensor, config: TrainConfig,
-           device: torch.device) -> tuple[MixedClassifier, MixingNetwork]:
+def _build(
+    std: nn.Module, rob: nn.Module, x_train: torch.Tensor, config: TrainConfig, device: torch.device
+) -> tuple[MixedClassifier, MixingNetwork]:
     """The mixing network for this pair (seeded) and the mixed classifier that trains with it."""
     pair = MixedClassifier(std, rob, 0.5, std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        mixer = MixingNetwork.build(pair.std, pair.rob, x_train[:1].to(device), std_layers=config.std_layers,
-                                    rob_layers=config.rob_layers, width=config.width, blocks=config.blocks,
-                                    stages=config.stages, scale=config.scale, clamp_std=config.clamp_std,
-                                    bn_momentum=config.bn_momentum)
+        mixer = MixingNetwork.build(
+            pair.std,
+            pair.rob,
+            x_train[:1].to(device),
+            std_layers=config.std_layers,
+            rob_layers=config.rob_layers,
+            width=config.width,
+            blocks=config.blocks,
+            stages=config.stages,
+            scale=config.scale,
+            clamp_std=config.clamp_std,
+            bn_momentum=config.bn_momentum,
+        )
     mixer = mixer.to(device)
     return pair.with_alpha(mixer), mixer
 
 
-def _learn(trained: nn.Module, mixer: MixingNetwork, mixed: MixedClassifier, rows: TrainingRows, config: TrainConfig,
-           optimizer, scheduler, ema: Ema, generator: torch.Generator, device: torch.device) -> _Totals:
+def _learn(
+    trained: nn.Module,
+    mixer: MixingNetwork,
+    mixed: MixedClassifier,
+    rows: TrainingRows,
+    config: TrainConfig,
+    optimizer,
+    scheduler,
+    ema: Ema,
+    generator: torch.Generator,
+    device: torch.device,
+) -> _Totals:
     """Optimiser steps on one batch's rows: with several attacked copies the rows are shuffled into
     ``copies`` chunks of one clean and one attacked image per clean image on average (the authors' code);
     each chunk is one step, split into ``accum_steps`` micro-batches whose gradients add up."""
@@ -269,7 +358,7 @@ def _learn(trained: nn.Module, mixer: MixingNetwork, mixed: MixedClassifier, row
     totals = _Totals()
     for start in range(0, n, chunk):
         optimizer.zero_grad(set_to_none=True)
-        picked = order[start:start + chunk].to(device)
+        picked = order[start : start + chunk].to(device)
         micro = [part for part in picked.chunk(config.accum_steps) if len(part)]
         for part in micro:
             loss, step_totals = _chunk_loss(trained, mixer, mixed, rows, part.to(rows.x.device), config, device)
@@ -283,8 +372,15 @@ def _learn(trained: nn.Module, mixer: MixingNetwork, mixed: MixedClassifier, row
     return totals
 
 
-def _chunk_loss(trained: nn.Module, mixer: MixingNetwork, mixed: MixedClassifier, rows: TrainingRows,
-                index: torch.Tensor, config: TrainConfig, device: torch.device) -> tuple[torch.Tensor, _Totals]:
+def _chunk_loss(
+    trained: nn.Module,
+    mixer: MixingNetwork,
+    mixed: MixedClassifier,
+    rows: TrainingRows,
+    index: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, _Totals]:
     """Composite loss (eq. 4.2) of some rows; base logits and features without gradient (bf16 if asked)."""
     x, y, attacked = rows.x[index], rows.y[index], rows.attacked[index]
     with torch.no_grad(), _autocast(device, config.bf16):
@@ -295,8 +391,21 @@ def _chunk_loss(trained: nn.Module, mixer: MixingNetwork, mixed: MixedClassifier
     logit = trained(std_features, rob_features)
     alpha = torch.sigmoid(logit)
     pseudo = pseudo_labels(std_logits, rob_logits, y, attacked, config.pseudo_labels)
-    loss = composite_loss(mixed.mix(std_logits, rob_logits, alpha), logit, y, pseudo, c_ce=config.c_ce,
-                          c_bce=config.c_bce, c_prod=config.c_prod).mean()
+    loss = composite_loss(
+        mixed.mix(std_logits, rob_logits, alpha),
+        logit,
+        y,
+        pseudo,
+        c_ce=config.c_ce,
+        c_bce=config.c_bce,
+        c_prod=config.c_prod,
+    ).mean()
     alpha = alpha.detach()
-    return loss, _Totals(loss.item() * len(index), 0, alpha[~attacked].sum().item(), int((~attacked).sum()),
-                         alpha[attacked].sum().item(), int(attacked.sum()))
+    return loss, _Totals(
+        loss.item() * len(index),
+        0,
+        alpha[~attacked].sum().item(),
+        int((~attacked).sum()),
+        alpha[attacked].sum().item(),
+        int(attacked.sum()),
+    )

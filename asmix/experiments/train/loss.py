@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from asmix.errors import AsmixError
 
 
-def pseudo_labels(std_logits: torch.Tensor, rob_logits: torch.Tensor, y: torch.Tensor, attacked: torch.Tensor,
-                  rule: str = "paper") -> torch.Tensor:
+def pseudo_labels(
+    std_logits: torch.Tensor, rob_logits: torch.Tensor, y: torch.Tensor, attacked: torch.Tensor, rule: str = "paper"
+) -> torch.Tensor:
     """alpha~ in {0, 1}: 1 where h should be trusted, 0 where g should.
 
     ``paper`` (the authors' code): attacked rows 1, clean rows 0. ``oracle`` (Section 4.4): attacked rows 1
@@ -24,8 +25,16 @@ def pseudo_labels(std_logits: torch.Tensor, rob_logits: torch.Tensor, y: torch.T
     return label.to(std_logits.dtype)
 
 
-def composite_loss(mixed_logits: torch.Tensor, alpha_logit: torch.Tensor, y: torch.Tensor, pseudo: torch.Tensor,
-                   *, c_ce: float = 0.0, c_bce: float = 1.5, c_prod: float = 0.2) -> torch.Tensor:
+def composite_loss(
+    mixed_logits: torch.Tensor,
+    alpha_logit: torch.Tensor,
+    y: torch.Tensor,
+    pseudo: torch.Tensor,
+    *,
+    c_ce: float = 0.0,
+    c_bce: float = 1.5,
+    c_prod: float = 0.2,
+) -> torch.Tensor:
     """Per-example eq. 4.2: c_CE * CE(h_alpha(x'), y) + c_BCE * BCE(alpha(x'), alpha~) + c_prod * CE * BCE.
 
     ``mixed_logits`` are the log mixed probabilities (eq. 3.4) and ``alpha_logit`` the sigmoid input

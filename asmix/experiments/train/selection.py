@@ -56,23 +56,54 @@ def _cache(mixed: MixedClassifier, x: torch.Tensor, batch_size: int, device: tor
     return _Cached(*(torch.cat(column) for column in zip(*parts)))
 
 
-def _pool(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, batch_size: int,
-          seed: int, device: torch.device, budget: AttackBudget, progress: ProgressFn | None, task: str) -> torch.Tensor:
+def _pool(
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    budget: AttackBudget,
+    progress: ProgressFn | None,
+    task: str,
+) -> torch.Tensor:
     """AutoAttack-lite's examples against ``mixed`` (the clean input where it failed)."""
     points = []
     for batch in batch_slices(len(x), batch_size):
-        run = autoattack_lite(mixed, x[batch].to(device), y[batch].to(device), eps=eps, norm=norm, budget=budget,
-                              seed=batch_generator(seed, "select", task, batch.start).initial_seed() % (2**31))
+        run = autoattack_lite(
+            mixed,
+            x[batch].to(device),
+            y[batch].to(device),
+            eps=eps,
+            norm=norm,
+            budget=budget,
+            seed=batch_generator(seed, "select", task, batch.start).initial_seed() % (2**31),
+        )
         points.append(run.x_adv.detach().cpu())
         if progress:
             progress(f"choose head: {task}", batch.stop, len(x))
     return torch.cat(points)
 
 
-def select_head(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, target_clean_acc: float, *, eps: float,
-                norm: str = "linf", min_alpha: float = 0.5, max_width: float = 0.2, batch_size: int = 256,
-                seed: int = 0, device: torch.device = torch.device("cpu"), budget: AttackBudget = LITE_BUDGET,
-                progress: ProgressFn | None = None) -> HeadSelection:
+def select_head(
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target_clean_acc: float,
+    *,
+    eps: float,
+    norm: str = "linf",
+    min_alpha: float = 0.5,
+    max_width: float = 0.2,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    budget: AttackBudget = LITE_BUDGET,
+    progress: ProgressFn | None = None,
+) -> HeadSelection:
     """The head (alpha_min >= ``min_alpha``, width <= ``max_width``, bias on ``BIASES``) that meets
     ``target_clean_acc`` on ``(x, y)`` with the most examples right on every pooled attack.
 
@@ -87,13 +118,17 @@ def select_head(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, target
         raise AsmixError("choosing a head needs a mixing network")
     mixed.eval()
     previous = (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias)
-    settings = dict(eps=eps, norm=norm, batch_size=batch_size, seed=seed, device=device, budget=budget,
-                    progress=progress)
+    settings = dict(
+        eps=eps, norm=norm, batch_size=batch_size, seed=seed, device=device, budget=budget, progress=progress
+    )
     try:
         mixer.set_alpha_range(min_alpha, min(1.0, min_alpha + max_width))
         mixer.set_alpha_bias(0.0)
-        pools = [x, _pool(mixed, x, y, task="mixer", **settings),
-                 _pool(mixed.with_alpha(min_alpha), x, y, task=f"fixed alpha {min_alpha:g}", **settings)]
+        pools = [
+            x,
+            _pool(mixed, x, y, task="mixer", **settings),
+            _pool(mixed.with_alpha(min_alpha), x, y, task=f"fixed alpha {min_alpha:g}", **settings),
+        ]
     finally:
         mixer.set_alpha_range(previous[0], previous[1])
         mixer.set_alpha_bias(previous[2])
@@ -122,5 +157,6 @@ def select_head(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, target
         clean_acc, robust_acc, low, high, bias = max(meeting, key=lambda c: (c[1], c[0], c[2], -(c[3] - c[2])))
     else:
         clean_acc, robust_acc, low, high, bias = max(candidates, key=lambda c: (c[0], c[1]))
-    return HeadSelection(low, high, bias, target_clean_acc, bool(meeting), clean_acc, robust_acc, len(x),
-                         len(candidates))
+    return HeadSelection(
+        low, high, bias, target_clean_acc, bool(meeting), clean_acc, robust_acc, len(x), len(candidates)
+    )

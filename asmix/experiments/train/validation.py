@@ -22,8 +22,19 @@ class Validation:
     alpha_attacked: float | None
 
 
-def validate(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, norm: str,
-             batch_size: int, seed: int, device: torch.device, progress: ProgressFn | None = None) -> Validation:
+def validate(
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    norm: str,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> Validation:
     """Clean and white-box PGD (end to end through alpha) accuracy of ``mixed`` in eval mode; each global
     batch is split across ranks and the sums gathered."""
     mixed.eval()
@@ -36,8 +47,9 @@ def validate(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, eps: f
             continue
         with torch.no_grad():
             logits, alpha = mixed(xb, return_alpha=True)
-        sums += torch.tensor([(logits.argmax(1) == yb).sum().item(), 0, alpha.sum().item(), 0, len(xb)],
-                             dtype=torch.float64)
+        sums += torch.tensor(
+            [(logits.argmax(1) == yb).sum().item(), 0, alpha.sum().item(), 0, len(xb)], dtype=torch.float64
+        )
         if steps > 0:
             attack = ShardPGD(eps=eps, steps=steps, norm=norm, offset=part.start, total=batch.stop - batch.start)
             x_adv = attack.perturb(mixed, xb, yb, generator=batch_generator(seed, "validate", batch.start))
