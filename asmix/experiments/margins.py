@@ -177,6 +177,9 @@ class LipschitzStats:
 
 @dataclass(frozen=True)
 class MarginsResult:
+    """Table 1 over ``n_examples``: accuracy and confidence-gap statistics per classifier and input kind, the
+    Lemma 3.2 count at ``config.alpha`` and, if asked for, the local Lipschitz estimates of softmax(h)."""
+
     config: MarginsConfig
     n_examples: int
     stats: dict[str, dict[str, MarginStats]]

@@ -111,6 +111,9 @@ class SweepRow:
 
 @dataclass(frozen=True)
 class SweepResult:
+    """A fixed-alpha sweep over ``n_examples``: g's and h's accuracy alone (``base``) and h_alpha's clean and
+    under the STD, ROB and MIX attacks per alpha (``rows``), all fractions."""
+
     config: SweepConfig
     n_examples: int
     base: dict[str, BaseAccuracy]
