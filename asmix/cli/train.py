@@ -92,9 +92,10 @@ def train_mixer_command(
         _option(
             "--pseudo-labels",
             metavar="paper|oracle",
-            text="paper: clean 0, attacked 1; oracle: also asks whether g and h are right.",
+            text="oracle: attacked 1 unless g is right and h wrong, clean 0 unless g is wrong and h right "
+            "(chosen by the held-out verdict); paper: clean 0, attacked 1 (the authors' code).",
         ),
-    ] = "paper",
+    ] = "oracle",
     eps_max: Annotated[
         Optional[float],
         typer.Option(

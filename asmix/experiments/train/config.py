@@ -37,7 +37,7 @@ class TrainConfig:
     c_ce: float = 0.0
     c_bce: float = 1.5
     c_prod: float = 0.2
-    pseudo_labels: PseudoLabelRule = "paper"
+    pseudo_labels: PseudoLabelRule = "oracle"
     norm: str = "linf"
     eps_max: float = 0.3
     eps_range: tuple[float, float] = (0.4, 1.1)
