@@ -11,7 +11,8 @@ from asmix.preprocessing import Preprocessing
 
 
 class InputAdapter(nn.Module):
-    """Preprocess (``Preprocessing``: resize, center crop), normalise with ``mean``/``std``, run ``model``.
+    """Preprocess (``Preprocessing``: resize, center crop), normalise with the per-channel ``pixel_mean`` and
+    ``pixel_std``, run ``model``. (``std`` means g everywhere else in asmix, so pixel statistics say ``pixel_``.)
 
     Used for timm, BiT and RobustBench ImageNet models. The wrapped network stays reachable as
     ``wrapped`` and its input as ``prepare(x)``, so feature taps can read it in the same forward pass.
@@ -20,17 +21,17 @@ class InputAdapter(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
         preprocessing: Preprocessing | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.preprocessing = preprocessing
-        self.normalize = mean is not None and std is not None
+        self.normalize = pixel_mean is not None and pixel_std is not None
         if self.normalize:
-            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), persistent=False)
 
     @property
     def wrapped(self) -> nn.Module:
@@ -43,7 +44,7 @@ class InputAdapter(nn.Module):
         if self.preprocessing is not None and tuple(x.shape[-2:]) != self.preprocessing.output_size:
             x = self.preprocessing(x)
         if self.normalize:
-            x = (x - self.mean) / self.std
+            x = (x - self.pixel_mean) / self.pixel_std
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
