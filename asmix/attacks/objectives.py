@@ -37,17 +37,17 @@ def graybox_objective(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tup
     return F.cross_entropy(logits, y, reduction="none"), logits
 
 
-def whitebox_objective(alpha_down_weight: float | torch.Tensor = 0.0) -> Objective:
-    """Setting B: cross-entropy of h_alpha end to end, blended with ``alpha_down_weight`` of the alpha term."""
+def whitebox_objective(alpha_weight: float | torch.Tensor = 0.0) -> Objective:
+    """Setting B: cross-entropy of h_alpha end to end, blended with ``alpha_weight`` of the alpha term."""
 
     def objective(mixed: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         parts = mixed.parts(x)
         logits = mixed.mix_parts(parts)
-        return blend(F.cross_entropy(logits, y, reduction="none"), parts, alpha_down_weight), logits
+        return blend(F.cross_entropy(logits, y, reduction="none"), parts, alpha_weight), logits
 
     return objective
 
 
-def mixed_objective(setting: str, alpha_down_weight: float | torch.Tensor = 0.0) -> Objective:
+def mixed_objective(setting: str, alpha_weight: float | torch.Tensor = 0.0) -> Objective:
     """The objective of ``setting`` "A" (gray-box; the weight is ignored) or "B" (white-box)."""
-    return graybox_objective if setting == "A" else whitebox_objective(alpha_down_weight)
+    return graybox_objective if setting == "A" else whitebox_objective(alpha_weight)
