@@ -366,3 +366,13 @@ def test_html_report_and_bad_report_names(monkeypatch, capsys, tmp_path):
         main()
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "must end in .md or .html" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_robustbench_name_in_a_fresh_process_is_one_line():
+    # nothing imported RobustBench before: the AutoAttack alias must be in place when the zoo is first read
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "asmix", "sweep-alpha", "--rob", "Nonexistent2099"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "Nonexistent2099" in done.stderr

@@ -61,6 +61,7 @@ def _range(text: str, option: str) -> tuple[float, float]:
     ),
 )
 def calibrate_command(
+    ctx: typer.Context,
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
@@ -144,19 +145,7 @@ def calibrate_command(
     check_outputs(json_path=json_path, out_dir=out, report=report)
     target = target_clean_acc / 100 if target_clean_acc > 1 else target_clean_acc
     n_calibration = DEFAULT_N_EXAMPLES if n_examples is None else n_examples
-    source = pair_source(
-        std,
-        rob,
-        dataset,
-        data,
-        data_dir,
-        n_calibration + verify,
-        model_dir,
-        std_weights,
-        rob_weights,
-        norm,
-        trust_code=trust_code,
-    )
+    source = pair_source(ctx, n_examples=n_calibration + verify)
     config = CalibrateConfig(
         target_clean_acc=target,
         norm=source.norm,

@@ -51,6 +51,7 @@ NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
     ),
 )
 def certify_command(
+    ctx: typer.Context,
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: Annotated[
@@ -149,20 +150,7 @@ def certify_command(
     from asmix.report.certify import certify_table, write_certify_outputs
 
     check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(
-        std,
-        rob,
-        dataset,
-        data,
-        data_dir,
-        n_examples,
-        model_dir,
-        std_weights,
-        rob_weights,
-        norm,
-        trust_code=trust_code,
-        default_n_examples=DEFAULT_N_EXAMPLES,
-    )
+    source = pair_source(ctx, default_n_examples=DEFAULT_N_EXAMPLES)
     if calibration is not None:
         alpha, std_hardmax = _calibrated(calibration, alpha, match_clean_acc, std_hardmax, std=std, rob=rob)
     config = CertifyConfig(

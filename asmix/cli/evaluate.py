@@ -106,6 +106,7 @@ ModelName = Annotated[
     ),
 )
 def evaluate_command(
+    ctx: typer.Context,
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
@@ -170,20 +171,7 @@ def evaluate_command(
     check_outputs(json_path=json_path, out_file=out, report=report)
     if out is not None:
         check_out_path(out)
-    source = pair_source(
-        std,
-        rob,
-        dataset,
-        data,
-        data_dir,
-        n_examples,
-        model_dir,
-        std_weights,
-        rob_weights,
-        norm,
-        trust_code=trust_code,
-        default_n_examples=default_n_examples,
-    )
+    source = pair_source(ctx, default_n_examples=default_n_examples)
     mixer_net, mixer_config = None, {}
     if mixer is not None:
         from asmix.mixer import load_mixer

@@ -60,6 +60,7 @@ def _split(text: str) -> tuple[str, ...]:
     ),
 )
 def margins_command(
+    ctx: typer.Context,
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
@@ -116,20 +117,7 @@ def margins_command(
     from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
 
     check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(
-        std,
-        rob,
-        dataset,
-        data,
-        data_dir,
-        n_examples,
-        model_dir,
-        std_weights,
-        rob_weights,
-        norm,
-        trust_code=trust_code,
-        default_n_examples=DEFAULT_N_EXAMPLES,
-    )
+    source = pair_source(ctx, default_n_examples=DEFAULT_N_EXAMPLES)
     choice = mix_choice(rob_map, calibration, family, std=std, rob=rob, alpha=alpha)
     alpha = choice.alpha if choice is not None else (0.6 if alpha is None else alpha)
     config = MarginsConfig(

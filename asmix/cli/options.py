@@ -168,40 +168,32 @@ def n_examples_option(default: int):
     ]
 
 
-def pair_source(
-    std,
-    rob,
-    dataset,
-    data,
-    data_dir,
-    n_examples,
-    model_dir,
-    std_weights,
-    rob_weights,
-    norm,
-    *,
-    trust_code: bool = False,
-    default_n_examples: int | None = None,
-):
-    """Build the library's ``PairSource`` from the shared CLI options (refuses ``file:``/``py:`` models
-    without ``--trust-code``, and ``--n-examples`` below 1)."""
+PAIR_OPTIONS = (
+    "std",
+    "rob",
+    "dataset",
+    "data",
+    "data_dir",
+    "n_examples",
+    "model_dir",
+    "std_weights",
+    "rob_weights",
+    "norm",
+    "trust_code",
+)
+"""The shared model and data options every command declares, read back by name in ``pair_source``."""
+
+
+def pair_source(ctx: typer.Context, **overrides):
+    """The library's ``PairSource`` from this command's shared model and data options (``PAIR_OPTIONS``, read
+    by name from ``ctx``), with ``overrides`` (``n_examples``, ``default_n_examples``). It refuses ``file:``/``py:``
+    models without ``--trust-code`` and ``--n-examples`` below 1."""
     from asmix.experiments.inputs import PairSource
 
-    as_text = lambda value: None if value is None else str(value)  # noqa: E731
-    return PairSource(
-        std=std,
-        rob=rob,
-        dataset=dataset,
-        data=as_text(data),
-        data_dir=str(data_dir),
-        n_examples=n_examples,
-        model_dir=as_text(model_dir),
-        std_weights=as_text(std_weights),
-        rob_weights=as_text(rob_weights),
-        norm=norm,
-        trust_code=trust_code,
-        default_n_examples=default_n_examples,
-    )
+    settings = {name: ctx.params[name] for name in PAIR_OPTIONS} | overrides
+    for name in ("data", "data_dir", "model_dir", "std_weights", "rob_weights"):
+        settings[name] = None if settings[name] is None else str(settings[name])
+    return PairSource(**settings)
 
 
 def progress_callback():

@@ -54,6 +54,7 @@ from asmix.cli.options import (
     ),
 )
 def sweep_alpha_command(
+    ctx: typer.Context,
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
@@ -93,9 +94,7 @@ def sweep_alpha_command(
     from asmix.report.sweep import sweep_table, write_sweep_outputs
 
     check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(
-        std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code
-    )
+    source = pair_source(ctx)
     choice = mix_choice(rob_map, calibration, family, std=std, rob=rob)
     alpha_grid = parse_alphas(alphas)
     if calibration is not None:

@@ -49,6 +49,7 @@ def _option(name: str, text: str, **settings):
     ),
 )
 def train_mixer_command(
+    ctx: typer.Context,
     config_file: ConfigOption = None,
     std: StdOption = "demo-std",
     rob: RobOption = "demo-rob",
@@ -238,9 +239,7 @@ def train_mixer_command(
     from asmix.runtime import resolve_device
 
     check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(
-        std, rob, dataset, data, data_dir, n_examples, model_dir, std_weights, rob_weights, norm, trust_code=trust_code
-    )
+    source = pair_source(ctx)
     size = default_run_size(dataset)
     target = size.target_clean_acc if target_clean_acc is None else target_clean_acc
     if target is not None and target > 1:

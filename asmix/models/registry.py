@@ -240,9 +240,9 @@ def _bit_preprocessing(name: str, context: LoadContext) -> Preprocessing | None:
 
 
 def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
+    zoo, name = _zoo_entry(name, context)  # imports RobustBench with the AutoAttack alias in place
     from robustbench.utils import load_model as rb_load_model
 
-    zoo, name = _zoo_entry(name, context)
     preprocessing = _robustbench_preprocessing(name, context)
     if context.weights is not None:
         return _adapt_robustbench(load_weights(zoo[name]["model"](), context.weights), preprocessing)
