@@ -198,12 +198,11 @@ def test_unwritable_outputs_stop_before_any_work(monkeypatch, capsys, tmp_path, 
     assert f"cannot write {tmp_path / 'adir'}: it is a folder" in line
     line = one_line_error(*run_cli(monkeypatch, capsys, command, "--json", str(tmp_path / "afile" / "r.json")))
     assert f"{tmp_path / 'afile'} is a file, not a folder" in line
-    out = tmp_path / "afile" / ("r.npz" if command == "evaluate" else "out")
+    out = tmp_path / "afile" / "out"  # --out is a folder in every command
     line = one_line_error(*run_cli(monkeypatch, capsys, command, "--out", str(out)))
     assert f"cannot write {out}: {tmp_path / 'afile'} is a file, not a folder" in line
-    if command != "evaluate":
-        line = one_line_error(*run_cli(monkeypatch, capsys, command, "--out", str(tmp_path / "afile")))
-        assert f"cannot write to {tmp_path / 'afile'}: it is a file, a folder is needed" in line
+    line = one_line_error(*run_cli(monkeypatch, capsys, command, "--out", str(tmp_path / "afile")))
+    assert f"cannot write to {tmp_path / 'afile'}: it is a file, a folder is needed" in line
 
 
 def last_line_error(code, out, err):

@@ -480,3 +480,29 @@ def test_robustbench_radius_is_written_as_robustbench_does():
 
     assert radius_text(8 / 255) == "8/255" and radius_text(4 / 255) == "4/255" and radius_text(0.5) == "0.5"
     assert radius_text(0.3) == "0.3"
+
+
+def test_out_is_a_folder_and_the_old_file_form_still_works(monkeypatch, capsys, tmp_path):
+    import json
+
+    code, _, err = run_cli(
+        monkeypatch, capsys, "--attack", "clean", "--n-examples", "4", "--device", "cpu", "--out", str(tmp_path / "run")
+    )
+    assert code in (0, None), err
+    saved = load_examples(tmp_path / "run" / "examples.npz")
+    document = json.loads((tmp_path / "run" / "evaluate.json").read_text())
+    assert saved["mixed/clean/correct"].float().mean().item() == document["rows"]["mixed"]["clean"]["accuracy"]
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "--attack",
+        "clean",
+        "--n-examples",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "old.npz"),
+    )
+    assert code in (0, None) and (tmp_path / "old.npz").is_file()
+    assert "--out" in err and "as a file is deprecated: give a folder" in err

@@ -72,7 +72,13 @@ RobScale = Annotated[
 ]
 SaveAdv = Annotated[bool, typer.Option("--save-adv/--no-save-adv", help="Also save the adversarial examples in --out.")]
 Out = Annotated[
-    Optional[Path], typer.Option("--out", help="Per-example results (.npz or .pt); makes the run resumable.")
+    Optional[Path],
+    typer.Option(
+        "--out",
+        rich_help_panel="Output",
+        help="Folder for evaluate.json and the per-example results examples.npz; makes the run resumable. "
+        "(A .npz or .pt file name still works for one release, with a deprecation note.)",
+    ),
 ]
 RobustBench = Annotated[
     Optional[Path],
@@ -100,7 +106,7 @@ ModelName = Annotated[
     "evaluate",
     epilog=examples(
         "asmix evaluate --alpha 0.8 --attack clean,pgd,aa",
-        "asmix evaluate --mixer runs/mixer --attack clean,aa,aa-adaptive --bases --out runs/eval.npz",
+        "asmix evaluate --mixer runs/mixer --attack clean,aa,aa-adaptive --bases --out runs/eval",
         "asmix evaluate --std bit-r152 --rob Wang2023 --dataset cifar10 --mixer runs/mixer --robustbench runs/rb "
         "--model-name Me2026Mixed",
     ),
@@ -147,7 +153,7 @@ def evaluate_command(
     (B) and gray-box (A), transfer from g or h, AutoAttack (C) and adaptive AutoAttack (D)."""
     from asmix import distributed
     from asmix.errors import AsmixError
-    from asmix.experiments.evaluate import EvalConfig, check_out_path, evaluate, parse_attacks
+    from asmix.experiments.evaluate import EXAMPLE_SUFFIXES, EvalConfig, check_out_path, evaluate, parse_attacks
     from asmix.experiments.inputs import load_pair
     from asmix.report.evaluate import evaluate_table, trail_table, write_evaluate_json
 
@@ -168,7 +174,19 @@ def evaluate_command(
         default_n_examples = LEADERBOARD_EXAMPLES.get(dataset, 10**9)  # the full test set
         leaderboard_eps = standard_eps(dataset, norm)
         check_outputs(out_dir=robustbench)
-    check_outputs(json_path=json_path, out_file=out, report=report)
+    out_folder = None
+    if out is not None and out.suffix in EXAMPLE_SUFFIXES:  # the old form: --out FILE.npz
+        console.print(
+            f"note: --out {out} as a file is deprecated: give a folder (asmix writes examples.npz and "
+            "evaluate.json in it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif out is not None and out.suffix:
+        raise AsmixError(f"--out must be a folder (or, deprecated, a .npz or .pt file), got {str(out)!r}")
+    elif out is not None:
+        out_folder, out = out, out / "examples.npz"
+    check_outputs(json_path=json_path, out_file=out if out_folder is None else None, out_dir=out_folder, report=report)
     if out is not None:
         check_out_path(out)
     source = pair_source(ctx, default_n_examples=default_n_examples)
@@ -226,9 +244,10 @@ def evaluate_command(
     if trail is not None:
         stdout.print(trail)
     written = []
-    if json_path:
-        written.append(write_evaluate_json(result, json_path))
-        console.print(f"wrote {written[-1]}")
+    for path in (json_path, out_folder / "evaluate.json" if out_folder is not None else None):
+        if path is not None:
+            written.append(write_evaluate_json(result, path))
+            console.print(f"wrote {written[-1]}")
     if out:
         console.print(f"wrote {out}")
     if robustbench is not None:

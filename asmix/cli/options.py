@@ -19,56 +19,88 @@ def number_parser(option: str):
     return lambda text: parse_number(text, option)
 
 
+MODELS, DATA, THREAT, RUN, OUTPUT = "Models", "Data", "Threat model", "Run", "Output"
+"""``--help`` panels of the shared options; a command's own options stay under "Options"."""
+
 StdOption = Annotated[
-    str, typer.Option("--std", help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.")
+    str,
+    typer.Option(
+        "--std",
+        rich_help_panel=MODELS,
+        help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.",
+    ),
 ]
 RobOption = Annotated[
-    str, typer.Option("--rob", help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.")
+    str,
+    typer.Option(
+        "--rob",
+        rich_help_panel=MODELS,
+        help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.",
+    ),
 ]
 DatasetOption = Annotated[
     str,
     typer.Option(
-        "--dataset", metavar="demo|mnist|cifar10|cifar100|imagenet", help="demo, mnist, cifar10, cifar100 or imagenet."
+        "--dataset",
+        rich_help_panel=DATA,
+        metavar="demo|mnist|cifar10|cifar100|imagenet",
+        help="demo, mnist, cifar10, cifar100 or imagenet.",
     ),
 ]
 DataOption = Annotated[
-    Optional[Path], typer.Option("--data", help=".npz/.pt file with arrays x and y (overrides --dataset's data).")
+    Optional[Path],
+    typer.Option(
+        "--data", rich_help_panel=DATA, help=".npz/.pt file with arrays x and y (overrides --dataset's data)."
+    ),
 ]
-DataDirOption = Annotated[Path, typer.Option("--data-dir", help="Folder of the named dataset's files.")]
+DataDirOption = Annotated[
+    Path, typer.Option("--data-dir", rich_help_panel=DATA, help="Folder of the named dataset's files.")
+]
 NExamplesOption = Annotated[
     Optional[int],
     typer.Option(
         "--n-examples",
+        rich_help_panel=DATA,
         help="Use the first N examples, N > 0 and at most the data's size (default: 500 on demo, else all).",
     ),
 ]
 ModelDirOption = Annotated[
     Optional[Path],
-    typer.Option("--model-dir", help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models)."),
+    typer.Option(
+        "--model-dir",
+        rich_help_panel=MODELS,
+        help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models).",
+    ),
 ]
 StdWeightsOption = Annotated[
-    Optional[Path], typer.Option("--std-weights", help="State dict for g (safetensors or .pt).")
+    Optional[Path], typer.Option("--std-weights", rich_help_panel=MODELS, help="State dict for g (safetensors or .pt).")
 ]
 RobWeightsOption = Annotated[
-    Optional[Path], typer.Option("--rob-weights", help="State dict for h (safetensors or .pt).")
+    Optional[Path], typer.Option("--rob-weights", rich_help_panel=MODELS, help="State dict for h (safetensors or .pt).")
 ]
 TrustCodeOption = Annotated[
     bool,
     typer.Option(
         "--trust-code/--no-trust-code",
+        rich_help_panel=MODELS,
         help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).",
     ),
 ]
 NormOption = Annotated[
     str,
     typer.Option(
-        "--norm", parser=canonical_norm, metavar="linf|l2", help="Threat model: linf or l2 (any case: Linf, L2)."
+        "--norm",
+        rich_help_panel=THREAT,
+        parser=canonical_norm,
+        metavar="linf|l2",
+        help="Threat model: linf or l2 (any case: Linf, L2).",
     ),
 ]
 EpsOption = Annotated[
     Optional[float],
     typer.Option(
         "--eps",
+        rich_help_panel=THREAT,
         parser=number_parser("--eps"),
         metavar="EPS",
         help=(
@@ -77,25 +109,28 @@ EpsOption = Annotated[
         ),
     ),
 ]
-StepsOption = Annotated[int, typer.Option("--steps", help="PGD steps.")]
+StepsOption = Annotated[int, typer.Option("--steps", rich_help_panel=THREAT, help="PGD steps.")]
 StepSizeOption = Annotated[
     Optional[float],
     typer.Option(
         "--step-size",
+        rich_help_panel=THREAT,
         parser=number_parser("--step-size"),
         metavar="STEP",
         help="PGD step size, a number or a fraction like 2/255 (default 2.5*eps/steps).",
     ),
 ]
-BatchSizeOption = Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", rich_help_panel=RUN, help="Examples per batch.")]
 DeviceOption = Annotated[
-    str, typer.Option("--device", metavar="auto|cpu|cuda|cuda:N", help="auto, cpu, cuda or cuda:N.")
+    str,
+    typer.Option("--device", rich_help_panel=RUN, metavar="auto|cpu|cuda|cuda:N", help="auto, cpu, cuda or cuda:N."),
 ]
-SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (PGD random starts).")]
+SeedOption = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Random seed (PGD random starts).")]
 OutOption = Annotated[
     Optional[Path],
     typer.Option(
         "--out",
+        rich_help_panel=OUTPUT,
         help=(
             "Folder for JSON, CSV and PNG outputs; finished batches wait in its parts/ folder, so rerunning the "
             "same command resumes."
@@ -106,10 +141,13 @@ ReportOption = Annotated[
     Optional[Path],
     typer.Option(
         "--report",
+        rich_help_panel=OUTPUT,
         help="Also write the printed tables, with links to the PNG plots, as a report: FILE.md or FILE.html.",
     ),
 ]
-JsonOption = Annotated[Optional[Path], typer.Option("--json", help="Write the result as JSON here.")]
+JsonOption = Annotated[
+    Optional[Path], typer.Option("--json", rich_help_panel=OUTPUT, help="Write the result as JSON here.")
+]
 MIX_PANEL = "Mix (MixedNUTS / calibration)"
 RobMapOption = Annotated[
     Optional[str],
@@ -163,6 +201,7 @@ def n_examples_option(default: int):
         Optional[int],
         typer.Option(
             "--n-examples",
+            rich_help_panel=DATA,
             help=f"Use the first N examples, N > 0 and at most the data's size (default: the first {default}).",
         ),
     ]
