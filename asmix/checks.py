@@ -9,6 +9,14 @@ from asmix.errors import AsmixError
 NORMS = ("linf", "l2")
 """Threat models, in asmix's spelling."""
 
+THREAT_MODEL_NAMES = {"linf": "Linf", "l2": "L2"}
+"""The same threat models as RobustBench and the AutoAttack package spell them."""
+
+
+def threat_model_name(norm: str) -> str:
+    """``linf`` -> ``Linf``, ``l2`` -> ``L2`` (RobustBench's and AutoAttack's spelling), any case accepted."""
+    return THREAT_MODEL_NAMES[check_norm(norm)]
+
 
 def check_finite(value: float, name: str) -> float:
     """``value`` as a float, refused when NaN or infinite (a radius, step, scale or sigma)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from asmix.attacks.pgd import NORMS
+from asmix.checks import threat_model_name
 from asmix.compat import autoattack_package
 from asmix.errors import AsmixError
 
@@ -24,14 +24,10 @@ SQUARE_QUERIES = 5000
 UNRELIABLE_DROP = 0.002
 """AutoAttack's threshold: Square lowering accuracy by >= 0.2 points after the gradient attacks."""
 
-_PACKAGE_NORMS = {"linf": "Linf", "l2": "L2"}
-
 
 def package_norm(norm: str) -> str:
     """asmix norm name (linf, l2) → the AutoAttack package's (Linf, L2)."""
-    if norm not in NORMS:
-        raise AsmixError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    return _PACKAGE_NORMS[norm]
+    return threat_model_name(norm)
 
 
 def potentially_unreliable(trail: Mapping[str, float], *, drop: float = UNRELIABLE_DROP) -> bool:

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from asmix.checks import check_norm
+from asmix.checks import THREAT_MODEL_NAMES, check_norm, threat_model_name
 from asmix.data import dataset_info
 from asmix.errors import AsmixError
 from asmix.models import bit
@@ -31,7 +31,6 @@ ALIASES = {
     "Wang2023": "rb:Wang2023Better_WRN-70-16",
 }
 
-THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 
 CODE_KINDS = {
     "file": "loading it can run code (torch.export unpickles weights, TorchScript carries code)",
@@ -164,7 +163,7 @@ def _context(dataset: str, norm: str, model_dir: str | Path | None, weights: str
     dataset_info(dataset)
     return LoadContext(
         dataset=dataset,
-        threat_model=THREAT_MODELS[norm],
+        threat_model=threat_model_name(norm),
         model_dir=Path(model_dir) if model_dir is not None else default_model_dir(),
         weights=Path(weights) if weights is not None else None,
     )
@@ -274,7 +273,7 @@ def _zoo_entry(name: str, context: LoadContext) -> tuple[dict, str]:
         )
     zoos = model_dicts[BenchmarkDataset(context.dataset)]
     if ThreatModel(context.threat_model) not in zoos:
-        norms = [norm for norm, threat in THREAT_MODELS.items() if ThreatModel(threat) in zoos]
+        norms = [norm for norm, threat in THREAT_MODEL_NAMES.items() if ThreatModel(threat) in zoos]
         raise AsmixError(
             f"RobustBench has no {context.dataset} {context.threat_model} models for {name!r}: "
             f"use --norm {' or --norm '.join(norms)}, or another spec (timm:, file:, py:)"

@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from asmix.checks import threat_model_name
 from asmix.io import atomic_write_json, atomic_write_text
 
 LEADERBOARD_EXAMPLES = {"cifar10": 10000, "cifar100": 10000, "imagenet": 5000}
@@ -70,7 +71,7 @@ def claim_markdown(
         "| field | value |",
         "|---|---|",
         f"| dataset | {info['dataset']} |",
-        f"| threat model | {'Linf' if result.config.norm == 'linf' else 'L2'}, eps = {info['eps']} |",
+        f"| threat model | {threat_model_name(result.config.norm)}, eps = {info['eps']} |",
         f"| architecture | {info['architecture']} |",
         f"| forward passes per input | {info['number_forward_passes']} |",
         f"| clean accuracy | {info['clean_acc']}% ({round(clean.accuracy * n)}/{n}) |",
