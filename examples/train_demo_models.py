@@ -24,10 +24,8 @@ import argparse
 import io
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +40,7 @@ from safetensors.torch import load_file, save
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from asmix.io import atomic_write  # noqa: E402
 from asmix.models.demo import DEMO_WIDTHS, DemoCNN  # noqa: E402
 
 N_DEMO_TEST = 2000
@@ -91,20 +90,9 @@ def to_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``payload`` to ``path`` atomically, with asmix's own writer (temp file in the same folder, then
+    ``os.replace``)."""
+    atomic_write(path, lambda temporary: temporary.write_bytes(payload))
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
