@@ -19,6 +19,11 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def alpha_text(value: float | None) -> str:
+    """A mean alpha with three decimals, or a dash where it was not measured."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def write_json(result: Any, path: str | Path) -> Path:
     """The result's ``to_dict()`` as JSON, written atomically."""
     return atomic_write_json(path, result.to_dict())

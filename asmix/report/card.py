@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from asmix.io import atomic_write_text
-from asmix.report import percent
+from asmix.report import alpha_text, percent
 
 CARD = "README.md"
 
@@ -82,8 +82,8 @@ def mixer_card(document: dict[str, Any]) -> str:
         for row in (verdict["mixer"], verdict["fixed"]):
             lines.append(
                 f"| {row['name']} | {row['clean_correct']}/{verdict['n_examples']} | "
-                f"{row['attacked_correct']}/{verdict['n_examples']} | {_number(row.get('alpha_clean'))} | "
-                f"{_number(row.get('alpha_attacked'))} |"
+                f"{row['attacked_correct']}/{verdict['n_examples']} | {alpha_text(row.get('alpha_clean'))} | "
+                f"{alpha_text(row.get('alpha_attacked'))} |"
             )
     else:
         lines.append("Not measured (trained with --no-verdict or without --target-clean-acc).")
@@ -104,10 +104,6 @@ def mixer_card(document: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _number(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def write_mixer_card(directory: str | Path) -> Path:

@@ -6,11 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from asmix.report import percent, write_json
-
-
-def _alpha(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+from asmix.report import alpha_text, percent, write_json
 
 
 def epoch_line(record, epochs: int) -> str:
@@ -18,7 +14,7 @@ def epoch_line(record, epochs: int) -> str:
     return (
         f"epoch {record.epoch}/{epochs}  loss {record.train_loss:.4f}  lr {record.lr:.2e}  "
         f"val clean {percent(record.clean_acc)}%  val PGD {percent(record.attacked_acc)}%  "
-        f"alpha clean {_alpha(record.alpha_clean)} / attacked {_alpha(record.alpha_attacked)}  "
+        f"alpha clean {alpha_text(record.alpha_clean)} / attacked {alpha_text(record.alpha_attacked)}  "
         f"({record.seconds:.1f}s)"
     )
 
@@ -47,10 +43,10 @@ def history_table(result) -> Table:
             f"{r.train_loss:.4f}",
             percent(r.clean_acc),
             percent(r.attacked_acc),
-            _alpha(r.alpha_clean),
-            _alpha(r.alpha_attacked),
-            _alpha(r.train_alpha_clean),
-            _alpha(r.train_alpha_attacked),
+            alpha_text(r.alpha_clean),
+            alpha_text(r.alpha_attacked),
+            alpha_text(r.train_alpha_clean),
+            alpha_text(r.train_alpha_attacked),
         )
     return table
 
@@ -79,8 +75,8 @@ def verdict_table(verdict, title: str = "held-out") -> Table:
             row.name,
             f"{percent(row.clean_acc)}% ({row.clean_correct})",
             f"{percent(row.attacked_acc)}% ({row.attacked_correct})",
-            _alpha(row.alpha_clean),
-            _alpha(row.alpha_attacked),
+            alpha_text(row.alpha_clean),
+            alpha_text(row.alpha_attacked),
             style="bold" if row.alpha is None else None,
         )
     return table
