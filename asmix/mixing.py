@@ -213,6 +213,11 @@ class MixedClassifier(nn.Module):
             return logits
         return logits, alpha_per_example(parts.alpha, len(x), logits)
 
+    def base_logits(self, x: torch.Tensor, known: str, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """g's and h's logits at ``x`` when one of them is already computed (``known``: "std" or "rob", with its
+        ``logits``): one forward of the other model only."""
+        return (logits, self.rob(x)) if known == "std" else (self.std(x), logits)
+
     def mix_parts(self, parts: MixParts) -> torch.Tensor:
         """h_alpha's logits from ``parts`` (no forward pass)."""
         return self.mix(parts.std_logits, parts.rob_logits, parts.alpha)

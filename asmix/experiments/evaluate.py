@@ -35,7 +35,7 @@ from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
 from asmix.io import atomic_write, check_writable_file
-from asmix.mixing import MIX_SPACES, AlphaSource, MixedClassifier, check_alpha, check_mix_settings
+from asmix.mixing import AlphaSource, MixedClassifier, check_alpha, check_mix_settings
 from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
@@ -98,8 +98,6 @@ class EvalConfig:
             raise AsmixError(f"no attacks given: choose from {', '.join(ATTACKS)}")
         check_alpha(self.alpha)
         check_batch_size(self.batch_size)
-        if self.mix_space not in MIX_SPACES:
-            raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {self.mix_space!r}")
         if not 0.0 <= check_finite(self.alpha_weight, "alpha weight") <= 1.0:
             raise AsmixError(f"alpha weight must be in [0, 1], got {self.alpha_weight}")
         check_finite(self.std_scale, "std scale")
@@ -290,9 +288,19 @@ def _evaluate_batch(
             names = list(targets)
 
             def judge(x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-                return torch.stack(
-                    [logits.float() if row_name == source else targets[row_name](x_t).float() for row_name in names]
-                )
+                """Every row's logits at an iterate: a fixed-alpha mix from g's and h's logits (the source's are
+                known, so one forward of the other model); a mixer needs both models' features (one pass)."""
+                if mixed.adaptive:
+                    parts = mixed.parts(x_t)
+                    rows = {"std": parts.std_logits, "rob": parts.rob_logits, "mixed": mixed.mix_parts(parts)}
+                else:
+                    std_logits, rob_logits = mixed.base_logits(x_t, source, logits)
+                    rows = {
+                        "std": std_logits,
+                        "rob": rob_logits,
+                        "mixed": mixed.mix(std_logits, rob_logits, mixed.alpha),
+                    }
+                return torch.stack([rows[row_name].float() for row_name in names])
 
             tracker = AllIteratesCorrect(judge, y)
             replace(pgd, stop_at_break=False).perturb(

@@ -289,7 +289,7 @@ def _base_judge(mixed: MixedClassifier, source: str, alphas: tuple[float, ...]):
     the attacked model's logits there and one forward of the other base model."""
 
     def judge(x_t: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        std_logits, rob_logits = (logits, mixed.rob(x_t)) if source == "std" else (mixed.std(x_t), logits)
+        std_logits, rob_logits = mixed.base_logits(x_t, source, logits)
         mixes = [mixed.mix(std_logits, rob_logits, alpha) for alpha in alphas]
         return torch.stack([std_logits.float(), rob_logits.float(), *(mix.float() for mix in mixes)])
 
