@@ -285,9 +285,8 @@ def train_mixer(
                 "selection": selection.to_dict() if selection else None,
                 "verdict": verdict.to_dict() if verdict else None,
                 "history": [asdict(r) for r in history],
+                "base_weights": weights,  # hashed once, for the checkpoint identity above
             },
-            std=mixed.std,
-            rob=mixed.rob,
         )
     distributed.barrier()
     return TrainResult(
