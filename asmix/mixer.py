@@ -52,7 +52,12 @@ FALLBACK_TAPS: tuple[tuple[str, str], ...] = (
 )
 """Name patterns tried, in order, for architectures not in ``DEFAULT_TAPS``."""
 
-Features = tuple[torch.Tensor, torch.Tensor]
+Features = tuple[torch.Tensor, ...]
+"""(upstream, middle) feature maps of one base model; empty for g when the mixer reads h alone."""
+
+MIXER_INPUTS = ("both", "rob")
+"""Whose features the mixer reads: both base models (the paper), or h's alone ("rob": features an attack
+within the threat model moves little, so alpha cannot be pushed down through g's fragile features)."""
 
 
 def tap_root(model: nn.Module) -> nn.Module:
@@ -389,13 +394,19 @@ class MixingNetwork(nn.Module):
         alpha_bias: float = 0.0,
         clamp_std: float = 0.6,
         bn_momentum: float = 0.01,
+        inputs: str = "both",
     ) -> None:
         super().__init__()
+        if inputs not in MIXER_INPUTS:
+            raise AsmixError(f"mixer inputs must be one of {', '.join(MIXER_INPUTS)}, got {inputs!r}")
+        self.inputs = inputs
+        if inputs == "rob":
+            std_channels, std_layers = (0, 0), ()
         self.std_channels = tuple(int(c) for c in std_channels)
         self.rob_channels = tuple(int(c) for c in rob_channels)
         self.std_layers = tuple(std_layers)
         self.rob_layers = tuple(rob_layers)
-        if len(self.std_channels) != 2 or len(self.rob_channels) != 2:
+        if len(self.std_channels) != 2 or len(self.rob_channels) != 2 or len(self.rob_layers) != 2:
             raise AsmixError("std_channels and rob_channels must be (upstream, middle) pairs")
         up_channels = self.std_channels[0] + self.rob_channels[0]
         mid_channels = self.std_channels[1] + self.rob_channels[1]
@@ -434,13 +445,14 @@ class MixingNetwork(nn.Module):
     ) -> "MixingNetwork":
         """A mixing network sized for this (g, h) pair: taps resolved (defaults where None) and their
         channel counts read from one probe forward of each model."""
-        std_layers = resolve_layers(std, parse_layers(std_layers))
+        reads_std = kwargs.get("inputs", "both") != "rob"
+        std_layers = resolve_layers(std, parse_layers(std_layers)) if reads_std else ()
         rob_layers = resolve_layers(rob, parse_layers(rob_layers))
         with torch.no_grad():
             _, std_features = run_with_features(std, x_probe[:1], std_layers)
             _, rob_features = run_with_features(rob, x_probe[:1], rob_layers)
         return cls(
-            [f.shape[1] for f in std_features],
+            [f.shape[1] for f in std_features] or [0, 0],
             [f.shape[1] for f in rob_features],
             std_layers=std_layers,
             rob_layers=rob_layers,
@@ -493,6 +505,7 @@ class MixingNetwork(nn.Module):
             "alpha_bias": self.alpha_bias,
             "clamp_std": self.clamp_std,
             "bn_momentum": self.bn_momentum,
+            "inputs": self.inputs,
         }
 
     def features(
@@ -507,12 +520,12 @@ class MixingNetwork(nn.Module):
         """The bias-free score scale * BN(z) per example, shape (N,); in training z is first clamped to
         its batch mean +- ``clamp_std`` standard deviations, as the paper's code does, so that outliers do
         not dominate the batch statistics."""
-        (std_up, std_mid), (rob_up, rob_mid) = std_features, rob_features
-        up_size = tuple(min(a, b) for a, b in zip(std_up.shape[-2:], rob_up.shape[-2:]))
-        up = torch.cat((resize_to(std_up, up_size), resize_to(rob_up, up_size)), dim=1)
-        out = self.upstream(up)
+        ups = [pair[0] for pair in (std_features, rob_features) if pair]
+        mids = [pair[1] for pair in (std_features, rob_features) if pair]
+        up_size = tuple(min(sizes) for sizes in zip(*(up.shape[-2:] for up in ups)))
+        out = self.upstream(torch.cat([resize_to(up, up_size) for up in ups], dim=1))
         size = tuple(out.shape[-2:])
-        mid = torch.cat((resize_to(std_mid, size), resize_to(rob_mid, size)), dim=1)
+        mid = torch.cat([resize_to(feature, size) for feature in mids], dim=1)
         out = self.downstream(out + self.middle(mid))
         out = F.relu(self.head_norm(out)).mean(dim=(2, 3))
         z = self.linear(out)

@@ -498,3 +498,25 @@ def test_mixer_card_names_the_weights_head_recipe_and_verdict(tmp_path):
     assert "alpha range (0.2, 0.8)" in card and "Setting C, 4 epochs" in card and "f" * 64 in card
     assert verdict["line"] in card and "| fixed alpha 0.8 | 9/10 | 8/10 | 0.800 | 0.800 |" in card
     assert "| mixer | 9/10 | 7/10 | 0.550 | 0.610 |" in card
+
+
+def test_a_mixer_that_reads_h_alone_ignores_g_and_round_trips(tmp_path):
+    std, rob = _demo_pair()
+    x = torch.rand(6, 1, 28, 28)
+    mixer = MixingNetwork.build(std, rob, x, inputs="rob").eval()
+    assert mixer.architecture()["std_layers"] == [] and mixer.architecture()["std_channels"] == [0, 0]
+    other_std = copy.deepcopy(std)
+    with torch.no_grad():
+        for parameter in other_std.parameters():
+            parameter.add_(torch.randn_like(parameter))
+        alpha = mixer.run(x, std, rob).alpha
+        assert torch.equal(alpha, mixer.run(x, other_std, rob).alpha)
+        both = MixingNetwork.build(std, rob, x).eval()
+        assert not torch.equal(both.run(x, std, rob).alpha, both.run(x, other_std, rob).alpha)
+    save_mixer(mixer, tmp_path / "m", config={})
+    loaded, stored = load_mixer(tmp_path / "m")
+    assert loaded.inputs == "rob" and stored["architecture"]["inputs"] == "rob"
+    with torch.no_grad():
+        assert torch.equal(loaded.run(x, std, rob).alpha, alpha)
+    with pytest.raises(AsmixError, match="mixer inputs must be one of both, rob"):
+        MixingNetwork.build(std, rob, x, inputs="std")

@@ -175,6 +175,14 @@ def train_mixer_command(
         float, _option("--clamp-std", "In training, clamp the mixer logit to its batch mean +- this many std (0: off).")
     ] = 0.6,
     bn_momentum: Annotated[float, _option("--bn-momentum", "Momentum of the mixer's output batch norm.")] = 0.01,
+    mixer_inputs: Annotated[
+        str,
+        _option(
+            "--mixer-inputs",
+            "Whose features the mixer reads: both (the paper) or rob (h's alone, which an attack moves little).",
+            metavar="both|rob",
+        ),
+    ] = "both",
     std_layers: Annotated[
         Optional[str], _option("--std-layers", "Feature taps of g: UPSTREAM,MIDDLE module names.")
     ] = None,
@@ -274,6 +282,7 @@ def train_mixer_command(
         stages=mixer_stages,
         clamp_std=clamp_std,
         bn_momentum=bn_momentum,
+        mixer_inputs=mixer_inputs,
         std_layers=parse_layers(std_layers),
         rob_layers=parse_layers(rob_layers),
         std_scale=std_scale,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from asmix.attacks.pgd import PGD
 from asmix.errors import AsmixError
+from asmix.mixer import MIXER_INPUTS
 from asmix.mixing import check_alpha
 from asmix.runtime import check_batch_size
 
@@ -54,6 +55,7 @@ class TrainConfig:
     stages: int = 2
     clamp_std: float = 0.6
     bn_momentum: float = 0.01
+    mixer_inputs: Literal["both", "rob"] = "both"
     std_layers: tuple[str, str] | None = None
     rob_layers: tuple[str, str] | None = None
     std_scale: float = 1.0
@@ -73,6 +75,8 @@ class TrainConfig:
                 f"pseudo labels must be one of {', '.join(PSEUDO_LABEL_RULES)}, got {self.pseudo_labels!r}"
             )
         check_batch_size(self.batch_size)
+        if self.mixer_inputs not in MIXER_INPUTS:
+            raise AsmixError(f"mixer inputs must be one of {', '.join(MIXER_INPUTS)}, got {self.mixer_inputs!r}")
         for name in ("epochs", "accum_steps", "apgd_steps_df", "target_classes", "val_steps"):
             minimum = 0 if name == "val_steps" else 1
             if getattr(self, name) < minimum:

@@ -331,6 +331,7 @@ def _build(
             scale=config.scale,
             clamp_std=config.clamp_std,
             bn_momentum=config.bn_momentum,
+            inputs=config.mixer_inputs,
         )
     mixer = mixer.to(device)
     return pair.with_alpha(mixer), mixer
