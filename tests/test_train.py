@@ -170,6 +170,8 @@ def test_config_validation():
         TrainConfig(alpha_bias=float("nan"))
     with pytest.raises(AsmixError, match="pseudo labels"):
         TrainConfig(pseudo_labels="mine")
+    with pytest.raises(AsmixError, match="mixer inputs must be one of both, rob"):
+        TrainConfig(mixer_inputs="std")
     std, rob = _pair()
     x, y = _data(4)
     with pytest.raises(AsmixError, match="full batch"):
