@@ -37,7 +37,8 @@ def mixer_card(document: dict[str, Any]) -> str:
         "## Evaluation head",
         "",
         f"alpha range ({low}, {high}), bias {architecture.get('alpha_bias')}, sigmoid scale "
-        f"{architecture.get('scale')}; taps g {architecture.get('std_layers')}, h {architecture.get('rob_layers')}.",
+        f"{architecture.get('scale')}; taps g {architecture.get('std_layers') or 'none (reads h alone)'}, "
+        f"h {architecture.get('rob_layers')}.",
     ]
     selection = document.get("selection")
     if selection:
