@@ -72,6 +72,8 @@ def test_pseudo_labels():
     assert pseudo_labels(std[2:3], rob[2:3], y[:1], torch.tensor([True]), "oracle").tolist() == [0.0]
     # paper (the authors' code): clean 0, attacked 1 whatever g and h do
     assert pseudo_labels(std, rob, y, attacked).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    # rob-right: whether h is right on the row, clean or attacked, whatever g does
+    assert pseudo_labels(std, rob, y, attacked, "rob-right").tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
     with pytest.raises(AsmixError, match="pseudo-label rule"):
         pseudo_labels(std, rob, y, attacked, "mine")
 

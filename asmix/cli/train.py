@@ -92,9 +92,10 @@ def train_mixer_command(
         str,
         _option(
             "--pseudo-labels",
-            metavar="paper|oracle",
+            metavar="paper|oracle|rob-right",
             text="oracle: attacked 1 unless g is right and h wrong, clean 0 unless g is wrong and h right "
-            "(chosen by the held-out verdict); paper: clean 0, attacked 1 (the authors' code).",
+            "(chosen by the held-out verdict); paper: clean 0, attacked 1 (the authors' code); rob-right: 1 where "
+            "h is right on the row, clean or attacked.",
         ),
     ] = "oracle",
     eps_max: Annotated[

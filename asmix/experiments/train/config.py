@@ -17,9 +17,10 @@ Setting = Literal["A", "B", "C"]
 SETTINGS = ("A", "B", "C")
 """Training attacks (Section 4.2): A gray-box PGD, B white-box PGD, C APGD-CE + APGD-T (the paper's recipe)."""
 
-PseudoLabelRule = Literal["paper", "oracle"]
-PSEUDO_LABEL_RULES = ("paper", "oracle")
-"""paper: clean 0, attacked 1 (the authors' code); oracle: also asks whether g and h are right (Section 4.4)."""
+PseudoLabelRule = Literal["paper", "oracle", "rob-right"]
+PSEUDO_LABEL_RULES = ("paper", "oracle", "rob-right")
+"""paper: clean 0, attacked 1 (the authors' code); oracle: also asks whether g and h are right (Section 4.4);
+rob-right: 1 where h is right on the row (how far h can be trusted, clean or attacked)."""
 
 
 @dataclass(frozen=True)

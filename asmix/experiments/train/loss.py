@@ -14,11 +14,16 @@ def pseudo_labels(
     """alpha~ in {0, 1}: 1 where h should be trusted, 0 where g should.
 
     ``paper`` (the authors' code): attacked rows 1, clean rows 0. ``oracle`` (Section 4.4): attacked rows 1
-    unless g is right and h wrong; clean rows 0 unless g is wrong and h right."""
+    unless g is right and h wrong; clean rows 0 unless g is wrong and h right. ``rob-right``: 1 where h is right
+    on the row's input, clean or attacked, so the logit learns how far h can be trusted there (its robust
+    confidence) rather than whether the input was attacked; the head's bias then hands the least trusted
+    inputs to g."""
     if rule == "paper":
         return attacked.to(std_logits.dtype)
+    if rule == "rob-right":
+        return (rob_logits.argmax(1) == y).to(std_logits.dtype)
     if rule != "oracle":
-        raise AsmixError(f"unknown pseudo-label rule {rule!r}: use paper or oracle")
+        raise AsmixError(f"unknown pseudo-label rule {rule!r}: use paper, oracle or rob-right")
     std_right = std_logits.argmax(1) == y
     rob_right = rob_logits.argmax(1) == y
     label = torch.where(attacked, ~(std_right & ~rob_right), ~std_right & rob_right)
