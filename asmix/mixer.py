@@ -55,9 +55,15 @@ FALLBACK_TAPS: tuple[tuple[str, str], ...] = (
 Features = tuple[torch.Tensor, ...]
 """(upstream, middle) feature maps of one base model; empty for g when the mixer reads h alone."""
 
-MIXER_INPUTS = ("both", "rob")
-"""Whose features the mixer reads: both base models (the paper), or h's alone ("rob": features an attack
-within the threat model moves little, so alpha cannot be pushed down through g's fragile features)."""
+MIXER_INPUTS = ("both", "rob", "rob-logits")
+"""What the mixer reads: both base models' feature maps (the paper); h's alone ("rob": features an attack
+within the threat model moves little, so alpha cannot be pushed down through g's fragile features); or h's
+sorted log-probabilities ("rob-logits": its confidence, which Lemma 3.2 ties to its robustness)."""
+
+CONFIDENCE_TOP_K = 10
+"""How many of h's sorted log-probabilities a "rob-logits" mixer reads (padded for fewer classes)."""
+LOG_PROB_FLOOR = -30.0
+"""Log-probabilities below this are clamped, so the mixer's input stays bounded."""
 
 
 def tap_root(model: nn.Module) -> nn.Module:
@@ -400,13 +406,15 @@ class MixingNetwork(nn.Module):
         if inputs not in MIXER_INPUTS:
             raise AsmixError(f"mixer inputs must be one of {', '.join(MIXER_INPUTS)}, got {inputs!r}")
         self.inputs = inputs
-        if inputs == "rob":
+        if inputs != "both":
             std_channels, std_layers = (0, 0), ()
+        if inputs == "rob-logits":
+            rob_channels, rob_layers = (0, 0), ()
         self.std_channels = tuple(int(c) for c in std_channels)
         self.rob_channels = tuple(int(c) for c in rob_channels)
         self.std_layers = tuple(std_layers)
         self.rob_layers = tuple(rob_layers)
-        if len(self.std_channels) != 2 or len(self.rob_channels) != 2 or len(self.rob_layers) != 2:
+        if len(self.std_channels) != 2 or len(self.rob_channels) != 2 or len(self.rob_layers) not in (0, 2):
             raise AsmixError("std_channels and rob_channels must be (upstream, middle) pairs")
         up_channels = self.std_channels[0] + self.rob_channels[0]
         mid_channels = self.std_channels[1] + self.rob_channels[1]
@@ -422,12 +430,17 @@ class MixingNetwork(nn.Module):
         self.clamp_std, self.bn_momentum = float(clamp_std), float(bn_momentum)
         self.set_alpha_range(*alpha_range)
         self.set_alpha_bias(alpha_bias)
-        self.upstream = _stage(up_channels, self.width, self.blocks, stride=2)
-        self.middle = nn.Conv2d(mid_channels, self.width, 1, bias=False)
-        self.downstream = nn.Sequential(
-            *(_stage(self.width, self.width, self.blocks, stride=2) for _ in range(self.stages))
-        )
-        self.head_norm = SyncedBatchNorm(self.width)
+        if inputs == "rob-logits":
+            self.confidence = nn.Sequential(
+                nn.Linear(CONFIDENCE_TOP_K, self.width), nn.ReLU(), nn.Linear(self.width, self.width), nn.ReLU()
+            )
+        else:
+            self.upstream = _stage(up_channels, self.width, self.blocks, stride=2)
+            self.middle = nn.Conv2d(mid_channels, self.width, 1, bias=False)
+            self.downstream = nn.Sequential(
+                *(_stage(self.width, self.width, self.blocks, stride=2) for _ in range(self.stages))
+            )
+            self.head_norm = SyncedBatchNorm(self.width)
         self.linear = nn.Linear(self.width, 1, bias=False)  # a bias would be removed by the BN below
         self.output_norm = SyncedBatchNorm(1, affine=False, momentum=self.bn_momentum)
         self._full_range = False
@@ -445,15 +458,15 @@ class MixingNetwork(nn.Module):
     ) -> "MixingNetwork":
         """A mixing network sized for this (g, h) pair: taps resolved (defaults where None) and their
         channel counts read from one probe forward of each model."""
-        reads_std = kwargs.get("inputs", "both") != "rob"
-        std_layers = resolve_layers(std, parse_layers(std_layers)) if reads_std else ()
-        rob_layers = resolve_layers(rob, parse_layers(rob_layers))
+        inputs = kwargs.get("inputs", "both")
+        std_layers = resolve_layers(std, parse_layers(std_layers)) if inputs == "both" else ()
+        rob_layers = resolve_layers(rob, parse_layers(rob_layers)) if inputs != "rob-logits" else ()
         with torch.no_grad():
             _, std_features = run_with_features(std, x_probe[:1], std_layers)
             _, rob_features = run_with_features(rob, x_probe[:1], rob_layers)
         return cls(
             [f.shape[1] for f in std_features] or [0, 0],
-            [f.shape[1] for f in rob_features],
+            [f.shape[1] for f in rob_features] or [0, 0],
             std_layers=std_layers,
             rob_layers=rob_layers,
             **kwargs,
@@ -514,20 +527,25 @@ class MixingNetwork(nn.Module):
         """One forward of g and of h: (std_logits, rob_logits, std features, rob features)."""
         std_logits, std_features = run_with_features(std, x, self.std_layers)
         rob_logits, rob_features = run_with_features(rob, x, self.rob_layers)
+        if self.inputs == "rob-logits":
+            rob_features = (rob_logits,)
         return std_logits, rob_logits, std_features, rob_features
 
     def forward(self, std_features: Features, rob_features: Features) -> torch.Tensor:
         """The bias-free score scale * BN(z) per example, shape (N,); in training z is first clamped to
         its batch mean +- ``clamp_std`` standard deviations, as the paper's code does, so that outliers do
         not dominate the batch statistics."""
-        ups = [pair[0] for pair in (std_features, rob_features) if pair]
-        mids = [pair[1] for pair in (std_features, rob_features) if pair]
-        up_size = tuple(min(sizes) for sizes in zip(*(up.shape[-2:] for up in ups)))
-        out = self.upstream(torch.cat([resize_to(up, up_size) for up in ups], dim=1))
-        size = tuple(out.shape[-2:])
-        mid = torch.cat([resize_to(feature, size) for feature in mids], dim=1)
-        out = self.downstream(out + self.middle(mid))
-        out = F.relu(self.head_norm(out)).mean(dim=(2, 3))
+        if self.inputs == "rob-logits":
+            out = self.confidence(sorted_log_probs(rob_features[0]))
+        else:
+            ups = [pair[0] for pair in (std_features, rob_features) if pair]
+            mids = [pair[1] for pair in (std_features, rob_features) if pair]
+            up_size = tuple(min(sizes) for sizes in zip(*(up.shape[-2:] for up in ups)))
+            out = self.upstream(torch.cat([resize_to(up, up_size) for up in ups], dim=1))
+            size = tuple(out.shape[-2:])
+            mid = torch.cat([resize_to(feature, size) for feature in mids], dim=1)
+            out = self.downstream(out + self.middle(mid))
+            out = F.relu(self.head_norm(out)).mean(dim=(2, 3))
         z = self.linear(out)
         if self.training and self.clamp_std > 0 and len(z) > 1:
             mean, std = _batch_mean_std(z.detach())
@@ -550,6 +568,14 @@ class MixingNetwork(nn.Module):
         std_logits, rob_logits, std_features, rob_features = self.features(x, std, rob)
         logit = self.alpha_logit(self(std_features, rob_features))
         return MixParts(std_logits, rob_logits, self.alpha_from_logit(logit), logit)
+
+
+def sorted_log_probs(logits: torch.Tensor, k: int = CONFIDENCE_TOP_K) -> torch.Tensor:
+    """The ``k`` largest log-probabilities of ``logits`` in decreasing order, clamped at ``LOG_PROB_FLOOR`` and
+    padded with it where there are fewer than ``k`` classes: a bounded, label-free summary of confidence."""
+    log_probs = F.log_softmax(logits.float(), dim=1).clamp(min=LOG_PROB_FLOOR)
+    top = log_probs.topk(min(k, log_probs.shape[1]), dim=1).values
+    return F.pad(top, (0, k - top.shape[1]), value=LOG_PROB_FLOOR)
 
 
 def _batch_mean_std(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

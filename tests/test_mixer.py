@@ -520,3 +520,38 @@ def test_a_mixer_that_reads_h_alone_ignores_g_and_round_trips(tmp_path):
         assert torch.equal(loaded.run(x, std, rob).alpha, alpha)
     with pytest.raises(AsmixError, match="mixer inputs must be one of both, rob"):
         MixingNetwork.build(std, rob, x, inputs="std")
+
+
+def test_sorted_log_probs_are_bounded_decreasing_and_padded():
+    from asmix.mixer import LOG_PROB_FLOOR, sorted_log_probs
+
+    logits = torch.tensor([[0.0, 2.0, 1.0], [1e4, 0.0, -1e4]], requires_grad=True)
+    top = sorted_log_probs(logits, k=4)
+    expected = torch.log_softmax(torch.tensor([2.0, 1.0, 0.0]), 0)
+    assert torch.allclose(top[0, :3], expected) and top[0, 3] == LOG_PROB_FLOOR
+    assert top[1].tolist() == [0.0, LOG_PROB_FLOOR, LOG_PROB_FLOOR, LOG_PROB_FLOOR]
+    top.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_a_confidence_mixer_reads_only_h_logits(tmp_path):
+    std, rob = _demo_pair()
+    x = torch.rand(6, 1, 28, 28)
+    mixer = MixingNetwork.build(std, rob, x, inputs="rob-logits").eval()
+    assert mixer.architecture()["rob_layers"] == [] and mixer.architecture()["std_layers"] == []
+
+    class Shifted(nn.Module):  # same log-probabilities as rob: logits shifted by a constant per example
+        def forward(self, inputs):
+            return rob(inputs) + 3.0
+
+    other_std = copy.deepcopy(std)
+    with torch.no_grad():
+        for parameter in other_std.parameters():
+            parameter.add_(torch.randn_like(parameter))
+        alpha = mixer.run(x, std, rob).alpha
+        assert torch.allclose(alpha, mixer.run(x, other_std, Shifted()).alpha, atol=1e-6)
+        assert alpha.std() > 0  # it varies with h's confidence
+    save_mixer(mixer, tmp_path / "m", config={})
+    loaded, _ = load_mixer(tmp_path / "m")
+    with torch.no_grad():
+        assert loaded.inputs == "rob-logits" and torch.equal(loaded.run(x, std, rob).alpha, alpha)

@@ -180,8 +180,9 @@ def train_mixer_command(
         str,
         _option(
             "--mixer-inputs",
-            "Whose features the mixer reads: both (the paper) or rob (h's alone, which an attack moves little).",
-            metavar="both|rob",
+            "What the mixer reads: both models' features (the paper), rob (h's features alone, which an attack "
+            "moves little) or rob-logits (h's sorted log-probabilities, its confidence).",
+            metavar="both|rob|rob-logits",
         ),
     ] = "both",
     std_layers: Annotated[

@@ -56,7 +56,7 @@ class TrainConfig:
     stages: int = 2
     clamp_std: float = 0.6
     bn_momentum: float = 0.01
-    mixer_inputs: Literal["both", "rob"] = "both"
+    mixer_inputs: Literal["both", "rob", "rob-logits"] = "both"
     std_layers: tuple[str, str] | None = None
     rob_layers: tuple[str, str] | None = None
     std_scale: float = 1.0
