@@ -29,19 +29,64 @@ from asmix.nuts import DEFAULT_LN_K, NutsMap, layer_norm
 
 FORMAT = "asmix-calibration"
 VERSION = 1
-FAMILIES = ("linear", "nuts")
+FAMILIES = ("linear", "nuts", "mixer")
+
+
+@dataclass(frozen=True)
+class MixerHead:
+    """A trained mixing network's evaluation head chosen by calibrate, and which network: its folder and the
+    sha256 of its weights (``asmix.identity.weights_digest``), so a command refuses another mixer."""
+
+    folder: str
+    weights: str
+    alpha_range: tuple[float, float]
+    alpha_bias: float
+
+    def __post_init__(self) -> None:
+        low, high = self.alpha_range
+        if not 0.0 <= check_alpha(low) <= check_alpha(high) <= 1.0:
+            raise AsmixError(f"mixer alpha range must satisfy alpha_min <= alpha_max, got {self.alpha_range}")
+        if isinstance(self.alpha_bias, bool) or not isinstance(self.alpha_bias, (int, float)):
+            raise AsmixError(f"mixer alpha bias must be a number, got {self.alpha_bias!r}")
+        if not math.isfinite(self.alpha_bias):
+            raise AsmixError(f"mixer alpha bias must be finite, got {self.alpha_bias}")
+
+    def to_dict(self) -> dict:
+        return {
+            "folder": self.folder,
+            "weights": self.weights,
+            "alpha_range": list(self.alpha_range),
+            "alpha_bias": self.alpha_bias,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> "MixerHead":
+        if not isinstance(data, dict):
+            raise AsmixError(f"mixer entry must be an object, got {data!r}")
+        missing = sorted({"folder", "weights", "alpha_range", "alpha_bias"} - set(data))
+        if missing:
+            raise AsmixError(f"mixer entry lacks {', '.join(missing)}")
+        rng = data["alpha_range"]
+        if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)):
+            raise AsmixError(f"mixer alpha_range must be [alpha_min, alpha_max], got {rng!r}")
+        return cls(str(data["folder"]), str(data["weights"]), (float(rng[0]), float(rng[1])), data["alpha_bias"])
 
 
 @dataclass(frozen=True)
 class MixChoice:
-    """One mix a command can build: alpha, g's temperature (0 = hard-max, App. A.2) and h's map."""
+    """One mix a command can build: alpha, g's temperature (0 = hard-max, App. A.2) and h's map; or, with
+    ``mixer``, a trained mixing network's head, where ``alpha`` is its alpha_min (the smallest alpha it gives,
+    which Lemma 3.2 counts and Thm 3.5 / A.2 certify with)."""
 
     alpha: float
     std_temperature: float = 1.0
     rob_map: NutsMap | None = None
+    mixer: MixerHead | None = None
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
+        if self.mixer is not None and self.alpha != self.mixer.alpha_range[0]:
+            raise AsmixError(f"a mixer's alpha is its alpha_min {self.mixer.alpha_range[0]}, got {self.alpha}")
         if not (
             isinstance(self.std_temperature, (int, float))
             and math.isfinite(self.std_temperature)
@@ -54,6 +99,7 @@ class MixChoice:
             "alpha": self.alpha,
             "std_temperature": self.std_temperature,
             "rob_map": None if self.rob_map is None else self.rob_map.to_dict(),
+            **({} if self.mixer is None else {"mixer": self.mixer.to_dict()}),
         }
 
 
@@ -256,9 +302,14 @@ def load_calibration(path: str | Path) -> Calibration:
             alpha = entry["alpha"]
             if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
                 raise AsmixError(f"family {name!r}: alpha must be a number, got {alpha!r}")
-            rob_map = entry.get("rob_map")
+            rob_map, mixer = entry.get("rob_map"), entry.get("mixer")
+            if (name == "mixer") != (mixer is not None):
+                raise AsmixError(f'family {name!r}: a "mixer" entry belongs to the mixer family only, and it needs one')
             families[name] = MixChoice(
-                float(alpha), entry.get("std_temperature", 1.0), None if rob_map is None else NutsMap.from_dict(rob_map)
+                float(alpha),
+                entry.get("std_temperature", 1.0),
+                None if rob_map is None else NutsMap.from_dict(rob_map),
+                None if mixer is None else MixerHead.from_dict(mixer),
             )
         target = data.get("config", {}).get("target_clean_acc") if isinstance(data.get("config"), dict) else None
         return Calibration({k: str(v) for k, v in models.items()}, families, target, f"calibration {path}")

@@ -4,6 +4,7 @@ round trip through every command that reads one, and one-line errors for bad fil
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,7 +310,7 @@ GOOD = {
             "nuts scale must be > 0",
         ),
         (GOOD | {"families": {"nuts": {"alpha": 0.9, "rob_map": {"scale": 1}}}}, "nuts map lacks clamp_bias, power"),
-        (GOOD | {"families": {"mixer": {"alpha": 0.9}}}, "unknown family 'mixer'"),
+        (GOOD | {"families": {"cubic": {"alpha": 0.9}}}, "unknown family 'cubic'"),
         (GOOD | {"models": {"std": "demo-std", "rob": "other"}}, "made for --std demo-std --rob other"),
         (GOOD | {"families": {"linear": {"alpha": 0.7}}}, "has no 'nuts' family"),
     ],
@@ -355,3 +356,267 @@ def test_calibrate_checks_output_before_work(monkeypatch, capsys, tmp_path):
 def test_calibration_validation_errors():
     with pytest.raises(AsmixError, match="power range"):
         CalibrateConfig(power_range=(0.5, 2.0))
+
+
+# ---- the mixer family --------------------------------------------------------------------------------
+
+
+def _tiny_pair_and_mixer(seed=1):
+    from asmix.mixer import MixingNetwork
+    from asmix.models.demo import DemoCNN
+
+    torch.manual_seed(seed)
+    std, rob = DemoCNN(width=2).eval(), DemoCNN(width=4).eval()
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    mixer = MixingNetwork.build(std, rob, x, width=8, blocks=1, stages=0).eval()
+    return std, rob, mixer, x
+
+
+def test_mixer_choice_matches_a_brute_force_over_the_same_grid():
+    from asmix.experiments.calibrate import MixerInput, choose_mixer
+    from asmix.experiments.train.selection import attack_pools, cache_pool, head_grid, score_heads
+    from asmix.identity import weights_digest
+    from asmix.mixing import MixedClassifier
+
+    std, rob, mixer, x = _tiny_pair_and_mixer()
+    with torch.no_grad():
+        y = rob(x).argmax(1)  # h right on its own predictions, g on four more where they differ
+        y[:4] = std(x[:4]).argmax(1)
+    config = CalibrateConfig(target_clean_acc=0.6, eps=0.05, range_min_alpha=0.8, range_max_width=0.1, batch_size=8)
+    family, frontier, timing = choose_mixer(
+        std, rob, x, y, MixerInput(mixer, "/somewhere/mixer"), config, device=torch.device("cpu")
+    )
+    head = family.choice.mixer
+    assert head.weights == weights_digest(mixer) and head.folder == "/somewhere/mixer"
+    assert family.choice.alpha == head.alpha_range[0] >= 0.8
+    assert (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias) == (0.0, 1.0, 0.0)  # the head is restored
+    assert set(timing) == {"attack_mixer", "forward_mixer", "search_mixer"}
+
+    # brute force: the same attacked pools, every head of the grid run end to end through the mixed model
+    mixed = MixedClassifier(std, rob, mixer).eval()
+    pools = attack_pools(mixed, x, y, eps=0.05, min_alpha=0.8, max_width=0.1, batch_size=8)
+    results = {}
+    with torch.no_grad():
+        for low, high, bias in head_grid(0.8, 0.1):
+            mixer.set_alpha_range(low, high)
+            mixer.set_alpha_bias(bias)
+            right = [mixed(points).argmax(1) == y for points in pools]
+            results[(low, high, bias)] = (
+                right[0].float().mean().item(),
+                torch.stack(right).all(0).float().mean().item(),
+            )
+    mixer.set_alpha_range(0.0, 1.0)
+    mixer.set_alpha_bias(0.0)
+    assert len(set(results.values())) > 3  # the heads differ on this set
+    # every head's numbers from the cache equal the model's own, and the choice is the brute-force best
+    caches = [cache_pool(mixed, points, 8, torch.device("cpu")) for points in pools]
+    for candidate in score_heads(mixed, caches, y, head_grid(0.8, 0.1)):
+        key = (candidate.alpha_min, candidate.alpha_max, candidate.alpha_bias)
+        assert (candidate.clean_acc, candidate.estimated_attacked_acc) == pytest.approx(results[key])
+    best = max(robust for clean, robust in results.values() if clean >= 0.6)
+    assert family.meets_target and family.clean >= 0.6
+    assert results[(*head.alpha_range, head.alpha_bias)] == pytest.approx((family.clean, family.robust_estimate))
+    assert family.robust_estimate == pytest.approx(best)
+    # the frontier: no candidate beats a frontier point on both numbers
+    for clean, robust in zip(frontier["clean"], frontier["robust_estimate"]):
+        assert not any(c > clean + 1e-12 and r > robust + 1e-12 for c, r in results.values())
+
+
+@pytest.fixture(scope="module")
+def demo_mixer_dir(tmp_path_factory):
+    """A (random) mixing network for the demo pair, saved as trained with demo-std and demo-rob."""
+    from asmix.mixer import MixingNetwork, save_mixer
+    from asmix.models import load_model
+
+    std, rob = load_model("demo-std"), load_model("demo-rob")
+    torch.manual_seed(0)
+    mixer = MixingNetwork.build(std, rob, torch.rand(2, 1, 28, 28), width=8, blocks=1, stages=0)
+    return save_mixer(
+        mixer,
+        tmp_path_factory.mktemp("mixer") / "mixer",
+        config={"models": {"std": "demo-std", "rob": "demo-rob"}},
+        std=std,
+        rob=rob,
+    )
+
+
+@pytest.fixture(scope="module")
+def mixer_calibration(tmp_path_factory, demo_mixer_dir):
+    out = tmp_path_factory.mktemp("calmix")
+    argv = sys.argv
+    sys.argv = [
+        "asmix",
+        "calibrate",
+        "--n-examples",
+        "8",
+        "--aa-steps",
+        "2",
+        "--target-classes",
+        "0",
+        "--grid-size",
+        "2",
+        "--no-refine",
+        "--target-clean-acc",
+        "90",
+        "--range-min-alpha",
+        "0.7",
+        "--range-max-width",
+        "0.1",
+        "--mixer",
+        str(demo_mixer_dir),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code in (0, None)
+    return out / "calibration.json"
+
+
+def test_calibrate_with_a_mixer_writes_the_mixer_family(mixer_calibration, demo_mixer_dir):
+    from asmix.identity import weights_digest
+    from asmix.mixer import load_mixer
+
+    data = json.loads(mixer_calibration.read_text())
+    assert set(data["families"]) == {"linear", "nuts", "mixer"}
+    entry = data["families"]["mixer"]
+    low, high = entry["mixer"]["alpha_range"]
+    assert 0.7 <= low <= high <= min(1.0, low + 0.1 + 1e-9) and entry["alpha"] == low
+    assert entry["mixer"]["folder"] == str(demo_mixer_dir.resolve())
+    assert entry["mixer"]["weights"] == weights_digest(load_mixer(demo_mixer_dir)[0])
+    assert set(data["curves"]) == {"linear", "nuts", "mixer"} and data["curves"]["mixer"]["clean"]
+    assert {"attack_mixer", "forward_mixer", "search_mixer"} <= set(data["timing"])
+    assert (mixer_calibration.parent / "calibration_tradeoff.png").stat().st_size > 1000
+    choice = load_calibration(mixer_calibration).choice("mixer")
+    assert choice.mixer.alpha_range == (low, high) and choice.mixer.alpha_bias == entry["mixer"]["alpha_bias"]
+
+
+@pytest.mark.parametrize(
+    "command, extra",
+    [
+        ("sweep-alpha", ["--alphas", "0.5", "--attacks", "rob", "--steps", "1"]),
+        ("evaluate", ["--attack", "clean,pgd", "--steps", "1"]),
+        ("margins", ["--attacks", "pgd", "--steps", "1", "--classifiers", "rob,mix"]),
+        ("certify", ["--n-samples", "8"]),
+    ],
+)
+def test_mixer_family_round_trip_through_every_command(
+    monkeypatch, capsys, tmp_path, mixer_calibration, command, extra
+):
+    entry = json.loads(mixer_calibration.read_text())["families"]["mixer"]
+    low, high = entry["mixer"]["alpha_range"]
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        command,
+        "--n-examples",
+        "4",
+        "--device",
+        "cpu",
+        "--calibration",
+        str(mixer_calibration),
+        "--family",
+        "mixer",
+        *extra,
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    assert code in (0, None), err
+    result = json.loads((tmp_path / "r.json").read_text())
+    config = result["config"]
+    if command == "sweep-alpha":
+        assert {low, high, 0.5} <= set(config["alphas"]) and "range ends" in err
+    elif command == "certify":
+        assert config["alpha"] == low and "alpha_min" in err
+    elif command == "evaluate":
+        assert config["models"]["mixer"] == entry["mixer"]["folder"] and config["adaptive"]
+        assert low - 1e-6 <= result["rows"]["mixed"]["clean"]["mean_alpha"] <= high + 1e-6  # the chosen head
+    else:
+        assert config["alpha"] == low and config["models"]["mixer"] == entry["mixer"]["folder"]
+
+
+def _edited(path, out, **mixer_entry):
+    data = json.loads(path.read_text())
+    data["families"]["mixer"]["mixer"] |= mixer_entry
+    return _write(out, data)
+
+
+@pytest.mark.parametrize("command", ["sweep-alpha", "evaluate", "margins", "certify"])
+def test_mixer_family_bad_mixer_is_one_line(monkeypatch, capsys, tmp_path, mixer_calibration, command):
+    from asmix.mixer import MIXER_CONFIG, MIXER_WEIGHTS
+
+    folder = Path(json.loads(mixer_calibration.read_text())["families"]["mixer"]["mixer"]["folder"])
+    foreign = tmp_path / "foreign"  # the same network, saved as trained for another h
+    foreign.mkdir()
+    (foreign / MIXER_WEIGHTS).write_bytes((folder / MIXER_WEIGHTS).read_bytes())
+    mixer_json = json.loads((folder / MIXER_CONFIG).read_text())
+    mixer_json["models"] = {"std": "demo-std", "rob": "demo-std"}
+    (foreign / MIXER_CONFIG).write_text(json.dumps(mixer_json))
+    for path, message in (
+        (_edited(mixer_calibration, tmp_path / "a.json", folder=str(tmp_path / "gone")), "mixer directory not found"),
+        (
+            _edited(mixer_calibration, tmp_path / "b.json", weights="0" * 64),
+            "has other weights than the one calibrated",
+        ),
+        (
+            _edited(mixer_calibration, tmp_path / "c.json", folder=str(foreign)),
+            "trained with --rob demo-std, not demo-rob",
+        ),
+    ):
+        code, out, err = run_cli(
+            monkeypatch,
+            capsys,
+            command,
+            "--n-examples",
+            "4",
+            "--device",
+            "cpu",
+            "--calibration",
+            str(path),
+            "--family",
+            "mixer",
+        )
+        assert code == 2, (path, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+        assert message in err and str(path) in err
+
+
+def test_calibrate_rejects_a_bad_mixer_before_work(monkeypatch, capsys, tmp_path, demo_mixer_dir):
+    code, _, err = run_cli(
+        monkeypatch, capsys, "calibrate", "--mixer", str(tmp_path / "none"), "--out", str(tmp_path / "o")
+    )
+    assert code == 2 and "mixer directory not found" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "calibrate",
+        "--rob",
+        "demo-std",
+        "--mixer",
+        str(demo_mixer_dir),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 2 and "was trained with --rob demo-rob, not demo-std" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_mixer_family_entries_are_checked(tmp_path):
+    from asmix.calibration import FORMAT, VERSION
+
+    mixer = {"folder": "/m", "weights": "ab", "alpha_range": [0.8, 0.9], "alpha_bias": 1.0}
+    for family, message in (
+        ({"linear": {"alpha": 0.8, "mixer": mixer}}, 'a "mixer" entry belongs to the mixer family only'),
+        ({"mixer": {"alpha": 0.8}}, 'a "mixer" entry belongs to the mixer family only'),
+        ({"mixer": {"alpha": 0.8, "mixer": mixer | {"alpha_range": [0.9, 0.8]}}}, "alpha_min <= alpha_max"),
+        ({"mixer": {"alpha": 0.8, "mixer": {"folder": "/m"}}}, "mixer entry lacks alpha_bias, alpha_range, weights"),
+        ({"mixer": {"alpha": 0.7, "mixer": mixer}}, "a mixer's alpha is its alpha_min 0.8"),
+    ):
+        path = _write(tmp_path / "cal.json", {"format": FORMAT, "version": VERSION, "models": {}, "families": family})
+        with pytest.raises(AsmixError, match=message):
+            load_calibration(path)

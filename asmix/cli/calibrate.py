@@ -1,9 +1,10 @@
-"""``asmix calibrate``: the fixed alpha and the MixedNUTS map for a target clean accuracy, from cached logits."""
+"""``asmix calibrate``: the fixed alpha, the MixedNUTS map and (``--mixer``) a trained mixer's head for a target
+clean accuracy, from cached logits."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -40,6 +41,7 @@ from asmix.cli.options import (
 
 DEFAULT_N_EXAMPLES = 500
 SEARCH = "Search"
+MIXER = "Mixer family"
 
 
 def _range(text: str, option: str) -> tuple[float, float]:
@@ -57,6 +59,7 @@ def _range(text: str, option: str) -> tuple[float, float]:
     epilog=examples(
         "asmix calibrate --target-clean-acc 99",
         "asmix calibrate --target-clean-acc 99 --verify 100 --out runs/calibration",
+        "asmix calibrate --target-clean-acc 98.5 --mixer runs/mixer --out runs/calibration",
         "asmix calibrate --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --target-clean-acc 95",
     ),
 )
@@ -111,10 +114,26 @@ def calibrate_command(
             help="g's hard-max in the MixedNUTS mix (as the authors' code).",
         ),
     ] = True,
+    mixer: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--mixer",
+            rich_help_panel=MIXER,
+            help="Also choose this trained mixer's range and bias (train-mixer folder or hf:ORG/NAME).",
+        ),
+    ] = None,
+    range_min_alpha: Annotated[
+        float, typer.Option("--range-min-alpha", rich_help_panel=MIXER, help="Smallest alpha_min considered.")
+    ] = 0.5,
+    range_max_width: Annotated[
+        float,
+        typer.Option("--range-max-width", rich_help_panel=MIXER, help="Widest alpha_max - alpha_min considered."),
+    ] = 0.2,
     verify: Annotated[
         int,
         typer.Option(
-            "--verify", help="Run standard AutoAttack on this many examples after the calibration ones (0: skip)."
+            "--verify",
+            help="Run AutoAttack (adaptive for the mixer) on this many examples after the calibration ones (0: skip).",
         ),
     ] = 0,
     square_queries: Annotated[
@@ -135,9 +154,10 @@ def calibrate_command(
     report: ReportOption = None,
     json_path: JsonOption = None,
 ) -> None:
-    """Choose the fixed alpha and MixedNUTS's (s, p, c, alpha) for --target-clean-acc from one pass of cached
-    logits (the first --n-examples); --verify N measures each choice with AutoAttack on the next N."""
-    from asmix.experiments.calibrate import CalibrateConfig, calibrate
+    """Choose the fixed alpha, MixedNUTS's (s, p, c, alpha) and, with --mixer, that mixer's range and bias for
+    --target-clean-acc from one pass of cached logits (the first --n-examples); --verify N measures each choice
+    with AutoAttack on the next N."""
+    from asmix.experiments.calibrate import CalibrateConfig, MixerInput, calibrate, mixer_folder_text, mixer_scales
     from asmix.experiments.inputs import load_pair
     from asmix.report.calibrate import calibrate_table, verify_table, write_calibration_outputs
     from asmix.runtime import resolve_device
@@ -158,14 +178,25 @@ def calibrate_command(
         clamp_bias_range=_range(clamp_bias_range, "--clamp-bias-range"),
         refine=refine,
         nuts_std_hardmax=nuts_std_hardmax,
+        range_min_alpha=range_min_alpha,
+        range_max_width=range_max_width,
         verify=verify,
         square_queries=square_queries,
         batch_size=batch_size,
         seed=seed,
     )
+    mixer_input = None
+    if mixer is not None:
+        from asmix.mixer import check_base_weights, load_mixer
+        from asmix.models import canonical_spec
+
+        mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob, canonical=canonical_spec)
     device_ = resolve_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
+    if mixer is not None:
+        check_base_weights(mixer_config, pair.std, pair.rob, mixer)
+        mixer_input = MixerInput(mixer_net, mixer_folder_text(mixer), *mixer_scales(mixer_config))
     x, y = pair.x[:n_calibration], pair.y[:n_calibration]
     x_verify, y_verify = pair.x[n_calibration:], pair.y[n_calibration:]
     with progress_callback() as progress:
@@ -177,6 +208,7 @@ def calibrate_command(
             config,
             x_verify=x_verify,
             y_verify=y_verify,
+            mixer=mixer_input,
             device=device_,
             progress=progress,
             models=pair.names,

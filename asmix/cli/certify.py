@@ -11,6 +11,7 @@ from asmix.checks import canonical_norm
 from asmix.cli.app import app, examples
 from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (
+    MIX_PANEL,
     BatchSizeOption,
     CalibrationOption,
     DataDirOption,
@@ -26,7 +27,9 @@ from asmix.cli.options import (
     StdOption,
     StdWeightsOption,
     TrustCodeOption,
+    calibrated_mixer,
     check_outputs,
+    console,
     n_examples_option,
     number_parser,
     pair_source,
@@ -139,6 +142,14 @@ def certify_command(
         int, typer.Option("--skip", help="Certify every K-th of the examples (Cohen et al.'s --skip).")
     ] = 1,
     calibration: CalibrationOption = None,
+    family: Annotated[
+        str,
+        typer.Option(
+            "--family",
+            rich_help_panel=MIX_PANEL,
+            help="Which choice of --calibration: linear (the fixed alpha) or mixer (certified at its alpha_min).",
+        ),
+    ] = "linear",
     out: OutOption = None,
     report: ReportOption = None,
     json_path: JsonOption = None,
@@ -151,8 +162,11 @@ def certify_command(
 
     check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(ctx, default_n_examples=DEFAULT_N_EXAMPLES)
+    head, mixer_config = None, {}
     if calibration is not None:
-        alpha, std_hardmax = _calibrated(calibration, alpha, match_clean_acc, std_hardmax, std=std, rob=rob)
+        alpha, std_hardmax, head, mixer_config = _calibrated(
+            calibration, family, alpha, match_clean_acc, std_hardmax, std=std, rob=rob
+        )
     config = CertifyConfig(
         sigma=sigma,
         n_samples=n_samples,
@@ -171,6 +185,16 @@ def certify_command(
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
+    if head is not None:
+        from asmix.mixer import check_base_weights
+
+        check_base_weights(mixer_config, pair.std, pair.rob, head.folder)
+        console.print(
+            f"note: the mixer's alpha stays in [{head.alpha_range[0]:g}, {head.alpha_range[1]:g}]: "
+            "Thm 3.5 and A.2 at alpha_min hold for every larger alpha, so for the mixer's",
+            highlight=False,
+            soft_wrap=True,
+        )
     result = run_with_progress(
         lambda progress: certify(
             pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names, out=out
@@ -182,15 +206,20 @@ def certify_command(
     write_report(report, write_results(result, json_path, out, write_certify_outputs))
 
 
-def _calibrated(path: Path, alpha, match_clean_acc: bool, std_hardmax: bool, *, std: str, rob: str):
-    """Alpha and g's hard-max from a calibration's fixed-alpha family: Thm 3.5 and A.2 certify eq. 3.4
-    with h's own probabilities, so the MixedNUTS map (which changes h's Lipschitz constant) is not used."""
+def _calibrated(path: Path, family: str, alpha, match_clean_acc: bool, std_hardmax: bool, *, std: str, rob: str):
+    """Alpha and g's hard-max from a calibration's fixed-alpha or mixer family (and, for the mixer, its head and
+    mixer.json after the identity checks): Thm 3.5 and A.2 certify eq. 3.4 with h's own probabilities, so the
+    MixedNUTS map (which changes h's Lipschitz constant) is not used; a mixer is certified at its alpha_min,
+    since the certified radius grows with alpha."""
     from asmix.calibration import load_calibration
     from asmix.errors import AsmixError
 
     if alpha is not None or match_clean_acc:
         raise AsmixError("give either --calibration or --alpha/--match-clean-acc, not both")
+    if family not in ("linear", "mixer"):
+        raise AsmixError(f"certify reads the linear or mixer family of --calibration, not {family!r}")
     loaded = load_calibration(path)
     loaded.check_models(std, rob)
-    choice = loaded.choice("linear")
-    return choice.alpha, std_hardmax or choice.std_temperature == 0
+    choice = loaded.choice(family)
+    _, mixer_config = calibrated_mixer(choice, path, std=std, rob=rob)
+    return choice.alpha, std_hardmax or choice.std_temperature == 0, choice.mixer, mixer_config

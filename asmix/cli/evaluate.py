@@ -31,6 +31,7 @@ from asmix.cli.options import (
     StepSizeOption,
     StepsOption,
     TrustCodeOption,
+    calibrated_mixer,
     check_outputs,
     console,
     mix_choice,
@@ -164,7 +165,7 @@ def evaluate_command(
         raise AsmixError("give either --calibration or --mixer, not both")
     choice = mix_choice(rob_map, calibration, family, std=std, rob=rob, alpha=alpha)
     if choice is not None:
-        alpha = choice.alpha if mixer is None else None
+        alpha = choice.alpha if mixer is None and choice.mixer is None else None
     default_n_examples = DEFAULT_N_EXAMPLES
     if robustbench is not None:
         from asmix.data import standard_eps
@@ -190,8 +191,10 @@ def evaluate_command(
     if out is not None:
         check_out_path(out)
     source = pair_source(ctx, default_n_examples=default_n_examples)
-    mixer_net, mixer_config = None, {}
-    if mixer is not None:
+    mixer_net, mixer_config = calibrated_mixer(choice, calibration, std=std, rob=rob)
+    if mixer_net is not None:
+        mixer = choice.mixer.folder
+    elif mixer is not None:
         from asmix.mixer import load_mixer
         from asmix.models import canonical_spec
 

@@ -31,6 +31,7 @@ from asmix.cli.options import (
     StdWeightsOption,
     StepSizeOption,
     TrustCodeOption,
+    calibrated_mixer,
     check_outputs,
     mix_choice,
     n_examples_option,
@@ -119,7 +120,13 @@ def margins_command(
     check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(ctx, default_n_examples=DEFAULT_N_EXAMPLES)
     choice = mix_choice(rob_map, calibration, family, std=std, rob=rob, alpha=alpha)
+    mixer_net, mixer_config = calibrated_mixer(choice, calibration, std=std, rob=rob)
     alpha = choice.alpha if choice is not None else (0.6 if alpha is None else alpha)
+    scales = {}
+    if mixer_net is not None:
+        from asmix.experiments.calibrate import mixer_scales
+
+        scales = dict(zip(("std_scale", "rob_scale"), mixer_scales(mixer_config)))
     config = MarginsConfig(
         attacks=_split(attacks),
         classifiers=_split(classifiers),
@@ -137,13 +144,29 @@ def margins_command(
         mix_space=mix_space,
         std_temperature=choice.std_temperature if choice else 1.0,
         rob_map=choice.rob_map if choice else None,
+        **scales,
     )
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
+    names = pair.names
+    if mixer_net is not None:
+        from asmix.mixer import check_base_weights
+
+        check_base_weights(mixer_config, pair.std, pair.rob, choice.mixer.folder)
+        names = names | {"mixer": choice.mixer.folder}
     result = run_with_progress(
         lambda progress: margins(
-            pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names, out=out
+            pair.std,
+            pair.rob,
+            pair.x,
+            pair.y,
+            config,
+            device=device_,
+            progress=progress,
+            models=names,
+            out=out,
+            mixer=mixer_net,
         )
     )
     if not is_main_process():

@@ -168,7 +168,9 @@ CalibrationOption = Annotated[
 FamilyOption = Annotated[
     str,
     typer.Option(
-        "--family", rich_help_panel=MIX_PANEL, help="Which choice of --calibration: nuts or linear (the fixed alpha)."
+        "--family",
+        rich_help_panel=MIX_PANEL,
+        help="Which choice of --calibration: nuts, linear (the fixed alpha) or mixer (its trained mixer's head).",
     ),
 ]
 
@@ -193,6 +195,16 @@ def mix_choice(
     loaded = load_calibration(calibration)
     loaded.check_models(std, rob)
     return loaded.choice(family)
+
+
+def calibrated_mixer(choice, calibration: Path | None, *, std: str, rob: str):
+    """The mixing network (head set) and mixer.json of a calibration's mixer family, or (None, {}) for the
+    other families; a missing folder, another mixer or one trained for other models is one line."""
+    if choice is None or choice.mixer is None:
+        return None, {}
+    from asmix.experiments.calibrate import load_calibrated_mixer
+
+    return load_calibrated_mixer(choice, std=std, rob=rob, source=f"calibration {calibration}")
 
 
 def n_examples_option(default: int):

@@ -33,7 +33,9 @@ from asmix.cli.options import (
     StepSizeOption,
     StepsOption,
     TrustCodeOption,
+    calibrated_mixer,
     check_outputs,
+    console,
     mix_choice,
     pair_source,
     print_notes,
@@ -96,9 +98,11 @@ def sweep_alpha_command(
     check_outputs(json_path=json_path, out_dir=out, report=report)
     source = pair_source(ctx)
     choice = mix_choice(rob_map, calibration, family, std=std, rob=rob)
+    mixer_net, mixer_config = calibrated_mixer(choice, calibration, std=std, rob=rob)
     alpha_grid = parse_alphas(alphas)
     if calibration is not None:
-        alpha_grid = tuple(sorted(set(alpha_grid) | {choice.alpha}))
+        chosen = {choice.alpha} if mixer_net is None else set(choice.mixer.alpha_range)
+        alpha_grid = tuple(sorted(set(alpha_grid) | chosen))
     config = SweepConfig(
         alphas=alpha_grid,
         attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
@@ -117,6 +121,17 @@ def sweep_alpha_command(
     device_ = start_device(device)
     pair = load_pair(source)
     print_notes(pair.notes)
+    if mixer_net is not None:
+        from asmix.mixer import check_base_weights
+
+        check_base_weights(mixer_config, pair.std, pair.rob, choice.mixer.folder)
+        low, high = choice.mixer.alpha_range
+        console.print(
+            f"note: sweep-alpha sweeps fixed alphas: the grid gains the mixer's range ends {low:g} and {high:g}, "
+            "between which its alpha stays; asmix evaluate --calibration FILE --family mixer attacks the mixer",
+            highlight=False,
+            soft_wrap=True,
+        )
     result = run_with_progress(
         lambda progress: sweep_alpha(
             pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names, out=out

@@ -1,9 +1,11 @@
-"""``calibrate``: choose, for a target clean accuracy, the fixed alpha (eq. 3.4) and the MixedNUTS map
-and alpha (arXiv 2402.02263) from one pass of cached logits, then optionally verify with AutoAttack.
+"""``calibrate``: choose, for a target clean accuracy, the fixed alpha (eq. 3.4), the MixedNUTS map
+and alpha (arXiv 2402.02263) and, given a trained mixing network, its evaluation head, from one pass of
+cached logits, then optionally verify with AutoAttack.
 
 Phases: ``cache_logits`` (g and h clean, h on its own min-margin APGD inputs, App. D.2) →
 ``choose_linear`` and ``choose_nuts`` (grid as the MixedNUTS code, then Nelder-Mead on the same
-objective) → ``verify`` (standard AutoAttack on examples the choice did not see).
+objective) → ``choose_mixer`` (train-mixer's head choice: AutoAttack-lite through the mixer, then every head
+scored from cached logits) → ``verify`` (AutoAttack, adaptive for the mixer, on examples the choice did not see).
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from asmix.attacks.autoattack import standard_autoattack
+from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget, adaptive_autoattack
 from asmix.attacks.margin import min_margin_autoattack
 from asmix.calibration import (
     CachedLogits,
     FamilyChoice,
     MixChoice,
+    MixerHead,
     SearchCache,
     best_alpha,
     calibration_dict,
@@ -30,7 +34,9 @@ from asmix.calibration import (
 )
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
-from asmix.mixing import MixedClassifier, freeze
+from asmix.experiments.train.selection import attack_pools, cache_pool, head_grid, pick_head, score_heads
+from asmix.identity import weights_digest
+from asmix.mixing import MixedClassifier, check_alpha, freeze
 from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_slices, check_batch_size, predict_logits
 
@@ -53,6 +59,8 @@ class CalibrateConfig:
     clamp_bias_range: tuple[float, float] = (-1.1, 0.0)
     refine: bool = True
     nuts_std_hardmax: bool = True
+    range_min_alpha: float = 0.5
+    range_max_width: float = 0.2
     verify: int = 0
     square_queries: int = 5000
     batch_size: int = 250
@@ -72,6 +80,9 @@ class CalibrateConfig:
             raise AsmixError(f"power range must satisfy 1 <= low <= high, got {self.power_range}")
         if not self.clamp_bias_range[0] <= self.clamp_bias_range[1]:
             raise AsmixError(f"clamp bias range must satisfy low <= high, got {self.clamp_bias_range}")
+        check_alpha(self.range_min_alpha)
+        if not 0.0 <= check_finite(self.range_max_width, "range max width") <= 1.0:
+            raise AsmixError(f"range max width must be in [0, 1], got {self.range_max_width}")
 
     @property
     def nuts_std_temperature(self) -> float:
@@ -79,8 +90,55 @@ class CalibrateConfig:
 
 
 @dataclass(frozen=True)
+class MixerInput:
+    """A trained mixing network for the mixer family: the network, the folder it was read from, and the logit
+    scales of g and h it was trained with (its mixer.json ``training``), which its mix keeps."""
+
+    network: nn.Module
+    folder: str
+    std_scale: float = 1.0
+    rob_scale: float = 1.0
+
+
+def mixer_scales(mixer_config: dict) -> tuple[float, float]:
+    """g's and h's logit scales a saved mixer was trained with (1 and 1 where mixer.json has none)."""
+    training = mixer_config.get("training") if isinstance(mixer_config.get("training"), dict) else {}
+    return float(training.get("std_scale", 1.0)), float(training.get("rob_scale", 1.0))
+
+
+def mixer_folder_text(folder) -> str:
+    """How a calibration names a mixer folder: absolute, so other working folders find it (``hf:`` kept)."""
+    text = str(folder)
+    return text if text.startswith("hf:") else str(Path(text).resolve())
+
+
+def load_calibrated_mixer(choice: MixChoice, *, std: str, rob: str, source: str):
+    """The mixing network a calibration's mixer family names, with the chosen head set, and its mixer.json:
+    trained for ``std``/``rob`` and holding the weights (sha256) the calibration was made with, or one line."""
+    from asmix.mixer import load_mixer
+    from asmix.models import canonical_spec
+
+    head = choice.mixer
+    try:
+        mixer, mixer_config = load_mixer(head.folder, std=std, rob=rob, canonical=canonical_spec)
+    except AsmixError as error:
+        raise AsmixError(f"{source}: {error}") from error
+    digest = weights_digest(mixer)
+    if digest != head.weights:
+        raise AsmixError(
+            f"{source}: the mixer in {head.folder} has other weights than the one calibrated (sha256 "
+            f"{digest[:12]}..., calibrated {head.weights[:12]}...): calibrate it again"
+        )
+    mixer.set_alpha_range(*head.alpha_range)
+    mixer.set_alpha_bias(head.alpha_bias)
+    return mixer, mixer_config
+
+
+@dataclass(frozen=True)
 class Verification:
-    """One family's chosen mix measured with standard AutoAttack on ``n`` examples the choice did not see."""
+    """One family's chosen mix measured with AutoAttack on ``n`` examples the choice did not see: standard for
+    a fixed alpha, standard then the adaptive stages for a mixer (setting D). ``trail``: the accuracy after each
+    stage, in order; ``broken``: how many examples each stage broke that the ones before it left."""
 
     family: str
     n: int
@@ -89,15 +147,17 @@ class Verification:
     estimate_clean: float
     estimate_robust: float
     trail: dict[str, float]
+    broken: dict[str, int]
     seconds: float
 
 
 @dataclass(frozen=True)
 class CalibrateResult:
-    """The choices, their trade-off curves over alpha on the calibration examples, and the timing.
+    """The choices, their trade-off curves on the calibration examples, and the timing.
 
-    ``timing``: seconds of one forward pass of g and h over the calibration examples, of the
-    min-margin attack, and of each family's search (which runs no model)."""
+    ``timing``: seconds of one forward pass of g and h over the calibration examples, of the min-margin
+    attack, of each family's search (which runs no model) and, for the mixer, of its attack pool and of the
+    one forward pass of g, h and the mixer over the pool."""
 
     config: CalibrateConfig
     n_examples: int
@@ -291,6 +351,83 @@ def _refine(search: SearchCache, config: CalibrateConfig, best):
     return found["best"], found["count"]
 
 
+def choose_mixer(
+    std: nn.Module,
+    rob: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mixer: MixerInput,
+    config: CalibrateConfig,
+    *,
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> tuple[FamilyChoice, dict, dict[str, float]]:
+    """The mixer's evaluation head (range and bias) for the target, as train-mixer chooses it
+    (``asmix.experiments.train.selection``): AutoAttack-lite through the mixer and through the fixed alpha
+    ``range_min_alpha`` pools the attacked inputs, one forward pass of g, h and the mixer caches them, and every
+    head of the grid is scored from the cache. Its robust estimate is the share right on the clean input and
+    on every pooled input. Returns the choice, the frontier of the candidates, and the seconds of each phase."""
+    weights = weights_digest(mixer.network)
+    mixed = MixedClassifier(std, rob, mixer.network, std_scale=mixer.std_scale, rob_scale=mixer.rob_scale)
+    mixed = mixed.to(device).eval()
+    settings = dict(batch_size=config.batch_size, device=device)
+    start = time.perf_counter()
+    pools = attack_pools(
+        mixed,
+        x,
+        y,
+        eps=config.eps,
+        norm=config.norm,
+        min_alpha=config.range_min_alpha,
+        max_width=config.range_max_width,
+        seed=config.seed,
+        budget=LITE_BUDGET,
+        progress=progress,
+        **settings,
+    )
+    attack = time.perf_counter() - start
+    caches = [cache_pool(mixed, points, **settings) for points in pools]
+    forward = time.perf_counter() - start - attack
+    with one_thread():
+        heads = head_grid(config.range_min_alpha, config.range_max_width)
+        candidates = score_heads(mixed, caches, y, heads)
+        best, meets = pick_head(candidates, config.target_clean_acc)
+    search = time.perf_counter() - start - attack - forward
+    head = MixerHead(mixer.folder, weights, (best.alpha_min, best.alpha_max), best.alpha_bias)
+    details = {
+        "candidates": len(heads),
+        "estimate": "adaptive AutoAttack-lite through the mixer and the fixed alpha range_min_alpha (pooled)",
+        "inputs_cached": sum(len(points) for points in pools),
+    }
+    choice = FamilyChoice(
+        "mixer",
+        MixChoice(best.alpha_min, mixer=head),
+        best.clean_acc,
+        best.estimated_attacked_acc,
+        meets,
+        search,
+        details,
+    )
+    return choice, _frontier(candidates), {"attack_mixer": attack, "forward_mixer": forward, "search_mixer": search}
+
+
+def _frontier(candidates) -> dict[str, list[float]]:
+    """The candidates no other beats on both clean accuracy and the estimate, by clean accuracy."""
+    points, best = [], -1.0
+    for c in sorted(candidates, key=lambda c: (-c.clean_acc, -c.estimated_attacked_acc)):
+        if c.estimated_attacked_acc > best:
+            points.append(c)
+            best = c.estimated_attacked_acc
+    points.reverse()
+    return {
+        "alpha_min": [c.alpha_min for c in points],
+        "alpha_max": [c.alpha_max for c in points],
+        "alpha_bias": [c.alpha_bias for c in points],
+        "clean": [c.clean_acc for c in points],
+        "robust_estimate": [c.estimated_attacked_acc for c in points],
+    }
+
+
 def verify(
     std: nn.Module,
     rob: nn.Module,
@@ -299,44 +436,55 @@ def verify(
     families: dict[str, FamilyChoice],
     config: CalibrateConfig,
     *,
+    mixer: MixerInput | None = None,
     device: torch.device,
     progress: ProgressFn | None = None,
 ) -> tuple[Verification, ...]:
-    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square 5000 queries unless ``square_queries``) end to
-    end on each family's mix, on examples the choice did not see."""
+    """AutoAttack end to end on each family's mix, on examples the choice did not see: standard (APGD-CE,
+    APGD-T, FAB-T, Square 5000 queries unless ``square_queries``) for a fixed alpha, and for the mixer family
+    standard then the adaptive stages (setting D, ``adaptive_autoattack``), with ``mixer``'s network."""
     rows = []
+    budget = AttackBudget(square_queries=config.square_queries)
     for name, family in families.items():
         choice = family.choice
-        mixed = (
-            MixedClassifier(std, rob, choice.alpha, std_temperature=choice.std_temperature, rob_map=choice.rob_map)
-            .to(device)
-            .eval()
-        )
-        start, flags = time.perf_counter(), []
+        if choice.mixer is not None:
+            if mixer is None:
+                raise AsmixError("verifying the mixer family needs its mixing network")
+            mixer.network.set_alpha_range(*choice.mixer.alpha_range)
+            mixer.network.set_alpha_bias(choice.mixer.alpha_bias)
+            mixed = MixedClassifier(std, rob, mixer.network, std_scale=mixer.std_scale, rob_scale=mixer.rob_scale)
+        else:
+            mixed = MixedClassifier(
+                std, rob, choice.alpha, std_temperature=choice.std_temperature, rob_map=choice.rob_map
+            )
+        mixed = mixed.to(device).eval()
+        start, flags, stages = time.perf_counter(), [], ()
         for part in batch_slices(len(x), config.batch_size):
-            run = standard_autoattack(
+            run = adaptive_autoattack(
                 mixed,
                 x[part].to(device),
                 y[part].to(device),
                 eps=config.eps,
                 norm=config.norm,
                 seed=config.seed + part.start,
-                square_queries=config.square_queries,
+                budget=budget,
             )
             flags.append(run.robust)
+            stages = run.stages
             if progress:
                 progress(f"AutoAttack on {name}", part.stop, len(x))
-        robust = torch.cat(flags).float()
-        stages = ("clean", "apgd-ce", "apgd-t", "fab-t", "square")
+        robust = torch.cat(flags)
+        counts = robust.sum(0)
         rows.append(
             Verification(
                 name,
                 len(x),
-                robust[:, 0].mean().item(),
-                robust[:, -1].mean().item(),
+                robust[:, 0].float().mean().item(),
+                robust[:, -1].float().mean().item(),
                 family.clean,
                 family.robust_estimate,
-                {stage: robust[:, k].mean().item() for k, stage in enumerate(stages)},
+                {stage: robust[:, k].float().mean().item() for k, stage in enumerate(stages)},
+                {stage: int(counts[k - 1] - counts[k]) for k, stage in enumerate(stages) if k > 0},
                 time.perf_counter() - start,
             )
         )
@@ -352,12 +500,13 @@ def calibrate(
     *,
     x_verify: torch.Tensor | None = None,
     y_verify: torch.Tensor | None = None,
+    mixer: MixerInput | None = None,
     device: torch.device = torch.device("cpu"),
     progress: ProgressFn | None = None,
     models: dict[str, str] | None = None,
 ) -> CalibrateResult:
-    """Choose each family's mix for ``config.target_clean_acc`` on (x, y); with ``x_verify`` (examples
-    not in x), measure each choice with standard AutoAttack."""
+    """Choose each family's mix for ``config.target_clean_acc`` on (x, y) (the mixer family given ``mixer``);
+    with ``x_verify`` (examples not in x), measure each choice with AutoAttack."""
     if len(x) == 0:
         raise AsmixError("no calibration examples")
     std, rob = freeze(std).to(device), freeze(rob).to(device)
@@ -374,9 +523,15 @@ def calibrate(
         "rob_attacked": h_attacked,
     }
     families = {"linear": linear, "nuts": nuts}
+    curves = {"linear": linear_curve, "nuts": nuts_curve}
+    if mixer is not None:
+        families["mixer"], curves["mixer"], mixer_timing = choose_mixer(
+            std, rob, x, y, mixer, config, device=device, progress=progress
+        )
+        timing |= mixer_timing
     verification = ()
     if x_verify is not None and len(x_verify):
-        verification = verify(std, rob, x_verify, y_verify, families, config, device=device, progress=progress)
-    return CalibrateResult(
-        config, len(x), families, {"linear": linear_curve, "nuts": nuts_curve}, base, timing, verification, models or {}
-    )
+        verification = verify(
+            std, rob, x_verify, y_verify, families, config, mixer=mixer, device=device, progress=progress
+        )
+    return CalibrateResult(config, len(x), families, curves, base, timing, verification, models or {})

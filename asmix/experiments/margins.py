@@ -26,7 +26,7 @@ from asmix.certify import lemma32_threshold, lipschitz_radius_per_class, satisfi
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
-from asmix.mixing import MixedClassifier, check_alpha, check_mix_settings
+from asmix.mixing import AlphaSource, MixedClassifier, check_alpha, check_mix_settings
 from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
 
@@ -220,9 +220,12 @@ def margins(
     progress: ProgressFn | None = None,
     models: dict[str, str] | None = None,
     out: str | Path | None = None,
+    mixer: AlphaSource | None = None,
 ) -> MarginsResult:
     """Table 1 for g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs, Lemma 3.2's
-    empirical count for ``config.alpha`` and (``config.lipschitz``) eq. C.1 estimates for h.
+    empirical count for ``config.alpha`` and (``config.lipschitz``) eq. C.1 estimates for h. With ``mixer``
+    (a mixing network with its head set) h_alpha takes its alpha from it; ``config.alpha`` should then be its
+    alpha_min, the smallest alpha it gives (Lemma 3.2 holds for every larger alpha).
 
     One unit per batch; with ``out`` (the command's folder) each finished batch is saved in ``<out>/parts/``
     and reused by a rerun with the same settings; under torchrun the batches are shared out across ranks.
@@ -232,7 +235,7 @@ def margins(
     mixed = MixedClassifier(
         std,
         rob,
-        config.alpha,
+        config.alpha if mixer is None else mixer,
         mix_space=config.mix_space,
         std_scale=config.std_scale,
         rob_scale=config.rob_scale,
@@ -243,7 +246,11 @@ def margins(
     if out is not None:
         parts = Parts(
             Path(out) / "parts",
-            fingerprint(["margins", asdict(config), models or {}], modules=(mixed,), tensors=(x, y)),
+            fingerprint(
+                ["margins", asdict(config), models or {}] + ([] if mixer is None else [mixer.architecture()]),
+                modules=(mixed,),
+                tensors=(x, y),
+            ),
         )
     chosen = tuple(model for model in MODELS if model in config.classifiers)
     batches = list(batch_slices(len(x), config.batch_size))

@@ -15,6 +15,9 @@ PLOT_FILE = "calibration_tradeoff.png"
 
 def _map_text(family) -> str:
     choice = family.choice
+    if choice.mixer is not None:
+        low, high = choice.mixer.alpha_range
+        return f"mixer range ({low:.2f}, {high:.2f}) bias {choice.mixer.alpha_bias:g}"
     rob = (
         "h"
         if choice.rob_map is None
@@ -48,8 +51,13 @@ def calibrate_table(result) -> Table:
     timing = result.timing
     table.caption = (
         f"forward pass of g and h: {timing['forward_g_h']:.2f} s · min-margin attack on h: "
-        f"{timing['attack_h']:.1f} s · searches run no model"
+        f"{timing['attack_h']:.1f} s · searches run no model · robust est.: Lemma 3.2 on h's worst case"
     )
+    if "mixer" in result.families:
+        table.caption += (
+            f"; mixer: right on every AutoAttack-lite input through it (attack {timing['attack_mixer']:.0f} s, "
+            f"one forward of g, h and the mixer over them {timing['forward_mixer']:.2f} s)"
+        )
     return table
 
 
@@ -58,8 +66,11 @@ def verify_table(result) -> Table | None:
     if not result.verification:
         return None
     n = result.verification[0].n
-    table = Table(title=f"Verification · standard AutoAttack · {n} examples not used for the choice")
-    for column in ("family", "clean est.", "clean", "robust est.", "AutoAttack", "seconds"):
+    table = Table(
+        title=f"Verification · AutoAttack (adaptive for the mixer) · {n} examples not used for the choice",
+        caption="broken: examples each stage broke that the stages before it left",
+    )
+    for column in ("family", "clean est.", "clean", "robust est.", "AutoAttack", "broken", "seconds"):
         table.add_column(column, justify="right")
     for row in result.verification:
         table.add_row(
@@ -68,15 +79,28 @@ def verify_table(result) -> Table | None:
             percent(row.clean),
             percent(row.estimate_robust),
             percent(row.autoattack),
+            broken_text(row),
             f"{row.seconds:.0f}",
         )
     return table
 
 
+def broken_text(row) -> str:
+    """``apgd-ce 3, apgd-t 1, square 1 of 30 clean-right``: the stages that broke any example, with counts."""
+    clean = round(row.trail["clean"] * row.n)
+    parts = [f"{stage} {count}" for stage, count in row.broken.items() if count]
+    return f"{', '.join(parts) or 'none'} of {clean}"
+
+
 def plot_calibration(result, path: str | Path) -> Path:
-    """Clean accuracy vs robust estimate over alpha for each family, the choices marked."""
+    """Clean accuracy vs robust estimate for each family (over alpha; for the mixer, the frontier of its
+    candidate heads), the choices marked."""
     figure, axes = new_figure()
-    labels = {"linear": "fixed alpha (eq. 3.4)", "nuts": "MixedNUTS map"}
+    labels = {
+        "linear": "fixed alpha (eq. 3.4)",
+        "nuts": "MixedNUTS map",
+        "mixer": "trained mixer, heads (AutoAttack-lite estimate)",
+    }
     for name, curve in result.curves.items():
         (line,) = axes.plot(
             [100 * v for v in curve["clean"]],
@@ -94,7 +118,10 @@ def plot_calibration(result, path: str | Path) -> Path:
     low = min(min(c["clean"]) for c in result.curves.values())
     axes.set_xlim(100 * max(low, result.config.target_clean_acc - 0.05) - 0.5, None)
     axes.set_xlabel("clean accuracy (%), calibration examples")
-    axes.set_ylabel("robust estimate (%), Lemma 3.2 on h's worst case")
+    axes.set_ylabel(
+        "robust estimate (%): Lemma 3.2 on h's worst case"
+        + ("; mixer: AutoAttack-lite" if "mixer" in result.curves else "")
+    )
     axes.grid(alpha=0.3)
     axes.legend()
     axes.set_title("Trade-off of each family over alpha (stars: the choices)")

@@ -38,7 +38,19 @@ class HeadSelection:
 
 
 @dataclass(frozen=True)
-class _Cached:
+class HeadCandidate:
+    """One evaluation head scored from cached logits: its clean accuracy and the share of examples right on the
+    clean input and on every pooled attack (fractions)."""
+
+    alpha_min: float
+    alpha_max: float
+    alpha_bias: float
+    clean_acc: float
+    estimated_attacked_acc: float
+
+
+@dataclass(frozen=True)
+class PoolCache:
     """Base logits and the mixer's bias-free score at one set of inputs."""
 
     std_logits: torch.Tensor
@@ -47,13 +59,14 @@ class _Cached:
 
 
 @torch.no_grad()
-def _cache(mixed: MixedClassifier, x: torch.Tensor, batch_size: int, device: torch.device) -> _Cached:
+def cache_pool(mixed: MixedClassifier, x: torch.Tensor, batch_size: int, device: torch.device) -> PoolCache:
+    """One forward of g, h and the mixing network over ``x``: what every head candidate is scored from."""
     mixer = mixed.alpha_source
     parts = []
     for batch in batch_slices(len(x), batch_size):
         std_logits, rob_logits, std_features, rob_features = mixer.features(x[batch].to(device), mixed.std, mixed.rob)
         parts.append((std_logits, rob_logits, mixer(std_features, rob_features)))
-    return _Cached(*(torch.cat(column) for column in zip(*parts)))
+    return PoolCache(*(torch.cat(column) for column in zip(*parts)))
 
 
 def _pool(
@@ -88,6 +101,93 @@ def _pool(
     return torch.cat(points)
 
 
+def attack_pools(
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    min_alpha: float = 0.5,
+    max_width: float = 0.2,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    budget: AttackBudget = LITE_BUDGET,
+    progress: ProgressFn | None = None,
+) -> list[torch.Tensor]:
+    """``x`` and AutoAttack-lite's examples against two pivots: the mixer with the weakest head of the grid,
+    (min_alpha, min_alpha + max_width) and bias 0, and the fixed alpha ``min_alpha``. The mixer's head is
+    restored afterwards."""
+    mixer = mixed.alpha_source
+    if mixer is None:
+        raise AsmixError("choosing a head needs a mixing network")
+    mixed.eval()
+    previous = (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias)
+    settings = dict(
+        eps=eps, norm=norm, batch_size=batch_size, seed=seed, device=device, budget=budget, progress=progress
+    )
+    try:
+        mixer.set_alpha_range(min_alpha, min(1.0, min_alpha + max_width))
+        mixer.set_alpha_bias(0.0)
+        return [
+            x,
+            _pool(mixed, x, y, task="mixer", **settings),
+            _pool(mixed.with_alpha(min_alpha), x, y, task=f"fixed alpha {min_alpha:g}", **settings),
+        ]
+    finally:
+        mixer.set_alpha_range(previous[0], previous[1])
+        mixer.set_alpha_bias(previous[2])
+
+
+def head_grid(min_alpha: float, max_width: float) -> list[tuple[float, float, float]]:
+    """(alpha_min, alpha_max, bias) of every head the choice considers: alpha_min from ``min_alpha`` in steps of
+    0.01, widths ``WIDTHS`` up to ``max_width``, biases ``BIASES`` (bias 0 only at width 0, where it has no effect)."""
+    heads = []
+    lows = [round(min_alpha + 0.01 * i, 6) for i in range(int(round((1 - min_alpha) / 0.01)) + 1)]
+    for width in (w for w in WIDTHS if w <= max_width + 1e-9):
+        for bias in BIASES if width > 0 else (0.0,):
+            for low in lows:
+                high = round(low + width, 6)
+                if high > 1 + 1e-9:
+                    break
+                heads.append((low, high, bias))
+    return heads
+
+
+@torch.no_grad()
+def score_heads(
+    mixed: MixedClassifier, caches: list[PoolCache], y: torch.Tensor, heads: list[tuple[float, float, float]]
+) -> list[HeadCandidate]:
+    """Each head's clean accuracy on ``caches[0]`` and the share right there and on every other cache, from
+    the cached logits and mixer scores alone (no model runs)."""
+    y = y.to(caches[0].score.device)
+
+    def correct(cache: PoolCache, low: float, high: float, bias: float) -> torch.Tensor:
+        alpha = low + (high - low) * torch.sigmoid(cache.score + bias)
+        return mixed.mix(cache.std_logits, cache.rob_logits, alpha).argmax(1) == y
+
+    candidates = []
+    for low, high, bias in heads:
+        clean = correct(caches[0], low, high, bias)
+        robust = clean.clone()
+        for cache in caches[1:]:
+            robust &= correct(cache, low, high, bias)
+        candidates.append(HeadCandidate(low, high, bias, clean.float().mean().item(), robust.float().mean().item()))
+    return candidates
+
+
+def pick_head(candidates: list[HeadCandidate], target_clean_acc: float) -> tuple[HeadCandidate, bool]:
+    """The most robust candidate meeting the target (ties: more accurate, higher alpha_min, narrower), else the
+    most accurate one; and whether the target was met."""
+    meeting = [c for c in candidates if c.clean_acc >= target_clean_acc - 1e-9]
+    if meeting:
+        return max(
+            meeting, key=lambda c: (c.estimated_attacked_acc, c.clean_acc, c.alpha_min, c.alpha_min - c.alpha_max)
+        ), True
+    return max(candidates, key=lambda c: (c.clean_acc, c.estimated_attacked_acc)), False
+
+
 def select_head(
     mixed: MixedClassifier,
     x: torch.Tensor,
@@ -107,56 +207,36 @@ def select_head(
     """The head (alpha_min >= ``min_alpha``, width <= ``max_width``, bias on ``BIASES``) that meets
     ``target_clean_acc`` on ``(x, y)`` with the most examples right on every pooled attack.
 
-    The pool holds AutoAttack-lite's examples against two pivots: the mixer with the weakest head of the
-    grid, (min_alpha, min_alpha + max_width) and bias 0, and the fixed alpha ``min_alpha``. Every candidate
+    The pool (``attack_pools``) holds AutoAttack-lite's examples against two pivots. Every candidate
     is scored from cached logits and mixer scores at those inputs, so the search runs no model; a head
     stronger than the pivots may fare worse against an attack aimed at it, which the verdict measures on
     examples this choice did not see. If no head meets the target, the most accurate one is returned with
     ``met=False``."""
-    mixer = mixed.alpha_source
-    if mixer is None:
-        raise AsmixError("choosing a head needs a mixing network")
-    mixed.eval()
-    previous = (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias)
-    settings = dict(
-        eps=eps, norm=norm, batch_size=batch_size, seed=seed, device=device, budget=budget, progress=progress
+    pools = attack_pools(
+        mixed,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        min_alpha=min_alpha,
+        max_width=max_width,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        budget=budget,
+        progress=progress,
     )
-    try:
-        mixer.set_alpha_range(min_alpha, min(1.0, min_alpha + max_width))
-        mixer.set_alpha_bias(0.0)
-        pools = [
-            x,
-            _pool(mixed, x, y, task="mixer", **settings),
-            _pool(mixed.with_alpha(min_alpha), x, y, task=f"fixed alpha {min_alpha:g}", **settings),
-        ]
-    finally:
-        mixer.set_alpha_range(previous[0], previous[1])
-        mixer.set_alpha_bias(previous[2])
-    cached = [_cache(mixed, points, batch_size, device) for points in pools]
-    y = y.to(device)
-
-    def correct(cache: _Cached, low: float, high: float, bias: float) -> torch.Tensor:
-        alpha = low + (high - low) * torch.sigmoid(cache.score + bias)
-        return mixed.mix(cache.std_logits, cache.rob_logits, alpha).argmax(1) == y
-
-    candidates = []
-    lows = [round(min_alpha + 0.01 * i, 6) for i in range(int(round((1 - min_alpha) / 0.01)) + 1)]
-    for width in (w for w in WIDTHS if w <= max_width + 1e-9):
-        for bias in BIASES if width > 0 else (0.0,):
-            for low in lows:
-                high = round(low + width, 6)
-                if high > 1 + 1e-9:
-                    break
-                clean = correct(cached[0], low, high, bias)
-                robust = clean.clone()
-                for cache in cached[1:]:
-                    robust &= correct(cache, low, high, bias)
-                candidates.append((clean.float().mean().item(), robust.float().mean().item(), low, high, bias))
-    meeting = [c for c in candidates if c[0] >= target_clean_acc - 1e-9]
-    if meeting:
-        clean_acc, robust_acc, low, high, bias = max(meeting, key=lambda c: (c[1], c[0], c[2], -(c[3] - c[2])))
-    else:
-        clean_acc, robust_acc, low, high, bias = max(candidates, key=lambda c: (c[0], c[1]))
+    caches = [cache_pool(mixed, points, batch_size, device) for points in pools]
+    heads = head_grid(min_alpha, max_width)
+    best, met = pick_head(score_heads(mixed, caches, y, heads), target_clean_acc)
     return HeadSelection(
-        low, high, bias, target_clean_acc, bool(meeting), clean_acc, robust_acc, len(x), len(candidates)
+        best.alpha_min,
+        best.alpha_max,
+        best.alpha_bias,
+        target_clean_acc,
+        met,
+        best.clean_acc,
+        best.estimated_attacked_acc,
+        len(x),
+        len(heads),
     )
