@@ -58,8 +58,7 @@ def _range(text: str, option: str) -> tuple[float, float]:
     "calibrate",
     epilog=examples(
         "asmix calibrate --target-clean-acc 99",
-        "asmix calibrate --target-clean-acc 99 --verify 100 --out runs/calibration",
-        "asmix calibrate --target-clean-acc 98.5 --mixer runs/mixer --out runs/calibration",
+        "asmix calibrate --target-clean-acc 98.5 --mixer runs/mixer --verify 100 --out runs/calibration",
         "asmix calibrate --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --target-clean-acc 95",
     ),
 )

@@ -157,24 +157,29 @@ def head_grid(min_alpha: float, max_width: float) -> list[tuple[float, float, fl
 
 @torch.no_grad()
 def score_heads(
-    mixed: MixedClassifier, caches: list[PoolCache], y: torch.Tensor, heads: list[tuple[float, float, float]]
+    mixed: MixedClassifier,
+    caches: list[PoolCache],
+    y: torch.Tensor,
+    heads: list[tuple[float, float, float]],
+    chunk: int = 64,
 ) -> list[HeadCandidate]:
     """Each head's clean accuracy on ``caches[0]`` and the share right there and on every other cache, from
-    the cached logits and mixer scores alone (no model runs)."""
+    the cached logits and mixer scores alone (no model runs); ``chunk`` heads are mixed in one call."""
     y = y.to(caches[0].score.device)
-
-    def correct(cache: PoolCache, low: float, high: float, bias: float) -> torch.Tensor:
-        alpha = low + (high - low) * torch.sigmoid(cache.score + bias)
-        return mixed.mix(cache.std_logits, cache.rob_logits, alpha).argmax(1) == y
-
-    candidates = []
-    for low, high, bias in heads:
-        clean = correct(caches[0], low, high, bias)
-        robust = clean.clone()
-        for cache in caches[1:]:
-            robust &= correct(cache, low, high, bias)
-        candidates.append(HeadCandidate(low, high, bias, clean.float().mean().item(), robust.float().mean().item()))
-    return candidates
+    clean, robust = [], []
+    for first in range(0, len(heads), chunk):
+        part = [(low, high - low, bias) for low, high, bias in heads[first : first + chunk]]  # as the mixer's head
+        low, width, bias = torch.tensor(part, dtype=caches[0].score.dtype, device=y.device).unbind(1)
+        right = []
+        for cache in caches:
+            alpha = low[:, None] + width[:, None] * torch.sigmoid(cache.score[None, :] + bias[:, None])  # (heads, N)
+            count = len(part)
+            logits = mixed.mix(cache.std_logits.repeat(count, 1), cache.rob_logits.repeat(count, 1), alpha.reshape(-1))
+            right.append(logits.argmax(1).view(count, -1) == y)
+        clean.append(right[0].float().mean(1))
+        robust.append(torch.stack(right).all(0).float().mean(1))
+    clean, robust = torch.cat(clean).tolist(), torch.cat(robust).tolist()
+    return [HeadCandidate(*head, c, r) for head, c, r in zip(heads, clean, robust)]
 
 
 def pick_head(candidates: list[HeadCandidate], target_clean_acc: float) -> tuple[HeadCandidate, bool]:
