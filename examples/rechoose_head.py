@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from asmix.data import load_data
 from asmix.experiments.train.comparison import judge
 from asmix.experiments.train.selection import select_head
