@@ -1,8 +1,9 @@
 """asmix: adaptive smoothing of an accurate classifier g and a robust classifier h (Bai et al.).
 
 The names below load on first use, so ``import asmix`` imports no experiment, no attack package and changes
-nothing in ``sys.modules`` beyond asmix itself. The certify experiment is ``asmix.experiments.certify.certify``
-(the name ``asmix.certify`` is the module of certified-radius formulas).
+nothing in ``sys.modules`` beyond asmix itself. The certify experiment is ``asmix.experiments.certify.certify``;
+the certified-radius formulas are ``asmix.radii`` (``asmix.certify``, their old name, still imports for one
+release, with a deprecation warning).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ _EXPORTS = {
     "load_model": "asmix.models",
     "load_data": "asmix.data",
     "PGD": "asmix.attacks.pgd",
+    "ThreatModel": "asmix.attacks.pgd",
+    "MixSettings": "asmix.mixing",
+    "RunSettings": "asmix.runtime",
     "MixingNetwork": "asmix.mixer",
     "load_mixer": "asmix.mixer",
     "save_mixer": "asmix.mixer",

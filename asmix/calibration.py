@@ -171,12 +171,19 @@ def operating_points(
     return alphas, correct / n, robust / n
 
 
+def largest_meeting(clean, target: float) -> int | None:
+    """The position of the largest alpha whose clean accuracy meets ``target`` on an ascending alpha grid
+    (the most robust such mix: h's weight only grows), or None where none does; the one alpha search that
+    calibration, ``certify --match-clean-acc`` and their grids share."""
+    feasible = np.flatnonzero(np.asarray(clean) >= target - 1e-12)
+    return int(feasible[-1]) if len(feasible) else None
+
+
 def best_alpha(alphas: np.ndarray, clean: np.ndarray, robust: np.ndarray, target: float) -> tuple[Operating, bool]:
     """The most robust operating point with clean >= target (the largest such alpha); where none meets
     the target, the most accurate one. Returns it and whether it meets the target."""
-    feasible = clean >= target - 1e-12
-    if feasible.any():
-        index = int(np.flatnonzero(feasible)[-1])
+    index = largest_meeting(clean, target)
+    if index is not None:
         return Operating(float(alphas[index]), float(clean[index]), float(robust[index])), True
     index = int(np.flatnonzero(clean == clean.max())[-1])
     return Operating(float(alphas[index]), float(clean[index]), float(robust[index])), False

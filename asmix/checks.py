@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Literal, get_args
 
 from asmix.errors import AsmixError
 
-NORMS = ("linf", "l2")
+Norm = Literal["linf", "l2"]
 """Threat models, in asmix's spelling."""
+NORMS: tuple[Norm, ...] = get_args(Norm)
 
 THREAT_MODEL_NAMES = {"linf": "Linf", "l2": "L2"}
 """The same threat models as RobustBench and the AutoAttack package spell them."""
@@ -41,9 +43,25 @@ def canonical_norm(text: str) -> str:
     return str(text).strip().lower()
 
 
-def check_norm(text: str) -> str:
+def check_norm(text: str) -> Norm:
     """``text`` as one of ``NORMS``, in any case."""
-    norm = canonical_norm(text)
-    if norm not in NORMS:
-        raise AsmixError(f"norm must be one of {', '.join(NORMS)}, got {text!r}")
-    return norm
+    return check_choice(canonical_norm(text), Norm, "norm", shown=text)
+
+
+def check_choice(value: Any, choices: Any, name: str, *, shown: Any = None) -> Any:
+    """``value`` if it is one of ``choices`` (a ``Literal`` type, or its values), else an error naming them."""
+    allowed = get_args(choices) or tuple(choices)
+    if value not in allowed:
+        raise AsmixError(
+            f"{name} must be one of {', '.join(map(str, allowed))}, got {value if shown is None else shown!r}"
+        )
+    return value
+
+
+def check_choices(values: Any, choices: Any, name: str) -> tuple:
+    """Each of ``values`` one of ``choices`` (a ``Literal`` type), as a tuple; the unknown ones named together."""
+    allowed = get_args(choices)
+    unknown = [value for value in values if value not in allowed]
+    if unknown:
+        raise AsmixError(f"unknown {name}(s) {', '.join(map(str, unknown))}: choose from {', '.join(allowed)}")
+    return tuple(values)

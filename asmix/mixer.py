@@ -15,14 +15,16 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from asmix.checks import check_choice
 from asmix.errors import AsmixError
 from asmix.identity import base_weights, describe_roles, differing_models
 from asmix.io import atomic_write, atomic_write_json
@@ -55,10 +57,11 @@ FALLBACK_TAPS: tuple[tuple[str, str], ...] = (
 Features = tuple[torch.Tensor, ...]
 """(upstream, middle) feature maps of one base model; empty for g when the mixer reads h alone."""
 
-MIXER_INPUTS = ("both", "rob", "rob-logits")
+MixerInputs = Literal["both", "rob", "rob-logits"]
 """What the mixer reads: both base models' feature maps (the paper); h's alone ("rob": features an attack
 within the threat model moves little, so alpha cannot be pushed down through g's fragile features); or h's
 sorted log-probabilities ("rob-logits": its confidence, which Lemma 3.2 ties to its robustness)."""
+MIXER_INPUTS: tuple[MixerInputs, ...] = get_args(MixerInputs)
 
 CONFIDENCE_TOP_K = 10
 """How many of h's sorted log-probabilities a "rob-logits" mixer reads (padded for fewer classes)."""
@@ -400,11 +403,10 @@ class MixingNetwork(nn.Module):
         alpha_bias: float = 0.0,
         clamp_std: float = 0.6,
         bn_momentum: float = 0.01,
-        inputs: str = "both",
+        inputs: MixerInputs = "both",
     ) -> None:
         super().__init__()
-        if inputs not in MIXER_INPUTS:
-            raise AsmixError(f"mixer inputs must be one of {', '.join(MIXER_INPUTS)}, got {inputs!r}")
+        check_choice(inputs, MixerInputs, "mixer inputs")
         self.inputs = inputs
         if inputs != "both":
             std_channels, std_layers = (0, 0), ()
@@ -613,6 +615,24 @@ def save_mixer(
     return directory
 
 
+TRAINING_BLOCK_KEYS = {"threat": {"norm": "norm", "eps": "eps_max", "steps": "val_steps"}, "mix": None, "run": None}
+"""How a mixer.json's grouped training settings map to the flat names of earlier asmix (None: same names)."""
+
+
+def flat_training_settings(training: dict[str, Any]) -> dict[str, Any]:
+    """A mixer.json ``training`` block with the ``threat``, ``mix`` and ``run`` groups of this asmix spread into
+    the flat keys earlier versions wrote (``norm``, ``eps_max``, ``val_steps``, ``std_scale``, ``batch_size``,
+    ...); a flat block is returned as it is."""
+    flat = {key: value for key, value in training.items() if key not in TRAINING_BLOCK_KEYS}
+    for block, names in TRAINING_BLOCK_KEYS.items():
+        group = training.get(block)
+        if isinstance(group, dict):
+            for key, value in group.items():
+                if names is None or key in names:
+                    flat[key if names is None else names[key]] = value
+    return flat
+
+
 HF_PREFIX = "hf:"
 
 
@@ -638,6 +658,96 @@ def resolve_mixer_dir(directory: str | Path) -> Path:
         ) from error
 
 
+@dataclass(frozen=True)
+class MixerCard:
+    """What a mixer.json records beside the weights: the base models' specs and weight hashes, the architecture
+    and evaluation head, the training settings as written, the training data, the head choice, the verdict, the
+    history and the provenance."""
+
+    directory: Path
+    version: int
+    models: dict[str, str]
+    architecture: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    base_weights: dict[str, str] | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    data_fingerprint: str | None = None
+    selection: dict[str, Any] | None = None
+    verdict: dict[str, Any] | None = None
+    history: tuple[dict[str, Any], ...] = ()
+    provenance: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "MixerCard":
+        """The card in ``directory/mixer.json``; a missing, unreadable or foreign file is one ``AsmixError``."""
+        directory = Path(directory)
+        path = directory / MIXER_CONFIG
+        if not path.is_file():
+            raise AsmixError(f"mixer directory {directory} has no {path.name} (train one with asmix train-mixer)")
+        try:
+            document = json.loads(path.read_text())
+            if not isinstance(document, dict) or document.get("format") != MIXER_FORMAT:
+                raise ValueError("not an asmix mixer config")
+            return cls(
+                directory=directory,
+                version=int(document.get("version", 1)),
+                models=dict(document.get("models") or {}),
+                architecture=dict(document["architecture"]),
+                training=dict(document.get("training") or {}),
+                base_weights=document.get("base_weights"),
+                n_train=document.get("n_train"),
+                n_val=document.get("n_val"),
+                data_fingerprint=document.get("data_fingerprint"),
+                selection=document.get("selection"),
+                verdict=document.get("verdict"),
+                history=tuple(document.get("history") or ()),
+                provenance=document.get("provenance"),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise AsmixError(f"corrupt mixer config {path}: {error}") from error
+
+    @property
+    def training_settings(self) -> dict[str, Any]:
+        """The training settings under the flat names of earlier asmix, whichever form was written
+        (``flat_training_settings``)."""
+        return flat_training_settings(self.training)
+
+    @property
+    def std_scale(self) -> float:
+        """The scale of g's logits the mixer was trained with (1 where none was recorded)."""
+        return float(self.training_settings.get("std_scale", 1.0))
+
+    @property
+    def rob_scale(self) -> float:
+        """The scale of h's logits the mixer was trained with (1 where none was recorded)."""
+        return float(self.training_settings.get("rob_scale", 1.0))
+
+    def check_models(self, std: str | None, rob: str | None, canonical: Callable[[str], str] = str.strip) -> None:
+        """Refuse base-model specs other than those the mixer was trained with, compared after ``canonical``."""
+        for role, given in (("std", std), ("rob", rob)):
+            stored = self.models.get(role)
+            if given is not None and stored is not None and canonical(given) != canonical(stored):
+                raise AsmixError(f"mixer in {self.directory} was trained with --{role} {stored}, not {given}")
+
+    def check_base_weights(self, std: nn.Module, rob: nn.Module) -> None:
+        """Refuse base models whose weights differ from those the mixer was trained with (``base_weights``),
+        naming the model that differs; a card without them cannot be checked and is refused too (retrain it, or
+        save it again with ``save_mixer(..., std=, rob=)``)."""
+        stored = self.base_weights
+        if not isinstance(stored, dict):
+            raise AsmixError(
+                f"mixer in {self.directory} records no base-model weight hashes (made by an older asmix): "
+                f"cannot check it was trained with these models; retrain it with asmix train-mixer"
+            )
+        differing = differing_models(stored, base_weights(std, rob))
+        if differing:
+            raise AsmixError(
+                f"mixer in {self.directory} was trained with other weights for {describe_roles(differing)} "
+                f"(sha256 {stored.get(differing[0], 'none')[:12]}...): load the models it was trained with"
+            )
+
+
 def load_mixer(
     directory: str | Path,
     *,
@@ -646,34 +756,26 @@ def load_mixer(
     std_model: nn.Module | None = None,
     rob_model: nn.Module | None = None,
     canonical: Callable[[str], str] = str.strip,
-) -> tuple[MixingNetwork, dict]:
+) -> tuple[MixingNetwork, MixerCard]:
     """Read a saved mixer (eval mode, on CPU) from a folder or ``hf:ORG/NAME`` (``resolve_mixer_dir``) and its
-    config; if ``std``/``rob`` specs are given they
-    must match the base models it was trained with, compared after ``canonical`` (pass
-    ``asmix.models.canonical_spec`` to resolve aliases; the mixer layer does not import models), and if
-    ``std_model``/``rob_model`` are given their weights must be the ones it was trained with
-    (``check_base_weights``)."""
+    card; if ``std``/``rob`` specs are given they must match the base models it was trained with, compared after
+    ``canonical`` (pass ``asmix.models.canonical_spec`` to resolve aliases; the mixer layer does not import
+    models), and if ``std_model``/``rob_model`` are given their weights must be the ones it was trained with
+    (``MixerCard.check_base_weights``)."""
     from safetensors.torch import load_file
 
     directory = resolve_mixer_dir(directory)
-    config_path, weights_path = directory / MIXER_CONFIG, directory / MIXER_WEIGHTS
+    weights_path = directory / MIXER_WEIGHTS
     if not directory.is_dir():
         raise AsmixError(f"mixer directory not found: {directory}")
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise AsmixError(f"mixer directory {directory} has no {path.name} (train one with asmix train-mixer)")
+    card = MixerCard.read(directory)
+    if not weights_path.is_file():
+        raise AsmixError(f"mixer directory {directory} has no {weights_path.name} (train one with asmix train-mixer)")
     try:
-        config = json.loads(config_path.read_text())
-        if not isinstance(config, dict) or config.get("format") != MIXER_FORMAT:
-            raise ValueError("not an asmix mixer config")
-        architecture = dict(config["architecture"])
-        mixer = MixingNetwork(**architecture)
-    except (ValueError, KeyError, TypeError) as error:
-        raise AsmixError(f"corrupt mixer config {config_path}: {error}") from error
-    for role, given in (("std", std), ("rob", rob)):
-        stored = config.get("models", {}).get(role)
-        if given is not None and stored is not None and canonical(given) != canonical(stored):
-            raise AsmixError(f"mixer in {directory} was trained with --{role} {stored}, not {given}")
+        mixer = MixingNetwork(**card.architecture)
+    except (ValueError, TypeError) as error:
+        raise AsmixError(f"corrupt mixer config {directory / MIXER_CONFIG}: {error}") from error
+    card.check_models(std, rob, canonical)
     try:
         state = load_file(str(weights_path))
         mixer.load_state_dict(state, strict=True)
@@ -681,23 +783,5 @@ def load_mixer(
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise AsmixError(f"corrupt mixer weights {weights_path}: {message}") from error
     if std_model is not None and rob_model is not None:
-        check_base_weights(config, std_model, rob_model, directory)
-    return mixer.eval(), config
-
-
-def check_base_weights(config: dict[str, Any], std: nn.Module, rob: nn.Module, directory: str | Path) -> None:
-    """Refuse base models whose weights differ from those the mixer in ``directory`` was trained with (its
-    mixer.json ``base_weights``), naming the model that differs; a mixer.json without them cannot be checked
-    and is refused too (retrain it, or save it again with ``save_mixer(..., std=, rob=)``)."""
-    stored = config.get("base_weights")
-    if not isinstance(stored, dict):
-        raise AsmixError(
-            f"mixer in {directory} records no base-model weight hashes (made by an older asmix): "
-            f"cannot check it was trained with these models; retrain it with asmix train-mixer"
-        )
-    differing = differing_models(stored, base_weights(std, rob))
-    if differing:
-        raise AsmixError(
-            f"mixer in {directory} was trained with other weights for {describe_roles(differing)} "
-            f"(sha256 {stored.get(differing[0], 'none')[:12]}...): load the models it was trained with"
-        )
+        card.check_base_weights(std_model, rob_model)
+    return mixer.eval(), card

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asmix.checks import check_choice, check_finite
 from asmix.errors import AsmixError
 from asmix.nuts import NutsMap
 
 MixSpace = Literal["prob", "logit"]
-MIX_SPACES = ("prob", "logit")
+"""prob: eq. 3.4, the mix of probabilities; logit: the logit-space ablation of Figure 1."""
+MIX_SPACES: tuple[MixSpace, ...] = get_args(MixSpace)
 
 # Where alpha is a tensor, log(1 - alpha) and log(alpha) are floored here so that alpha = 0 or 1
 # still has a finite gradient (0 * inf would be NaN); exp(-69) is far below float32 resolution of 1.
@@ -35,13 +37,23 @@ class MixParts:
 
 @runtime_checkable
 class AlphaSource(Protocol):
-    """A per-input source of alpha (the mixing network, Section 4) that plugs into ``MixedClassifier``.
+    """A per-input source of alpha (the mixing network, Section 4) that plugs into ``MixedClassifier``: everything
+    the mixed classifier, the attacks and the evaluation read from it.
 
-    ``run`` does the one forward pass of each base model (reading their features as it goes) and
-    returns ``MixParts`` with alpha of shape (N,) in [0, 1] and the pre-range ``alpha_logit``.
+    ``run`` does the one forward pass of each base model (reading their features as it goes) and returns
+    ``MixParts`` with alpha of shape (N,) in [0, 1] and the pre-range ``alpha_logit``: the attacks read those
+    (``MixedClassifier.parts``). ``features`` is that forward pass alone (logits and feature taps of g and h),
+    ``alpha_from_logit`` the map from a logit to alpha with the evaluation head, and ``architecture`` what
+    identifies the source and its head (saved with it, and part of a resumable run's fingerprint).
     """
 
     def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> MixParts: ...
+
+    def features(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> tuple: ...
+
+    def alpha_from_logit(self, logit: torch.Tensor) -> torch.Tensor: ...
+
+    def architecture(self) -> dict: ...
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -64,12 +76,46 @@ def check_mix_settings(
     *, mix_space: str = "prob", rob_scale: float = 1.0, std_temperature: float = 1.0, rob_map: NutsMap | None = None
 ) -> None:
     """The settings of a mix fit together (checked before any model runs)."""
-    if mix_space not in MIX_SPACES:
-        raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {mix_space!r}")
+    check_choice(mix_space, MixSpace, "mix space")
     if not std_temperature >= 0:
         raise AsmixError(f"std temperature must be >= 0, got {std_temperature}")
     if rob_map is not None and (mix_space != "prob" or float(rob_scale) != 1.0):
         raise AsmixError("the nuts rob map needs mix space prob and rob scale 1 (its layer norm cancels a scale)")
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    """How h_alpha mixes g's and h's logits (eq. 3.4): the space, the logit scales (App. D.1), g's temperature
+    (0: hard-max, App. A.2) and MixedNUTS's map of h's logits; checked on construction."""
+
+    mix_space: MixSpace = "prob"
+    std_scale: float = 1.0
+    rob_scale: float = 1.0
+    std_temperature: float = 1.0
+    rob_map: NutsMap | None = None
+
+    def __post_init__(self) -> None:
+        check_finite(self.std_scale, "std scale")
+        check_finite(self.rob_scale, "rob scale")
+        check_mix_settings(
+            mix_space=self.mix_space,
+            rob_scale=self.rob_scale,
+            std_temperature=self.std_temperature,
+            rob_map=self.rob_map,
+        )
+
+    def classifier(self, std: nn.Module, rob: nn.Module, alpha: "float | torch.Tensor | AlphaSource" = 0.5):
+        """h_alpha of ``std`` (g) and ``rob`` (h) mixed with these settings."""
+        return MixedClassifier(
+            std,
+            rob,
+            alpha,
+            mix_space=self.mix_space,
+            std_scale=self.std_scale,
+            rob_scale=self.rob_scale,
+            std_temperature=self.std_temperature,
+            rob_map=self.rob_map,
+        )
 
 
 def std_log_probs(std_logits: torch.Tensor, *, scale: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
@@ -110,8 +156,7 @@ def mix_logits(
         alpha = alpha.reshape(-1, 1)
     if mix_space == "logit":
         return _mix_in_logit_space(std_logits, rob_logits, alpha, std_scale, rob_scale)
-    if mix_space != "prob":
-        raise AsmixError(f"mix space must be one of {', '.join(MIX_SPACES)}, got {mix_space!r}")
+    check_choice(mix_space, MixSpace, "mix space")
     if not isinstance(alpha, torch.Tensor):
         if alpha == 0.0:
             return std_log_probs(std_logits, scale=std_scale, temperature=std_temperature)
@@ -124,6 +169,20 @@ def mix_logits(
     std_part = log_std_weight + std_log_probs(std_logits, scale=std_scale, temperature=std_temperature)
     rob_part = log_rob_weight + F.log_softmax(rob_input(rob_logits), dim=1)
     return torch.logsumexp(torch.stack((std_part, rob_part)), dim=0)
+
+
+def mix_probabilities(std_probs: torch.Tensor, rob_probs: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. 3.4 on probabilities already computed: (1 - alpha) * g's + alpha * h's (``mix_logits`` is its log,
+    from logits); for a randomized-smoothing h, whose output is a probability vector, not logits."""
+    return (1 - alpha) * std_probs + alpha * rob_probs
+
+
+def alpha_grid(start: float = 0.0, stop: float = 1.0, step: float = 0.05) -> tuple[float, ...]:
+    """start, start + step, ..., stop (included), each rounded to 10 decimals so that 0.3 is 0.3."""
+    if not step > 0:
+        raise AsmixError(f"alpha range step must be positive, got {step}")
+    count = int(round((stop - start) / step)) + 1
+    return tuple(round(start + index * step, 10) for index in range(max(count, 0)))
 
 
 def _mix_in_logit_space(std_logits, rob_logits, alpha, std_scale, rob_scale) -> torch.Tensor:
@@ -163,9 +222,9 @@ class MixedClassifier(nn.Module):
         self.alpha_source: nn.Module | None = None
         if isinstance(alpha, AlphaSource) and isinstance(alpha, nn.Module):
             self.alpha_source = alpha
-            self.alpha = None
+            self._alpha = None
         else:
-            self.alpha = alpha if isinstance(alpha, torch.Tensor) else check_alpha(alpha)
+            self._alpha = alpha if isinstance(alpha, torch.Tensor) else check_alpha(alpha)
         self.mix_space = mix_space
         self.std_scale = float(std_scale)
         self.rob_scale = float(rob_scale)
@@ -183,18 +242,18 @@ class MixedClassifier(nn.Module):
     def adaptive(self) -> bool:
         return self.alpha_source is not None
 
+    @property
+    def alpha(self) -> float | torch.Tensor | None:
+        """The fixed alpha (None with an ``alpha_source``); read-only: ``with_alpha`` builds another mix."""
+        return self._alpha
+
+    @property
+    def settings(self) -> MixSettings:
+        return MixSettings(self.mix_space, self.std_scale, self.rob_scale, self.std_temperature, self.rob_map)
+
     def with_alpha(self, alpha: "float | torch.Tensor | AlphaSource") -> "MixedClassifier":
         """The same g and h (shared, not copied) and settings, mixed with another ``alpha``."""
-        return MixedClassifier(
-            self.std,
-            self.rob,
-            alpha,
-            mix_space=self.mix_space,
-            std_scale=self.std_scale,
-            rob_scale=self.rob_scale,
-            std_temperature=self.std_temperature,
-            rob_map=self.rob_map,
-        )
+        return self.settings.classifier(self.std, self.rob, alpha)
 
     def parts(self, x: torch.Tensor) -> MixParts:
         """One forward of each base model that ``alpha`` needs, and alpha itself (see ``MixParts``)."""

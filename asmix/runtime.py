@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,6 +46,33 @@ def check_batch_size(batch_size: int) -> int:
     if batch_size <= 0:
         raise AsmixError(f"batch size must be positive, got {batch_size}")
     return batch_size
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How an experiment runs: examples per batch, and the seed that keys every batch's generator
+    (``batch_generator``, so a batch's numbers do not depend on the batches before it)."""
+
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_batch_size(self.batch_size)
+
+
+def top_class_correct(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per example, whether the top class of ``scores`` (logits or probabilities, (N, C)) is the label."""
+    return scores.argmax(dim=1) == y
+
+
+def fraction(flags: torch.Tensor) -> float:
+    """The share of true ``flags`` (an accuracy from per-example correctness), in float32 as every result."""
+    return flags.float().mean().item()
+
+
+def accuracy(scores: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of ``scores`` (logits or probabilities) against the labels ``y``."""
+    return fraction(top_class_correct(scores, y))
 
 
 def batch_slices(n: int, batch_size: int) -> Iterator[slice]:

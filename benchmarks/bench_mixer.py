@@ -16,6 +16,9 @@ import time
 
 import torch
 
+from asmix.attacks.pgd import ThreatModel
+from asmix.runtime import RunSettings
+
 
 def _fwd_bwd_seconds(model, x: torch.Tensor, repeats: int) -> list[float]:
     times = []
@@ -82,11 +85,11 @@ def bench_training(device: torch.device, batch_size: int, steps: int) -> None:
         config = TrainConfig(
             setting=setting,
             epochs=1,
-            batch_size=batch_size,
             steps_range=(5, 10),
-            val_steps=0,
             target_classes=2,
             apgd_steps_df=10,
+            threat=ThreatModel(steps=0),
+            run=RunSettings(batch_size=batch_size),
         )
         train_mixer(
             std,

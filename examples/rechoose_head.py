@@ -32,8 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     x, y = load_data("demo", split="test")
     std, rob = load_model("demo-std"), load_model("demo-rob")
-    loaded = load_mixer(args.mixer, std_model=std, rob_model=rob)
-    network = loaded[0] if isinstance(loaded, tuple) else loaded.network
+    network, _card = load_mixer(args.mixer, std_model=std, rob_model=rob)  # the card checked g's and h's weights
     mixed = MixedClassifier(std, rob, network).eval()
     head = select_head(
         mixed,

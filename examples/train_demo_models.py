@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,21 +40,12 @@ from safetensors.torch import load_file, save
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from asmix.attacks.pgd import PGD, cross_entropy_objective  # noqa: E402
 from asmix.io import atomic_write  # noqa: E402
 from asmix.models.demo import DEMO_WIDTHS, DemoCNN  # noqa: E402
 
 N_DEMO_TEST = 2000
 N_DEMO_TRAIN = 10000
-
-
-@dataclass(frozen=True)
-class PGDConfig:
-    """An l_inf PGD attack: ``steps`` signed-gradient steps of ``step_size`` from a random start."""
-
-    eps: float
-    step_size: float
-    steps: int
-    random_start: bool = True
 
 
 @dataclass(frozen=True)
@@ -64,7 +55,7 @@ class TrainConfig:
     epochs: int
     batch_size: int
     lr: float
-    attack: PGDConfig | None = None
+    attack: PGD | None = None
     ramp_epochs: float = 0.0
     bf16: bool = True
 
@@ -119,33 +110,11 @@ def save_demo_data(mnist: dict[str, np.ndarray], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def pgd_start(x: torch.Tensor, cfg: PGDConfig, generator: torch.Generator) -> torch.Tensor:
-    """The PGD start point: ``x`` plus uniform noise in the eps ball (if ``random_start``), in [0, 1]."""
-    if not (cfg.random_start and cfg.eps > 0):
-        return x.clone()
-    delta = torch.empty(x.shape).uniform_(-cfg.eps, cfg.eps, generator=generator)  # CPU draw: same on any device
-    return (x + delta.to(x.device)).clamp_(0.0, 1.0)
-
-
-def pgd_step(
-    model: torch.nn.Module,
-    x_adv: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    cfg: PGDConfig,
-    bf16: bool = False,
-) -> torch.Tensor:
-    """One signed-gradient ascent step on the cross-entropy, projected on the eps ball around ``x`` and [0, 1].
-
-    Only the input gradient is computed; callers switch parameter gradients off (:class:`frozen`)
-    and put the model in eval mode.
-    """
-    x_adv = x_adv.detach().requires_grad_(True)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = F.cross_entropy(model(x_adv).float(), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x_adv)
-    x_adv = x_adv.detach() + cfg.step_size * grad.sign()
-    return torch.min(torch.max(x_adv, x - cfg.eps), x + cfg.eps).clamp_(0.0, 1.0)
+def cross_entropy_in_bf16(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """The PGD objective under bf16 autocast (the training attacks): per-example cross-entropy and the logits."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        logits = model(x).float()
+    return F.cross_entropy(logits, y, reduction="none"), logits
 
 
 @contextmanager
@@ -165,15 +134,14 @@ def pgd_attack(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    cfg: PGDConfig,
+    attack: PGD,
     generator: torch.Generator,
     bf16: bool = False,
 ) -> torch.Tensor:
-    """The last PGD iterate (used to make the adversarial training batches)."""
-    x_adv = pgd_start(x, cfg, generator)
-    for _ in range(cfg.steps):
-        x_adv = pgd_step(model, x_adv, x, y, cfg, bf16)
-    return x_adv.detach()
+    """The last PGD iterate of every example (the adversarial training batches): the library's PGD, not
+    stopping where the model is already fooled."""
+    objective = cross_entropy_in_bf16 if bf16 else cross_entropy_objective
+    return replace(attack, stop_at_break=False).perturb(model, x, y, generator=generator, objective=objective)
 
 
 def train(
@@ -213,7 +181,7 @@ def train(
             if cfg.attack is not None:
                 frac = min(1.0, (step + 1) / ramp_steps) if ramp_steps > 0 else 1.0
                 eps_now = cfg.attack.eps * frac
-                attack = PGDConfig(eps_now, cfg.attack.step_size * frac, cfg.attack.steps)
+                attack = replace(cfg.attack, eps=eps_now, step_size=cfg.attack.step_size * frac)
                 model.eval()
                 with frozen(model):
                     xb = pgd_attack(model, xb, yb, attack, g, bf16=cfg.bf16)
@@ -255,16 +223,16 @@ def pgd_accuracy(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    cfg: PGDConfig,
+    attack: PGD,
     seed: int,
     batch_size: int = 500,
 ) -> float:
-    """Robust accuracy under ``cfg`` in fp32: the fraction of points classified correctly on the
+    """Robust accuracy under ``attack`` in fp32: the fraction of points classified correctly on the
     clean input and on every PGD iterate (the random start included).
 
-    Counting a point as broken as soon as any iterate fools the model is never weaker than
-    scoring the last iterate only, and it lets fooled points leave the attack early.
-    The random starts are drawn for the whole batch, so they do not depend on the model.
+    The library's PGD stops an example at the first iterate that fools the model (never weaker than scoring
+    the last iterate only), so its returned point is misclassified exactly where some iterate was. The random
+    starts are drawn for the whole batch, so they do not depend on the model.
     """
     model.eval()
     g = torch.Generator().manual_seed(seed)
@@ -272,18 +240,9 @@ def pgd_accuracy(
     with frozen(model):
         for i in range(0, x.shape[0], batch_size):
             xs, ys = x[i : i + batch_size], y[i : i + batch_size]
-            x_adv = pgd_start(xs, cfg, g)
+            x_adv = attack.perturb(model, xs, ys, generator=g)
             with torch.no_grad():
-                keep = model(xs).argmax(1) == ys
-            xs, ys, x_adv = xs[keep], ys[keep], x_adv[keep]
-            for k in range(cfg.steps + 1):
-                with torch.no_grad():
-                    keep = model(x_adv).argmax(1) == ys
-                xs, ys, x_adv = xs[keep], ys[keep], x_adv[keep]
-                if k == cfg.steps or xs.shape[0] == 0:
-                    break
-                x_adv = pgd_step(model, x_adv, xs, ys, cfg)
-            robust += xs.shape[0]
+                robust += int(((model(xs).argmax(1) == ys) & (model(x_adv).argmax(1) == ys)).sum())
     return robust / x.shape[0]
 
 
@@ -374,14 +333,14 @@ def main(argv: list[str] | None = None) -> None:
     x_test, y_test = (t.to(device) for t in to_tensors(mnist["x_test"], mnist["y_test"]))
     widths = {**DEMO_WIDTHS, "demo-rob": args.rob_width}
 
-    eval_attack = PGDConfig(args.eps, args.eval_step_size, args.eval_steps)
+    eval_attack = PGD(eps=args.eps, steps=args.eval_steps, step_size=args.eval_step_size)
     configs = {
         "demo-std": TrainConfig(args.std_epochs, args.batch_size, args.lr, bf16=args.bf16),
         "demo-rob": TrainConfig(
             args.rob_epochs,
             args.batch_size,
             args.lr,
-            attack=PGDConfig(args.train_eps, args.train_step_size, args.train_steps),
+            attack=PGD(eps=args.train_eps, steps=args.train_steps, step_size=args.train_step_size),
             ramp_epochs=args.ramp_epochs,
             bf16=args.bf16,
         ),
@@ -437,7 +396,6 @@ def main(argv: list[str] | None = None) -> None:
         "data": "MNIST, full 10000-image official test split, inputs in [0, 1]",
         "eval_attack": {
             **asdict(eval_attack),
-            "norm": "linf",
             "seed": args.seed,
             "precision": "fp32",
             "scoring": "robust = correct on the clean input and on every PGD iterate",

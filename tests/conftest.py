@@ -38,6 +38,28 @@ class LinearImageModel(nn.Module):
         return self.linear(x.flatten(1))
 
 
+class StandInMixer(nn.Module):
+    """A stand-in mixing network (an ``AlphaSource``): alpha = sigmoid(``logit(x)``), g and h run once each."""
+
+    def logit(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor, std: nn.Module, rob: nn.Module):
+        return std(x), rob(x), x, x
+
+    def alpha_from_logit(self, logit: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logit)
+
+    def architecture(self) -> dict:
+        return {"stand_in": type(self).__name__}
+
+    def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module):
+        from asmix.mixing import MixParts
+
+        logit = self.logit(x)
+        return MixParts(std(x), rob(x), self.alpha_from_logit(logit), logit)
+
+
 class Exploding(nn.Module):
     """Fails if called: proves a model is skipped."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import StandInMixer
 from torch import nn
 
 from asmix.attacks.adaptive import (
@@ -26,7 +27,7 @@ def tiny_linear(seed: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(36, 10)).eval()
 
 
-class TinyAlpha(nn.Module):
+class TinyAlpha(StandInMixer):
     """A stand-in mixing network: alpha = sigmoid(w * mean pixel + b), differentiable in x."""
 
     def __init__(self, weight: float = 8.0, bias: float = -2.0) -> None:
@@ -36,9 +37,8 @@ class TinyAlpha(nn.Module):
             self.linear.weight.fill_(weight)
             self.linear.bias.fill_(bias)
 
-    def run(self, x, std, rob):
-        logit = self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1)).squeeze(1)
-        return MixParts(std(x), rob(x), torch.sigmoid(logit), logit)
+    def logit(self, x):
+        return self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1)).squeeze(1)
 
 
 def adaptive_mix() -> MixedClassifier:
@@ -230,7 +230,7 @@ def test_adaptive_autoattack_is_at_least_as_strong_and_reports_alpha_per_stage(d
     assert torch.equal(attacked, adaptive.robust[:, -2])
 
 
-class MagnitudeDetector(nn.Module):
+class MagnitudeDetector(StandInMixer):
     """A mixer that flags large perturbations: its logit grows with the mean |x - 0.5|. Clean images here are
     0.5 everywhere, and g can be fooled through one pixel, so an attack that keeps the rest still wins."""
 
@@ -238,9 +238,8 @@ class MagnitudeDetector(nn.Module):
         super().__init__()
         self.slope, self.threshold = slope, threshold
 
-    def run(self, x, std, rob):
-        logit = self.slope * ((x - 0.5).abs().mean(dim=(1, 2, 3)) - self.threshold)
-        return MixParts(std(x), rob(x), torch.sigmoid(logit), logit)
+    def logit(self, x):
+        return self.slope * ((x - 0.5).abs().mean(dim=(1, 2, 3)) - self.threshold)
 
 
 def _one_pixel_pair():

@@ -252,8 +252,8 @@ def test_calibration_round_trip_through_every_command(
         return
     else:
         assert config["alpha"] == chosen["alpha"]
-    assert config["std_temperature"] == chosen["std_temperature"]
-    assert config["rob_map"] == chosen["rob_map"]
+    assert config["mix"]["std_temperature"] == chosen["std_temperature"]
+    assert config["mix"]["rob_map"] == chosen["rob_map"]
 
 
 def test_rob_map_option_builds_the_same_mix(monkeypatch, capsys, tmp_path):
@@ -276,7 +276,7 @@ def test_rob_map_option_builds_the_same_mix(monkeypatch, capsys, tmp_path):
     )
     assert code in (0, None), err
     config = json.loads((tmp_path / "r.json").read_text())["config"]
-    assert config["rob_map"] == {"scale": 2.0, "power": 3.0, "clamp_bias": -0.5, "ln_k": 250}
+    assert config["mix"]["rob_map"] == {"scale": 2.0, "power": 3.0, "clamp_bias": -0.5, "ln_k": 250}
     assert config["alpha"] == 0.9
 
 
@@ -373,16 +373,24 @@ def _tiny_pair_and_mixer(seed=1):
 
 
 def test_mixer_choice_matches_a_brute_force_over_the_same_grid():
+    from asmix.attacks.pgd import ThreatModel
     from asmix.experiments.calibrate import MixerInput, choose_mixer
     from asmix.experiments.train.selection import attack_pools, cache_pool, head_grid, score_heads
     from asmix.identity import weights_digest
     from asmix.mixing import MixedClassifier
+    from asmix.runtime import RunSettings
 
     std, rob, mixer, x = _tiny_pair_and_mixer()
     with torch.no_grad():
         y = rob(x).argmax(1)  # h right on its own predictions, g on four more where they differ
         y[:4] = std(x[:4]).argmax(1)
-    config = CalibrateConfig(target_clean_acc=0.6, eps=0.05, range_min_alpha=0.8, range_max_width=0.1, batch_size=8)
+    config = CalibrateConfig(
+        target_clean_acc=0.6,
+        threat=ThreatModel(eps=0.05),
+        range_min_alpha=0.8,
+        range_max_width=0.1,
+        run=RunSettings(batch_size=8),
+    )
     family, frontier, timing = choose_mixer(
         std, rob, x, y, MixerInput(mixer, "/somewhere/mixer"), config, device=torch.device("cpu")
     )

@@ -7,7 +7,8 @@ import torch
 from scipy.stats import binomtest, norm
 from torch import nn
 
-from asmix.certify import (
+from asmix.errors import AsmixError
+from asmix.radii import (
     bounded_top_two,
     certified_accuracy,
     clopper_pearson,
@@ -21,7 +22,7 @@ from asmix.certify import (
     smoothing_lipschitz,
     smoothing_radius,
 )
-from asmix.errors import AsmixError
+from asmix.runtime import RunSettings
 
 
 def test_lemma32_threshold_and_count():
@@ -170,7 +171,12 @@ def test_certify_smoothing_radius_matches_distance_to_boundary():
     y = torch.tensor([0, 0, 0])
     std = _Fixed(torch.tensor([0.6, 0.3, 0.1]))
     config = CertifyConfig(
-        sigma=0.5, n_samples=4000, alpha=0.9, smoothing_output="votes", batch_size=1000, radii=(0.0, 0.05, 0.2)
+        sigma=0.5,
+        n_samples=4000,
+        alpha=0.9,
+        smoothing_output="votes",
+        radii=(0.0, 0.05, 0.2),
+        run=RunSettings(batch_size=1000),
     )
     result = certify(std, _Constant(), x, y, config)
     rob = _entry(result, "rob")
@@ -184,7 +190,7 @@ def test_certify_smoothing_radius_matches_distance_to_boundary():
     assert lip.radii[0] == pytest.approx((2 * p0 - 1) / (2 * smoothing_lipschitz(0.5)), abs=0.03)
     assert lip.lipschitz == pytest.approx(smoothing_lipschitz(0.5))
     assert rs.certified == pytest.approx([2 / 3, 2 / 3, 1 / 3])
-    mix = _entry(result, "mix")
+    mix = _entry(result, "mixed")
     assert mix.alpha == 0.9
     assert all(m <= r + 1e-6 for m, r in zip(_curve(mix, "rs").radii, rs.radii))
     assert result.to_dict()["guarantee"].startswith("Monte Carlo")
@@ -201,7 +207,7 @@ def test_certify_with_lipschitz_constant_is_exact():
         y,
         CertifyConfig(lipschitz_const=2.0, alpha=0.8, radii=(0.0, 0.1)),
     )
-    rob, mix = _entry(result, "rob"), _entry(result, "mix")
+    rob, mix = _entry(result, "rob"), _entry(result, "mixed")
     assert [curve.bound for curve in rob.curves] == ["lipschitz"]
     assert rob.curves[0].radii == pytest.approx([0.125, 0.125])  # (0.7 - 0.2) / (2 * 2)
     assert mix.curves[0].radii == pytest.approx([0.0625, 0.0625])  # (0.8 * 0.5 - 0.2) / (2 * 0.8 * 2)
@@ -228,7 +234,7 @@ def test_certify_confidence_mode_is_more_conservative():
     x = torch.tensor([0.4, 0.3]).reshape(2, 1, 1, 1)
     y = torch.tensor([0, 0])
     std = _Fixed(torch.tensor([0.2, 0.7, 0.1]))
-    common = dict(sigma=0.5, n_samples=1000, alpha=1.0, batch_size=500, smoothing_output="votes")
+    common = dict(sigma=0.5, n_samples=1000, alpha=1.0, run=RunSettings(batch_size=500), smoothing_output="votes")
     empirical = certify(std, _Constant(), x, y, CertifyConfig(**common))
     bounded = certify(std, _Constant(), x, y, CertifyConfig(confidence=0.999, **common))
     for bound in ("lipschitz", "rs"):
@@ -246,8 +252,8 @@ def test_certify_hardmax_raises_mixed_clean_accuracy():
     std, rob = _Fixed(torch.tensor([0.4, 0.35, 0.25])), _Fixed(torch.tensor([0.3, 0.4, 0.3]))
     soft = certify(std, rob, x, y, CertifyConfig(lipschitz_const=1.0, alpha=0.6))
     hard = certify(std, rob, x, y, CertifyConfig(lipschitz_const=1.0, alpha=0.6, std_hardmax=True))
-    assert _entry(soft, "mix").clean_accuracy == 0.0
-    assert _entry(hard, "mix").clean_accuracy == 1.0
+    assert _entry(soft, "mixed").clean_accuracy == 0.0
+    assert _entry(hard, "mixed").clean_accuracy == 1.0
 
 
 def test_certify_config_rejects_bad_values():
@@ -286,7 +292,7 @@ def test_certify_report_renders(tmp_path):
     y = torch.tensor([0, 0, 0])
     config = CertifyConfig(sigma=0.5, n_samples=100, match_clean_acc=True, radii=(0.0, 0.1))
     result = certify(_Fixed(torch.tensor([0.6, 0.3, 0.1])), _Constant(), x, y, config)
-    assert [entry.name for entry in result.entries] == ["mix", "rob", "baseline"]
+    assert [entry.name for entry in result.entries] == ["mixed", "rob", "baseline"]
     assert _entry(result, "baseline").sigma == 0.25
     console = Console(record=True, width=150)
     console.print(certify_table(result))
@@ -364,7 +370,7 @@ def test_killed_certify_resumes_streams_its_rows_and_they_match_the_summary(tmp_
 
     std, rob, x, y = _certify_problem()
     # 2 examples per part (60 // 30): parts of 2, 2, 2 and 1 examples
-    config = CertifyConfig(sigma=0.5, n_samples=30, batch_size=60, radii=(0.0, 0.2, 0.9), **settings)
+    config = CertifyConfig(sigma=0.5, n_samples=30, radii=(0.0, 0.2, 0.9), **settings, run=RunSettings(batch_size=60))
     reference = certify(std, rob, x, y, config, out=tmp_path / "reference")
     expected = _rows(tmp_path / "reference" / "examples.csv")
     assert [row["index"] for row in expected] == [str(i) for i in range(7)]
@@ -375,7 +381,7 @@ def test_killed_certify_resumes_streams_its_rows_and_they_match_the_summary(tmp_
     assert len(streamed) == 4  # the rows of the two finished parts were written as they finished
     for row, full in zip(streamed, expected):
         mix_known = not settings  # with --match-clean-acc alpha, so h_alpha's columns, wait for the end
-        assert row == (full if mix_known else full | {key: "" for key in full if key.startswith("mix_")})
+        assert row == (full if mix_known else full | {key: "" for key in full if key.startswith("mixed_")})
 
     computed = record_computed_parts(monkeypatch)
     resumed = certify(std, rob, x, y, config, out=tmp_path / "run")
@@ -401,9 +407,11 @@ def test_skip_certifies_every_kth_example_with_its_own_numbers(tmp_path):
     from asmix.experiments.certify import CertifyConfig, certify
 
     std, rob, x, y = _certify_problem()
-    config = CertifyConfig(sigma=0.5, n_samples=30, batch_size=60)
+    config = CertifyConfig(sigma=0.5, n_samples=30, run=RunSettings(batch_size=60))
     every = certify(std, rob, x, y, config)
-    skipped = certify(std, rob, x, y, CertifyConfig(sigma=0.5, n_samples=30, batch_size=60, skip=3), out=tmp_path)
+    skipped = certify(
+        std, rob, x, y, CertifyConfig(sigma=0.5, n_samples=30, skip=3, run=RunSettings(batch_size=60)), out=tmp_path
+    )
     assert skipped.n_examples == 3 and skipped.indices == (0, 3, 6)
     assert [row["index"] for row in _rows(tmp_path / "examples.csv")] == ["0", "3", "6"]
     for full, part in zip(every.entries, skipped.entries):  # each example keeps the noise of its index
@@ -412,3 +420,15 @@ def test_skip_certifies_every_kth_example_with_its_own_numbers(tmp_path):
     assert skipped.to_dict()["indices"] == [0, 3, 6] and skipped.to_dict()["config"]["skip"] == 3
     with pytest.raises(AsmixError, match="skip must be >= 1"):
         CertifyConfig(skip=0)
+
+
+def test_the_old_module_name_still_imports_with_a_warning():
+    import importlib
+    import sys
+
+    import asmix.radii
+
+    sys.modules.pop("asmix.certify", None)
+    with pytest.warns(DeprecationWarning, match="asmix.radii"):
+        old = importlib.import_module("asmix.certify")
+    assert old.lipschitz_radius is asmix.radii.lipschitz_radius

@@ -100,7 +100,7 @@ def test_sweep_writes_json_csv_and_plots(monkeypatch, capsys, tmp_path):
     )
     data = json.loads((tmp_path / "r.json").read_text())
     assert [row["alpha"] for row in data["rows"]] == [0.0, 0.5, 1.0]
-    assert data["config"]["models"] == {"std": "demo-std", "rob": "demo-rob"} and data["config"]["eps"] == 0.3
+    assert data["config"]["models"] == {"std": "demo-std", "rob": "demo-rob"} and data["config"]["threat"]["eps"] == 0.3
     for name in ("sweep.json", "sweep.csv", "sweep_accuracy.png", "sweep_tradeoff.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert (tmp_path / "out" / "sweep.csv").read_text().splitlines()[
@@ -176,10 +176,10 @@ def test_robustbench_spellings_and_fractions_are_accepted(monkeypatch, capsys, t
         str(tmp_path / "linf.json"),
     )
     config = json.loads((tmp_path / "linf.json").read_text())["config"]
-    assert (config["norm"], config["eps"], config["step_size"]) == ("linf", 8 / 255, 2 / 255)
+    assert config["threat"] == {"norm": "linf", "eps": 8 / 255, "steps": 1, "step_size": 2 / 255}
     run_ok(monkeypatch, capsys, *args, "--norm", "L2", "--eps", "3/2", "--json", str(tmp_path / "l2.json"))
     config = json.loads((tmp_path / "l2.json").read_text())["config"]
-    assert (config["norm"], config["eps"]) == ("l2", 1.5)
+    assert (config["threat"]["norm"], config["threat"]["eps"]) == ("l2", 1.5)
 
 
 @pytest.fixture
@@ -323,8 +323,44 @@ def test_config_file_replays_a_result_and_options_override_it(monkeypatch, capsy
         str(tmp_path / "yaml.json"),
     )
     from_yaml = json.loads((tmp_path / "yaml.json").read_text())["config"]
-    assert from_yaml["steps"] == 1 and from_yaml["eps"] == 0.2 and from_yaml["alphas"] == [0.0, 0.7]
+    assert from_yaml["threat"]["steps"] == 1 and from_yaml["threat"]["eps"] == 0.2 and from_yaml["alphas"] == [0.0, 0.7]
     assert from_yaml["n_examples"] == 12 and from_yaml["attacks"] == ["std", "mix"]
+    assert from_yaml["run"] == {"batch_size": 6, "seed": 0}
+    # the flat config block of an earlier asmix's output replays the same run
+    flat = dict(first["config"])
+    for block in ("threat", "mix", "run"):
+        flat |= flat.pop(block)
+    (tmp_path / "old.json").write_text(json.dumps({"config": flat, "rows": first["rows"]}))
+    sweep("--config", str(tmp_path / "old.json"), "--json", str(tmp_path / "old-replay.json"))
+    old_replay = json.loads((tmp_path / "old-replay.json").read_text())
+    assert old_replay["config"] == first["config"] and old_replay["rows"] == first["rows"]
+
+
+def test_config_blocks_spread_into_each_commands_options():
+    from asmix.cli.config_file import config_defaults
+
+    block = {"threat": {"norm": "linf", "eps": 0.1, "steps": 7, "step_size": 0.05}, "run": {"batch_size": 8, "seed": 3}}
+    sweep = {"norm", "eps", "steps", "step_size", "batch_size", "seed"}
+    assert config_defaults(block, sweep, "sweep-alpha") == {
+        "norm": "linf",
+        "eps": 0.1,
+        "steps": 7,
+        "step_size": 0.05,
+        "batch_size": 8,
+        "seed": 3,
+    }
+    train = {"norm", "eps_max", "val_steps", "batch_size", "seed"}
+    assert config_defaults(block, train, "train-mixer") == {
+        "norm": "linf",
+        "eps_max": 0.1,
+        "val_steps": 7,
+        "batch_size": 8,
+        "seed": 3,
+    }
+    assert config_defaults(block, {"eps", "aa_steps"}, "calibrate") == {"eps": 0.1, "aa_steps": 7}
+    # an earlier asmix's flat block reads the same
+    flat = {"norm": "linf", "eps_max": 0.1, "val_steps": 7, "batch_size": 8, "seed": 3}
+    assert config_defaults(flat, train, "train-mixer") == config_defaults(block, train, "train-mixer")
 
 
 def test_a_bad_config_file_is_one_line(monkeypatch, capsys, tmp_path):

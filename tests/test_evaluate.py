@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import kill_after, run_in_gloo_processes
+from conftest import StandInMixer, kill_after, run_in_gloo_processes
 from torch import nn
 
+from asmix.attacks.pgd import ThreatModel
 from asmix.errors import AsmixError
 from asmix.experiments import evaluate as evaluate_module
 from asmix.experiments.evaluate import EvalConfig, evaluate, load_examples, parse_attacks
-from asmix.mixing import MixedClassifier, MixParts
+from asmix.mixing import MixedClassifier, MixSettings
 from asmix.models import load_model
 from asmix.report.evaluate import evaluate_table, trail_table
+from asmix.runtime import RunSettings
 
 FAST_AA = {"square_queries": 20}
 
@@ -36,7 +38,7 @@ class TinyNet(nn.Module):
         return self.linear(x.flatten(1))
 
 
-class TinyAlpha(nn.Module):
+class TinyAlpha(StandInMixer):
     """A stand-in mixing network: alpha = sigmoid(w * mean pixel + b), differentiable in x."""
 
     def __init__(self) -> None:
@@ -46,9 +48,8 @@ class TinyAlpha(nn.Module):
             self.linear.weight.fill_(8.0)
             self.linear.bias.fill_(-3.0)
 
-    def run(self, x, std, rob):
-        logit = self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1)).squeeze(1)
-        return MixParts(std(x), rob(x), torch.sigmoid(logit), logit)
+    def logit(self, x):
+        return self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1)).squeeze(1)
 
 
 def tiny_problem(n: int = 30, adaptive: bool = False):
@@ -73,23 +74,25 @@ def test_parse_attacks_and_unknown_names():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "make, message",
     [
-        ({"alpha": 1.5}, "alpha must be in"),
-        ({"batch_size": 0}, "batch size must be positive"),
-        ({"eps": -1.0}, "eps must be >= 0"),
-        ({"square_queries": 0}, "square queries"),
-        ({"alpha_weight": -1.0}, "alpha weight"),
-        ({"eps": float("nan")}, "eps must be a finite number, got nan"),
-        ({"step_size": float("inf")}, "step size must be a finite number, got inf"),
-        ({"alpha_weight": float("inf")}, "alpha weight must be a finite number, got inf"),
-        ({"std_scale": float("nan")}, "std scale must be a finite number"),
-        ({"alpha": float("nan")}, "alpha must be in"),
+        (lambda: EvalConfig(alpha=1.5), "alpha must be in"),
+        (lambda: EvalConfig(run=RunSettings(batch_size=0)), "batch size must be positive"),
+        (lambda: EvalConfig(threat=ThreatModel(eps=-1.0)), "eps must be >= 0"),
+        (lambda: EvalConfig(square_queries=0), "square queries"),
+        (lambda: EvalConfig(alpha_weight=-1.0), "alpha weight"),
+        (lambda: EvalConfig(threat=ThreatModel(eps=float("nan"))), "eps must be a finite number, got nan"),
+        (lambda: EvalConfig(threat=ThreatModel(step_size=float("inf"))), "step size must be a finite number, got inf"),
+        (lambda: EvalConfig(alpha_weight=float("inf")), "alpha weight must be a finite number, got inf"),
+        (lambda: EvalConfig(mix=MixSettings(std_scale=float("nan"))), "std scale must be a finite number"),
+        (lambda: EvalConfig(alpha=float("nan")), "alpha must be in"),
+        (lambda: EvalConfig(mix=MixSettings(mix_space="sum")), "mix space must be one of prob, logit"),
+        (lambda: EvalConfig(threat=ThreatModel(norm="l1")), "norm must be one of linf, l2"),
     ],
 )
-def test_bad_config(kwargs, message):
+def test_bad_config(make, message):
     with pytest.raises(AsmixError, match=message):
-        EvalConfig(**kwargs)
+        make()
 
 
 def test_clean_and_pgd_numbers():
@@ -97,10 +100,9 @@ def test_clean_and_pgd_numbers():
     config = EvalConfig(
         attacks=("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob"),
         bases=True,
-        eps=0.05,
-        steps=10,
-        batch_size=8,
         save_adv=True,
+        threat=ThreatModel(eps=0.05, steps=10),
+        run=RunSettings(batch_size=8),
     )
     result = evaluate(std, rob, x, y, config)
     mixed = MixedClassifier(std, rob, 0.5)
@@ -134,7 +136,12 @@ def test_clean_and_pgd_numbers():
 
 def test_graybox_detaches_alpha_with_a_mixer():
     std, rob, mixer, x, y = tiny_problem(adaptive=True)
-    config = EvalConfig(attacks=("clean", "pgd", "pgd-graybox"), eps=0.05, steps=10, batch_size=30, save_adv=True)
+    config = EvalConfig(
+        attacks=("clean", "pgd", "pgd-graybox"),
+        save_adv=True,
+        threat=ThreatModel(eps=0.05, steps=10),
+        run=RunSettings(batch_size=30),
+    )
     result = evaluate(std, rob, x, y, config, mixer=mixer)
     assert result.adaptive
     white, gray = result.examples["mixed/pgd/x_adv"], result.examples["mixed/pgd-graybox/x_adv"]
@@ -146,7 +153,12 @@ def test_graybox_detaches_alpha_with_a_mixer():
 @pytest.mark.slow
 def test_autoattack_columns_trail_and_adaptive():
     std, rob, mixer, x, y = tiny_problem(n=20, adaptive=True)
-    config = EvalConfig(attacks=("clean", "pgd", "aa", "aa-adaptive"), eps=0.04, steps=20, batch_size=10, **FAST_AA)
+    config = EvalConfig(
+        attacks=("clean", "pgd", "aa", "aa-adaptive"),
+        **FAST_AA,
+        threat=ThreatModel(eps=0.04, steps=20),
+        run=RunSettings(batch_size=10),
+    )
     result = evaluate(std, rob, x, y, config, mixer=mixer)
     aa, adaptive = result.rows["mixed"]["aa"], result.rows["mixed"]["aa-adaptive"]
     assert list(aa.trail) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
@@ -177,7 +189,13 @@ def run_until_killed(std, rob, mixer, x, y, config, out, batches):
 def test_resume_after_a_kill_gives_the_same_numbers(tmp_path, monkeypatch, suffix, attacks):
     std, rob, mixer, x, y = tiny_problem(n=24, adaptive=True)
     # at eps 0.1 APGD-CE leaves a few examples to APGD-T: both attacks' seeding is exercised, quickly
-    config = EvalConfig(attacks=attacks, bases=suffix == ".pt", eps=0.1, steps=5, batch_size=8, **FAST_AA)
+    config = EvalConfig(
+        attacks=attacks,
+        bases=suffix == ".pt",
+        **FAST_AA,
+        threat=ThreatModel(eps=0.1, steps=5),
+        run=RunSettings(batch_size=8),
+    )
     reference = evaluate(std, rob, x, y, config, mixer=mixer, out=tmp_path / f"reference{suffix}")
 
     out = tmp_path / f"resumed{suffix}"
@@ -206,10 +224,10 @@ def test_resume_after_a_kill_gives_the_same_numbers(tmp_path, monkeypatch, suffi
 
 def test_parts_of_another_run_are_not_reused(tmp_path):
     std, rob, _, x, y = tiny_problem(n=16)
-    config = EvalConfig(attacks=("clean", "pgd"), eps=0.05, steps=5, batch_size=8)
+    config = EvalConfig(attacks=("clean", "pgd"), threat=ThreatModel(eps=0.05, steps=5), run=RunSettings(batch_size=8))
     out = tmp_path / "run.npz"
     run_until_killed(std, rob, None, x, y, config, out, batches=1)
-    other = EvalConfig(attacks=("clean", "pgd"), eps=0.1, steps=5, batch_size=8)
+    other = EvalConfig(attacks=("clean", "pgd"), threat=ThreatModel(eps=0.1, steps=5), run=RunSettings(batch_size=8))
     result = evaluate(std, rob, x, y, other, out=out)
     fresh = evaluate(std, rob, x, y, other)
     assert result.to_dict() == fresh.to_dict()
@@ -227,7 +245,10 @@ def test_out_must_be_npz_or_pt(tmp_path):
 
 
 SHARD_CONFIG = dict(
-    attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"), eps=0.1, steps=5, batch_size=5, square_queries=20
+    attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"),
+    threat=ThreatModel(eps=0.1, steps=5),
+    run=RunSettings(batch_size=5),
+    square_queries=20,
 )
 
 
@@ -364,11 +385,10 @@ def test_real_mixing_network_adaptive_attacks():
         y = MixedClassifier(std, rob, mixer)(x).argmax(1)
     config = EvalConfig(
         attacks=("clean", "pgd", "pgd-graybox", "aa", "aa-adaptive"),
-        eps=0.05,
-        steps=5,
-        batch_size=6,
         square_queries=10,
         save_adv=True,
+        threat=ThreatModel(eps=0.05, steps=5),
+        run=RunSettings(batch_size=6),
     )
     result = evaluate(std, rob, x, y, config, mixer=mixer)
     assert result.adaptive and result.accuracy("mixed", "clean") == 1.0

@@ -14,10 +14,12 @@ from asmix.attacks.margin import (
     probability_gap,
     true_class_margin,
 )
+from asmix.attacks.pgd import ThreatModel
 from asmix.compat import register_autoattack
 from asmix.errors import AsmixError
 from asmix.experiments.margins import MarginsConfig, margins
-from asmix.mixing import MixedClassifier
+from asmix.mixing import MixedClassifier, MixSettings
+from asmix.runtime import RunSettings
 
 
 class _Fixed(nn.Module):
@@ -110,13 +112,15 @@ def test_margins_on_fixed_outputs():
     std, rob = _Fixed(std_probs.log()), _Fixed(rob_probs.log())
     x = torch.rand(4, 1, 2, 2)
     y = torch.tensor([0, 0, 0, 1])
-    config = MarginsConfig(eps=0.1, steps=3, aa_steps=3, target_classes=0, alpha=0.6, batch_size=3)
+    config = MarginsConfig(
+        aa_steps=3, target_classes=0, alpha=0.6, threat=ThreatModel(eps=0.1, steps=3), run=RunSettings(batch_size=3)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = margins(std, rob, x, y, config)
     mix_probs = 0.4 * std_probs + 0.6 * rob_probs  # (0.58, 0.32, 0.10): gap 0.26
     for inputs in ("clean", "pgd", "autoattack"):
-        std_stats, rob_stats, mix_stats = (result.stats[name][inputs] for name in ("std", "rob", "mix"))
+        std_stats, rob_stats, mix_stats = (result.stats[name][inputs] for name in ("std", "rob", "mixed"))
         assert std_stats.accuracy == 0.75 and std_stats.n_wrong == 1
         assert std_stats.mean_gap_correct == pytest.approx(0.5) and std_stats.median_gap_wrong == pytest.approx(0.5)
         assert rob_stats.mean_gap_correct == pytest.approx(0.1) and rob_stats.mean_gap_wrong == pytest.approx(0.1)
@@ -135,7 +139,13 @@ def test_lemma32_count_and_lipschitz_on_a_confident_model():
     y = torch.tensor([0, 0, 2])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = margins(std, rob, x, y, MarginsConfig(attacks=("pgd",), eps=0.1, steps=2, alpha=0.6, lipschitz=True))
+        result = margins(
+            std,
+            rob,
+            x,
+            y,
+            MarginsConfig(attacks=("pgd",), alpha=0.6, lipschitz=True, threat=ThreatModel(eps=0.1, steps=2)),
+        )
     # margin 0.85 >= 2/3 on the two correct examples; h_0.6 = (0.58, 0.35, 0.07) is right there too
     assert [(row.inputs, row.n_satisfied) for row in result.lemma32] == [("clean", 2), ("pgd", 2), ("worst", 2)]
     assert result.lemma32[0].mix_accuracy == pytest.approx(2 / 3)
@@ -152,11 +162,11 @@ def test_margins_config_rejects_bad_values():
     with pytest.raises(AsmixError):
         MarginsConfig(lipschitz_classes=0)
     with pytest.raises(AsmixError, match="eps must be a finite number, got inf"):
-        MarginsConfig(eps=float("inf"))
+        MarginsConfig(threat=ThreatModel(eps=float("inf")))
     with pytest.raises(AsmixError, match="step size must be a finite number, got nan"):
-        MarginsConfig(step_size=float("nan"))
+        MarginsConfig(threat=ThreatModel(step_size=float("nan")))
     with pytest.raises(AsmixError, match="rob scale must be a finite number"):
-        MarginsConfig(rob_scale=float("nan"))
+        MarginsConfig(mix=MixSettings(rob_scale=float("nan")))
     with pytest.raises(AsmixError, match="eps must be a finite number, got nan"):
         MinMarginAPGD(_small_net(), eps=float("nan"))
 
@@ -164,12 +174,14 @@ def test_margins_config_rejects_bad_values():
 def test_margins_attacks_lower_accuracy_and_are_deterministic():
     std, rob = _small_net(2), _small_net(3)
     x, y = _data(10, seed=2)
-    config = MarginsConfig(eps=0.2, steps=3, aa_steps=3, target_classes=1, batch_size=10)
+    config = MarginsConfig(
+        aa_steps=3, target_classes=1, threat=ThreatModel(eps=0.2, steps=3), run=RunSettings(batch_size=10)
+    )
     one = margins(std, rob, x, y, config)
     again = margins(std, rob, x, y, config)
     mixed = MixedClassifier(std, rob, config.alpha)
     with torch.no_grad():
-        clean_logits = {"std": std(x), "rob": rob(x), "mix": mixed(x)}
+        clean_logits = {"std": std(x), "rob": rob(x), "mixed": mixed(x)}
     for name, logits in clean_logits.items():
         correct = logits.argmax(1) == y
         assert one.stats[name]["clean"].accuracy == correct.float().mean().item()
@@ -179,7 +191,7 @@ def test_margins_attacks_lower_accuracy_and_are_deterministic():
     gaps = probability_gap(clean_logits["rob"])
     assert one.stats["rob"]["clean"].mean_gap_correct == pytest.approx(gaps[rob_correct].mean().item())
     assert one.stats["rob"]["clean"].mean_gap_wrong == pytest.approx(gaps[~rob_correct].mean().item())
-    for name in ("std", "rob", "mix"):
+    for name in ("std", "rob", "mixed"):
         stats = one.stats[name]
         assert stats["pgd"].accuracy <= stats["clean"].accuracy
         # the min-margin AutoAttack can only lower each example's margin below clean
@@ -200,7 +212,9 @@ def test_margins_report_renders(tmp_path):
         rob,
         x,
         y,
-        MarginsConfig(eps=0.2, steps=3, aa_steps=3, target_classes=1, lipschitz=True, lipschitz_classes=2),
+        MarginsConfig(
+            aa_steps=3, target_classes=1, lipschitz=True, lipschitz_classes=2, threat=ThreatModel(eps=0.2, steps=3)
+        ),
         models={"std": "a", "rob": "b"},
     )
     console = Console(record=True, width=150)
@@ -254,7 +268,7 @@ def test_margins_cli_on_demo_data(tmp_path):
     import json
 
     data = json.loads((tmp_path / "margins.json").read_text())
-    assert data["config"]["n_examples"] == 6 and data["config"]["eps"] == 0.3
+    assert data["config"]["n_examples"] == 6 and data["config"]["threat"]["eps"] == 0.3
     assert data["lipschitz"]["classes_used"] == 2
 
 
@@ -263,13 +277,15 @@ def test_margins_of_h_alone():
     x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = margins(rob, rob, x, y, MarginsConfig(classifiers=("rob",), attacks=("pgd",), eps=0.1, steps=1))
+        result = margins(
+            rob, rob, x, y, MarginsConfig(classifiers=("rob",), attacks=("pgd",), threat=ThreatModel(eps=0.1, steps=1))
+        )
     assert set(result.stats) == {"rob"}
     assert result.stats["rob"]["pgd"].accuracy == 0.5
     assert [row.n_satisfied for row in result.lemma32] == [1, 1, 1]
     assert all(row.mix_accuracy is None for row in result.lemma32)
     with pytest.raises(AsmixError):
-        MarginsConfig(classifiers=("std", "mix"))
+        MarginsConfig(classifiers=("std", "mixed"))
 
 
 def test_min_margin_apgd_l2_stays_in_the_ball():
@@ -287,7 +303,13 @@ def test_killed_margins_resume_with_the_numbers_of_one_run(tmp_path, monkeypatch
     x, _ = _data(12, seed=5)
     with torch.no_grad():
         y = rob(x).argmax(1)
-    config = MarginsConfig(eps=0.2, steps=3, aa_steps=3, target_classes=1, lipschitz=True, batch_size=5)
+    config = MarginsConfig(
+        aa_steps=3,
+        target_classes=1,
+        lipschitz=True,
+        threat=ThreatModel(eps=0.2, steps=3),
+        run=RunSettings(batch_size=5),
+    )
     reference = margins(std, rob, x, y, config)
     with pytest.raises(KeyboardInterrupt):
         margins(std, rob, x, y, config, out=tmp_path, progress=kill_after(2))

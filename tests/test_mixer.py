@@ -214,7 +214,7 @@ def test_save_load_roundtrip(tmp_path):
     from asmix.models import canonical_spec
 
     loaded, stored = load_mixer(tmp_path / "m", std="demo-std", rob="bit:resnetv2_152x2_bit", canonical=canonical_spec)
-    assert stored["training"] == {"epochs": 1} and stored["architecture"]["alpha_range"] == [0.2, 0.8]
+    assert stored.training == {"epochs": 1} and stored.architecture["alpha_range"] == [0.2, 0.8]
     assert not loaded.training and (loaded.alpha_min, loaded.alpha_max) == (0.2, 0.8)
     assert torch.equal(loaded.head_norm.running_mean, mixer.head_norm.running_mean)
     x = torch.rand(4, 1, 28, 28)
@@ -313,7 +313,7 @@ def test_head_round_trips_through_mixer_json(tmp_path):
     mixer.set_alpha_bias(1.25)
     save_mixer(mixer, tmp_path / "m", config={})
     loaded, stored = load_mixer(tmp_path / "m")
-    assert stored["architecture"]["alpha_bias"] == 1.25 and loaded.alpha_bias == 1.25
+    assert stored.architecture["alpha_bias"] == 1.25 and loaded.alpha_bias == 1.25
     assert (loaded.clamp_std, loaded.bn_momentum) == (0.6, 0.01)
 
 
@@ -515,7 +515,7 @@ def test_a_mixer_that_reads_h_alone_ignores_g_and_round_trips(tmp_path):
         assert not torch.equal(both.run(x, std, rob).alpha, both.run(x, other_std, rob).alpha)
     save_mixer(mixer, tmp_path / "m", config={})
     loaded, stored = load_mixer(tmp_path / "m")
-    assert loaded.inputs == "rob" and stored["architecture"]["inputs"] == "rob"
+    assert loaded.inputs == "rob" and stored.architecture["inputs"] == "rob"
     with torch.no_grad():
         assert torch.equal(loaded.run(x, std, rob).alpha, alpha)
     with pytest.raises(AsmixError, match="mixer inputs must be one of both, rob"):
@@ -555,3 +555,27 @@ def test_a_confidence_mixer_reads_only_h_logits(tmp_path):
     loaded, _ = load_mixer(tmp_path / "m")
     with torch.no_grad():
         assert loaded.inputs == "rob-logits" and torch.equal(loaded.run(x, std, rob).alpha, alpha)
+
+
+def test_mixer_card_reads_grouped_and_flat_training_settings(tmp_path):
+    from asmix.mixer import MixerCard
+    from asmix.report.card import mixer_card
+
+    std, rob, mixer = _trained_looking_mixer()
+    flat = {"setting": "C", "norm": "linf", "eps_max": 0.3, "val_steps": 10, "std_scale": 2.0, "batch_size": 64}
+    grouped = {
+        "setting": "C",
+        "threat": {"norm": "linf", "eps": 0.3, "steps": 10, "step_size": 0.075},
+        "mix": {"mix_space": "prob", "std_scale": 2.0, "rob_scale": 1.0, "std_temperature": 1.0, "rob_map": None},
+        "run": {"batch_size": 64, "seed": 0},
+    }
+    cards = []
+    for name, training in (("flat", flat), ("grouped", grouped)):
+        save_mixer(mixer, tmp_path / name, config={"models": {"std": "demo-std"}, "training": training})
+        cards.append(MixerCard.read(tmp_path / name))
+    for card in cards:
+        assert (card.std_scale, card.rob_scale) == (2.0, 1.0)
+        assert {key: card.training_settings[key] for key in flat} == flat
+        assert "batch 64" in mixer_card(card) and "linf eps 0.3 " in mixer_card(card)
+    with pytest.raises(AsmixError, match="was trained with --std demo-std, not demo-rob"):
+        cards[0].check_models("demo-rob", None)

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import Exploding, FixedLogits, LinearImageModel
+from torch import nn
 
 from asmix import AsmixError, MixedClassifier, mix_logits
 
@@ -220,3 +221,28 @@ def test_nuts_with_alpha_keeps_the_map_and_bad_settings_are_refused():
         MixedClassifier(LinearImageModel(4, 3), LinearImageModel(4, 3), 0.5, rob_scale=2.0, rob_map=nuts)
     with pytest.raises(AsmixError, match="mix space prob"):
         MixedClassifier(LinearImageModel(4, 3), LinearImageModel(4, 3), 0.5, mix_space="logit", rob_map=nuts)
+
+
+def test_a_mix_is_not_changed_from_outside():
+    std, rob = nn.Linear(4, 3), nn.Linear(4, 3)
+    mixed = MixedClassifier(std, rob, 0.3)
+    with pytest.raises(AttributeError):
+        mixed.alpha = 0.7
+    other = mixed.with_alpha(0.7)
+    assert (mixed.alpha, other.alpha) == (0.3, 0.7) and other.std is mixed.std and other.rob is mixed.rob
+
+
+def test_alpha_grid_probability_mix_and_accuracy_helpers():
+    from asmix.calibration import largest_meeting
+    from asmix.mixing import alpha_grid, mix_probabilities
+    from asmix.runtime import accuracy, fraction
+
+    assert alpha_grid(0.0, 1.0, 0.25) == (0.0, 0.25, 0.5, 0.75, 1.0) and alpha_grid(0.0, 0.3, 0.1)[-1] == 0.3
+    with pytest.raises(AsmixError, match="step must be positive"):
+        alpha_grid(0.0, 1.0, 0.0)
+    std_logits, rob_logits = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[-1.0, 1.5, 0.0]])
+    probs = mix_probabilities(std_logits.softmax(1), rob_logits.softmax(1), 0.3)
+    assert torch.allclose(probs.log(), mix_logits(std_logits, rob_logits, 0.3), atol=1e-6)
+    scores, y = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 0, 0])
+    assert accuracy(scores, y) == pytest.approx(2 / 3) and fraction(torch.tensor([True, False])) == 0.5
+    assert largest_meeting([1.0, 0.9, 0.8], 0.9) == 1 and largest_meeting([0.5, 0.4], 0.9) is None

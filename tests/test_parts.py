@@ -10,10 +10,12 @@ import pytest
 import torch
 from conftest import LinearImageModel, run_in_gloo_processes
 
+from asmix.attacks.pgd import ThreatModel
 from asmix.experiments.certify import CertifyConfig, certify
 from asmix.experiments.margins import MarginsConfig, margins
 from asmix.experiments.parts import Parts, fingerprint
 from asmix.experiments.sweep import SweepConfig, sweep_alpha
+from asmix.runtime import RunSettings
 
 
 def test_fingerprint_covers_settings_weights_and_data():
@@ -44,9 +46,24 @@ def _problem():
 
 
 CONFIGS = {
-    "sweep": (sweep_alpha, SweepConfig(alphas=(0.0, 0.5, 0.8), eps=0.1, steps=3, batch_size=4)),
-    "margins": (margins, MarginsConfig(eps=0.1, steps=3, aa_steps=3, target_classes=1, lipschitz=True, batch_size=4)),
-    "certify": (certify, CertifyConfig(sigma=0.25, n_samples=20, batch_size=40, confidence=0.9, match_clean_acc=True)),
+    "sweep": (
+        sweep_alpha,
+        SweepConfig(alphas=(0.0, 0.5, 0.8), threat=ThreatModel(eps=0.1, steps=3), run=RunSettings(batch_size=4)),
+    ),
+    "margins": (
+        margins,
+        MarginsConfig(
+            aa_steps=3,
+            target_classes=1,
+            lipschitz=True,
+            threat=ThreatModel(eps=0.1, steps=3),
+            run=RunSettings(batch_size=4),
+        ),
+    ),
+    "certify": (
+        certify,
+        CertifyConfig(sigma=0.25, n_samples=20, confidence=0.9, match_clean_acc=True, run=RunSettings(batch_size=40)),
+    ),
 }
 
 

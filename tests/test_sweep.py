@@ -5,7 +5,10 @@ import torch
 from conftest import LinearImageModel, kill_after, record_computed_parts
 
 from asmix import AsmixError, SweepConfig, load_data, load_model, sweep_alpha
+from asmix.attacks.pgd import ThreatModel
 from asmix.experiments.sweep import parse_alphas
+from asmix.mixing import MixSettings
+from asmix.runtime import RunSettings
 
 
 class Counting(torch.nn.Module):
@@ -37,17 +40,17 @@ def test_bad_configs():
     with pytest.raises(AsmixError, match="unknown attack"):
         SweepConfig(attacks=("std", "fgsm"))
     with pytest.raises(AsmixError, match="batch size must be positive"):
-        SweepConfig(batch_size=0)
+        SweepConfig(run=RunSettings(batch_size=0))
     with pytest.raises(AsmixError, match="eps must be >= 0"):
-        SweepConfig(eps=-1)
+        SweepConfig(threat=ThreatModel(eps=-1))
     with pytest.raises(AsmixError, match="eps must be a finite number, got nan"):
-        SweepConfig(eps=float("nan"))
+        SweepConfig(threat=ThreatModel(eps=float("nan")))
     with pytest.raises(AsmixError, match="step size must be a finite number, got inf"):
-        SweepConfig(step_size=float("inf"))
+        SweepConfig(threat=ThreatModel(step_size=float("inf")))
     with pytest.raises(AsmixError, match="std scale must be a finite number, got nan"):
-        SweepConfig(std_scale=float("nan"))
+        SweepConfig(mix=MixSettings(std_scale=float("nan")))
     with pytest.raises(AsmixError, match="rob scale must be a finite number, got inf"):
-        SweepConfig(rob_scale=float("inf"))
+        SweepConfig(mix=MixSettings(rob_scale=float("inf")))
 
 
 def test_base_outputs_and_base_attacks_run_once_whatever_the_number_of_alphas():
@@ -55,7 +58,7 @@ def test_base_outputs_and_base_attacks_run_once_whatever_the_number_of_alphas():
     calls = {}
     for alphas in ((0.3,), (0.3, 0.7)):
         std, rob = Counting(LinearImageModel(16, 3, 1)), Counting(LinearImageModel(16, 3, 2))
-        sweep_alpha(std, rob, x, y, SweepConfig(alphas=alphas, eps=0.1, steps=4))
+        sweep_alpha(std, rob, x, y, SweepConfig(alphas=alphas, threat=ThreatModel(eps=0.1, steps=4)))
         calls[len(alphas)] = (std.calls, rob.calls)
     # one more alpha costs exactly one MIX attack: 4 PGD steps + 1 prediction, one batch
     assert calls[2][0] - calls[1][0] == 5 and calls[2][1] - calls[1][1] == 5
@@ -67,8 +70,10 @@ def test_base_outputs_and_base_attacks_run_once_whatever_the_number_of_alphas():
 def test_mix_attack_at_alpha_zero_reuses_the_std_attack_exactly():
     x, y = torch.rand(30, 1, 4, 4), torch.randint(0, 3, (30,))
     std, rob = LinearImageModel(16, 3, 1), LinearImageModel(16, 3, 2)
-    reused = sweep_alpha(std, rob, x, y, SweepConfig(alphas=(0.0, 1.0), eps=0.2, steps=5))
-    direct = sweep_alpha(std, rob, x, y, SweepConfig(alphas=(0.0, 1.0), attacks=("mix",), eps=0.2, steps=5))
+    reused = sweep_alpha(std, rob, x, y, SweepConfig(alphas=(0.0, 1.0), threat=ThreatModel(eps=0.2, steps=5)))
+    direct = sweep_alpha(
+        std, rob, x, y, SweepConfig(alphas=(0.0, 1.0), attacks=("mix",), threat=ThreatModel(eps=0.2, steps=5))
+    )
     assert [r.mix_attack for r in reused.rows] == [reused.base["std"].std_attack, reused.base["rob"].rob_attack]
     assert [r.mix_attack for r in direct.rows] == pytest.approx([r.mix_attack for r in reused.rows], abs=1 / 30)
     assert direct.rows[0].std_attack is None
@@ -77,7 +82,13 @@ def test_mix_attack_at_alpha_zero_reuses_the_std_attack_exactly():
 def test_sweep_on_demo_pair_shows_the_trade_off():
     std, rob = load_model("demo-std"), load_model("demo-rob")
     x, y = load_data("demo", n_examples=100)
-    result = sweep_alpha(std, rob, x, y, SweepConfig(alphas=(0.0, 0.6, 1.0), eps=0.3, steps=10, batch_size=50))
+    result = sweep_alpha(
+        std,
+        rob,
+        x,
+        y,
+        SweepConfig(alphas=(0.0, 0.6, 1.0), threat=ThreatModel(eps=0.3, steps=10), run=RunSettings(batch_size=50)),
+    )
     rows = {row.alpha: row for row in result.rows}
     assert result.base["std"].clean >= 0.97 and result.base["std"].std_attack <= 0.05
     assert result.base["rob"].rob_attack >= 0.75
@@ -103,7 +114,9 @@ def _resume_problem():
 def test_a_killed_sweep_resumes_with_the_numbers_of_one_run(tmp_path, monkeypatch):
     std, rob, x, y = _resume_problem()
     # 3 batches: 3 base units, then a MIX unit per batch at 0.4 and at 0.7 (0 and 1 reuse the base attacks)
-    config = SweepConfig(alphas=(0.0, 0.4, 0.7, 1.0), eps=0.05, steps=3, batch_size=8)
+    config = SweepConfig(
+        alphas=(0.0, 0.4, 0.7, 1.0), threat=ThreatModel(eps=0.05, steps=3), run=RunSettings(batch_size=8)
+    )
     reference = sweep_alpha(std, rob, x, y, config)
     with pytest.raises(KeyboardInterrupt):
         sweep_alpha(std, rob, x, y, config, out=tmp_path, progress=kill_after(4))
@@ -129,11 +142,11 @@ def test_a_killed_sweep_resumes_with_the_numbers_of_one_run(tmp_path, monkeypatc
 
 def test_a_changed_setting_recomputes_every_part(tmp_path, monkeypatch):
     std, rob, x, y = _resume_problem()
-    config = SweepConfig(alphas=(0.4,), eps=0.2, steps=3, batch_size=8)
+    config = SweepConfig(alphas=(0.4,), threat=ThreatModel(eps=0.2, steps=3), run=RunSettings(batch_size=8))
     with pytest.raises(KeyboardInterrupt):
         sweep_alpha(std, rob, x, y, config, out=tmp_path, progress=kill_after(4))
     computed = record_computed_parts(monkeypatch)
-    other = SweepConfig(alphas=(0.4,), eps=0.1, steps=3, batch_size=8)
+    other = SweepConfig(alphas=(0.4,), threat=ThreatModel(eps=0.1, steps=3), run=RunSettings(batch_size=8))
     resumed = sweep_alpha(std, rob, x, y, other, out=tmp_path, models={"std": "g"})
     assert len(computed) == 6
     assert resumed.to_dict() == sweep_alpha(std, rob, x, y, other, models={"std": "g"}).to_dict()

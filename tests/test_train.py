@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from asmix.attacks.objectives import mixed_objective
+from asmix.attacks.pgd import ThreatModel
 from asmix.errors import AsmixError
 from asmix.experiments.train import (
     TrainConfig,
@@ -24,9 +25,9 @@ from asmix.experiments.train import (
 from asmix.experiments.train.adversary import chi_square_steps
 from asmix.identity import weights_digest
 from asmix.mixer import MixingNetwork, load_mixer
-from asmix.mixing import MixedClassifier
+from asmix.mixing import MixedClassifier, MixSettings
 from asmix.models.demo import DemoCNN
-from asmix.runtime import batch_generator
+from asmix.runtime import RunSettings, batch_generator
 
 TINY = dict(width=8, blocks=1, stages=1)
 
@@ -43,7 +44,13 @@ def _data(n: int, seed: int = 0):
 
 def _config(**overrides) -> TrainConfig:
     settings = dict(
-        epochs=2, batch_size=8, steps_range=(1, 2), val_steps=1, eps_max=0.3, target_classes=1, apgd_steps_df=2, **TINY
+        epochs=2,
+        run=RunSettings(batch_size=8),
+        steps_range=(1, 2),
+        threat=ThreatModel(eps=0.3, steps=1),
+        target_classes=1,
+        apgd_steps_df=2,
+        **TINY,
     )
     return TrainConfig(**(settings | overrides))
 
@@ -107,7 +114,7 @@ def test_training_attack_stays_in_ball_and_is_seeded():
     x, y = _data(8)
     mixer = MixingNetwork.build(std, rob, x, **TINY).train()
     mixed = MixedClassifier(std, rob, alpha=mixer)
-    config = _config(setting="B", eps_max=0.1, eps_range=(0.4, 1.0), steps_range=(2, 4))
+    config = _config(setting="B", threat=ThreatModel(eps=0.1, steps=1), eps_range=(0.4, 1.0), steps_range=(2, 4))
     first = attack_rows(mixed, x, y, config, batch_generator(0, "t"))
     second = attack_rows(mixed, x, y, config, batch_generator(0, "t"))
     assert mixer.training  # restored after the attack
@@ -124,7 +131,7 @@ def test_setting_c_rows_are_the_attacks_own_iterates_never_clean_copies():
     x, y = _data(8)
     mixer = MixingNetwork.build(std, rob, x, **TINY)
     mixed = MixedClassifier(std, rob, alpha=mixer)
-    config = _config(setting="C", eps_max=0.1, target_classes=2, apgd_steps_df=3)
+    config = _config(setting="C", threat=ThreatModel(eps=0.1, steps=1), target_classes=2, apgd_steps_df=3)
     state = torch.get_rng_state()
     rows = attack_rows(mixed, x, y, config, batch_generator(0, "c"))
     assert torch.equal(torch.get_rng_state(), state)  # nothing reseeds torch's generator
@@ -174,10 +181,12 @@ def test_config_validation():
         TrainConfig(pseudo_labels="mine")
     with pytest.raises(AsmixError, match="mixer inputs must be one of both, rob"):
         TrainConfig(mixer_inputs="std")
+    with pytest.raises(AsmixError, match="only the logit scales"):
+        TrainConfig(mix=MixSettings(mix_space="logit"))
     std, rob = _pair()
     x, y = _data(4)
     with pytest.raises(AsmixError, match="full batch"):
-        train_mixer(std, rob, x, y, x, y, _config(batch_size=8))
+        train_mixer(std, rob, x, y, x, y, _config(run=RunSettings(batch_size=8)))
 
 
 def _state(mixer):
@@ -212,13 +221,13 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         assert torch.equal(expected[name], got[name]), name
     assert resumed.history[1].train_loss == full.history[1].train_loss
     loaded, stored = load_mixer(tmp_path / "cut")
-    assert stored["training"]["epochs"] == 2 and len(stored["data_fingerprint"]) == 64
+    assert stored.training["epochs"] == 2 and len(stored.data_fingerprint) == 64
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, expected[name])
     with pytest.raises(AsmixError, match="other settings.*lr"):
         train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=2, lr=0.5), out_dir=tmp_path / "cut", resume=True)
     # the finished mixer and the checkpoint know g's and h's weights, not only their names
-    assert stored["base_weights"] == {"std": weights_digest(std), "rob": weights_digest(rob)}
+    assert stored.base_weights == {"std": weights_digest(std), "rob": weights_digest(rob)}
     load_mixer(tmp_path / "cut", std_model=std, rob_model=rob)
     other_rob = copy.deepcopy(rob)
     with torch.no_grad():
@@ -261,7 +270,15 @@ def test_short_demo_training_lowers_loss_and_separates_alpha():
     std, rob = load_model("demo-std"), load_model("demo-rob")
     x, y = load_data("demo", split="train")
     config = TrainConfig(
-        epochs=3, batch_size=32, target_classes=1, apgd_steps_df=4, val_steps=5, width=16, blocks=1, stages=1, lr=3e-3
+        epochs=3,
+        target_classes=1,
+        apgd_steps_df=4,
+        width=16,
+        blocks=1,
+        stages=1,
+        lr=3e-3,
+        threat=ThreatModel(steps=5),
+        run=RunSettings(batch_size=32),
     )
     result = train_mixer(std, rob, x[:192], y[:192], x[-64:], y[-64:], config, judge_mixer=False)
     first, last = result.history[0], result.history[-1]
@@ -286,8 +303,8 @@ def test_target_clean_acc_sets_saved_range(tmp_path):
     assert result.verdict is not None and result.verdict.n_examples == 6  # judged on the other half
     loaded, stored = load_mixer(tmp_path)
     assert (loaded.alpha_min, loaded.alpha_max, loaded.alpha_bias) == (*result.alpha_range, result.alpha_bias)
-    assert stored["selection"]["target_clean_acc"] == 1.0
-    assert stored["verdict"]["gain_points"] == pytest.approx(result.verdict.gain)
+    assert stored.selection["target_clean_acc"] == 1.0
+    assert stored.verdict["gain_points"] == pytest.approx(result.verdict.gain)
 
 
 def test_train_data_splits_are_disjoint(tmp_path):

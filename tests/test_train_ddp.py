@@ -82,8 +82,10 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     assert len(logs[0]) == len(logs[1]) == 2
     from asmix.mixer import load_mixer
 
-    mixer, config = load_mixer(tmp_path / "ddp", std="demo-std", rob="demo-std")
-    assert config["n_train"] == 32 and config["training"]["batch_size"] == 16
+    mixer, card = load_mixer(tmp_path / "ddp", std="demo-std", rob="demo-std")
+    assert (
+        card.n_train == 32 and card.training["run"]["batch_size"] == 16 and card.training_settings["batch_size"] == 16
+    )
     for single_line, ddp_line in zip(*logs):
         a, b = json.loads(single_line), json.loads(ddp_line)
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asmix.checks import NORMS, check_finite
+from asmix.checks import Norm, check_choice, check_finite
 from asmix.errors import AsmixError
 
 IterateFn = Callable[[torch.Tensor, torch.Tensor], None]
@@ -40,7 +40,7 @@ class PGD:
     eps: float
     steps: int = 20
     step_size: float | None = None
-    norm: str = "linf"
+    norm: Norm = "linf"
     random_start: bool = True
     stop_at_break: bool = True
     """Freeze an example at its first misclassified iterate; off where PGD maximises something else (Lipschitz)."""
@@ -53,8 +53,7 @@ class PGD:
             raise AsmixError(f"eps must be >= 0, got {self.eps}")
         if self.steps < 0:
             raise AsmixError(f"steps must be >= 0, got {self.steps}")
-        if self.norm not in NORMS:
-            raise AsmixError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        check_choice(self.norm, Norm, "norm")
         if self.step_size is not None and self.step_size <= 0:
             raise AsmixError(f"step size must be positive, got {self.step_size}")
 
@@ -128,6 +127,28 @@ class PGD:
         else:
             delta = delta * (self.eps / _l2(delta).clamp_min(1e-12)).clamp(max=1.0)
         return (x + delta).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The attack an experiment measures against: the ``norm`` ball of radius ``eps`` and the attack's ``steps``
+    and ``step_size`` (None: 2.5 eps / steps), as the paper's YAML groups them; checked on construction."""
+
+    norm: Norm = "linf"
+    eps: float = 0.3
+    steps: int = 20
+    step_size: float | None = None
+
+    def __post_init__(self) -> None:
+        self.pgd()
+
+    def pgd(self) -> PGD:
+        """The library PGD for this threat model."""
+        return PGD(eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm)
+
+    def to_dict(self) -> dict:
+        """The settings, with the step size PGD uses."""
+        return asdict(self) | {"step_size": self.pgd().resolved_step_size}
 
 
 class AllIteratesCorrect:

@@ -9,39 +9,26 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app, examples
-from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (
-    BatchSizeOption,
-    DataDirOption,
-    DataOption,
-    DatasetOption,
-    DeviceOption,
-    EpsOption,
-    JsonOption,
-    ModelDirOption,
-    NormOption,
-    ReportOption,
-    RobOption,
-    RobWeightsOption,
-    SeedOption,
-    StdOption,
-    StdWeightsOption,
-    TrustCodeOption,
-    check_outputs,
+    OUTPUT_OPTIONS,
+    PAIR_OPTIONS,
+    RUN_OPTIONS,
+    SharedOptions,
     console,
-    n_examples_option,
     number_parser,
-    pair_source,
+    own,
     print_notes,
     progress_callback,
+    shared_options,
     stdout,
-    write_report,
-    write_results,
 )
 
-DEFAULT_N_EXAMPLES = 500
 SEARCH = "Search"
 MIXER = "Mixer family"
+CalibrationOut = Annotated[
+    Path,
+    typer.Option("--out", rich_help_panel="Output", help="Folder for calibration.json and calibration_tradeoff.png."),
+]
 
 
 def _range(text: str, option: str) -> tuple[float, float]:
@@ -62,19 +49,18 @@ def _range(text: str, option: str) -> tuple[float, float]:
         "asmix calibrate --std bit-r152 --rob Wang2023 --dataset cifar10 --n-examples 1000 --target-clean-acc 95",
     ),
 )
+@shared_options(
+    PAIR_OPTIONS,
+    "norm",
+    "eps",
+    RUN_OPTIONS,
+    OUTPUT_OPTIONS,
+    n_examples=500,
+    batch_size=250,
+    out=own(CalibrationOut, Path("./asmix-calibration")),
+)
 def calibrate_command(
-    ctx: typer.Context,
-    config_file: ConfigOption = None,
-    std: StdOption = "demo-std",
-    rob: RobOption = "demo-rob",
-    dataset: DatasetOption = "demo",
-    data: DataOption = None,
-    data_dir: DataDirOption = Path("./data"),
-    n_examples: n_examples_option(DEFAULT_N_EXAMPLES) = None,
-    model_dir: ModelDirOption = None,
-    std_weights: StdWeightsOption = None,
-    rob_weights: RobWeightsOption = None,
-    trust_code: TrustCodeOption = False,
+    shared: SharedOptions,
     target_clean_acc: Annotated[
         float,
         typer.Option(
@@ -138,38 +124,26 @@ def calibrate_command(
     square_queries: Annotated[
         int, typer.Option("--square-queries", help="Square's queries in --verify (standard: 5000).")
     ] = 5000,
-    norm: NormOption = "linf",
-    eps: EpsOption = None,
     aa_steps: Annotated[
         int, typer.Option("--aa-steps", help="Iterations of h's min-margin APGD-CE/APGD-T (standard: 100).")
     ] = 20,
     target_classes: Annotated[int, typer.Option("--target-classes", help="APGD-T target classes (standard: 9).")] = 2,
-    batch_size: BatchSizeOption = 250,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    out: Annotated[
-        Path, typer.Option("--out", help="Folder for calibration.json and calibration_tradeoff.png.")
-    ] = Path("./asmix-calibration"),
-    report: ReportOption = None,
-    json_path: JsonOption = None,
 ) -> None:
     """Choose the fixed alpha, MixedNUTS's (s, p, c, alpha) and, with --mixer, that mixer's range and bias for
     --target-clean-acc from one pass of cached logits (the first --n-examples); --verify N measures each choice
     with AutoAttack on the next N."""
-    from asmix.experiments.calibrate import CalibrateConfig, MixerInput, calibrate, mixer_folder_text, mixer_scales
+    from asmix.experiments.calibrate import CalibrateConfig, MixerInput, calibrate
     from asmix.experiments.inputs import load_pair
     from asmix.report.calibrate import calibrate_table, verify_table, write_calibration_outputs
     from asmix.runtime import resolve_device
 
-    check_outputs(json_path=json_path, out_dir=out, report=report)
+    shared.check_outputs()
     target = target_clean_acc / 100 if target_clean_acc > 1 else target_clean_acc
-    n_calibration = DEFAULT_N_EXAMPLES if n_examples is None else n_examples
-    source = pair_source(ctx, n_examples=n_calibration + verify)
+    n_calibration = shared.default_n_examples if shared.n_examples is None else shared.n_examples
+    source = shared.pair_source(n_examples=n_calibration + verify)
     config = CalibrateConfig(
         target_clean_acc=target,
-        norm=source.norm,
-        eps=source.default_eps if eps is None else eps,
-        aa_steps=aa_steps,
+        threat=shared.threat_model(source, steps=aa_steps),
         target_classes=target_classes,
         grid_size=grid_size,
         scale_range=_range(scale_range, "--scale-range"),
@@ -181,21 +155,20 @@ def calibrate_command(
         range_max_width=range_max_width,
         verify=verify,
         square_queries=square_queries,
-        batch_size=batch_size,
-        seed=seed,
+        run=shared.run_settings(),
     )
     mixer_input = None
     if mixer is not None:
-        from asmix.mixer import check_base_weights, load_mixer
+        from asmix.mixer import load_mixer
         from asmix.models import canonical_spec
 
-        mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob, canonical=canonical_spec)
-    device_ = resolve_device(device)
+        mixer_net, card = load_mixer(mixer, std=shared.std, rob=shared.rob, canonical=canonical_spec)
+    device = resolve_device(shared.device)
     pair = load_pair(source)
     print_notes(pair.notes)
     if mixer is not None:
-        check_base_weights(mixer_config, pair.std, pair.rob, mixer)
-        mixer_input = MixerInput(mixer_net, mixer_folder_text(mixer), *mixer_scales(mixer_config))
+        card.check_base_weights(pair.std, pair.rob)
+        mixer_input = MixerInput.from_card(mixer_net, card, mixer)
     x, y = pair.x[:n_calibration], pair.y[:n_calibration]
     x_verify, y_verify = pair.x[n_calibration:], pair.y[n_calibration:]
     with progress_callback() as progress:
@@ -208,7 +181,7 @@ def calibrate_command(
             x_verify=x_verify,
             y_verify=y_verify,
             mixer=mixer_input,
-            device=device_,
+            device=device,
             progress=progress,
             models=pair.names,
         )
@@ -218,4 +191,4 @@ def calibrate_command(
         stdout.print(table)
     if not all(family.meets_target for family in result.families.values()):
         console.print("note: a family cannot reach the target on these examples; its most accurate mix is shown")
-    write_report(report, write_results(result, json_path, out, write_calibration_outputs))
+    shared.write_outputs(result, write_calibration_outputs)

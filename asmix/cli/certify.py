@@ -9,40 +9,48 @@ import typer
 
 from asmix.checks import canonical_norm
 from asmix.cli.app import app, examples
-from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (
     MIX_PANEL,
-    BatchSizeOption,
-    CalibrationOption,
-    DataDirOption,
-    DataOption,
-    DatasetOption,
-    DeviceOption,
-    JsonOption,
-    ModelDirOption,
-    OutOption,
-    ReportOption,
-    RobWeightsOption,
-    SeedOption,
-    StdOption,
-    StdWeightsOption,
-    TrustCodeOption,
+    OUTPUT_OPTIONS,
+    PAIR_OPTIONS,
+    RUN_OPTIONS,
+    SharedOptions,
+    alpha_option,
     calibrated_mixer,
-    check_outputs,
     console,
-    n_examples_option,
     number_parser,
-    pair_source,
-    print_notes,
-    run_with_progress,
-    start_device,
+    own,
+    run_on_pair,
+    shared_options,
     stdout,
-    write_report,
-    write_results,
 )
 
-DEFAULT_N_EXAMPLES = 100
-NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
+SmoothedRob = Annotated[
+    str,
+    typer.Option(
+        "--rob",
+        rich_help_panel="Models",
+        help="Base model of the randomized-smoothing h (or h itself with --lipschitz-const).",
+    ),
+]
+CertifyNorm = Annotated[
+    str,
+    typer.Option(
+        "--norm",
+        rich_help_panel="Threat model",
+        parser=canonical_norm,
+        metavar="linf|l2",
+        help="Threat model used to pick rb: models (certificates are l_2).",
+    ),
+]
+CertifyFamily = Annotated[
+    str,
+    typer.Option(
+        "--family",
+        rich_help_panel=MIX_PANEL,
+        help="Which choice of --calibration: linear (the fixed alpha) or mixer (certified at its alpha_min).",
+    ),
+]
 
 
 @app.command(
@@ -53,31 +61,21 @@ NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
         "asmix certify --skip 20 --confidence 0.999 --out runs/certify",
     ),
 )
+@shared_options(
+    PAIR_OPTIONS,
+    "norm",
+    RUN_OPTIONS,
+    "calibration",
+    "family",
+    OUTPUT_OPTIONS,
+    rob=own(SmoothedRob, "demo-rob"),
+    family=own(CertifyFamily, "linear"),
+    n_examples=100,
+    norm=own(CertifyNorm, "l2"),
+    batch_size=256,
+)
 def certify_command(
-    ctx: typer.Context,
-    config_file: ConfigOption = None,
-    std: StdOption = "demo-std",
-    rob: Annotated[
-        str,
-        typer.Option("--rob", help="Base model of the randomized-smoothing h (or h itself with --lipschitz-const)."),
-    ] = "demo-rob",
-    dataset: DatasetOption = "demo",
-    data: DataOption = None,
-    data_dir: DataDirOption = Path("./data"),
-    n_examples: NExamples = None,
-    model_dir: ModelDirOption = None,
-    std_weights: StdWeightsOption = None,
-    rob_weights: RobWeightsOption = None,
-    trust_code: TrustCodeOption = False,
-    norm: Annotated[
-        str,
-        typer.Option(
-            "--norm",
-            parser=canonical_norm,
-            metavar="linf|l2",
-            help="Threat model used to pick rb: models (certificates are l_2).",
-        ),
-    ] = "l2",
+    shared: SharedOptions,
     sigma: Annotated[
         float,
         typer.Option(
@@ -90,10 +88,7 @@ def certify_command(
     n_samples: Annotated[
         int, typer.Option("--n-samples", help="Monte Carlo noise samples per example (paper: 10000).")
     ] = 500,
-    alpha: Annotated[
-        Optional[float],
-        typer.Option("--alpha", help="Mixing weight of h_alpha (default 0.8; ignored with --match-clean-acc)."),
-    ] = None,
+    alpha: alpha_option(0.8, "; ignored with --match-clean-acc") = None,
     match_clean_acc: Annotated[
         bool,
         typer.Option(
@@ -135,37 +130,20 @@ def certify_command(
     radii: Annotated[
         str, typer.Option("--radii", help="Radii for the table, e.g. 0,0.25,0.5 or 0,36/255.")
     ] = "0,0.1,0.25,0.5,0.75,1",
-    batch_size: BatchSizeOption = 256,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
     skip: Annotated[
         int, typer.Option("--skip", help="Certify every K-th of the examples (Cohen et al.'s --skip).")
     ] = 1,
-    calibration: CalibrationOption = None,
-    family: Annotated[
-        str,
-        typer.Option(
-            "--family",
-            rich_help_panel=MIX_PANEL,
-            help="Which choice of --calibration: linear (the fixed alpha) or mixer (certified at its alpha_min).",
-        ),
-    ] = "linear",
-    out: OutOption = None,
-    report: ReportOption = None,
-    json_path: JsonOption = None,
 ) -> None:
     """Certified accuracy vs l_2 radius of h_alpha and of h alone, by Thm 3.5 and Thm A.2 (Figures 6, 7)."""
-    from asmix.distributed import is_main_process
     from asmix.experiments.certify import CertifyConfig, certify, parse_radii
-    from asmix.experiments.inputs import load_pair
     from asmix.report.certify import certify_table, write_certify_outputs
 
-    check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(ctx, default_n_examples=DEFAULT_N_EXAMPLES)
-    head, mixer_config = None, {}
-    if calibration is not None:
-        alpha, std_hardmax, head, mixer_config = _calibrated(
-            calibration, family, alpha, match_clean_acc, std_hardmax, std=std, rob=rob
+    shared.check_outputs()
+    source = shared.pair_source()
+    head, card = None, None
+    if shared.calibration is not None:
+        alpha, std_hardmax, head, card = _calibrated(
+            shared.calibration, shared.family, alpha, match_clean_acc, std_hardmax, std=shared.std, rob=shared.rob
         )
     config = CertifyConfig(
         sigma=sigma,
@@ -178,37 +156,31 @@ def certify_command(
         lipschitz_const=lipschitz_const,
         smoothing_output=smoothing_output,
         radii=parse_radii(radii),
-        batch_size=batch_size,
-        seed=seed,
+        run=shared.run_settings(),
         skip=skip,
     )
-    device_ = start_device(device)
-    pair = load_pair(source)
-    print_notes(pair.notes)
+    check_pair = None
     if head is not None:
-        from asmix.mixer import check_base_weights
 
-        check_base_weights(mixer_config, pair.std, pair.rob, head.folder)
-        console.print(
-            f"note: the mixer's alpha stays in [{head.alpha_range[0]:g}, {head.alpha_range[1]:g}]: "
-            "Thm 3.5 and A.2 at alpha_min hold for every larger alpha, so for the mixer's",
-            highlight=False,
-            soft_wrap=True,
-        )
-    result = run_with_progress(
-        lambda progress: certify(
-            pair.std, pair.rob, pair.x, pair.y, config, device=device_, progress=progress, models=pair.names, out=out
-        )
-    )
-    if not is_main_process():
+        def check_pair(pair) -> None:
+            card.check_base_weights(pair.std, pair.rob)
+            console.print(
+                f"note: the mixer's alpha stays in [{head.alpha_range[0]:g}, {head.alpha_range[1]:g}]: "
+                "Thm 3.5 and A.2 at alpha_min hold for every larger alpha, so for the mixer's",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    result = run_on_pair(shared, source, certify, config, check_pair=check_pair)
+    if result is None:
         return
     stdout.print(certify_table(result))
-    write_report(report, write_results(result, json_path, out, write_certify_outputs))
+    shared.write_outputs(result, write_certify_outputs)
 
 
 def _calibrated(path: Path, family: str, alpha, match_clean_acc: bool, std_hardmax: bool, *, std: str, rob: str):
     """Alpha and g's hard-max from a calibration's fixed-alpha or mixer family (and, for the mixer, its head and
-    mixer.json after the identity checks): Thm 3.5 and A.2 certify eq. 3.4 with h's own probabilities, so the
+    ``MixerCard`` after the identity checks): Thm 3.5 and A.2 certify eq. 3.4 with h's own probabilities, so the
     MixedNUTS map (which changes h's Lipschitz constant) is not used; a mixer is certified at its alpha_min,
     since the certified radius grows with alpha."""
     from asmix.calibration import load_calibration
@@ -221,5 +193,5 @@ def _calibrated(path: Path, family: str, alpha, match_clean_acc: bool, std_hardm
     loaded = load_calibration(path)
     loaded.check_models(std, rob)
     choice = loaded.choice(family)
-    _, mixer_config = calibrated_mixer(choice, path, std=std, rob=rob)
-    return choice.alpha, std_hardmax or choice.std_temperature == 0, choice.mixer, mixer_config
+    _, card = calibrated_mixer(choice, path, std=std, rob=rob)
+    return choice.alpha, std_hardmax or choice.std_temperature == 0, choice.mixer, card

@@ -15,6 +15,15 @@ from asmix.errors import AsmixError
 ALIASES = {"attacks": "attack", "width": "mixer_width", "blocks": "mixer_blocks", "stages": "mixer_stages"}
 """Config keys whose command-line option has another name."""
 
+BLOCKS = ("threat", "mix", "run")
+"""The settings blocks of a config (``ThreatModel``, ``MixSettings``, ``RunSettings``), spread into options."""
+
+BLOCK_ALIASES = {
+    "calibrate": {"threat.steps": "aa_steps"},
+    "train-mixer": {"threat.eps": "eps_max", "threat.steps": "val_steps"},
+}
+"""Per command, block settings whose command-line option has another name."""
+
 
 def read_config_block(path: Path) -> dict[str, Any]:
     """The settings in ``path``: the ``config`` block of an asmix result, or the whole mapping of a YAML or JSON
@@ -45,10 +54,18 @@ def as_option_value(name: str, value: Any) -> Any:
     return value
 
 
-def config_defaults(block: dict[str, Any], parameters: set[str]) -> dict[str, Any]:
-    """The block's settings that name an option of this command (base-model specs from ``models``); keys the
-    command does not take (computed values, another command's settings) are left out."""
-    flat = dict(block)
+def config_defaults(block: dict[str, Any], parameters: set[str], command: str | None = None) -> dict[str, Any]:
+    """The block's settings that name an option of this command: the settings blocks (``threat``, ``mix``,
+    ``run``) spread into their options, as are the flat settings of earlier asmix outputs, and base-model specs
+    from ``models``; keys the command does not take (computed values, another command's settings) are left
+    out."""
+    flat = {key: value for key, value in block.items() if key not in BLOCKS or not isinstance(value, dict)}
+    renames = BLOCK_ALIASES.get(command or "", {})
+    for group in BLOCKS:
+        settings = block.get(group)
+        if isinstance(settings, dict):
+            for key, value in settings.items():
+                flat[renames.get(f"{group}.{key}", key)] = value
     models = flat.pop("models", None)
     if isinstance(models, dict):
         for role in ("std", "rob", "mixer"):
@@ -67,7 +84,7 @@ def _load(ctx: click.Context, parameter: click.Parameter, value: Optional[Path])
         return None
     block = read_config_block(Path(value))
     names = {param.name for param in ctx.command.params}
-    ctx.default_map = {**(ctx.default_map or {}), **config_defaults(block, names)}
+    ctx.default_map = {**(ctx.default_map or {}), **config_defaults(block, names, ctx.command.name)}
     return value
 
 

@@ -8,37 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app, examples
-from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (
-    BatchSizeOption,
-    CalibrationOption,
-    DataDirOption,
-    DataOption,
-    DatasetOption,
-    DeviceOption,
-    EpsOption,
-    FamilyOption,
-    JsonOption,
-    ModelDirOption,
-    NormOption,
-    ReportOption,
-    RobMapOption,
-    RobOption,
-    RobWeightsOption,
-    SeedOption,
-    StdOption,
-    StdWeightsOption,
-    StepSizeOption,
-    StepsOption,
-    TrustCodeOption,
-    calibrated_mixer,
+    OUTPUT_OPTIONS,
+    PAIR_OPTIONS,
+    RUN_OPTIONS,
+    THREAT_OPTIONS,
+    SharedOptions,
+    alpha_option,
     check_outputs,
     console,
-    mix_choice,
-    n_examples_option,
-    pair_source,
+    own,
     print_notes,
     run_with_progress,
+    shared_options,
     start_device,
     stdout,
     write_report,
@@ -46,9 +28,7 @@ from asmix.cli.options import (
 
 DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
 
-DEFAULT_N_EXAMPLES = 100
-NExamples = n_examples_option(DEFAULT_N_EXAMPLES)
-Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Fixed mixing weight (default 0.5).")]
+Alpha = alpha_option(0.5)
 Mixer = Annotated[Optional[Path], typer.Option("--mixer", help="Mixing network folder (train-mixer): adaptive alpha.")]
 Attacks = Annotated[
     str,
@@ -112,41 +92,31 @@ ModelName = Annotated[
         "--model-name Me2026Mixed",
     ),
 )
+@shared_options(
+    PAIR_OPTIONS,
+    THREAT_OPTIONS,
+    RUN_OPTIONS,
+    "std_scale",
+    "rob_scale",
+    "rob_map",
+    "calibration",
+    "family",
+    OUTPUT_OPTIONS,
+    n_examples=100,
+    batch_size=100,
+    std_scale=own(StdScale, None),
+    rob_scale=own(RobScale, None),
+    out=own(Out, None),
+)
 def evaluate_command(
-    ctx: typer.Context,
-    config_file: ConfigOption = None,
-    std: StdOption = "demo-std",
-    rob: RobOption = "demo-rob",
-    dataset: DatasetOption = "demo",
-    data: DataOption = None,
-    data_dir: DataDirOption = Path("./data"),
-    n_examples: NExamples = None,
-    model_dir: ModelDirOption = None,
-    std_weights: StdWeightsOption = None,
-    rob_weights: RobWeightsOption = None,
-    trust_code: TrustCodeOption = False,
+    shared: SharedOptions,
     alpha: Alpha = None,
     mixer: Mixer = None,
     attack: Attacks = DEFAULT_ATTACKS,
     bases: Bases = False,
-    norm: NormOption = "linf",
-    eps: EpsOption = None,
-    steps: StepsOption = 20,
-    step_size: StepSizeOption = None,
-    batch_size: BatchSizeOption = 100,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
     alpha_weight: AlphaWeight = 0.5,
     square_queries: SquareQueries = 5000,
-    std_scale: StdScale = None,
-    rob_scale: RobScale = None,
-    rob_map: RobMapOption = None,
-    calibration: CalibrationOption = None,
-    family: FamilyOption = "nuts",
     save_adv: SaveAdv = False,
-    out: Out = None,
-    report: ReportOption = None,
-    json_path: JsonOption = None,
     robustbench: RobustBench = None,
     model_name: ModelName = "asmix_mixed",
 ) -> None:
@@ -158,22 +128,23 @@ def evaluate_command(
     from asmix.experiments.inputs import load_pair
     from asmix.report.evaluate import evaluate_table, trail_table, write_evaluate_json
 
+    out, json_path, report = shared.out, shared.json_path, shared.report
     attacks = parse_attacks(attack)
     if alpha is not None and mixer is not None:
         raise AsmixError("give either --alpha (fixed) or --mixer (adaptive), not both")
-    if calibration is not None and mixer is not None:
+    if shared.calibration is not None and mixer is not None:
         raise AsmixError("give either --calibration or --mixer, not both")
-    choice = mix_choice(rob_map, calibration, family, std=std, rob=rob, alpha=alpha)
+    choice = shared.mix_choice(alpha=alpha)
     if choice is not None:
         alpha = choice.alpha if mixer is None and choice.mixer is None else None
-    default_n_examples = DEFAULT_N_EXAMPLES
+    default_n_examples = shared.default_n_examples
     if robustbench is not None:
         from asmix.data import standard_eps
         from asmix.report.robustbench import LEADERBOARD_EXAMPLES
 
         attacks = ("clean", "aa")  # the leaderboard's protocol: clean and standard AutoAttack
-        default_n_examples = LEADERBOARD_EXAMPLES.get(dataset, 10**9)  # the full test set
-        leaderboard_eps = standard_eps(dataset, norm)
+        default_n_examples = LEADERBOARD_EXAMPLES.get(shared.dataset, 10**9)  # the full test set
+        leaderboard_eps = standard_eps(shared.dataset, shared.norm)
         check_outputs(out_dir=robustbench)
     out_folder = None
     if out is not None and out.suffix in EXAMPLE_SUFFIXES:  # the old form: --out FILE.npz
@@ -190,41 +161,35 @@ def evaluate_command(
     check_outputs(json_path=json_path, out_file=out if out_folder is None else None, out_dir=out_folder, report=report)
     if out is not None:
         check_out_path(out)
-    source = pair_source(ctx, default_n_examples=default_n_examples)
-    mixer_net, mixer_config = calibrated_mixer(choice, calibration, std=std, rob=rob)
+    source = shared.pair_source(default_n_examples=default_n_examples)
+    mixer_net, card = shared.calibrated_mixer(choice)
     if mixer_net is not None:
         mixer = choice.mixer.folder
     elif mixer is not None:
         from asmix.mixer import load_mixer
         from asmix.models import canonical_spec
 
-        mixer_net, mixer_config = load_mixer(mixer, std=std, rob=rob, canonical=canonical_spec)
-    training = mixer_config.get("training", {}) if isinstance(mixer_config.get("training"), dict) else {}
+        mixer_net, card = load_mixer(mixer, std=shared.std, rob=shared.rob, canonical=canonical_spec)
     config = EvalConfig(
         attacks=attacks,
         bases=bases,
         alpha=0.5 if alpha is None else alpha,
-        norm=source.norm,
-        eps=source.default_eps if eps is None else eps,
-        steps=steps,
-        step_size=step_size,
-        batch_size=batch_size,
-        seed=seed,
+        threat=shared.threat_model(source),
+        mix=shared.mix_settings(
+            choice,
+            std_scale=_first_given(shared.std_scale, card.std_scale if card else None, 1.0),
+            rob_scale=_first_given(shared.rob_scale, card.rob_scale if card else None, 1.0),
+        ),
+        run=shared.run_settings(),
         alpha_weight=alpha_weight,
         square_queries=square_queries,
         save_adv=save_adv,
-        std_scale=std_scale if std_scale is not None else float(training.get("std_scale", 1.0)),
-        rob_scale=rob_scale if rob_scale is not None else float(training.get("rob_scale", 1.0)),
-        std_temperature=choice.std_temperature if choice else 1.0,
-        rob_map=choice.rob_map if choice else None,
     )
-    device_ = start_device(device)
+    device = start_device(shared.device)
     pair = load_pair(source)
     print_notes(pair.notes)
-    if mixer_net is not None:
-        from asmix.mixer import check_base_weights
-
-        check_base_weights(mixer_config, pair.std, pair.rob, mixer)
+    if card is not None:
+        card.check_base_weights(pair.std, pair.rob)
     names = pair.names | ({"mixer": str(mixer)} if mixer is not None else {})
     result = run_with_progress(
         lambda progress: evaluate(
@@ -234,7 +199,7 @@ def evaluate_command(
             pair.y,
             config,
             mixer=mixer_net,
-            device=device_,
+            device=device,
             progress=progress,
             models=names,
             out=out,
@@ -256,12 +221,17 @@ def evaluate_command(
     if robustbench is not None:
         from asmix.report.robustbench import protocol_deviations, write_robustbench
 
-        deviations = protocol_deviations(result, dataset, leaderboard_eps)
+        deviations = protocol_deviations(result, shared.dataset, leaderboard_eps)
         for path in write_robustbench(
-            result, robustbench, dataset=dataset, model_name=model_name, deviations=deviations
+            result, robustbench, dataset=shared.dataset, model_name=model_name, deviations=deviations
         ):
             written.append(path)
             console.print(f"wrote {path}")
         for deviation in deviations:
             console.print(f"note: not the leaderboard protocol: {deviation}", highlight=False)
     write_report(report, written)
+
+
+def _first_given(*values: float | None) -> float:
+    """The first value that is not None: an option, else the mixer's, else the default."""
+    return next(value for value in values if value is not None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -198,13 +201,28 @@ def mix_choice(
 
 
 def calibrated_mixer(choice, calibration: Path | None, *, std: str, rob: str):
-    """The mixing network (head set) and mixer.json of a calibration's mixer family, or (None, {}) for the
+    """The mixing network (head set) and ``MixerCard`` of a calibration's mixer family, or (None, None) for the
     other families; a missing folder, another mixer or one trained for other models is one line."""
     if choice is None or choice.mixer is None:
-        return None, {}
+        return None, None
     from asmix.experiments.calibrate import load_calibrated_mixer
 
     return load_calibrated_mixer(choice, std=std, rob=rob, source=f"calibration {calibration}")
+
+
+MixSpaceOption = Annotated[
+    str,
+    typer.Option(
+        "--mix-space", rich_help_panel=MIX_PANEL, metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation)."
+    ),
+]
+StdScaleOption = Annotated[
+    float,
+    typer.Option("--std-scale", rich_help_panel=MIX_PANEL, help="Multiply g's logits before the softmax (App. D.1)."),
+]
+RobScaleOption = Annotated[
+    float, typer.Option("--rob-scale", rich_help_panel=MIX_PANEL, help="Multiply h's logits before the softmax.")
+]
 
 
 def n_examples_option(default: int):
@@ -219,6 +237,110 @@ def n_examples_option(default: int):
     ]
 
 
+def alpha_option(default: float, note: str = ""):
+    """``--alpha``, the fixed mixing weight of h_alpha, of a command whose default is ``default``."""
+    return Annotated[
+        Optional[float],
+        typer.Option("--alpha", help=f"Fixed mixing weight of h_alpha{note} (default {default:g})."),
+    ]
+
+
+def _shared(annotation, default):
+    return field(default=None, metadata={"annotation": annotation, "default": default})
+
+
+@dataclass(frozen=True)
+class SharedOptions:
+    """The shared options, each declared once (its ``Annotated`` type and default in the field's metadata), and
+    the values a command was given (None for one it does not take); ``shared_options`` adds them to a command."""
+
+    std: str = _shared(StdOption, "demo-std")
+    rob: str = _shared(RobOption, "demo-rob")
+    dataset: str = _shared(DatasetOption, "demo")
+    data: Path | None = _shared(DataOption, None)
+    data_dir: Path = _shared(DataDirOption, Path("./data"))
+    n_examples: int | None = _shared(NExamplesOption, None)
+    model_dir: Path | None = _shared(ModelDirOption, None)
+    std_weights: Path | None = _shared(StdWeightsOption, None)
+    rob_weights: Path | None = _shared(RobWeightsOption, None)
+    trust_code: bool = _shared(TrustCodeOption, False)
+    norm: str = _shared(NormOption, "linf")
+    eps: float | None = _shared(EpsOption, None)
+    steps: int = _shared(StepsOption, 20)
+    step_size: float | None = _shared(StepSizeOption, None)
+    mix_space: str = _shared(MixSpaceOption, "prob")
+    std_scale: float = _shared(StdScaleOption, 1.0)
+    rob_scale: float = _shared(RobScaleOption, 1.0)
+    rob_map: str | None = _shared(RobMapOption, None)
+    calibration: Path | None = _shared(CalibrationOption, None)
+    family: str = _shared(FamilyOption, "nuts")
+    batch_size: int = _shared(BatchSizeOption, 256)
+    device: str = _shared(DeviceOption, "auto")
+    seed: int = _shared(SeedOption, 0)
+    out: Path | None = _shared(OutOption, None)
+    report: Path | None = _shared(ReportOption, None)
+    json_path: Path | None = _shared(JsonOption, None)
+    default_n_examples: int | None = None
+    """Not an option: the examples a command takes without ``--n-examples`` (``shared_options(n_examples=N)``)."""
+
+    def pair_source(self, **overrides):
+        """The library's ``PairSource`` from the model and data options and ``--norm``, with ``overrides``
+        (``n_examples``, ``default_n_examples``). It refuses ``file:``/``py:`` models without ``--trust-code`` and
+        ``--n-examples`` below 1."""
+        from asmix.experiments.inputs import PairSource
+
+        settings = {name: getattr(self, name) for name in (*PAIR_OPTIONS, "norm")}
+        settings = settings | {"default_n_examples": self.default_n_examples} | overrides
+        for name in ("data", "data_dir", "model_dir", "std_weights", "rob_weights"):
+            settings[name] = None if settings[name] is None else str(settings[name])
+        return PairSource(**settings)
+
+    def threat_model(self, source, **overrides):
+        """The ``ThreatModel`` of ``--norm`` (as ``source`` read it), ``--eps`` (default: the dataset's standard
+        radius), ``--steps`` and ``--step-size``; ``overrides`` for a command whose steps are another option's."""
+        from asmix.attacks.pgd import ThreatModel
+
+        eps = source.default_eps if self.eps is None else self.eps
+        settings = {"norm": source.norm, "eps": eps, "steps": self.steps, "step_size": self.step_size}
+        return ThreatModel(**(settings | overrides))
+
+    def run_settings(self, **overrides):
+        """``RunSettings`` of ``--batch-size`` and ``--seed`` (``overrides`` for a command's own batch size)."""
+        from asmix.runtime import RunSettings
+
+        return RunSettings(**({"batch_size": self.batch_size, "seed": self.seed} | overrides))
+
+    def mix_settings(self, choice=None, **overrides):
+        """The ``MixSettings`` of ``--mix-space`` and the logit scales (defaults where the command does not take
+        them), with g's temperature and h's map from ``choice`` (``mix_choice``; None: softmax of g, raw h)."""
+        from asmix.mixing import MixSettings
+
+        settings = {
+            "mix_space": self.mix_space or "prob",
+            "std_scale": 1.0 if self.std_scale is None else self.std_scale,
+            "rob_scale": 1.0 if self.rob_scale is None else self.rob_scale,
+            "std_temperature": choice.std_temperature if choice else 1.0,
+            "rob_map": choice.rob_map if choice else None,
+        }
+        return MixSettings(**(settings | overrides))
+
+    def check_outputs(self) -> None:
+        """Before any work: ``--json``, ``--report`` and the ``--out`` folder can be written."""
+        check_outputs(json_path=self.json_path, out_dir=self.out, report=self.report)
+
+    def write_outputs(self, result, write_outputs) -> None:
+        """After the work: ``--json``, the ``--out`` folder (``write_outputs(result, out)``) and ``--report``."""
+        write_report(self.report, write_results(result, self.json_path, self.out, write_outputs))
+
+    def mix_choice(self, *, alpha: float | None = None):
+        """``mix_choice`` of ``--rob-map``, ``--calibration`` and ``--family`` for these models."""
+        return mix_choice(self.rob_map, self.calibration, self.family, std=self.std, rob=self.rob, alpha=alpha)
+
+    def calibrated_mixer(self, choice):
+        """``calibrated_mixer`` of ``choice`` (``mix_choice``) from ``--calibration`` for these models."""
+        return calibrated_mixer(choice, self.calibration, std=self.std, rob=self.rob)
+
+
 PAIR_OPTIONS = (
     "std",
     "rob",
@@ -229,22 +351,60 @@ PAIR_OPTIONS = (
     "model_dir",
     "std_weights",
     "rob_weights",
-    "norm",
     "trust_code",
 )
-"""The shared model and data options every command declares, read back by name in ``pair_source``."""
+"""The model and data options every command takes."""
+THREAT_OPTIONS = ("norm", "eps", "steps", "step_size")
+MIX_OPTIONS = ("mix_space", "std_scale", "rob_scale", "rob_map", "calibration", "family")
+RUN_OPTIONS = ("batch_size", "device", "seed")
+OUTPUT_OPTIONS = ("out", "report", "json_path")
 
 
-def pair_source(ctx: typer.Context, **overrides):
-    """The library's ``PairSource`` from this command's shared model and data options (``PAIR_OPTIONS``, read
-    by name from ``ctx``), with ``overrides`` (``n_examples``, ``default_n_examples``). It refuses ``file:``/``py:``
-    models without ``--trust-code`` and ``--n-examples`` below 1."""
-    from asmix.experiments.inputs import PairSource
+def own(annotation, default):
+    """A command's own declaration of a shared option, for ``shared_options(name=own(...))``."""
+    return (annotation, default)
 
-    settings = {name: ctx.params[name] for name in PAIR_OPTIONS} | overrides
-    for name in ("data", "data_dir", "model_dir", "std_weights", "rob_weights"):
-        settings[name] = None if settings[name] is None else str(settings[name])
-    return PairSource(**settings)
+
+def shared_options(*groups: tuple[str, ...] | str, **overrides):
+    """Decorator: the command also takes ``--config`` and the shared options named in ``groups`` (declared once in
+    ``SharedOptions``); ``overrides`` give a command's default for one (a value; for ``n_examples`` the number
+    of examples taken without it) or its own declaration (``own``).
+    The command receives their values by keyword as one ``SharedOptions`` argument, ``shared``."""
+    from asmix.cli.config_file import ConfigOption
+
+    names = [name for group in groups for name in ((group,) if isinstance(group, str) else group)]
+    default_n_examples = overrides.get("n_examples")
+    if isinstance(default_n_examples, int):  # the command's own default: the first N examples
+        overrides["n_examples"] = own(n_examples_option(default_n_examples), None)
+    else:
+        default_n_examples = None
+    declared = {item.name: item for item in fields(SharedOptions)}
+    added = [inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOption)]
+    for name in names:
+        annotation, default = declared[name].metadata["annotation"], declared[name].metadata["default"]
+        override = overrides.get(name, default)
+        annotation, default = override if isinstance(override, tuple) else (annotation, override)
+        added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+
+    def decorate(command):
+        own_parameters = [
+            parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for parameter in inspect.signature(command, eval_str=True).parameters.values()
+            if parameter.name != "shared"
+        ]
+
+        @functools.wraps(command)
+        def run(**values):
+            values.pop("config_file", None)
+            shared = SharedOptions(**{name: values.pop(name) for name in names}, default_n_examples=default_n_examples)
+            return command(**values, shared=shared)
+
+        parameters = added + own_parameters
+        run.__signature__ = inspect.Signature(parameters)
+        run.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+        return run
+
+    return decorate
 
 
 def progress_callback():
@@ -272,6 +432,36 @@ def run_with_progress(work):
         return work(None)
     with progress_callback() as progress:
         return work(progress)
+
+
+def run_on_pair(shared: SharedOptions, source, experiment, config, *, check_pair=None, extra_models=None, **extra):
+    """Load the models and data ``source`` names, on ``--device``, and run ``experiment(g, h, x, y, config)`` with
+    the progress display and ``--out`` as its resume folder: the result on rank 0, None on other torchrun ranks.
+    ``check_pair(pair)`` runs once the models are loaded (e.g. a mixer's base-weight check), ``extra_models`` join
+    the recorded model specs and ``extra`` keywords go to ``experiment`` (e.g. ``mixer=``)."""
+    from asmix.distributed import is_main_process
+    from asmix.experiments.inputs import load_pair
+
+    device = start_device(shared.device)
+    pair = load_pair(source)
+    print_notes(pair.notes)
+    if check_pair is not None:
+        check_pair(pair)
+    result = run_with_progress(
+        lambda progress: experiment(
+            pair.std,
+            pair.rob,
+            pair.x,
+            pair.y,
+            config,
+            device=device,
+            progress=progress,
+            models=pair.names | (extra_models or {}),
+            out=shared.out,
+            **extra,
+        )
+    )
+    return result if is_main_process() else None
 
 
 def check_outputs(

@@ -8,29 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.cli.app import app, examples
-from asmix.cli.config_file import ConfigOption
 from asmix.cli.options import (
-    DataDirOption,
-    DataOption,
-    DatasetOption,
-    DeviceOption,
-    JsonOption,
-    ModelDirOption,
-    NExamplesOption,
-    NormOption,
-    ReportOption,
-    RobOption,
-    RobWeightsOption,
-    SeedOption,
-    StdOption,
-    StdWeightsOption,
-    TrustCodeOption,
+    PAIR_OPTIONS,
+    SharedOptions,
     check_outputs,
     console,
     number_parser,
-    pair_source,
     print_notes,
     progress_callback,
+    shared_options,
     stdout,
     write_report,
 )
@@ -48,20 +34,9 @@ def _option(name: str, text: str, **settings):
         "torchrun --nproc-per-node 4 -m asmix train-mixer --std bit-r152 --rob Wang2023 --dataset cifar10 --bf16",
     ),
 )
+@shared_options(PAIR_OPTIONS, "norm", "std_scale", "rob_scale", "device", "seed", "report", "json_path")
 def train_mixer_command(
-    ctx: typer.Context,
-    config_file: ConfigOption = None,
-    std: StdOption = "demo-std",
-    rob: RobOption = "demo-rob",
-    dataset: DatasetOption = "demo",
-    data: DataOption = None,
-    data_dir: DataDirOption = Path("./data"),
-    n_examples: NExamplesOption = None,
-    model_dir: ModelDirOption = None,
-    std_weights: StdWeightsOption = None,
-    rob_weights: RobWeightsOption = None,
-    trust_code: TrustCodeOption = False,
-    norm: NormOption = "linf",
+    shared: SharedOptions,
     setting: Annotated[
         str,
         _option(
@@ -191,8 +166,6 @@ def train_mixer_command(
     rob_layers: Annotated[
         Optional[str], _option("--rob-layers", "Feature taps of h: UPSTREAM,MIDDLE module names.")
     ] = None,
-    std_scale: Annotated[float, _option("--std-scale", "Multiply g's logits before the softmax (App. D.1).")] = 1.0,
-    rob_scale: Annotated[float, _option("--rob-scale", "Multiply h's logits before the softmax.")] = 1.0,
     bf16: Annotated[
         Optional[bool],
         _option("--bf16/--no-bf16", "bf16 autocast for the base models' work in training (default: on CUDA only)."),
@@ -233,10 +206,6 @@ def train_mixer_command(
     ] = False,
     out: Annotated[Path, _option("--out", "Folder for the mixer, checkpoint and log.")] = Path("asmix-mixer"),
     resume: Annotated[bool, _option("--resume/--no-resume", "Continue from the checkpoint in --out.")] = False,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
-    report: ReportOption = None,
-    json_path: JsonOption = None,
 ) -> None:
     """Train the mixing network on clean and attacked images; launch with torchrun for several GPUs."""
     from asmix import distributed
@@ -248,17 +217,23 @@ def train_mixer_command(
     from asmix.report.train import epoch_line, history_table, selection_line, verdict_table, write_train_outputs
     from asmix.runtime import resolve_device
 
-    check_outputs(json_path=json_path, out_dir=out, report=report)
-    source = pair_source(ctx)
-    size = default_run_size(dataset)
+    check_outputs(json_path=shared.json_path, out_dir=out, report=shared.report)
+    source = shared.pair_source()
+    size = default_run_size(shared.dataset)
     target = size.target_clean_acc if target_clean_acc is None else target_clean_acc
     if target is not None and target > 1:
         target /= 100
-    device_ = distributed.local_device(resolve_device(device))
+    device = distributed.local_device(resolve_device(shared.device))
     config = TrainConfig(
         setting=setting.upper(),
         epochs=size.epochs if epochs is None else epochs,
-        batch_size=size.batch_size if batch_size is None else batch_size,
+        threat=shared.threat_model(
+            source,
+            eps=source.default_eps if eps_max is None else eps_max,
+            steps=size.val_steps if val_steps is None else val_steps,
+        ),
+        mix=shared.mix_settings(),
+        run=shared.run_settings(batch_size=size.batch_size if batch_size is None else batch_size),
         accum_steps=accum_steps,
         lr=lr,
         weight_decay=weight_decay,
@@ -268,16 +243,12 @@ def train_mixer_command(
         c_bce=c_bce,
         c_prod=c_prod,
         pseudo_labels=pseudo_labels,
-        norm=norm,
-        eps_max=source.default_eps if eps_max is None else eps_max,
         eps_range=parse_range(eps_range, name="--eps-range"),
         steps_range=parse_range(steps_range, kind=int, name="--steps-range") if steps_range else size.steps_range,
         apgd_steps_df=size.apgd_steps_df if apgd_steps_df is None else apgd_steps_df,
         target_classes=size.target_classes if target_classes is None else target_classes,
         attack_bce_max=attack_bce_max,
         val_eps=val_eps,
-        val_steps=size.val_steps if val_steps is None else val_steps,
-        seed=seed,
         scale=scale,
         width=mixer_width,
         blocks=mixer_blocks,
@@ -287,16 +258,14 @@ def train_mixer_command(
         mixer_inputs=mixer_inputs,
         std_layers=parse_layers(std_layers),
         rob_layers=parse_layers(rob_layers),
-        std_scale=std_scale,
-        rob_scale=rob_scale,
-        bf16=device_.type == "cuda" if bf16 is None else bf16,
+        bf16=device.type == "cuda" if bf16 is None else bf16,
         alpha_range=parse_range(alpha_range, name="--alpha-range"),
         alpha_bias=alpha_bias,
         target_clean_acc=target,
         range_min_alpha=range_min_alpha,
         range_max_width=range_max_width,
     )
-    distributed.init_distributed(device_)
+    distributed.init_distributed(device)
     main = distributed.is_main_process()
     pair = load_pair(source)
     print_notes(pair.notes)
@@ -315,24 +284,24 @@ def train_mixer_command(
             out_dir=out,
             resume=resume,
             judge_mixer=verdict,
-            device=device_,
+            device=device,
             progress=progress if main else None,
             models=pair.names,
             on_epoch=lambda record: console.print(epoch_line(record, config.epochs)),
         )
         comparison = None
         if compare:
-            n_compare = n_examples or size.n_compare
-            mixed = result.mixed_classifier(pair.std, pair.rob).to(device_)
+            n_compare = shared.n_examples or size.n_compare
+            mixed = result.mixed_classifier(pair.std, pair.rob).to(device)
             comparison = judge(
                 mixed,
                 split.x_test[:n_compare],
                 split.y_test[:n_compare],
-                eps=config.resolved_val_eps,
-                norm=norm,
-                batch_size=config.batch_size,
-                seed=seed,
-                device=device_,
+                eps=config.validation_threat.eps,
+                norm=config.threat.norm,
+                batch_size=config.run.batch_size,
+                seed=config.run.seed,
+                device=device,
                 progress=progress if main else None,
             )
     if not main:
@@ -346,9 +315,9 @@ def train_mixer_command(
             stdout.print(judged.line, soft_wrap=True)
     summary = {**result.to_dict(), "comparison": comparison.to_dict() if comparison is not None else None}
     for path in write_train_outputs(result, out, comparison) + (
-        [atomic_write_json(json_path, summary)] if json_path else []
+        [atomic_write_json(shared.json_path, summary)] if shared.json_path else []
     ):
         console.print(f"wrote {path}")
     card = write_mixer_card(out)
     console.print(f"wrote {out / 'mixer.safetensors'}, {out / 'mixer.json'} and the model card {card}")
-    write_report(report, [card])
+    write_report(shared.report, [card])

@@ -22,6 +22,7 @@ from torch import nn
 
 from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget, adaptive_autoattack
 from asmix.attacks.margin import min_margin_autoattack
+from asmix.attacks.pgd import ThreatModel
 from asmix.calibration import (
     CachedLogits,
     FamilyChoice,
@@ -34,24 +35,24 @@ from asmix.calibration import (
 )
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
+from asmix.experiments.settings import config_dict
 from asmix.experiments.train.selection import attack_pools, cache_pool, head_grid, pick_head, score_heads
 from asmix.identity import weights_digest
 from asmix.mixing import MixedClassifier, check_alpha, freeze
 from asmix.nuts import NutsMap
-from asmix.runtime import ProgressFn, batch_slices, check_batch_size, predict_logits
+from asmix.runtime import ProgressFn, RunSettings, batch_slices, predict_logits
 
 CURVE_POINTS = 200
 
 
 @dataclass(frozen=True)
 class CalibrateConfig:
-    """Settings of ``calibrate``. Ranges are (low, high) of the MixedNUTS grid: s log-spaced, p and c
-    linear, ``grid_size`` values each (the authors' CIFAR-10 initial guess and 8 per axis by default)."""
+    """Settings of ``calibrate``. ``threat.steps`` are the iterations of h's min-margin APGD. Ranges are
+    (low, high) of the MixedNUTS grid: s log-spaced, p and c linear, ``grid_size`` values each (the authors'
+    CIFAR-10 initial guess and 8 per axis by default)."""
 
     target_clean_acc: float = 0.99
-    norm: str = "linf"
-    eps: float = 0.3
-    aa_steps: int = 20
+    threat: ThreatModel = ThreatModel()
     target_classes: int = 2
     grid_size: int = 8
     scale_range: tuple[float, float] = (0.05, 5.0)
@@ -63,15 +64,12 @@ class CalibrateConfig:
     range_max_width: float = 0.2
     verify: int = 0
     square_queries: int = 5000
-    batch_size: int = 250
-    seed: int = 0
+    run: RunSettings = RunSettings(batch_size=250)
 
     def __post_init__(self) -> None:
         if not 0.0 < check_finite(self.target_clean_acc, "target clean accuracy") <= 1.0:
             raise AsmixError(f"target clean accuracy must be in (0, 1] (a fraction), got {self.target_clean_acc}")
-        check_finite(self.eps, "eps")
-        check_batch_size(self.batch_size)
-        if self.grid_size < 1 or self.aa_steps < 1 or self.verify < 0 or self.square_queries < 1:
+        if self.grid_size < 1 or self.threat.steps < 1 or self.verify < 0 or self.square_queries < 1:
             raise AsmixError("grid size, AutoAttack steps and Square queries must be positive, --verify >= 0")
         low, high = self.scale_range
         if not 0 < low <= high:
@@ -99,11 +97,10 @@ class MixerInput:
     std_scale: float = 1.0
     rob_scale: float = 1.0
 
-
-def mixer_scales(mixer_config: dict) -> tuple[float, float]:
-    """g's and h's logit scales a saved mixer was trained with (1 and 1 where mixer.json has none)."""
-    training = mixer_config.get("training") if isinstance(mixer_config.get("training"), dict) else {}
-    return float(training.get("std_scale", 1.0)), float(training.get("rob_scale", 1.0))
+    @classmethod
+    def from_card(cls, network: nn.Module, card, folder) -> "MixerInput":
+        """The network with the logit scales its ``asmix.mixer.MixerCard`` records (1 and 1 where it has none)."""
+        return cls(network, mixer_folder_text(folder), card.std_scale, card.rob_scale)
 
 
 def mixer_folder_text(folder) -> str:
@@ -113,14 +110,14 @@ def mixer_folder_text(folder) -> str:
 
 
 def load_calibrated_mixer(choice: MixChoice, *, std: str, rob: str, source: str):
-    """The mixing network a calibration's mixer family names, with the chosen head set, and its mixer.json:
+    """The mixing network a calibration's mixer family names, with the chosen head set, and its ``MixerCard``:
     trained for ``std``/``rob`` and holding the weights (sha256) the calibration was made with, or one line."""
     from asmix.mixer import load_mixer
     from asmix.models import canonical_spec
 
     head = choice.mixer
     try:
-        mixer, mixer_config = load_mixer(head.folder, std=std, rob=rob, canonical=canonical_spec)
+        mixer, card = load_mixer(head.folder, std=std, rob=rob, canonical=canonical_spec)
     except AsmixError as error:
         raise AsmixError(f"{source}: {error}") from error
     digest = weights_digest(mixer)
@@ -131,7 +128,7 @@ def load_calibrated_mixer(choice: MixChoice, *, std: str, rob: str, source: str)
         )
     mixer.set_alpha_range(*head.alpha_range)
     mixer.set_alpha_bias(head.alpha_bias)
-    return mixer, mixer_config
+    return mixer, card
 
 
 @dataclass(frozen=True)
@@ -169,7 +166,7 @@ class CalibrateResult:
     models: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        config = asdict(self.config) | {"n_examples": self.n_examples}
+        config = config_dict(self.config) | {"n_examples": self.n_examples}
         return calibration_dict(
             self.models,
             config,
@@ -207,20 +204,24 @@ def cache_logits(
 ) -> tuple[CachedLogits, dict[str, float]]:
     """One pass: g's and h's clean logits and h's logits on its min-margin APGD-CE/APGD-T inputs."""
     start = time.perf_counter()
-    std_clean = predict_logits(std, x, batch_size=config.batch_size, device=device, progress=progress, task="clean g")
-    rob_clean = predict_logits(rob, x, batch_size=config.batch_size, device=device, progress=progress, task="clean h")
+    std_clean = predict_logits(
+        std, x, batch_size=config.run.batch_size, device=device, progress=progress, task="clean g"
+    )
+    rob_clean = predict_logits(
+        rob, x, batch_size=config.run.batch_size, device=device, progress=progress, task="clean h"
+    )
     forward = time.perf_counter() - start
     attacked = []
-    for part in batch_slices(len(x), config.batch_size):
+    for part in batch_slices(len(x), config.run.batch_size):
         x_adv, _ = min_margin_autoattack(
             rob,
             x[part].to(device),
             y[part].to(device),
-            eps=config.eps,
-            norm=config.norm,
-            steps=config.aa_steps,
+            eps=config.threat.eps,
+            norm=config.threat.norm,
+            steps=config.threat.steps,
             target_classes=config.target_classes,
-            seed=config.seed + part.start,
+            seed=config.run.seed + part.start,
         )
         with torch.no_grad():
             attacked.append(rob(x_adv).float().cpu())
@@ -370,17 +371,17 @@ def choose_mixer(
     weights = weights_digest(mixer.network)
     mixed = MixedClassifier(std, rob, mixer.network, std_scale=mixer.std_scale, rob_scale=mixer.rob_scale)
     mixed = mixed.to(device).eval()
-    settings = dict(batch_size=config.batch_size, device=device)
+    settings = dict(batch_size=config.run.batch_size, device=device)
     start = time.perf_counter()
     pools = attack_pools(
         mixed,
         x,
         y,
-        eps=config.eps,
-        norm=config.norm,
+        eps=config.threat.eps,
+        norm=config.threat.norm,
         min_alpha=config.range_min_alpha,
         max_width=config.range_max_width,
-        seed=config.seed,
+        seed=config.run.seed,
         budget=LITE_BUDGET,
         progress=progress,
         **settings,
@@ -459,14 +460,14 @@ def verify(
             )
         mixed = mixed.to(device).eval()
         start, flags, stages = time.perf_counter(), [], ()
-        for part in batch_slices(len(x), config.batch_size):
+        for part in batch_slices(len(x), config.run.batch_size):
             run = adaptive_autoattack(
                 mixed,
                 x[part].to(device),
                 y[part].to(device),
-                eps=config.eps,
-                norm=config.norm,
-                seed=config.seed + part.start,
+                eps=config.threat.eps,
+                norm=config.threat.norm,
+                seed=config.run.seed + part.start,
                 budget=budget,
             )
             flags.append(run.robust)

@@ -26,8 +26,14 @@ import torch
 from torch import nn
 
 from asmix import distributed
-from asmix.certify import (
-    SMOOTHING_OUTPUTS,
+from asmix.calibration import largest_meeting
+from asmix.checks import check_choice, check_finite, parse_number
+from asmix.errors import AsmixError
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
+from asmix.io import atomic_write_text, write_error
+from asmix.mixing import alpha_grid, check_alpha, mix_probabilities, std_log_probs
+from asmix.radii import (
+    SmoothingOutput,
     bounded_top_two,
     certified_accuracy,
     lipschitz_radius,
@@ -36,12 +42,7 @@ from asmix.certify import (
     smoothing_radius,
     top_two,
 )
-from asmix.checks import check_finite, parse_number
-from asmix.errors import AsmixError
-from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
-from asmix.io import atomic_write_text, write_error
-from asmix.mixing import check_alpha, std_log_probs
-from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
+from asmix.runtime import ProgressFn, RunSettings, accuracy, batch_generator, batch_slices, fraction
 
 BOUNDS = ("lipschitz", "rs")
 
@@ -67,15 +68,13 @@ class CertifyConfig:
     std_hardmax: bool = False
     confidence: float | None = None
     lipschitz_const: float | None = None
-    smoothing_output: str = "probs"
+    smoothing_output: SmoothingOutput = "probs"
     radii: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-    batch_size: int = 256
-    seed: int = 0
+    run: RunSettings = RunSettings(batch_size=256)
     skip: int = 1
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
-        check_batch_size(self.batch_size)
         if self.skip < 1:
             raise AsmixError(f"skip must be >= 1 (every K-th example), got {self.skip}")
         for name, value in (
@@ -103,8 +102,7 @@ class CertifyConfig:
                     "--lipschitz-const certifies h itself: --confidence and --match-clean-acc "
                     "apply to randomized smoothing only"
                 )
-        if self.smoothing_output not in SMOOTHING_OUTPUTS:
-            raise AsmixError(f"smoothing output must be one of {', '.join(SMOOTHING_OUTPUTS)}")
+        check_choice(self.smoothing_output, SmoothingOutput, "smoothing output")
         if any(radius < 0 for radius in self.radii):
             raise AsmixError("radii must be >= 0")
 
@@ -119,11 +117,11 @@ class CertifyConfig:
     @property
     def examples_per_part(self) -> int:
         """Examples per resumable part: as many as fill one batch of forward passes, at least one."""
-        return max(1, self.batch_size // self.n_samples) if self.smoothing else self.batch_size
+        return max(1, self.run.batch_size // self.n_samples) if self.smoothing else self.run.batch_size
 
     @property
     def classifiers(self) -> tuple[str, ...]:
-        return ("mix", "rob") + (("baseline",) if self.match_clean_acc else ())
+        return ("mixed", "rob") + (("baseline",) if self.match_clean_acc else ())
 
     @property
     def bounds(self) -> tuple[str, ...]:
@@ -269,7 +267,7 @@ def certify(
     merged = {key: torch.cat([record[key] for record in records]) for key in records[0]}
     alpha, baseline_accuracy = config.alpha, None
     if config.match_clean_acc:
-        baseline_accuracy = _accuracy(merged["baseline/probs"], y)
+        baseline_accuracy = accuracy(merged["baseline/probs"], y)
         alpha = match_alpha(_std_probs(merged["std_logits"], config), merged["probs"], y, baseline_accuracy)
     entries = _entries(merged, y, alpha, config)
     if stream:
@@ -300,8 +298,8 @@ def _certify_part(
                 x_device[position : position + 1],
                 sigma,
                 config.n_samples,
-                batch_size=config.batch_size,
-                generator=batch_generator(config.seed, "smoothing", sigma, index),
+                batch_size=config.run.batch_size,
+                generator=batch_generator(config.run.seed, "smoothing", sigma, index),
                 output=config.smoothing_output,
                 draw_counts=config.confidence is not None,
             )
@@ -326,10 +324,10 @@ def _entries(
     std_probs = _std_probs(record["std_logits"], config)
     if not config.smoothing:
         rob_probs = torch.softmax(record["rob_logits"], dim=1)
-        entries = [("mix", alpha, None, rob_probs, None), ("rob", 1.0, None, rob_probs, None)]
+        entries = [("mixed", alpha, None, rob_probs, None), ("rob", 1.0, None, rob_probs, None)]
     else:
         entries = [
-            ("mix", alpha, config.sigma, record["probs"], record.get("counts")),
+            ("mixed", alpha, config.sigma, record["probs"], record.get("counts")),
             ("rob", 1.0, config.sigma, record["probs"], record.get("counts")),
         ]
         if config.match_clean_acc:
@@ -420,22 +418,15 @@ def match_alpha(
     """The largest alpha on a grid whose h_alpha clean accuracy is at least ``target`` (Figure 6:
     the mixed model keeps the baseline's clean accuracy and gets the largest certified radii);
     alpha 0 where none reaches it."""
-    count = int(round(1 / step))
-    for index in range(count, -1, -1):
-        alpha = index / count
-        mixed = (1 - alpha) * std_probs + alpha * rob_probs
-        if _accuracy(mixed, y) >= target - 1e-12:
-            return alpha
-    return 0.0
-
-
-def _accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
-    return (probs.argmax(dim=1) == y).float().mean().item()
+    alphas = alpha_grid(0.0, 1.0, step)
+    clean = [accuracy(mix_probabilities(std_probs, rob_probs, alpha), y) for alpha in alphas]
+    index = largest_meeting(clean, target)
+    return 0.0 if index is None else alphas[index]
 
 
 def _entry(name, alpha, sigma, rob_probs, counts, std_probs, y, config) -> CertifiedModel:
     """Clean accuracy of h_alpha and the certified curves of its Thm 3.5 / Thm A.2 radii."""
-    mixed = (1 - alpha) * std_probs + alpha * rob_probs
+    mixed = mix_probabilities(std_probs, rob_probs, alpha)
     if counts is not None:
         top, p_top, p_runner_up = bounded_top_two(counts, config.n_samples, config.confidence)
     else:
@@ -462,6 +453,4 @@ def _entry(name, alpha, sigma, rob_probs, counts, std_probs, y, config) -> Certi
                 tuple(correct.tolist()),
             )
         )
-    return CertifiedModel(
-        name, alpha, sigma, _accuracy(mixed, y), correct.float().mean().item(), tuple(curves), tuple(top.tolist())
-    )
+    return CertifiedModel(name, alpha, sigma, accuracy(mixed, y), fraction(correct), tuple(curves), tuple(top.tolist()))

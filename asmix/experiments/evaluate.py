@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -30,17 +31,18 @@ from asmix.attacks.autoattack import (
 )
 from asmix.attacks.margin import true_class_margin
 from asmix.attacks.objectives import graybox_objective
-from asmix.attacks.pgd import PGD, AllIteratesCorrect, cross_entropy_objective
-from asmix.checks import check_finite
+from asmix.attacks.pgd import AllIteratesCorrect, ThreatModel, cross_entropy_objective
+from asmix.checks import check_choices, check_finite
 from asmix.errors import AsmixError
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
+from asmix.experiments.settings import config_dict
 from asmix.io import atomic_write, check_writable_file
-from asmix.mixing import AlphaSource, MixedClassifier, check_alpha, check_mix_settings
-from asmix.nuts import NutsMap
-from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
+from asmix.mixing import AlphaSource, MixedClassifier, MixSettings, check_alpha
+from asmix.runtime import ProgressFn, RunSettings, batch_generator, batch_slices, fraction, top_class_correct
 
-ATTACKS = ("clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob", "aa", "aa-adaptive")
+EvalAttack = Literal["clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob", "aa", "aa-adaptive"]
 """Evaluation columns: clean, B (white-box PGD), A (gray-box PGD), transfer from g / h, C, D."""
+ATTACKS: tuple[EvalAttack, ...] = get_args(EvalAttack)
 
 AUTOATTACKS = ("aa", "aa-adaptive")
 MODELS = ("mixed", "std", "rob")
@@ -59,61 +61,38 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 
 
 def check_attacks(attacks: tuple[str, ...]) -> None:
-    unknown = [attack for attack in attacks if attack not in ATTACKS]
-    if unknown:
-        raise AsmixError(f"unknown attack(s) {', '.join(unknown)}: choose from {', '.join(ATTACKS)}")
+    check_choices(attacks, EvalAttack, "attack")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Settings of ``asmix evaluate``; every CLI option that changes the numbers is a field here.
+    """Settings of ``asmix evaluate``; every CLI option that changes the numbers is a field here or in a block.
 
-    ``alpha`` is the fixed mixing weight used when no mixing network is given; ``steps`` and
-    ``step_size`` are those of the PGD attacks (PGD-20 in the paper); ``alpha_weight`` is the w of the
-    adaptive attacks' loss (1 - w) * loss + w * BCE(alpha logit, 1) (setting D); ``square_queries`` below the
-    standard 5000 gives a quicker, weaker AutoAttack.
+    ``alpha`` is the fixed mixing weight used when no mixing network is given; ``threat`` holds the PGD attacks'
+    steps and step size (PGD-20 in the paper); ``alpha_weight`` is the w of the adaptive attacks' loss
+    (1 - w) * loss + w * BCE(alpha logit, 1) (setting D); ``square_queries`` below the standard 5000 gives a
+    quicker, weaker AutoAttack.
     """
 
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[EvalAttack, ...] = ATTACKS
     bases: bool = False
     alpha: float = 0.5
-    norm: str = "linf"
-    eps: float = 0.3
-    steps: int = 20
-    step_size: float | None = None
-    batch_size: int = 100
-    seed: int = 0
+    threat: ThreatModel = ThreatModel()
+    mix: MixSettings = MixSettings()
+    run: RunSettings = RunSettings(batch_size=100)
     alpha_weight: float = DEFAULT_ALPHA_WEIGHT
     square_queries: int = SQUARE_QUERIES
     save_adv: bool = False
-    mix_space: str = "prob"
-    std_scale: float = 1.0
-    rob_scale: float = 1.0
-    std_temperature: float = 1.0
-    rob_map: NutsMap | None = None
 
     def __post_init__(self) -> None:
         check_attacks(tuple(self.attacks))
         if not self.attacks:
             raise AsmixError(f"no attacks given: choose from {', '.join(ATTACKS)}")
         check_alpha(self.alpha)
-        check_batch_size(self.batch_size)
         if not 0.0 <= check_finite(self.alpha_weight, "alpha weight") <= 1.0:
             raise AsmixError(f"alpha weight must be in [0, 1], got {self.alpha_weight}")
-        check_finite(self.std_scale, "std scale")
-        check_finite(self.rob_scale, "rob scale")
-        check_mix_settings(
-            mix_space=self.mix_space,
-            rob_scale=self.rob_scale,
-            std_temperature=self.std_temperature,
-            rob_map=self.rob_map,
-        )
         if self.square_queries <= 0:
             raise AsmixError(f"square queries must be positive, got {self.square_queries}")
-        self.pgd()
-
-    def pgd(self) -> PGD:
-        return PGD(eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm)
 
 
 @dataclass(frozen=True)
@@ -142,11 +121,10 @@ class EvalResult:
     examples: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        config = asdict(self.config) | {
+        config = config_dict(self.config) | {
             "n_examples": self.n_examples,
             "models": self.models,
             "adaptive": self.adaptive,
-            "step_size": self.config.pgd().resolved_step_size,
         }
         rows = {model: {attack: asdict(cell) for attack, cell in cells.items()} for model, cells in self.rows.items()}
         return {"config": config, "rows": rows}
@@ -182,24 +160,11 @@ def evaluate(
     if len(x) != len(y):
         raise AsmixError(f"{len(x)} inputs but {len(y)} labels")
     out_path = check_out_path(out) if out is not None else None
-    mixed = (
-        MixedClassifier(
-            std,
-            rob,
-            mixer if mixer is not None else config.alpha,
-            mix_space=config.mix_space,
-            std_scale=config.std_scale,
-            rob_scale=config.rob_scale,
-            std_temperature=config.std_temperature,
-            rob_map=config.rob_map,
-        )
-        .to(device)
-        .eval()
-    )
+    mixed = config.mix.classifier(std, rob, mixer if mixer is not None else config.alpha).to(device).eval()
     parts = None
     if out_path:
         parts = Parts(out_path.with_name(out_path.name + ".parts"), _fingerprint(config, x, y, mixed, models or {}))
-    batches = list(batch_slices(len(x), config.batch_size))
+    batches = list(batch_slices(len(x), config.run.batch_size))
     count = ShareProgress(batches, "evaluate", progress)
     records = run_units(
         batches,
@@ -261,7 +226,7 @@ def _evaluate_batch(
     """Every requested (model, attack) on one batch; every attack seeded by (seed, attack, model, start)."""
     x, y = x.to(device), y.to(device)
     targets = {"mixed": mixed} | ({"std": mixed.std, "rob": mixed.rob} if config.bases else {})
-    pgd = config.pgd()
+    pgd = config.threat.pgd()
     crafted: dict[str, torch.Tensor] = {}
 
     def craft(source: str) -> torch.Tensor:
@@ -274,7 +239,7 @@ def _evaluate_batch(
             else:
                 model, objective = {"mixed": mixed, "std": mixed.std, "rob": mixed.rob}[source], cross_entropy_objective
             crafted[source] = pgd.perturb(
-                model, x, y, generator=batch_generator(config.seed, "pgd", source, start), objective=objective
+                model, x, y, generator=batch_generator(config.run.seed, "pgd", source, start), objective=objective
             )
         return crafted[source]
 
@@ -304,7 +269,7 @@ def _evaluate_batch(
 
             tracker = AllIteratesCorrect(judge, y)
             replace(pgd, stop_at_break=False).perturb(
-                model, x, y, generator=batch_generator(config.seed, "pgd", source, start), on_iterate=tracker
+                model, x, y, generator=batch_generator(config.run.seed, "pgd", source, start), on_iterate=tracker
             )
             transferred[source] = dict(zip(names, tracker.points))
         return transferred[source][row]
@@ -323,14 +288,14 @@ def _evaluate_batch(
             elif attack in ("transfer-std", "transfer-rob"):
                 x_adv = transfer(attack.removeprefix("transfer-"), name)
             else:
-                aa_seed = batch_generator(config.seed, "aa", name, start).initial_seed()
+                aa_seed = batch_generator(config.run.seed, "aa", name, start).initial_seed()
                 if "aa" not in runs:
                     runs["aa"] = standard_autoattack(
                         model,
                         x,
                         y,
-                        eps=config.eps,
-                        norm=config.norm,
+                        eps=config.threat.eps,
+                        norm=config.threat.norm,
                         seed=aa_seed,
                         square_queries=config.square_queries,
                     )
@@ -341,8 +306,8 @@ def _evaluate_batch(
                             model,
                             x,
                             y,
-                            eps=config.eps,
-                            norm=config.norm,
+                            eps=config.threat.eps,
+                            norm=config.threat.norm,
                             seed=aa_seed,
                             budget=budget,
                             standard=runs["aa"],
@@ -354,7 +319,7 @@ def _evaluate_batch(
             with torch.no_grad():
                 logits, alpha = _logits_and_alpha(name, model, x_adv)
             key = f"{name}/{attack}"
-            correct = logits.argmax(1) == y
+            correct = top_class_correct(logits, y)
             if robust is not None:
                 record[f"{key}/robust"] = robust
                 correct = robust[:, -1].to(device)
@@ -402,7 +367,7 @@ def _summarize(
                 )
                 trail_alpha = run.mean_alpha
             cells[attack] = AttackAccuracy(
-                examples[f"{key}/correct"].float().mean().item(),
+                fraction(examples[f"{key}/correct"]),
                 examples[f"{key}/alpha"].mean().item(),
                 trail,
                 unreliable,
@@ -415,5 +380,5 @@ def _summarize(
 def _fingerprint(config: EvalConfig, x: torch.Tensor, y: torch.Tensor, mixed: nn.Module, models: dict[str, str]) -> str:
     """What a batch's numbers depend on: settings, model names, every weight (g, h and the mixer), the mixer's
     evaluation head (range, bias, scale: not weights, so not in the state dict) and the data."""
-    head = mixed.alpha_source.architecture() if hasattr(mixed.alpha_source, "architecture") else None
+    head = mixed.alpha_source.architecture() if mixed.adaptive else None
     return fingerprint([asdict(config), models, head], modules=(mixed,), tensors=(x, y))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -21,74 +22,54 @@ from asmix.attacks.margin import (
     probability_gap,
     true_class_margin,
 )
-from asmix.attacks.pgd import PGD
-from asmix.certify import lemma32_threshold, lipschitz_radius_per_class, satisfies_lemma32
-from asmix.checks import check_finite
+from asmix.attacks.pgd import ThreatModel
+from asmix.checks import check_choices
 from asmix.errors import AsmixError
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
-from asmix.mixing import AlphaSource, MixedClassifier, check_alpha, check_mix_settings
-from asmix.nuts import NutsMap
-from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
+from asmix.experiments.settings import config_dict
+from asmix.mixing import AlphaSource, MixedClassifier, MixSettings, check_alpha
+from asmix.radii import lemma32_threshold, lipschitz_radius_per_class, satisfies_lemma32
+from asmix.runtime import ProgressFn, RunSettings, batch_generator, batch_slices, fraction, top_class_correct
 
-MODELS = ("std", "rob", "mix")
-INPUTS = ("clean", "pgd", "autoattack")
+Classifier = Literal["std", "rob", "mixed"]
+"""g, h and h_alpha."""
+MODELS: tuple[Classifier, ...] = get_args(Classifier)
+MarginAttack = Literal["pgd", "autoattack"]
+"""PGD (cross-entropy) and the min-margin AutoAttack (APGD-CE + APGD-T, App. D.2)."""
+INPUTS = ("clean", *get_args(MarginAttack))
 
 
 @dataclass(frozen=True)
 class MarginsConfig:
-    """Settings of ``asmix margins``; every CLI option is a field here. The AutoAttack defaults are
+    """Settings of ``asmix margins``; every CLI option is a field here or in a block. The AutoAttack defaults are
     small for the CPU demo; the standard AutoAttack uses ``aa_steps=100, target_classes=9``."""
 
-    attacks: tuple[str, ...] = ("pgd", "autoattack")
-    classifiers: tuple[str, ...] = MODELS
-    norm: str = "linf"
-    eps: float = 0.3
-    steps: int = 20
-    step_size: float | None = None
+    attacks: tuple[MarginAttack, ...] = ("pgd", "autoattack")
+    classifiers: tuple[Classifier, ...] = MODELS
+    threat: ThreatModel = ThreatModel()
     aa_steps: int = 20
     target_classes: int = 2
     alpha: float = 0.6
     lipschitz: bool = False
     lipschitz_classes: int | None = None
-    batch_size: int = 256
-    seed: int = 0
-    mix_space: str = "prob"
-    std_scale: float = 1.0
-    rob_scale: float = 1.0
-    std_temperature: float = 1.0
-    rob_map: NutsMap | None = None
+    mix: MixSettings = MixSettings()
+    run: RunSettings = RunSettings(batch_size=256)
 
     def __post_init__(self) -> None:
-        unknown = set(self.attacks) - set(INPUTS[1:])
-        if unknown:
-            raise AsmixError(f"unknown attack(s) {', '.join(sorted(unknown))}: choose from pgd, autoattack")
-        unknown = set(self.classifiers) - set(MODELS)
-        if unknown or "rob" not in self.classifiers:
+        check_choices(self.attacks, MarginAttack, "attack")
+        if not set(self.classifiers) <= set(MODELS) or "rob" not in self.classifiers:
             raise AsmixError(
                 f"classifiers must be among {', '.join(MODELS)} and include rob (h), got {', '.join(self.classifiers)}"
             )
         check_alpha(self.alpha)
-        check_batch_size(self.batch_size)
-        check_finite(self.std_scale, "std scale")
-        check_finite(self.rob_scale, "rob scale")
-        check_mix_settings(
-            mix_space=self.mix_space,
-            rob_scale=self.rob_scale,
-            std_temperature=self.std_temperature,
-            rob_map=self.rob_map,
-        )
-        self.pgd()
         if self.aa_steps <= 0:
             raise AsmixError(f"AutoAttack steps must be positive, got {self.aa_steps}")
         if self.target_classes < 0:
             raise AsmixError(f"target classes must be >= 0, got {self.target_classes}")
         if self.lipschitz_classes is not None and self.lipschitz_classes < 1:
             raise AsmixError(f"lipschitz classes must be >= 1, got {self.lipschitz_classes}")
-        if self.lipschitz and self.eps <= 0:
+        if self.lipschitz and self.threat.eps <= 0:
             raise AsmixError("the Lipschitz estimate needs eps > 0")
-
-    def pgd(self) -> PGD:
-        return PGD(eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -123,9 +104,9 @@ class MarginStats:
     @classmethod
     def from_logits(cls, logits: torch.Tensor, y: torch.Tensor) -> "MarginStats":
         gaps = probability_gap(logits)
-        correct = logits.argmax(dim=1) == y
+        correct = top_class_correct(logits, y)
         return cls(
-            accuracy=correct.float().mean().item(),
+            accuracy=fraction(correct),
             n_correct=int(correct.sum()),
             n_wrong=int((~correct).sum()),
             mean_gap_correct=_mean(gaps[correct]),
@@ -188,11 +169,7 @@ class MarginsResult:
     models: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        config = asdict(self.config) | {
-            "n_examples": self.n_examples,
-            "models": self.models,
-            "step_size": self.config.pgd().resolved_step_size,
-        }
+        config = config_dict(self.config) | {"n_examples": self.n_examples, "models": self.models}
         return {
             "config": config,
             "table": {
@@ -232,16 +209,7 @@ def margins(
     """
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
-    mixed = MixedClassifier(
-        std,
-        rob,
-        config.alpha if mixer is None else mixer,
-        mix_space=config.mix_space,
-        std_scale=config.std_scale,
-        rob_scale=config.rob_scale,
-        std_temperature=config.std_temperature,
-        rob_map=config.rob_map,
-    ).to(device)
+    mixed = config.mix.classifier(std, rob, config.alpha if mixer is None else mixer).to(device)
     parts = None
     if out is not None:
         parts = Parts(
@@ -253,7 +221,7 @@ def margins(
             ),
         )
     chosen = tuple(model for model in MODELS if model in config.classifiers)
-    batches = list(batch_slices(len(x), config.batch_size))
+    batches = list(batch_slices(len(x), config.run.batch_size))
     records = run_units(
         batches,
         lambda part: _margins_batch(mixed, chosen, x[part], y[part], part.start, config, device),
@@ -298,22 +266,22 @@ def _margins_batch(
     """Logits of each chosen model on the batch's clean and attacked inputs (``{model}/{inputs}``) and, with
     ``config.lipschitz``, h's eq. C.1 estimate (``lipschitz/...``); every attack seeded by (seed, attack, start)."""
     x, y = x.to(device), y.to(device)
-    networks = {"std": mixed.std, "rob": mixed.rob, "mix": mixed}
-    pgd = config.pgd()
+    networks = {"std": mixed.std, "rob": mixed.rob, "mixed": mixed}
+    pgd = config.threat.pgd()
     record = {}
     for model in chosen:
         network = networks[model]
         inputs = {"clean": x}
         if "pgd" in config.attacks:
-            inputs["pgd"] = pgd.perturb(network, x, y, generator=batch_generator(config.seed, "pgd", start))
+            inputs["pgd"] = pgd.perturb(network, x, y, generator=batch_generator(config.run.seed, "pgd", start))
         if "autoattack" in config.attacks:
-            seed = batch_generator(config.seed, "apgd", start).initial_seed()
+            seed = batch_generator(config.run.seed, "apgd", start).initial_seed()
             inputs["autoattack"], _ = min_margin_autoattack(
                 network,
                 x,
                 y,
-                eps=config.eps,
-                norm=config.norm,
+                eps=config.threat.eps,
+                norm=config.threat.norm,
                 steps=config.aa_steps,
                 target_classes=config.target_classes,
                 seed=seed,
@@ -325,12 +293,12 @@ def _margins_batch(
             mixed.rob,
             x,
             y,
-            eps=config.eps,
-            norm=config.norm,
-            steps=config.steps,
-            step_size=config.step_size,
+            eps=config.threat.eps,
+            norm=config.threat.norm,
+            steps=config.threat.steps,
+            step_size=config.threat.step_size,
             classes=config.lipschitz_classes,
-            generator=batch_generator(config.seed, "lipschitz", start),
+            generator=batch_generator(config.run.seed, "lipschitz", start),
         )
         record |= {f"lipschitz/{name}": getattr(estimate, name).cpu() for name in LIPSCHITZ_FIELDS}
         record["lipschitz/num_classes"] = torch.tensor(estimate.num_classes)
@@ -342,9 +310,9 @@ def _lemma32_rows(logits: dict, y: torch.Tensor, config: MarginsConfig) -> tuple
     if config.alpha == 0.0:
         return ()
     threshold = lemma32_threshold(config.alpha)
-    rob_map = config.rob_map if config.rob_map is not None else (lambda value: value)
+    rob_map = config.mix.rob_map if config.mix.rob_map is not None else (lambda value: value)
     rob_margins = {inputs: true_class_margin(rob_map(value), y) for inputs, value in logits["rob"].items()}
-    mix_correct = {inputs: value.argmax(dim=1) == y for inputs, value in logits.get("mix", {}).items()}
+    mix_correct = {inputs: top_class_correct(value, y) for inputs, value in logits.get("mixed", {}).items()}
     if len(rob_margins) > 1:
         rob_margins["worst"] = torch.stack(list(rob_margins.values())).min(dim=0).values
         if mix_correct:
@@ -358,8 +326,8 @@ def _lemma32_rows(logits: dict, y: torch.Tensor, config: MarginsConfig) -> tuple
                 config.alpha,
                 threshold,
                 int(satisfied.sum()),
-                satisfied.float().mean().item(),
-                mix_correct[inputs].float().mean().item() if mix_correct else None,
+                fraction(satisfied),
+                fraction(mix_correct[inputs]) if mix_correct else None,
             )
         )
     return tuple(rows)
@@ -380,8 +348,8 @@ def _lipschitz_stats(parts, rob_clean_logits: torch.Tensor, y: torch.Tensor, con
             constants[(start + rows)[:, None], part.classes.cpu()] = part.rise.cpu()
         probs = torch.softmax(rob_clean_logits, dim=1)
         radius = lipschitz_radius_per_class(probs, config.alpha, constants.clamp_min(1e-12))
-        correct = probs.argmax(dim=1) == y
-        certified = int((correct & (radius >= config.eps)).sum())
+        correct = top_class_correct(probs, y)
+        certified = int((correct & (radius >= config.threat.eps)).sum())
     return LipschitzStats(
         mean=values.mean().item(),
         median=values.median().item(),

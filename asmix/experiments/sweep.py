@@ -12,19 +12,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-from asmix.attacks.pgd import PGD, AllIteratesCorrect
-from asmix.checks import check_finite
+from asmix.attacks.pgd import PGD, AllIteratesCorrect, ThreatModel
+from asmix.checks import check_choices, check_finite
 from asmix.errors import AsmixError
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, example_count, fingerprint, finish, run_units
-from asmix.mixing import MixedClassifier, check_alpha, check_mix_settings
-from asmix.nuts import NutsMap
-from asmix.runtime import ProgressFn, batch_generator, batch_slices, check_batch_size
+from asmix.experiments.settings import config_dict
+from asmix.mixing import MixedClassifier, MixSettings, alpha_grid, check_alpha
+from asmix.runtime import ProgressFn, RunSettings, accuracy, batch_generator, batch_slices, fraction
 
-ATTACKS = ("std", "rob", "mix")
+SweepAttack = Literal["std", "rob", "mix"]
+"""PGD crafted on g (STD), on h (ROB) or on h_alpha end to end (MIX)."""
+ATTACKS: tuple[SweepAttack, ...] = get_args(SweepAttack)
 
 
 def default_alphas() -> tuple[float, ...]:
@@ -37,10 +40,7 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     try:
         if ":" in text:
             start, stop, step = (check_finite(part, "alpha range bound") for part in text.split(":"))
-            if step <= 0:
-                raise AsmixError(f"alpha range step must be positive, got {step}")
-            count = int(round((stop - start) / step)) + 1
-            values = [round(start + i * step, 10) for i in range(max(count, 0))]
+            values = list(alpha_grid(start, stop, step))
         else:
             values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError as error:
@@ -52,41 +52,18 @@ def parse_alphas(text: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """Settings of a fixed-alpha sweep; every CLI option of ``sweep-alpha`` is a field here."""
+    """Settings of a fixed-alpha sweep; every CLI option of ``sweep-alpha`` is a field here or in a block."""
 
     alphas: tuple[float, ...] = field(default_factory=default_alphas)
-    attacks: tuple[str, ...] = ATTACKS
-    norm: str = "linf"
-    eps: float = 0.3
-    steps: int = 20
-    step_size: float | None = None
-    batch_size: int = 256
-    seed: int = 0
-    mix_space: str = "prob"
-    std_scale: float = 1.0
-    rob_scale: float = 1.0
-    std_temperature: float = 1.0
-    rob_map: NutsMap | None = None
+    attacks: tuple[SweepAttack, ...] = ATTACKS
+    threat: ThreatModel = ThreatModel()
+    mix: MixSettings = MixSettings()
+    run: RunSettings = RunSettings(batch_size=256)
 
     def __post_init__(self) -> None:
-        unknown = set(self.attacks) - set(ATTACKS)
-        if unknown:
-            raise AsmixError(f"unknown attack(s) {', '.join(sorted(unknown))}: choose from {', '.join(ATTACKS)}")
+        check_choices(self.attacks, SweepAttack, "attack")
         for alpha in self.alphas:
             check_alpha(alpha)
-        check_batch_size(self.batch_size)
-        check_finite(self.std_scale, "std scale")
-        check_finite(self.rob_scale, "rob scale")
-        check_mix_settings(
-            mix_space=self.mix_space,
-            rob_scale=self.rob_scale,
-            std_temperature=self.std_temperature,
-            rob_map=self.rob_map,
-        )
-        self.pgd()
-
-    def pgd(self) -> PGD:
-        return PGD(eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm)
 
 
 @dataclass(frozen=True)
@@ -121,14 +98,10 @@ class SweepResult:
     models: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        config = asdict(self.config) | {
-            "n_examples": self.n_examples,
-            "models": self.models,
-            "step_size": self.config.pgd().resolved_step_size,
-        }
+        config = config_dict(self.config) | {"n_examples": self.n_examples, "models": self.models}
         return {
             "config": config,
-            "base": {name: asdict(accuracy) for name, accuracy in self.base.items()},
+            "base": {name: asdict(base) for name, base in self.base.items()},
             "rows": [asdict(row) for row in self.rows],
         }
 
@@ -153,23 +126,14 @@ def sweep_alpha(
     """
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
-    mixed = MixedClassifier(
-        std,
-        rob,
-        0.5,
-        mix_space=config.mix_space,
-        std_scale=config.std_scale,
-        rob_scale=config.rob_scale,
-        std_temperature=config.std_temperature,
-        rob_map=config.rob_map,
-    ).to(device)
+    mixed = config.mix.classifier(std, rob).to(device)
     parts = None
     if out is not None:
         parts = Parts(
             Path(out) / "parts",
             fingerprint(["sweep-alpha", asdict(config), models or {}], modules=(mixed,), tensors=(x, y)),
         )
-    batches = list(batch_slices(len(x), config.batch_size))
+    batches = list(batch_slices(len(x), config.run.batch_size))
     base_attacks = tuple(name for name in ("std", "rob") if name in config.attacks)
     mix_alphas = tuple(
         alpha
@@ -185,11 +149,13 @@ def sweep_alpha(
         if unit.kind == "mix":
             target = mixed.with_alpha(unit.alpha)
             return {
-                "mix": _robust_flags(config.pgd(), target, _own_logits, x_batch, y_batch, unit.part.start, config)[0]
+                "mix": _robust_flags(
+                    config.threat.pgd(), target, _own_logits, x_batch, y_batch, unit.part.start, config
+                )[0]
             }
         with torch.no_grad():
             record = {"clean/std": mixed.std(x_batch).float().cpu(), "clean/rob": mixed.rob(x_batch).float().cpu()}
-        transfer = replace(config.pgd(), stop_at_break=False)  # the path goes on; each judge keeps its own count
+        transfer = replace(config.threat.pgd(), stop_at_break=False)  # the path goes on; each judge keeps its own count
         for name in base_attacks:
             source = mixed.std if name == "std" else mixed.rob
             record[f"{name}/robust"] = _robust_flags(
@@ -214,31 +180,28 @@ def sweep_alpha(
     }
     finish(parts)
 
-    def accuracy(correct: torch.Tensor) -> float:
-        return correct.float().mean().item()
-
     def base_accuracy(index: int) -> BaseAccuracy:
         return BaseAccuracy(
-            clean=accuracy(clean[index].argmax(1) == y),
-            std_attack=accuracy(robust["std"][index]) if "std" in robust else None,
-            rob_attack=accuracy(robust["rob"][index]) if "rob" in robust else None,
+            clean=accuracy(clean[index], y),
+            std_attack=fraction(robust["std"][index]) if "std" in robust else None,
+            rob_attack=fraction(robust["rob"][index]) if "rob" in robust else None,
         )
 
     rows = []
     for position, alpha in enumerate(config.alphas):
 
         def mixed_accuracy(name: str, position: int = position) -> float | None:
-            return accuracy(robust[name][2 + position]) if name in robust else None
+            return fraction(robust[name][2 + position]) if name in robust else None
 
         mix_attack = None
         if alpha in mix_robust:
-            mix_attack = accuracy(mix_robust[alpha])
+            mix_attack = fraction(mix_robust[alpha])
         elif "mix" in config.attacks:
             mix_attack = mixed_accuracy(_same_as_base_attack(alpha, config))
         rows.append(
             SweepRow(
                 alpha,
-                accuracy(mixed.mix(*clean, alpha).argmax(1) == y),
+                accuracy(mixed.mix(*clean, alpha), y),
                 mixed_accuracy("std"),
                 mixed_accuracy("rob"),
                 mix_attack,
@@ -262,9 +225,9 @@ class _Unit:
 def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:
     """At alpha 0 (1) with unit logit scale, h_alpha's cross-entropy equals g's (h's), so the MIX
     attack is the STD (ROB) attack: all attacks share per-batch random starts, so reuse it."""
-    if alpha == 0.0 and config.std_scale == 1.0 and config.std_temperature == 1.0:
+    if alpha == 0.0 and config.mix.std_scale == 1.0 and config.mix.std_temperature == 1.0:
         return "std"
-    if alpha == 1.0 and config.rob_scale == 1.0 and config.rob_map is None:
+    if alpha == 1.0 and config.mix.rob_scale == 1.0 and config.mix.rob_map is None:
         return "rob"
     return None
 
@@ -275,7 +238,7 @@ def _robust_flags(
     """PGD crafted on ``source`` for the batch at ``start``; per judged classifier and example, whether it
     classified every iterate correctly (a point counts as broken if any iterate breaks it): (J, n) bool on CPU."""
     tracker = AllIteratesCorrect(judge, y)
-    pgd.perturb(source, x, y, generator=batch_generator(config.seed, "pgd", start), on_iterate=tracker)
+    pgd.perturb(source, x, y, generator=batch_generator(config.run.seed, "pgd", start), on_iterate=tracker)
     return tracker.correct.cpu()
 
 

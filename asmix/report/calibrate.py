@@ -31,7 +31,7 @@ def calibrate_table(result) -> Table:
     config = result.config
     table = Table(
         title=f"Calibration · {result.n_examples} examples · target clean {100 * config.target_clean_acc:.2f}% · "
-        f"{config.norm} eps={config.eps:.4g} · h's min-margin APGD-{config.aa_steps}"
+        f"{config.threat.norm} eps={config.threat.eps:.4g} · h's min-margin APGD-{config.threat.steps}"
     )
     for column in ("family", "alpha", "map", "clean", "robust est.", "target met", "search s"):
         table.add_column(column, justify="right")

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from asmix.io import atomic_write_text
+from asmix.mixer import MixerCard
 from asmix.report import alpha_text, percent
 
 CARD = "README.md"
 
 
-def mixer_card(document: dict[str, Any]) -> str:
+def mixer_card(card: MixerCard) -> str:
     """Markdown: base models and the sha256 of their weights, the evaluation head, the training recipe, the data
-    fingerprint and the verdict, all read from a mixer.json ``document``."""
-    models, weights = document.get("models") or {}, document.get("base_weights") or {}
-    architecture, training = document.get("architecture") or {}, document.get("training") or {}
+    fingerprint and the verdict, all read from a mixer's ``card`` (its mixer.json)."""
+    models, weights, architecture = card.models, card.base_weights or {}, card.architecture
+    training = card.training_settings
     low, high = architecture.get("alpha_range", [None, None])
     lines = [
         "# asmix mixing network",
@@ -40,7 +40,7 @@ def mixer_card(document: dict[str, Any]) -> str:
         f"{architecture.get('scale')}; taps g {architecture.get('std_layers') or 'none (reads h alone)'}, "
         f"h {architecture.get('rob_layers')}.",
     ]
-    selection = document.get("selection")
+    selection = card.selection
     if selection:
         lines += [
             "",
@@ -53,22 +53,22 @@ def mixer_card(document: dict[str, Any]) -> str:
         "## Training",
         "",
         f"Setting {training.get('setting')}, {training.get('epochs')} epochs, batch {training.get('batch_size')}, "
-        f"{document.get('n_train')} training images, {document.get('n_val')} held out; "
+        f"{card.n_train} training images, {card.n_val} held out; "
         f"{training.get('norm')} eps {training.get('eps_max')} "
         f"(radius eps x U{tuple(training.get('eps_range') or ())}), "
         f"pseudo-labels {training.get('pseudo_labels')}, seed {training.get('seed')}.",
         "",
-        f"Training data sha256: `{document.get('data_fingerprint')}`",
+        f"Training data sha256: `{card.data_fingerprint}`",
         "",
         "<details><summary>All training settings</summary>",
         "",
         "```json",
-        json.dumps(training, indent=2),
+        json.dumps(card.training, indent=2),
         "```",
         "",
         "</details>",
     ]
-    verdict = document.get("verdict")
+    verdict = card.verdict
     lines += ["", "## Verdict", ""]
     if verdict:
         lines += [
@@ -88,7 +88,7 @@ def mixer_card(document: dict[str, Any]) -> str:
             )
     else:
         lines.append("Not measured (trained with --no-verdict or without --target-clean-acc).")
-    provenance = document.get("provenance") or {}
+    provenance = card.provenance or {}
     if provenance:
         lines += [
             "",
@@ -110,5 +110,4 @@ def mixer_card(document: dict[str, Any]) -> str:
 def write_mixer_card(directory: str | Path) -> Path:
     """Render ``directory/mixer.json`` as ``directory/README.md`` (atomically)."""
     directory = Path(directory)
-    document = json.loads((directory / "mixer.json").read_text())
-    return atomic_write_text(directory / CARD, mixer_card(document))
+    return atomic_write_text(directory / CARD, mixer_card(MixerCard.read(directory)))

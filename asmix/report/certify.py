@@ -16,7 +16,7 @@ SHORT_BOUND_LABELS = {"lipschitz": "3.5 Lip", "rs": "A.2 RS"}
 
 def _entry_label(entry, short: bool = False) -> str:
     if short:
-        model = {"mix": f"h_a a={entry.alpha:.3g}", "rob": "h", "baseline": "base h"}[entry.name]
+        model = {"mixed": f"h_a a={entry.alpha:.3g}", "rob": "h", "baseline": "base h"}[entry.name]
         return model if entry.sigma is None else f"{model} s={entry.sigma:g}"
     model = "h" if entry.alpha == 1.0 else f"h_alpha, alpha={entry.alpha:.3g}"
     if entry.name == "baseline":

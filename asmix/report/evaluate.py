@@ -40,8 +40,8 @@ def evaluate_table(result) -> Table:
     "potentially unreliable" flag."""
     config = result.config
     table = Table(
-        title=f"Robust accuracy (%) · {result.n_examples} examples · {config.norm} eps={config.eps:.4g} · "
-        f"PGD-{config.steps}"
+        title=f"Robust accuracy (%) · {result.n_examples} examples · {config.threat.norm} "
+        f"eps={config.threat.eps:.4g} · PGD-{config.threat.steps}"
     )
     table.add_column("model")
     for attack in config.attacks:

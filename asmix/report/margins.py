@@ -9,7 +9,7 @@ from rich.table import Table
 
 from asmix.report import new_figure, percent, save_figure, write_csv, write_json
 
-MODEL_LABELS = {"std": "g", "rob": "h", "mix": "h_alpha"}
+MODEL_LABELS = {"std": "g", "rob": "h", "mixed": "h_alpha"}
 INPUT_LABELS = {"clean": "clean", "pgd": "PGD", "autoattack": "AutoAttack", "worst": "worst of all"}
 
 
@@ -19,12 +19,12 @@ def _gap(value: float | None) -> str:
 
 def _input_label(result, inputs: str) -> str:
     if inputs == "pgd":
-        return f"PGD-{result.config.steps}"
+        return f"PGD-{result.config.threat.steps}"
     return INPUT_LABELS.get(inputs, inputs)
 
 
 def _model_label(result, model: str) -> str:
-    return f"h_{result.config.alpha:g}" if model == "mix" else MODEL_LABELS[model]
+    return f"h_{result.config.alpha:g}" if model == "mixed" else MODEL_LABELS[model]
 
 
 def _caption(result) -> str | None:
@@ -37,7 +37,7 @@ def margins_table(result) -> Table:
     config = result.config
     table = Table(
         title=f"Confidence gap p_top - p_runner-up (Table 1) · {result.n_examples} examples · "
-        f"{config.norm} eps={config.eps:.4g}",
+        f"{config.threat.norm} eps={config.threat.eps:.4g}",
         caption=_caption(result),
     )
     for column in ("model", "inputs", "acc %", "✓ mean", "✓ median", "✗ mean", "✗ median"):
@@ -87,8 +87,8 @@ def lipschitz_table(result) -> Table | None:
         else f"only the {stats.classes_used} most likely of {others} other classes (a lower bound)"
     )
     table = Table(
-        title=f"Local Lipschitz estimate of softmax(h), eq. C.1 · {result.config.norm} "
-        f"eps={result.config.eps:.4g} · {scope}"
+        title=f"Local Lipschitz estimate of softmax(h), eq. C.1 · {result.config.threat.norm} "
+        f"eps={result.config.threat.eps:.4g} · {scope}"
     )
     for column in (
         "mean",

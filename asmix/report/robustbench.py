@@ -49,7 +49,7 @@ def model_info(result, dataset: str) -> dict[str, Any]:
         "dataset": dataset,
         "venue": None,
         "architecture": " + ".join(parts),
-        "eps": radius_text(result.config.eps),
+        "eps": radius_text(result.config.threat.eps),
         "clean_acc": f"{100 * clean.accuracy:.2f}",
         "reported": f"{100 * robust.accuracy:.2f}",
         "autoattack_acc": f"{100 * robust.accuracy:.2f}",
@@ -71,7 +71,7 @@ def claim_markdown(
         "| field | value |",
         "|---|---|",
         f"| dataset | {info['dataset']} |",
-        f"| threat model | {threat_model_name(result.config.norm)}, eps = {info['eps']} |",
+        f"| threat model | {threat_model_name(result.config.threat.norm)}, eps = {info['eps']} |",
         f"| architecture | {info['architecture']} |",
         f"| forward passes per input | {info['number_forward_passes']} |",
         f"| clean accuracy | {info['clean_acc']}% ({round(clean.accuracy * n)}/{n}) |",
@@ -81,7 +81,7 @@ def claim_markdown(
         "## Evaluation",
         "",
         f"Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square with {result.config.square_queries} queries) from "
-        f"the AutoAttack package on the mixed model's logits, seed {result.config.seed}, on the first {n} test "
+        f"the AutoAttack package on the mixed model's logits, seed {result.config.run.seed}, on the first {n} test "
         f"images; accuracy after each attack: "
         + ", ".join(f"{name} {100 * value:.2f}%" for name, value in (robust.trail or {}).items())
         + ".",
@@ -126,8 +126,8 @@ def protocol_deviations(result, dataset: str, standard_eps: float) -> list[str]:
         deviations.append(f"{dataset} has no RobustBench leaderboard")
     elif result.n_examples != expected:
         deviations.append(f"{result.n_examples} test images, not the leaderboard's {expected}")
-    if abs(result.config.eps - standard_eps) > 1e-12:
-        deviations.append(f"eps {radius_text(result.config.eps)}, not the standard {radius_text(standard_eps)}")
+    if abs(result.config.threat.eps - standard_eps) > 1e-12:
+        deviations.append(f"eps {radius_text(result.config.threat.eps)}, not the standard {radius_text(standard_eps)}")
     if result.config.square_queries != 5000:
         deviations.append(f"Square with {result.config.square_queries} queries, not 5000")
     return deviations

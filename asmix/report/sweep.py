@@ -14,7 +14,7 @@ def sweep_table(result) -> Table:
     models = result.models
     table = Table(
         title=f"Fixed-alpha sweep · {result.n_examples} examples · "
-        f"PGD-{result.config.steps} {result.config.norm} eps={result.config.eps:.4g}"
+        f"PGD-{result.config.threat.steps} {result.config.threat.norm} eps={result.config.threat.eps:.4g}"
     )
     for column in ("model / alpha", "clean", "STD attack", "ROB attack", "MIX attack"):
         table.add_column(column, justify="right")

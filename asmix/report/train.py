@@ -24,7 +24,7 @@ def history_table(result) -> Table:
     config = result.config
     table = Table(
         title=f"train-mixer · setting {config.setting} · {result.n_train} train / {result.n_val} held out · "
-        f"val PGD-{config.val_steps} {config.norm} eps={config.resolved_val_eps:.4g}"
+        f"val PGD-{config.threat.steps} {config.threat.norm} eps={config.validation_threat.eps:.4g}"
     )
     for column in (
         "epoch",

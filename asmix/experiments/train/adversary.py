@@ -85,10 +85,10 @@ def attack_rows(
 
 def _pgd_rows(mixed, x, y, config: TrainConfig, generator, offset, total) -> torch.Tensor:
     low, high = config.eps_range
-    eps = config.eps_max * (low + (high - low) * _uniform(generator).item())
+    eps = config.threat.eps * (low + (high - low) * _uniform(generator).item())
     steps = int(torch.randint(config.steps_range[0], config.steps_range[1] + 1, (), generator=generator))
     weight = config.attack_bce_max * _uniform(generator).item()
-    pgd = ShardPGD(eps=eps, steps=steps, norm=config.norm, offset=offset, total=total)
+    pgd = ShardPGD(eps=eps, steps=steps, norm=config.threat.norm, offset=offset, total=total)
     return pgd.perturb(mixed, x, y, generator=generator, objective=mixed_objective(config.setting, weight))
 
 
@@ -123,12 +123,12 @@ def _apgd_copies(
     rows = []
     for copy in range(config.copies):
         low, high = config.eps_range
-        eps = (config.eps_max * (low + (high - low) * _uniform(generator, (total,))))[shard].to(x.device, x.dtype)
+        eps = (config.threat.eps * (low + (high - low) * _uniform(generator, (total,))))[shard].to(x.device, x.dtype)
         weight = (config.attack_bce_max * _uniform(generator, (total,)))[shard].to(x.device, x.dtype)
         steps = chi_square_steps(config.apgd_steps_df, generator)
-        start = _random_start(x, eps, config.norm, generator, offset, total)
+        start = _random_start(x, eps, config.threat.norm, generator, offset, total)
         view = eps.view(-1, *([1] * (x.ndim - 1)))
-        settings = dict(eps=view, norm=config.norm, alpha_weight=weight, n_iter=steps, device=x.device)
+        settings = dict(eps=view, norm=config.threat.norm, alpha_weight=weight, n_iter=steps, device=x.device)
         if copy == 0:
             attack = AlphaAPGD(mixed, loss="ce", **settings)
         else:

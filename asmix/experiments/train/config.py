@@ -4,33 +4,41 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, get_args
 
-from asmix.attacks.pgd import PGD
+from asmix.attacks.pgd import PGD, ThreatModel
+from asmix.checks import check_choice
 from asmix.errors import AsmixError
-from asmix.mixer import MIXER_INPUTS
-from asmix.mixing import check_alpha
-from asmix.runtime import check_batch_size
+from asmix.experiments.settings import config_dict
+from asmix.mixer import MixerInputs
+from asmix.mixing import MixSettings, check_alpha
+from asmix.runtime import RunSettings
 
 Setting = Literal["A", "B", "C"]
-SETTINGS = ("A", "B", "C")
 """Training attacks (Section 4.2): A gray-box PGD, B white-box PGD, C APGD-CE + APGD-T (the paper's recipe)."""
+SETTINGS: tuple[Setting, ...] = get_args(Setting)
 
 PseudoLabelRule = Literal["paper", "oracle", "rob-right"]
-PSEUDO_LABEL_RULES = ("paper", "oracle", "rob-right")
 """paper: clean 0, attacked 1 (the authors' code); oracle: also asks whether g and h are right (Section 4.4);
 rob-right: 1 where h is right on the row (how far h can be trusted, clean or attacked)."""
+PSEUDO_LABEL_RULES: tuple[PseudoLabelRule, ...] = get_args(PseudoLabelRule)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Every option of ``train-mixer`` that changes the trained mixer (paper defaults: Table 6/7, App. D.1 and
-    the authors' code, ../shared METHOD.md section 8)."""
+    the authors' code, ../shared METHOD.md section 8).
+
+    ``threat``: the norm and radius eps the mixer is trained for (each training attack draws its radius as
+    eps * U(``eps_range``)) and the steps of the validation PGD (at ``val_eps``, default eps); ``mix``: the
+    logit scales of g and h (training mixes probabilities, eq. 3.4); ``run``: the global batch and the seed."""
 
     setting: Setting = "C"
     epochs: int = 10
-    batch_size: int = 128
+    threat: ThreatModel = ThreatModel()
+    mix: MixSettings = MixSettings()
+    run: RunSettings = RunSettings(batch_size=128)
     lr: float = 1e-3
     weight_decay: float = 1e-2
     ema_decay: float = 0.8
@@ -40,27 +48,21 @@ class TrainConfig:
     c_bce: float = 1.5
     c_prod: float = 0.2
     pseudo_labels: PseudoLabelRule = "oracle"
-    norm: str = "linf"
-    eps_max: float = 0.3
     eps_range: tuple[float, float] = (0.4, 1.1)
     steps_range: tuple[int, int] = (5, 20)
     apgd_steps_df: int = 75
     target_classes: int = 9
     attack_bce_max: float = 0.4
     val_eps: float | None = None
-    val_steps: int = 20
-    seed: int = 0
     scale: float = 2.0
     width: int | None = None
     blocks: int = 2
     stages: int = 2
     clamp_std: float = 0.6
     bn_momentum: float = 0.01
-    mixer_inputs: Literal["both", "rob", "rob-logits"] = "both"
+    mixer_inputs: MixerInputs = "both"
     std_layers: tuple[str, str] | None = None
     rob_layers: tuple[str, str] | None = None
-    std_scale: float = 1.0
-    rob_scale: float = 1.0
     bf16: bool = False
     alpha_range: tuple[float, float] = (0.0, 1.0)
     alpha_bias: float = 0.0
@@ -69,19 +71,16 @@ class TrainConfig:
     range_max_width: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.setting not in SETTINGS:
-            raise AsmixError(f"setting must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
-        if self.pseudo_labels not in PSEUDO_LABEL_RULES:
+        check_choice(self.setting, Setting, "setting")
+        check_choice(self.pseudo_labels, PseudoLabelRule, "pseudo labels")
+        if self.mix != MixSettings(std_scale=self.mix.std_scale, rob_scale=self.mix.rob_scale):
             raise AsmixError(
-                f"pseudo labels must be one of {', '.join(PSEUDO_LABEL_RULES)}, got {self.pseudo_labels!r}"
+                "train-mixer mixes g's softmax and h's softmax (eq. 3.4): only the logit scales can change"
             )
-        check_batch_size(self.batch_size)
-        if self.mixer_inputs not in MIXER_INPUTS:
-            raise AsmixError(f"mixer inputs must be one of {', '.join(MIXER_INPUTS)}, got {self.mixer_inputs!r}")
-        for name in ("epochs", "accum_steps", "apgd_steps_df", "target_classes", "val_steps"):
-            minimum = 0 if name == "val_steps" else 1
-            if getattr(self, name) < minimum:
-                raise AsmixError(f"{name.replace('_', '-')} must be >= {minimum}, got {getattr(self, name)}")
+        check_choice(self.mixer_inputs, MixerInputs, "mixer inputs")
+        for name in ("epochs", "accum_steps", "apgd_steps_df", "target_classes"):
+            if getattr(self, name) < 1:
+                raise AsmixError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         numbers = {
             name: getattr(self, name)
             for name in (
@@ -92,14 +91,11 @@ class TrainConfig:
                 "c_ce",
                 "c_bce",
                 "c_prod",
-                "eps_max",
                 "attack_bce_max",
                 "scale",
                 "alpha_bias",
                 "clamp_std",
                 "bn_momentum",
-                "std_scale",
-                "rob_scale",
             )
         }
         for name, value in numbers.items():
@@ -115,10 +111,10 @@ class TrainConfig:
         if min(self.c_ce, self.c_bce, self.c_prod) < 0 or self.c_ce + self.c_bce + self.c_prod == 0:
             raise AsmixError("loss weights c_CE, c_BCE, c_prod must be >= 0 and not all 0")
         low, high = self.eps_range
-        if self.eps_max <= 0 or not 0.0 < low <= high:
+        if self.threat.eps <= 0 or not 0.0 < low <= high:
             raise AsmixError(
                 f"eps-max must be positive and eps-range LOW:HIGH with 0 < LOW <= HIGH, got "
-                f"{self.eps_max}, {low}:{high}"
+                f"{self.threat.eps}, {low}:{high}"
             )
         low, high = self.steps_range
         if not 1 <= low <= high:
@@ -137,12 +133,13 @@ class TrainConfig:
         check_alpha(self.range_min_alpha)
         if not 0.0 < self.range_max_width <= 1.0:
             raise AsmixError(f"range-max-width must be in (0, 1], got {self.range_max_width}")
-        PGD(eps=self.eps_max * self.eps_range[1], steps=high, norm=self.norm)
-        PGD(eps=self.resolved_val_eps, steps=self.val_steps, norm=self.norm)
+        PGD(eps=self.threat.eps * self.eps_range[1], steps=high, norm=self.threat.norm)
+        self.validation_threat.pgd()
 
     @property
-    def resolved_val_eps(self) -> float:
-        return self.eps_max if self.val_eps is None else self.val_eps
+    def validation_threat(self) -> ThreatModel:
+        """The threat model of validation and of the verdict: ``threat`` at radius ``val_eps`` if given."""
+        return self.threat if self.val_eps is None else replace(self.threat, eps=self.val_eps)
 
     @property
     def copies(self) -> int:
@@ -150,7 +147,7 @@ class TrainConfig:
         return 1 + self.target_classes if self.setting == "C" else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
+        return json.loads(json.dumps(config_dict(self)))
 
 
 def parse_range(text: str, *, kind: type = float, name: str = "range") -> tuple:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
+from asmix.checks import check_choice
 from asmix.errors import AsmixError
 
-VAL_SPLITS = ("test", "train")
+ValSplit = Literal["test", "train"]
+"""Where the held-out examples come from: the end of the test split (default) or of the train split."""
+VAL_SPLITS: tuple[ValSplit, ...] = get_args(ValSplit)
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class TrainData:
     y_test: torch.Tensor
 
 
-def load_train_data(source, n_train: int | None, n_val: int, val_split: str = "test") -> TrainData:
+def load_train_data(source, n_train: int | None, n_val: int, val_split: ValSplit = "test") -> TrainData:
     """Training examples from the start of the train split; held-out examples from the END of
     ``val_split`` (``test`` by default: base models have usually been fit to their train split, so
     their accuracy there says little); evaluation examples are the rest of the test split.
@@ -31,8 +35,7 @@ def load_train_data(source, n_train: int | None, n_val: int, val_split: str = "t
     With a data file (``--data``) all three come from it: train first, held-out last, evaluation between."""
     from asmix.data import load_data
 
-    if val_split not in VAL_SPLITS:
-        raise AsmixError(f"val split must be one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
+    check_choice(val_split, ValSplit, "val split")
     if n_val <= 0:
         raise AsmixError(f"n-val must be positive, got {n_val}")
     if n_train is not None and n_train <= 0:

@@ -82,9 +82,7 @@ class TrainResult:
 
     def mixed_classifier(self, std: nn.Module, rob: nn.Module) -> MixedClassifier:
         """h_alpha with the trained mixer and its evaluation head, and this run's logit scales."""
-        return MixedClassifier(
-            std, rob, self.mixer, std_scale=self.config.std_scale, rob_scale=self.config.rob_scale
-        ).eval()
+        return self.config.mix.classifier(std, rob, self.mixer).eval()
 
 
 @dataclass
@@ -140,10 +138,12 @@ def train_mixer(
     its checkpoint. ``on_step(epoch, step)`` runs after each batch (tests use it to interrupt a run)."""
     n_train, n_val = len(x_train), len(x_val)
     world = distributed.world_size()
-    if n_train < config.batch_size:
-        raise AsmixError(f"need at least one full batch: {n_train} training examples < batch size {config.batch_size}")
-    if config.batch_size % world:
-        raise AsmixError(f"batch size {config.batch_size} must be divisible by the number of processes ({world})")
+    if n_train < config.run.batch_size:
+        raise AsmixError(
+            f"need at least one full batch: {n_train} training examples < batch size {config.run.batch_size}"
+        )
+    if config.run.batch_size % world:
+        raise AsmixError(f"batch size {config.run.batch_size} must be divisible by the number of processes ({world})")
     if n_val < (2 if config.target_clean_acc is not None and judge_mixer else 1):
         raise AsmixError(f"too few held-out examples ({n_val})")
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -154,7 +154,7 @@ def train_mixer(
     ema = Ema(mixer, config.ema_decay)
     ema_mixed = mixed.with_alpha(ema.model).eval()
     optimizer = torch.optim.AdamW(mixer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = n_train // config.batch_size
+    steps_per_epoch = n_train // config.run.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps_per_epoch * config.copies * config.epochs))
     fingerprint = data_fingerprint(x_train, y_train)
     weights = base_weights(mixed.std, mixed.rob)
@@ -186,15 +186,15 @@ def train_mixer(
 
         trained = DistributedDataParallel(mixer, device_ids=[device.index] if device.type == "cuda" else None)
 
-    part = distributed.shard_slice(config.batch_size)
+    part = distributed.shard_slice(config.run.batch_size)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        order = torch.randperm(n_train, generator=batch_generator(config.seed, "shuffle", epoch))
+        order = torch.randperm(n_train, generator=batch_generator(config.run.seed, "shuffle", epoch))
         totals = _Totals()
         mixer.train()
         for step in range(steps_per_epoch):
-            index = order[step * config.batch_size : (step + 1) * config.batch_size][part]
-            generator = batch_generator(config.seed, "train", epoch, step)
+            index = order[step * config.run.batch_size : (step + 1) * config.run.batch_size][part]
+            generator = batch_generator(config.run.seed, "train", epoch, step)
             with _autocast(device, config.bf16):
                 rows = training_rows(
                     mixed,
@@ -205,7 +205,7 @@ def train_mixer(
                     generator,
                     device,
                     offset=part.start,
-                    total=config.batch_size,
+                    total=config.run.batch_size,
                 )
             totals += _learn(trained, mixer, mixed, rows, config, optimizer, scheduler, ema, generator, device)
             if progress:
@@ -217,11 +217,11 @@ def train_mixer(
             ema_mixed,
             x_val,
             y_val,
-            eps=config.resolved_val_eps,
-            steps=config.val_steps,
-            norm=config.norm,
-            batch_size=config.batch_size,
-            seed=config.seed,
+            eps=config.validation_threat.eps,
+            steps=config.validation_threat.steps,
+            norm=config.threat.norm,
+            batch_size=config.run.batch_size,
+            seed=config.run.seed,
             device=device,
             progress=progress,
         )
@@ -251,10 +251,10 @@ def train_mixer(
     choose, check = _held_out_halves(n_val, config.target_clean_acc is not None and judge_mixer)
     selection = verdict = None
     settings = dict(
-        eps=config.resolved_val_eps,
-        norm=config.norm,
-        batch_size=config.batch_size,
-        seed=config.seed,
+        eps=config.validation_threat.eps,
+        norm=config.threat.norm,
+        batch_size=config.run.batch_size,
+        seed=config.run.seed,
         device=device,
         progress=progress,
     )
@@ -316,9 +316,9 @@ def _build(
     std: nn.Module, rob: nn.Module, x_train: torch.Tensor, config: TrainConfig, device: torch.device
 ) -> tuple[MixedClassifier, MixingNetwork]:
     """The mixing network for this pair (seeded) and the mixed classifier that trains with it."""
-    pair = MixedClassifier(std, rob, 0.5, std_scale=config.std_scale, rob_scale=config.rob_scale).to(device)
+    pair = config.mix.classifier(std, rob).to(device)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.run.seed)
         mixer = MixingNetwork.build(
             pair.std,
             pair.rob,
