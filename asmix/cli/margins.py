@@ -20,10 +20,6 @@ from asmix.cli.options import (
     stdout,
 )
 
-MarginSteps = Annotated[
-    int, typer.Option("--steps", rich_help_panel="Threat model", help="PGD steps (also per class for --lipschitz).")
-]
-
 
 def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
