@@ -166,7 +166,7 @@ def certify_command(
             card.check_base_weights(pair.std, pair.rob)
             console.print(
                 f"note: the mixer's alpha stays in [{head.alpha_range[0]:g}, {head.alpha_range[1]:g}]: "
-                "Thm 3.5 and A.2 at alpha_min hold for every larger alpha, so for the mixer's",
+                "Thm 3.5 and A.2 at alpha_min hold for every larger alpha, so they hold for the mixer's alpha too",
                 highlight=False,
                 soft_wrap=True,
             )
