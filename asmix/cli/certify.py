@@ -17,7 +17,7 @@ from asmix.cli.options import (
     SharedOptions,
     alpha_option,
     calibrated_mixer,
-    console,
+    mixer_pair_check,
     number_parser,
     own,
     run_on_pair,
@@ -161,15 +161,11 @@ def certify_command(
     )
     check_pair = None
     if head is not None:
-
-        def check_pair(pair) -> None:
-            card.check_base_weights(pair.std, pair.rob)
-            console.print(
-                f"note: the mixer's alpha stays in [{head.alpha_range[0]:g}, {head.alpha_range[1]:g}]: "
-                "Thm 3.5 and A.2 at alpha_min hold for every larger alpha, so they hold for the mixer's alpha too",
-                highlight=False,
-                soft_wrap=True,
-            )
+        check_pair = mixer_pair_check(
+            card,
+            f"note: the mixer's alpha stays in [{head.alpha_range[0]:g}, {head.alpha_range[1]:g}]: "
+            "Thm 3.5 and A.2 at alpha_min hold for every larger alpha, so they hold for the mixer's alpha too",
+        )
 
     result = run_on_pair(shared, source, certify, config, check_pair=check_pair)
     if result is None:

@@ -522,3 +522,14 @@ def print_notes(notes) -> None:
         return
     for note in notes:
         console.print(f"note: {note}", highlight=False)
+
+
+def mixer_pair_check(card, note: str):
+    """A ``run_on_pair`` check for a calibrated mixer: refuse base models with other weights than the card's,
+    then print ``note`` on stderr."""
+
+    def check_pair(pair) -> None:
+        card.check_base_weights(pair.std, pair.rob)
+        console.print(note, highlight=False, soft_wrap=True)
+
+    return check_pair

@@ -14,7 +14,7 @@ from asmix.cli.options import (
     RUN_OPTIONS,
     THREAT_OPTIONS,
     SharedOptions,
-    console,
+    mixer_pair_check,
     run_on_pair,
     shared_options,
     stdout,
@@ -56,16 +56,12 @@ def sweep_alpha_command(
     )
     check_pair = None
     if mixer_net is not None:
-
-        def check_pair(pair) -> None:
-            card.check_base_weights(pair.std, pair.rob)
-            low, high = choice.mixer.alpha_range
-            console.print(
-                f"note: sweep-alpha sweeps fixed alphas: the grid gains the mixer's range ends {low:g} and {high:g}, "
-                "between which its alpha stays; asmix evaluate --calibration FILE --family mixer attacks the mixer",
-                highlight=False,
-                soft_wrap=True,
-            )
+        low, high = choice.mixer.alpha_range
+        check_pair = mixer_pair_check(
+            card,
+            f"note: sweep-alpha sweeps fixed alphas: the grid gains the mixer's range ends {low:g} and {high:g}, "
+            "between which its alpha stays; asmix evaluate --calibration FILE --family mixer attacks the mixer",
+        )
 
     result = run_on_pair(shared, source, sweep_alpha, config, check_pair=check_pair)
     if result is None:
