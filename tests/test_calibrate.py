@@ -13,6 +13,7 @@ import torch
 from asmix import AsmixError
 from asmix.calibration import CachedLogits, MixChoice, SearchCache, family_curve, load_calibration
 from asmix.cli import main
+from asmix.data import load_data
 from asmix.experiments.calibrate import CalibrateConfig, choose_linear, choose_nuts, grid
 from asmix.mixing import mix_logits
 from asmix.nuts import NutsMap
@@ -169,9 +170,22 @@ def test_calibrate_writes_json_and_plot(calibration_dir):
     nuts = data["families"]["nuts"]
     assert nuts["rob_map"]["scale"] > 0 and nuts["std_temperature"] == 0.0
     assert data["verification"] == []
-    assert data["config"]["n_examples"] == 40
+    assert data["config"]["n_examples"] == 40 and data["config"]["from_end"] is True
     loaded = load_calibration(calibration_dir)
     assert loaded.choice("nuts") == MixChoice(nuts["alpha"], 0.0, NutsMap.from_dict(nuts["rob_map"]))
+
+
+@pytest.mark.parametrize("end, std_clean", [("--from-end", 1.0), ("--from-start", 1 / 3)])
+def test_calibrate_reads_the_held_out_end_of_the_data_by_default(monkeypatch, capsys, tmp_path, end, std_clean):
+    x, y = load_data("demo", n_examples=6)
+    wrong = y.clone()
+    wrong[:2] = (y[:2] + 1) % 10  # the first two labels are wrong, so g's accuracy tells which end was read
+    np.savez(tmp_path / "six.npz", x=x.numpy(), y=wrong.numpy())
+    args = ["calibrate", "--data", str(tmp_path / "six.npz"), "--n-examples", "3", "--aa-steps", "1"]
+    args += ["--target-classes", "0", "--grid-size", "1", "--no-refine", "--out", str(tmp_path / "out")]
+    code, _, err = run_cli(monkeypatch, capsys, *args, *([end] if end == "--from-start" else []))
+    assert code in (0, None), err
+    assert json.loads((tmp_path / "out" / "calibration.json").read_text())["base"]["std_clean"] == std_clean
 
 
 @pytest.mark.slow

@@ -24,6 +24,17 @@ def test_a_default_count_takes_what_there_is_and_an_asked_count_must_exist(small
         load_pair(PairSource(data=str(small_file), n_examples=5))
 
 
+def test_from_end_takes_the_last_examples_of_the_split(small_file):
+    assert load_pair(PairSource(data=str(small_file), n_examples=3, from_end=True)).y.tolist() == [1, 2, 3]
+    assert load_pair(PairSource(data=str(small_file), default_n_examples=100, from_end=True)).y.tolist() == [0, 1, 2, 3]
+    demo = load_pair(PairSource(n_examples=2000))
+    tail = load_pair(PairSource(n_examples=3, from_end=True))
+    assert torch.equal(tail.x, demo.x[-3:]) and torch.equal(tail.y, demo.y[-3:])
+    assert len(load_pair(PairSource(from_end=True)).x) == 500  # the demo's default count, from the end
+    with pytest.raises(AsmixError, match="n-examples 5 is more than the 4 examples of the test split"):
+        load_pair(PairSource(data=str(small_file), n_examples=5, from_end=True))
+
+
 @pytest.mark.parametrize("n", [0, -3])
 def test_n_examples_must_be_positive_before_anything_loads(n):
     with pytest.raises(AsmixError, match=f"n-examples must be positive, got {n}"):

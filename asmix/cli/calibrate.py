@@ -69,7 +69,16 @@ def calibrate_command(
             metavar="PCT",
             help="Clean accuracy to keep, in percent (99) or as a fraction (0.99).",
         ),
-    ] = 99.0,
+    ] = 98.5,
+    from_end: Annotated[
+        bool,
+        typer.Option(
+            "--from-end/--from-start",
+            help="Read the last --n-examples of the split (held-out, as train-mixer's) and verify on the --verify "
+            "examples before them, so that evaluate, which reads the first examples, reports on images no choice "
+            "saw; --from-start reads the first ones and verifies on those after them.",
+        ),
+    ] = True,
     grid_size: Annotated[
         int,
         typer.Option("--grid-size", rich_help_panel=SEARCH, help="Values per axis of the MixedNUTS grid (s, p, c)."),
@@ -130,8 +139,8 @@ def calibrate_command(
     target_classes: Annotated[int, typer.Option("--target-classes", help="APGD-T target classes (standard: 9).")] = 2,
 ) -> None:
     """Choose the fixed alpha, MixedNUTS's (s, p, c, alpha) and, with --mixer, that mixer's range and bias for
-    --target-clean-acc from one pass of cached logits (the first --n-examples); --verify N measures each choice
-    with AutoAttack on the next N."""
+    --target-clean-acc from one pass of cached logits (the last --n-examples of the split); --verify N measures
+    each choice with AutoAttack on the N before them."""
     from asmix.experiments.calibrate import CalibrateConfig, MixerInput, calibrate
     from asmix.experiments.inputs import load_pair
     from asmix.report.calibrate import calibrate_table, verify_table, write_calibration_outputs
@@ -140,7 +149,7 @@ def calibrate_command(
     shared.check_outputs()
     target = target_clean_acc / 100 if target_clean_acc > 1 else target_clean_acc
     n_calibration = shared.default_n_examples if shared.n_examples is None else shared.n_examples
-    source = shared.pair_source(n_examples=n_calibration + verify)
+    source = shared.pair_source(n_examples=n_calibration + verify, from_end=from_end)
     config = CalibrateConfig(
         target_clean_acc=target,
         threat=shared.threat_model(source, steps=aa_steps),
@@ -154,6 +163,7 @@ def calibrate_command(
         range_min_alpha=range_min_alpha,
         range_max_width=range_max_width,
         verify=verify,
+        from_end=from_end,
         square_queries=square_queries,
         run=shared.run_settings(),
     )
@@ -169,8 +179,16 @@ def calibrate_command(
     if mixer is not None:
         card.check_base_weights(pair.std, pair.rob)
         mixer_input = MixerInput.from_card(mixer_net, card, mixer)
-    x, y = pair.x[:n_calibration], pair.y[:n_calibration]
-    x_verify, y_verify = pair.x[n_calibration:], pair.y[n_calibration:]
+    calibration, verification = (
+        (slice(verify, None), slice(0, verify))
+        if from_end
+        else (
+            slice(0, n_calibration),
+            slice(n_calibration, None),
+        )
+    )
+    x, y = pair.x[calibration], pair.y[calibration]
+    x_verify, y_verify = pair.x[verification], pair.y[verification]
     with progress_callback() as progress:
         result = calibrate(
             pair.std,

@@ -49,9 +49,10 @@ CURVE_POINTS = 200
 class CalibrateConfig:
     """Settings of ``calibrate``. ``threat.steps`` are the iterations of h's min-margin APGD. Ranges are
     (low, high) of the MixedNUTS grid: s log-spaced, p and c linear, ``grid_size`` values each (the authors'
-    CIFAR-10 initial guess and 8 per axis by default)."""
+    CIFAR-10 initial guess and 8 per axis by default). ``from_end``: the examples were the split's last ones, the
+    verified ones just before them."""
 
-    target_clean_acc: float = 0.99
+    target_clean_acc: float = 0.985
     threat: ThreatModel = ThreatModel()
     target_classes: int = 2
     grid_size: int = 8
@@ -63,6 +64,7 @@ class CalibrateConfig:
     range_min_alpha: float = 0.5
     range_max_width: float = 0.2
     verify: int = 0
+    from_end: bool = False
     square_queries: int = 5000
     run: RunSettings = RunSettings(batch_size=250)
 

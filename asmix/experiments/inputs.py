@@ -9,6 +9,7 @@ from torch import nn
 
 from asmix.checks import check_norm
 from asmix.data import check_labels, check_n_examples, dataset_info, load_data, standard_eps
+from asmix.errors import AsmixError
 from asmix.models import check_model_fits, load_model, model_preprocessing, preprocessing_note
 from asmix.models.registry import check_code_consent
 
@@ -17,7 +18,7 @@ from asmix.models.registry import check_code_consent
 class PairSource:
     """The models and data a user names; defaults are the embedded demo pair and data.
 
-    ``n_examples`` takes the first N (more than there are is an error); without it the first
+    ``n_examples`` takes the first N (``from_end``: the last N; more than there are is an error); without it the first
     ``default_n_examples`` are used where there are that many (a command's default), else the
     dataset's default (the first 500 on ``demo``, else all). ``trust_code`` is the user's consent to
     load ``file:`` and ``py:`` specs, which can run code; without it (or ``$ASMIX_TRUST_CODE=1``) such
@@ -36,6 +37,8 @@ class PairSource:
     norm: str = "linf"
     trust_code: bool = False
     default_n_examples: int | None = None
+    from_end: bool = False
+    """Take the last N examples of the split (held-out ones, as train-mixer's) instead of the first N."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", check_norm(self.norm))
@@ -75,13 +78,18 @@ def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
         source.dataset,
         data_path=source.data,
         data_dir=source.data_dir,
-        n_examples=source.n_examples,
+        n_examples=None if source.from_end else source.n_examples,
         split=split,
         preprocessing=rob_preprocessing,
     )
-    if source.n_examples is None:
-        default = source.default_n_examples or info.default_n_examples
-        x, y = x[:default], y[:default]
+    n = source.n_examples or source.default_n_examples or info.default_n_examples
+    if source.from_end:
+        if source.n_examples is not None and source.n_examples > len(x):
+            raise AsmixError(f"n-examples {source.n_examples} is more than the {len(x)} examples of the {split} split")
+        start = 0 if n is None else max(len(x) - n, 0)
+        x, y = x[start:], y[start:]
+    elif source.n_examples is None:
+        x, y = x[:n], y[:n]
     check_labels(y, info.num_classes, source=source.data or f"{source.dataset} labels")
     models = {}
     for role, spec, weights in (("std", source.std, source.std_weights), ("rob", source.rob, source.rob_weights)):
