@@ -642,3 +642,52 @@ def test_mixer_family_entries_are_checked(tmp_path):
         path = _write(tmp_path / "cal.json", {"format": FORMAT, "version": VERSION, "models": {}, "families": family})
         with pytest.raises(AsmixError, match=message):
             load_calibration(path)
+
+
+def test_a_killed_verification_resumes_from_its_saved_batches(monkeypatch, tmp_path):
+    """Each (family, batch) is saved as it finishes: a rerun attacks only what the killed run left, and gives the
+    numbers of one uninterrupted run; the parts are removed once the verification is complete."""
+    import asmix.experiments.calibrate as calibrate_module
+    from asmix.calibration import FamilyChoice
+    from asmix.experiments.calibrate import verify
+    from asmix.models.demo import build_demo_model
+    from asmix.runtime import RunSettings
+
+    class Run:
+        def __init__(self, x):
+            ink = x.flatten(1).mean(1)  # every stage keeps the images with more ink than its threshold
+            self.robust = torch.stack([ink > threshold for threshold in (0.0, 0.10, 0.12, 0.14, 0.16)], 1)
+
+    attacked = []
+
+    def fake_autoattack(mixed, x, y, *, seed, **kwargs):
+        if len(attacked) == kill_after:
+            raise KeyboardInterrupt
+        attacked.append(seed)
+        return Run(x)
+
+    monkeypatch.setattr(calibrate_module, "adaptive_autoattack", fake_autoattack)
+    x, y = load_data("demo", n_examples=12)
+    families = {
+        name: FamilyChoice(name, MixChoice(alpha), 0.99, 0.8, True, 0.0)
+        for name, alpha in (("linear", 0.6), ("nuts", 0.8))
+    }
+    config = CalibrateConfig(run=RunSettings(batch_size=4, seed=0))
+    std, rob = build_demo_model("demo-std"), build_demo_model("demo-rob")
+    run = dict(device=torch.device("cpu"), parts_dir=tmp_path / "verify.parts")
+
+    kill_after = None
+    whole = verify(std, rob, x, y, families, config, device=torch.device("cpu"))
+    assert len(attacked) == 6 and not (tmp_path / "verify.parts").exists()
+    attacked.clear()
+    kill_after = 4  # linear's 3 batches and nuts's first one are saved, then the run dies
+    with pytest.raises(KeyboardInterrupt):
+        verify(std, rob, x, y, families, config, **run)
+    assert len(list((tmp_path / "verify.parts").glob("*.pt"))) == 4
+    attacked.clear()
+    kill_after = None
+    resumed = verify(std, rob, x, y, families, config, **run)
+    assert attacked == [4, 8]  # only nuts's last two batches (seeded by their first example) ran again
+    assert [(r.family, r.autoattack, r.broken) for r in resumed] == [(r.family, r.autoattack, r.broken) for r in whole]
+    assert 0 < whole[0].autoattack < whole[0].clean and sum(whole[0].broken.values()) > 0
+    assert not (tmp_path / "verify.parts").exists()

@@ -202,6 +202,7 @@ def calibrate_command(
             device=device,
             progress=progress,
             models=pair.names,
+            parts_dir=shared.out / "verify.parts" if verify and shared.out is not None else None,
         )
     stdout.print(calibrate_table(result))
     table = verify_table(result)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget, adaptive_autoattack
+from asmix.attacks.adaptive import ADAPTIVE_STAGES, LITE_BUDGET, AttackBudget, adaptive_autoattack
+from asmix.attacks.autoattack import STANDARD_ATTACKS
 from asmix.attacks.margin import min_margin_autoattack
 from asmix.attacks.pgd import ThreatModel
 from asmix.calibration import (
@@ -35,6 +36,7 @@ from asmix.calibration import (
 )
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
+from asmix.experiments.parts import Parts, batch_key, fingerprint, finish, run_units
 from asmix.experiments.settings import config_dict
 from asmix.experiments.train.selection import attack_pools, cache_pool, head_grid, pick_head, score_heads
 from asmix.identity import weights_digest
@@ -442,27 +444,30 @@ def verify(
     mixer: MixerInput | None = None,
     device: torch.device,
     progress: ProgressFn | None = None,
+    parts_dir: Path | None = None,
 ) -> tuple[Verification, ...]:
     """AutoAttack end to end on each family's mix, on examples the choice did not see: standard (APGD-CE,
     APGD-T, FAB-T, Square 5000 queries unless ``square_queries``) for a fixed alpha, and for the mixer family
-    standard then the adaptive stages (setting D, ``adaptive_autoattack``), with ``mixer``'s network."""
-    rows = []
+    standard then the adaptive stages (setting D, ``adaptive_autoattack``), with ``mixer``'s network.
+
+    With ``parts_dir`` every finished (family, batch) is saved there at once and reused by a rerun that makes the
+    same choices on the same examples, so a killed verification resumes where it stopped."""
     budget = AttackBudget(square_queries=config.square_queries)
+    classifiers = {
+        name: _family_classifier(std, rob, family.choice, mixer).to(device).eval() for name, family in families.items()
+    }
+    parts = None
+    if parts_dir is not None:
+        settings = {"config": config_dict(config), "choices": {name: asdict(f.choice) for name, f in families.items()}}
+        modules = [std, rob] + ([mixer.network] if mixer is not None else [])
+        parts = Parts(parts_dir, fingerprint(settings, modules=modules, tensors=(x, y)))
+    rows = []
     for name, family in families.items():
-        choice = family.choice
-        if choice.mixer is not None:
-            if mixer is None:
-                raise AsmixError("verifying the mixer family needs its mixing network")
-            mixer.network.set_alpha_range(*choice.mixer.alpha_range)
-            mixer.network.set_alpha_bias(choice.mixer.alpha_bias)
-            mixed = MixedClassifier(std, rob, mixer.network, std_scale=mixer.std_scale, rob_scale=mixer.rob_scale)
-        else:
-            mixed = MixedClassifier(
-                std, rob, choice.alpha, std_temperature=choice.std_temperature, rob_map=choice.rob_map
-            )
-        mixed = mixed.to(device).eval()
-        start, flags, stages = time.perf_counter(), [], ()
-        for part in batch_slices(len(x), config.run.batch_size):
+        mixed = classifiers[name]
+        stages = ("clean", *STANDARD_ATTACKS) + (ADAPTIVE_STAGES if mixed.adaptive else ())
+
+        def attack(part: slice, mixed=mixed) -> dict[str, torch.Tensor]:
+            start = time.perf_counter()
             run = adaptive_autoattack(
                 mixed,
                 x[part].to(device),
@@ -472,11 +477,23 @@ def verify(
                 seed=config.run.seed + part.start,
                 budget=budget,
             )
-            flags.append(run.robust)
-            stages = run.stages
+            return {
+                "robust": run.robust.cpu(),
+                "seconds": torch.tensor(time.perf_counter() - start, dtype=torch.float64),
+            }
+
+        def done(part: slice, record, name=name) -> None:
             if progress:
                 progress(f"AutoAttack on {name}", part.stop, len(x))
-        robust = torch.cat(flags)
+
+        records = run_units(
+            list(batch_slices(len(x), config.run.batch_size)),
+            attack,
+            key=lambda part, name=name: f"{name}-{batch_key(part)}",
+            parts=parts,
+            finished=done,
+        )
+        robust = torch.cat([record["robust"] for record in records])
         counts = robust.sum(0)
         rows.append(
             Verification(
@@ -488,10 +505,23 @@ def verify(
                 family.robust_estimate,
                 {stage: robust[:, k].float().mean().item() for k, stage in enumerate(stages)},
                 {stage: int(counts[k - 1] - counts[k]) for k, stage in enumerate(stages) if k > 0},
-                time.perf_counter() - start,
+                sum(record["seconds"].item() for record in records),
             )
         )
+    finish(parts)
     return tuple(rows)
+
+
+def _family_classifier(std: nn.Module, rob: nn.Module, choice: MixChoice, mixer: MixerInput | None) -> MixedClassifier:
+    """The mix a family's choice names: the mixer with the chosen head, or a fixed alpha with g's temperature and
+    h's map."""
+    if choice.mixer is None:
+        return MixedClassifier(std, rob, choice.alpha, std_temperature=choice.std_temperature, rob_map=choice.rob_map)
+    if mixer is None:
+        raise AsmixError("verifying the mixer family needs its mixing network")
+    mixer.network.set_alpha_range(*choice.mixer.alpha_range)
+    mixer.network.set_alpha_bias(choice.mixer.alpha_bias)
+    return MixedClassifier(std, rob, mixer.network, std_scale=mixer.std_scale, rob_scale=mixer.rob_scale)
 
 
 def calibrate(
@@ -507,9 +537,10 @@ def calibrate(
     device: torch.device = torch.device("cpu"),
     progress: ProgressFn | None = None,
     models: dict[str, str] | None = None,
+    parts_dir: Path | None = None,
 ) -> CalibrateResult:
     """Choose each family's mix for ``config.target_clean_acc`` on (x, y) (the mixer family given ``mixer``);
-    with ``x_verify`` (examples not in x), measure each choice with AutoAttack."""
+    with ``x_verify`` (examples not in x), measure each choice with AutoAttack (resumable in ``parts_dir``)."""
     if len(x) == 0:
         raise AsmixError("no calibration examples")
     std, rob = freeze(std).to(device), freeze(rob).to(device)
@@ -535,6 +566,15 @@ def calibrate(
     verification = ()
     if x_verify is not None and len(x_verify):
         verification = verify(
-            std, rob, x_verify, y_verify, families, config, mixer=mixer, device=device, progress=progress
+            std,
+            rob,
+            x_verify,
+            y_verify,
+            families,
+            config,
+            mixer=mixer,
+            device=device,
+            progress=progress,
+            parts_dir=parts_dir,
         )
     return CalibrateResult(config, len(x), families, curves, base, timing, verification, models or {})
