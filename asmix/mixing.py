@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,6 @@ from asmix.nuts import NutsMap
 
 MixSpace = Literal["prob", "logit"]
 """prob: eq. 3.4, the mix of probabilities; logit: the logit-space ablation of Figure 1."""
-MIX_SPACES: tuple[MixSpace, ...] = get_args(MixSpace)
 
 # Where alpha is a tensor, log(1 - alpha) and log(alpha) are floored here so that alpha = 0 or 1
 # still has a finite gradient (0 * inf would be NaN); exp(-69) is far below float32 resolution of 1.
@@ -72,17 +71,6 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
-def check_mix_settings(
-    *, mix_space: str = "prob", rob_scale: float = 1.0, std_temperature: float = 1.0, rob_map: NutsMap | None = None
-) -> None:
-    """The settings of a mix fit together (checked before any model runs)."""
-    check_choice(mix_space, MixSpace, "mix space")
-    if not std_temperature >= 0:
-        raise AsmixError(f"std temperature must be >= 0, got {std_temperature}")
-    if rob_map is not None and (mix_space != "prob" or float(rob_scale) != 1.0):
-        raise AsmixError("the nuts rob map needs mix space prob and rob scale 1 (its layer norm cancels a scale)")
-
-
 @dataclass(frozen=True)
 class MixSettings:
     """How h_alpha mixes g's and h's logits (eq. 3.4): the space, the logit scales (App. D.1), g's temperature
@@ -97,25 +85,15 @@ class MixSettings:
     def __post_init__(self) -> None:
         check_finite(self.std_scale, "std scale")
         check_finite(self.rob_scale, "rob scale")
-        check_mix_settings(
-            mix_space=self.mix_space,
-            rob_scale=self.rob_scale,
-            std_temperature=self.std_temperature,
-            rob_map=self.rob_map,
-        )
+        check_choice(self.mix_space, MixSpace, "mix space")
+        if not self.std_temperature >= 0:
+            raise AsmixError(f"std temperature must be >= 0, got {self.std_temperature}")
+        if self.rob_map is not None and (self.mix_space != "prob" or float(self.rob_scale) != 1.0):
+            raise AsmixError("the nuts rob map needs mix space prob and rob scale 1 (its layer norm cancels a scale)")
 
     def classifier(self, std: nn.Module, rob: nn.Module, alpha: "float | torch.Tensor | AlphaSource" = 0.5):
         """h_alpha of ``std`` (g) and ``rob`` (h) mixed with these settings."""
-        return MixedClassifier(
-            std,
-            rob,
-            alpha,
-            mix_space=self.mix_space,
-            std_scale=self.std_scale,
-            rob_scale=self.rob_scale,
-            std_temperature=self.std_temperature,
-            rob_map=self.rob_map,
-        )
+        return MixedClassifier(std, rob, alpha, **vars(self))
 
 
 def std_log_probs(std_logits: torch.Tensor, *, scale: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
@@ -216,7 +194,7 @@ class MixedClassifier(nn.Module):
         rob_map: NutsMap | None = None,
     ) -> None:
         super().__init__()
-        check_mix_settings(mix_space=mix_space, rob_scale=rob_scale, std_temperature=std_temperature, rob_map=rob_map)
+        self.settings = MixSettings(mix_space, float(std_scale), float(rob_scale), float(std_temperature), rob_map)
         self.std = freeze(std)
         self.rob = freeze(rob)
         self.alpha_source: nn.Module | None = None
@@ -225,11 +203,6 @@ class MixedClassifier(nn.Module):
             self._alpha = None
         else:
             self._alpha = alpha if isinstance(alpha, torch.Tensor) else check_alpha(alpha)
-        self.mix_space = mix_space
-        self.std_scale = float(std_scale)
-        self.rob_scale = float(rob_scale)
-        self.std_temperature = float(std_temperature)
-        self.rob_map = rob_map
 
     def train(self, mode: bool = True) -> "MixedClassifier":
         """Base models stay in eval mode whatever the mode of the mix."""
@@ -246,10 +219,6 @@ class MixedClassifier(nn.Module):
     def alpha(self) -> float | torch.Tensor | None:
         """The fixed alpha (None with an ``alpha_source``); read-only: ``with_alpha`` builds another mix."""
         return self._alpha
-
-    @property
-    def settings(self) -> MixSettings:
-        return MixSettings(self.mix_space, self.std_scale, self.rob_scale, self.std_temperature, self.rob_map)
 
     def with_alpha(self, alpha: "float | torch.Tensor | AlphaSource") -> "MixedClassifier":
         """The same g and h (shared, not copied) and settings, mixed with another ``alpha``."""
@@ -283,16 +252,7 @@ class MixedClassifier(nn.Module):
 
     def mix(self, std_logits, rob_logits, alpha) -> torch.Tensor:
         """Mix precomputed base logits with this classifier's settings (no forward pass)."""
-        return mix_logits(
-            std_logits,
-            rob_logits,
-            alpha,
-            mix_space=self.mix_space,
-            std_scale=self.std_scale,
-            rob_scale=self.rob_scale,
-            std_temperature=self.std_temperature,
-            rob_map=self.rob_map,
-        )
+        return mix_logits(std_logits, rob_logits, alpha, **vars(self.settings))
 
 
 def alpha_per_example(alpha: float | torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:

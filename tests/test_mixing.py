@@ -206,7 +206,7 @@ def test_nuts_with_alpha_keeps_the_map_and_bad_settings_are_refused():
     nuts = parse_rob_map("nuts:2,3,-0.5")
     assert nuts == NutsMap(2.0, 3.0, -0.5) and parse_rob_map("none") is None
     mixed = MixedClassifier(LinearImageModel(4, 3), LinearImageModel(4, 3), 0.5, rob_map=nuts)
-    assert mixed.with_alpha(0.9).rob_map == nuts
+    assert mixed.with_alpha(0.9).settings.rob_map == nuts
     for text, message in (
         ("nuts:0,1,0", "scale must be > 0"),
         ("nuts:1,0.5,0", "power must be >= 1"),
