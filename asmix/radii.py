@@ -20,6 +20,7 @@ from torch import nn
 
 from asmix.checks import check_choice
 from asmix.errors import AsmixError
+from asmix.mixing import check_alpha
 from asmix.runtime import ProgressFn, batch_slices
 
 SmoothingOutput = Literal["probs", "votes"]
@@ -64,7 +65,7 @@ def lipschitz_radius(
     A radius <= 0 certifies nothing; at alpha = 1 this is the usual (p_y - p_y') / (2L).
     ``lipschitz`` may be a per-example tensor (local constants, App. C.3).
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     lipschitz = torch.as_tensor(lipschitz, dtype=p_top.dtype, device=p_top.device)
     if (lipschitz <= 0).any():
         raise AsmixError("the Lipschitz constant must be positive")
@@ -78,7 +79,7 @@ def lipschitz_radius_per_class(probs: torch.Tensor, alpha: float, lipschitz: tor
 
     r = min_{i != y} (alpha * (p_y - p_i) + alpha - 1) / (alpha * (L_y + L_i)),  y = argmax p
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if alpha == 0.0:
         return torch.full(probs.shape[:1], float("-inf"), dtype=probs.dtype, device=probs.device)
     lipschitz = torch.as_tensor(lipschitz, dtype=probs.dtype, device=probs.device).expand_as(probs)
@@ -105,7 +106,7 @@ def smoothing_radius(p_top: torch.Tensor, p_runner_up: torch.Tensor, alpha: floa
     an upper bound). A radius <= 0 certifies nothing; at alpha = 1 it is Salman et al.'s
     sigma/2 * (PhiInv(p_y) - PhiInv(p_y')).
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     _check_sigma(sigma)
     if alpha == 0.0:
         return torch.full_like(p_top, float("-inf"))
@@ -231,11 +232,6 @@ def smoothed_probabilities(
     if not means:
         return torch.empty(0), (torch.empty(0, dtype=torch.long) if draw_counts else None)
     return torch.stack(means), (torch.stack(all_counts) if draw_counts else None)
-
-
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
-        raise AsmixError(f"alpha must be in [0, 1], got {alpha}")
 
 
 def _check_sigma(sigma: float) -> None:
