@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -16,7 +15,6 @@ from asmix.cli.options import (
     RUN_OPTIONS,
     SharedOptions,
     alpha_option,
-    calibrated_mixer,
     mixer_pair_check,
     number_parser,
     own,
@@ -135,16 +133,21 @@ def certify_command(
     ] = 1,
 ) -> None:
     """Certified accuracy vs l_2 radius of h_alpha and of h alone, by Thm 3.5 and Thm A.2 (Figures 6, 7)."""
+    from asmix.errors import AsmixError
     from asmix.experiments.certify import CertifyConfig, certify, parse_radii
     from asmix.report.certify import certify_table, write_certify_outputs
 
     shared.check_outputs()
     source = shared.pair_source()
-    head, card = None, None
-    if shared.calibration is not None:
-        alpha, std_hardmax, head, card = _calibrated(
-            shared.calibration, shared.family, alpha, match_clean_acc, std_hardmax, std=shared.std, rob=shared.rob
-        )
+    head = card = None
+    if shared.calibration is not None:  # Thm 3.5 and A.2 certify eq. 3.4 with h's own probabilities: no map
+        if alpha is not None or match_clean_acc:
+            raise AsmixError("give either --calibration or --alpha/--match-clean-acc, not both")
+        if shared.family not in ("linear", "mixer"):
+            raise AsmixError(f"certify reads the linear or mixer family of --calibration, not {shared.family!r}")
+        choice = shared.mix_choice()
+        _, card = shared.calibrated_mixer(choice)  # a mixer is certified at its alpha_min: radii grow with alpha
+        alpha, std_hardmax, head = choice.alpha, std_hardmax or choice.std_temperature == 0, choice.mixer
     config = CertifyConfig(
         sigma=sigma,
         n_samples=n_samples,
@@ -172,22 +175,3 @@ def certify_command(
         return
     stdout.print(certify_table(result))
     shared.write_outputs(result, write_certify_outputs)
-
-
-def _calibrated(path: Path, family: str, alpha, match_clean_acc: bool, std_hardmax: bool, *, std: str, rob: str):
-    """Alpha and g's hard-max from a calibration's fixed-alpha or mixer family (and, for the mixer, its head and
-    ``MixerCard`` after the identity checks): Thm 3.5 and A.2 certify eq. 3.4 with h's own probabilities, so the
-    MixedNUTS map (which changes h's Lipschitz constant) is not used; a mixer is certified at its alpha_min,
-    since the certified radius grows with alpha."""
-    from asmix.calibration import load_calibration
-    from asmix.errors import AsmixError
-
-    if alpha is not None or match_clean_acc:
-        raise AsmixError("give either --calibration or --alpha/--match-clean-acc, not both")
-    if family not in ("linear", "mixer"):
-        raise AsmixError(f"certify reads the linear or mixer family of --calibration, not {family!r}")
-    loaded = load_calibration(path)
-    loaded.check_models(std, rob)
-    choice = loaded.choice(family)
-    _, card = calibrated_mixer(choice, path, std=std, rob=rob)
-    return choice.alpha, std_hardmax or choice.std_temperature == 0, choice.mixer, card

@@ -17,11 +17,10 @@ from asmix.cli.options import (
     alpha_option,
     check_outputs,
     console,
+    mixer_pair_check,
     own,
-    print_notes,
-    run_with_progress,
+    run_on_pair,
     shared_options,
-    start_device,
     stdout,
     write_report,
 )
@@ -122,11 +121,10 @@ def evaluate_command(
 ) -> None:
     """Accuracy of the mixed classifier (and, with --bases, g and h) clean and under attack: PGD white-box
     (B) and gray-box (A), transfer from g or h, AutoAttack (C) and adaptive AutoAttack (D)."""
-    from asmix import distributed
     from asmix.errors import AsmixError
     from asmix.experiments.evaluate import EXAMPLE_SUFFIXES, EvalConfig, check_out_path, evaluate, parse_attacks
-    from asmix.experiments.inputs import load_pair
-    from asmix.report.evaluate import evaluate_table, trail_table, write_evaluate_json
+    from asmix.report import write_json
+    from asmix.report.evaluate import evaluate_table, trail_table
 
     out, json_path, report = shared.out, shared.json_path, shared.report
     attacks = parse_attacks(attack)
@@ -175,37 +173,23 @@ def evaluate_command(
         bases=bases,
         alpha=0.5 if alpha is None else alpha,
         threat=shared.threat_model(source),
-        mix=shared.mix_settings(
-            choice,
-            std_scale=_first_given(shared.std_scale, card.std_scale if card else None, 1.0),
-            rob_scale=_first_given(shared.rob_scale, card.rob_scale if card else None, 1.0),
-        ),
+        mix=shared.mix_settings(choice, card),
         run=shared.run_settings(),
         alpha_weight=alpha_weight,
         square_queries=square_queries,
         save_adv=save_adv,
     )
-    device = start_device(shared.device)
-    pair = load_pair(source)
-    print_notes(pair.notes)
-    if card is not None:
-        card.check_base_weights(pair.std, pair.rob)
-    names = pair.names | ({"mixer": str(mixer)} if mixer is not None else {})
-    result = run_with_progress(
-        lambda progress: evaluate(
-            pair.std,
-            pair.rob,
-            pair.x,
-            pair.y,
-            config,
-            mixer=mixer_net,
-            device=device,
-            progress=progress,
-            models=names,
-            out=out,
-        )
+    result = run_on_pair(
+        shared,
+        source,
+        evaluate,
+        config,
+        check_pair=mixer_pair_check(card) if card is not None else None,
+        extra_models={"mixer": str(mixer)} if mixer is not None else None,
+        mixer=mixer_net,
+        out=out,
     )
-    if not distributed.is_main_process():
+    if result is None:
         return
     stdout.print(evaluate_table(result))
     trail = trail_table(result)
@@ -214,7 +198,7 @@ def evaluate_command(
     written = []
     for path in (json_path, out_folder / "evaluate.json" if out_folder is not None else None):
         if path is not None:
-            written.append(write_evaluate_json(result, path))
+            written.append(write_json(result, path))
             console.print(f"wrote {written[-1]}")
     if out:
         console.print(f"wrote {out}")
@@ -230,8 +214,3 @@ def evaluate_command(
         for deviation in deviations:
             console.print(f"note: not the leaderboard protocol: {deviation}", highlight=False)
     write_report(report, written)
-
-
-def _first_given(*values: float | None) -> float:
-    """The first value that is not None: an option, else the mixer's, else the default."""
-    return next(value for value in values if value is not None)

@@ -14,6 +14,7 @@ from asmix.cli.options import (
     THREAT_OPTIONS,
     SharedOptions,
     alpha_option,
+    mixer_pair_check,
     own,
     run_on_pair,
     shared_options,
@@ -82,7 +83,6 @@ def margins_command(
     choice = shared.mix_choice(alpha=alpha)
     mixer_net, card = shared.calibrated_mixer(choice)
     alpha = choice.alpha if choice is not None else (0.6 if alpha is None else alpha)
-    scales = {} if card is None else {"std_scale": card.std_scale, "rob_scale": card.rob_scale}
     config = MarginsConfig(
         attacks=_split(attacks),
         classifiers=tuple("mixed" if name == "mix" else name for name in _split(classifiers)),
@@ -92,15 +92,12 @@ def margins_command(
         alpha=alpha,
         lipschitz=lipschitz,
         lipschitz_classes=lipschitz_classes,
-        mix=shared.mix_settings(choice, **scales),
+        mix=shared.mix_settings(choice, card),
         run=shared.run_settings(),
     )
     check_pair, extra = None, {}
     if mixer_net is not None:
-
-        def check_pair(pair) -> None:
-            card.check_base_weights(pair.std, pair.rob)
-
+        check_pair = mixer_pair_check(card)
         extra = {"mixer": mixer_net, "extra_models": {"mixer": choice.mixer.folder}}
     result = run_on_pair(shared, source, margins, config, check_pair=check_pair, **extra)
     if result is None:

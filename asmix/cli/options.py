@@ -178,38 +178,6 @@ FamilyOption = Annotated[
 ]
 
 
-def mix_choice(
-    rob_map: str | None, calibration: Path | None, family: str, *, std: str, rob: str, alpha: float | None = None
-):
-    """The ``MixChoice`` the mix options name, or None without ``--rob-map`` and ``--calibration``:
-    ``--calibration`` (checked against ``--std``/``--rob``) gives the family's alpha, map and g
-    temperature; ``--rob-map`` a map with ``alpha``. Both at once, or ``--alpha`` with a calibration, is an error."""
-    from asmix.calibration import MixChoice, load_calibration
-    from asmix.errors import AsmixError
-    from asmix.nuts import parse_rob_map
-
-    if calibration is None:
-        parsed = parse_rob_map(rob_map)
-        return None if parsed is None else MixChoice(0.5 if alpha is None else alpha, 1.0, parsed)
-    if rob_map is not None:
-        raise AsmixError("give either --rob-map or --calibration, not both (the calibration holds the map)")
-    if alpha is not None:
-        raise AsmixError("give either --alpha or --calibration, not both (the calibration holds alpha)")
-    loaded = load_calibration(calibration)
-    loaded.check_models(std, rob)
-    return loaded.choice(family)
-
-
-def calibrated_mixer(choice, calibration: Path | None, *, std: str, rob: str):
-    """The mixing network (head set) and ``MixerCard`` of a calibration's mixer family, or (None, None) for the
-    other families; a missing folder, another mixer or one trained for other models is one line."""
-    if choice is None or choice.mixer is None:
-        return None, None
-    from asmix.experiments.calibrate import load_calibrated_mixer
-
-    return load_calibrated_mixer(choice, std=std, rob=rob, source=f"calibration {calibration}")
-
-
 MixSpaceOption = Annotated[
     str,
     typer.Option(
@@ -310,19 +278,22 @@ class SharedOptions:
 
         return RunSettings(**({"batch_size": self.batch_size, "seed": self.seed} | overrides))
 
-    def mix_settings(self, choice=None, **overrides):
-        """The ``MixSettings`` of ``--mix-space`` and the logit scales (defaults where the command does not take
-        them), with g's temperature and h's map from ``choice`` (``mix_choice``; None: softmax of g, raw h)."""
+    def mix_settings(self, choice=None, card=None):
+        """The ``MixSettings`` of ``--mix-space`` and the logit scales (each: the option, else the scale the mixer
+        ``card`` was trained with, else 1), with g's temperature and h's map from ``choice`` (``mix_choice``; None:
+        softmax of g, raw h)."""
         from asmix.mixing import MixSettings
 
-        settings = {
-            "mix_space": self.mix_space or "prob",
-            "std_scale": 1.0 if self.std_scale is None else self.std_scale,
-            "rob_scale": 1.0 if self.rob_scale is None else self.rob_scale,
-            "std_temperature": choice.std_temperature if choice else 1.0,
-            "rob_map": choice.rob_map if choice else None,
-        }
-        return MixSettings(**(settings | overrides))
+        def scale(name: str) -> float:
+            return next(value for value in (getattr(self, name), getattr(card, name, None), 1.0) if value is not None)
+
+        return MixSettings(
+            mix_space=self.mix_space or "prob",
+            std_scale=scale("std_scale"),
+            rob_scale=scale("rob_scale"),
+            std_temperature=choice.std_temperature if choice else 1.0,
+            rob_map=choice.rob_map if choice else None,
+        )
 
     def check_outputs(self) -> None:
         """Before any work: ``--json``, ``--report`` and the ``--out`` folder can be written."""
@@ -333,12 +304,32 @@ class SharedOptions:
         write_report(self.report, write_results(result, self.json_path, self.out, write_outputs))
 
     def mix_choice(self, *, alpha: float | None = None):
-        """``mix_choice`` of ``--rob-map``, ``--calibration`` and ``--family`` for these models."""
-        return mix_choice(self.rob_map, self.calibration, self.family, std=self.std, rob=self.rob, alpha=alpha)
+        """The ``MixChoice`` that ``--rob-map``, ``--calibration`` and ``--family`` name, or None without the first
+        two: ``--calibration`` (checked against ``--std``/``--rob``) gives the family's alpha, map and g temperature;
+        ``--rob-map`` a map with ``alpha``. Both at once, or ``alpha`` with a calibration, is an error."""
+        from asmix.calibration import MixChoice, load_calibration
+        from asmix.errors import AsmixError
+        from asmix.nuts import parse_rob_map
+
+        if self.calibration is None:
+            parsed = parse_rob_map(self.rob_map)
+            return None if parsed is None else MixChoice(0.5 if alpha is None else alpha, 1.0, parsed)
+        if self.rob_map is not None:
+            raise AsmixError("give either --rob-map or --calibration, not both (the calibration holds the map)")
+        if alpha is not None:
+            raise AsmixError("give either --alpha or --calibration, not both (the calibration holds alpha)")
+        loaded = load_calibration(self.calibration)
+        loaded.check_models(self.std, self.rob)
+        return loaded.choice(self.family)
 
     def calibrated_mixer(self, choice):
-        """``calibrated_mixer`` of ``choice`` (``mix_choice``) from ``--calibration`` for these models."""
-        return calibrated_mixer(choice, self.calibration, std=self.std, rob=self.rob)
+        """The mixing network (head set) and ``MixerCard`` of ``choice`` (``mix_choice``) where it is the mixer
+        family, else (None, None); a missing folder, another mixer or one trained for other models is one line."""
+        if choice is None or choice.mixer is None:
+            return None, None
+        from asmix.experiments.calibrate import load_calibrated_mixer
+
+        return load_calibrated_mixer(choice, std=self.std, rob=self.rob, source=f"calibration {self.calibration}")
 
 
 PAIR_OPTIONS = (
@@ -438,7 +429,7 @@ def run_on_pair(shared: SharedOptions, source, experiment, config, *, check_pair
     """Load the models and data ``source`` names, on ``--device``, and run ``experiment(g, h, x, y, config)`` with
     the progress display and ``--out`` as its resume folder: the result on rank 0, None on other torchrun ranks.
     ``check_pair(pair)`` runs once the models are loaded (e.g. a mixer's base-weight check), ``extra_models`` join
-    the recorded model specs and ``extra`` keywords go to ``experiment`` (e.g. ``mixer=``)."""
+    the recorded model specs and ``extra`` keywords go to ``experiment`` (e.g. ``mixer=``, or another ``out=``)."""
     from asmix.distributed import is_main_process
     from asmix.experiments.inputs import load_pair
 
@@ -457,8 +448,7 @@ def run_on_pair(shared: SharedOptions, source, experiment, config, *, check_pair
             device=device,
             progress=progress,
             models=pair.names | (extra_models or {}),
-            out=shared.out,
-            **extra,
+            **({"out": shared.out} | extra),
         )
     )
     return result if is_main_process() else None
@@ -524,12 +514,13 @@ def print_notes(notes) -> None:
         console.print(f"note: {note}", highlight=False)
 
 
-def mixer_pair_check(card, note: str):
-    """A ``run_on_pair`` check for a calibrated mixer: refuse base models with other weights than the card's,
-    then print ``note`` on stderr."""
+def mixer_pair_check(card, note: str | None = None):
+    """A ``run_on_pair`` check for a mixer: refuse base models with other weights than its ``card``'s, then print
+    ``note`` on stderr."""
 
     def check_pair(pair) -> None:
         card.check_base_weights(pair.std, pair.rob)
-        console.print(note, highlight=False, soft_wrap=True)
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
 
     return check_pair

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from asmix.report import percent, write_json
+from asmix.report import percent
 
 ATTACK_LABELS = {
     "clean": "clean",
@@ -90,8 +90,3 @@ def trail_table(result) -> Table | None:
 
 def _alpha_text(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
-
-
-def write_evaluate_json(result, path: str | Path) -> Path:
-    """The result (config, rows, trails, flags) as JSON, written atomically."""
-    return write_json(result, path)
