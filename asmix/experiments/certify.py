@@ -29,7 +29,7 @@ from asmix import distributed
 from asmix.calibration import largest_meeting
 from asmix.checks import check_choice, check_finite, parse_number
 from asmix.errors import AsmixError
-from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
+from asmix.experiments.parts import ShareProgress, batch_key, finish, out_parts, run_units
 from asmix.io import atomic_write_text, write_error
 from asmix.mixing import alpha_grid, check_alpha, mix_probabilities, std_log_probs
 from asmix.radii import (
@@ -240,13 +240,8 @@ def certify(
     indices = torch.arange(0, len(x), config.skip)
     x, y = x[indices], y[indices]
     std, rob = std.to(device).eval(), rob.to(device).eval()
-    parts = stream = None
-    if out is not None:
-        parts = Parts(
-            Path(out) / "parts",
-            fingerprint(["certify", asdict(config), models or {}], modules=(std, rob), tensors=(x, y)),
-        )
-        stream = _RowStream(Path(out), example_columns(config))
+    parts = out_parts(out, ["certify", asdict(config), models or {}], modules=(std, rob), tensors=(x, y))
+    stream = _RowStream(Path(out), example_columns(config)) if out is not None else None
     chunks = list(batch_slices(len(x), config.examples_per_part))
     shown = ShareProgress(chunks, "certify", progress)
 

@@ -25,7 +25,7 @@ from asmix.attacks.margin import (
 from asmix.attacks.pgd import ThreatModel
 from asmix.checks import check_choices
 from asmix.errors import AsmixError
-from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
+from asmix.experiments.parts import ShareProgress, batch_key, finish, out_parts, run_units
 from asmix.experiments.settings import config_dict
 from asmix.mixing import AlphaSource, MixedClassifier, MixSettings, check_alpha
 from asmix.radii import lemma32_threshold, lipschitz_radius_per_class, satisfies_lemma32
@@ -210,16 +210,8 @@ def margins(
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     mixed = config.mix.classifier(std, rob, config.alpha if mixer is None else mixer).to(device)
-    parts = None
-    if out is not None:
-        parts = Parts(
-            Path(out) / "parts",
-            fingerprint(
-                ["margins", asdict(config), models or {}] + ([] if mixer is None else [mixer.architecture()]),
-                modules=(mixed,),
-                tensors=(x, y),
-            ),
-        )
+    head = [] if mixer is None else [mixer.architecture()]  # the mixer's head is not in its state dict
+    parts = out_parts(out, ["margins", asdict(config), models or {}] + head, modules=(mixed,), tensors=(x, y))
     chosen = tuple(model for model in MODELS if model in config.classifiers)
     batches = list(batch_slices(len(x), config.run.batch_size))
     records = run_units(

@@ -45,6 +45,12 @@ def fingerprint(settings: object, *, modules: Iterable[nn.Module] = (), tensors:
     return digest.hexdigest()
 
 
+def out_parts(out: str | Path | None, settings: object, **identity) -> "Parts | None":
+    """The parts of a run writing to the folder ``out``: ``<out>/parts`` keyed by ``fingerprint(settings,
+    **identity)``; None without ``out``."""
+    return None if out is None else Parts(Path(out) / "parts", fingerprint(settings, **identity))
+
+
 def _bytes(tensor: torch.Tensor) -> bytes:
     return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 

@@ -20,7 +20,7 @@ from torch import nn
 from asmix.attacks.pgd import PGD, AllIteratesCorrect, ThreatModel
 from asmix.checks import check_choices, check_finite
 from asmix.errors import AsmixError
-from asmix.experiments.parts import Parts, ShareProgress, batch_key, example_count, fingerprint, finish, run_units
+from asmix.experiments.parts import ShareProgress, batch_key, example_count, finish, out_parts, run_units
 from asmix.experiments.settings import config_dict
 from asmix.mixing import MixedClassifier, MixSettings, alpha_grid, check_alpha
 from asmix.runtime import ProgressFn, RunSettings, accuracy, batch_generator, batch_slices, fraction
@@ -28,10 +28,6 @@ from asmix.runtime import ProgressFn, RunSettings, accuracy, batch_generator, ba
 SweepAttack = Literal["std", "rob", "mix"]
 """PGD crafted on g (STD), on h (ROB) or on h_alpha end to end (MIX)."""
 ATTACKS: tuple[SweepAttack, ...] = get_args(SweepAttack)
-
-
-def default_alphas() -> tuple[float, ...]:
-    return parse_alphas("0:1:0.05")
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
@@ -54,7 +50,7 @@ def parse_alphas(text: str) -> tuple[float, ...]:
 class SweepConfig:
     """Settings of a fixed-alpha sweep; every CLI option of ``sweep-alpha`` is a field here or in a block."""
 
-    alphas: tuple[float, ...] = field(default_factory=default_alphas)
+    alphas: tuple[float, ...] = field(default_factory=lambda: alpha_grid(0.0, 1.0, 0.05))
     attacks: tuple[SweepAttack, ...] = ATTACKS
     threat: ThreatModel = ThreatModel()
     mix: MixSettings = MixSettings()
@@ -127,12 +123,7 @@ def sweep_alpha(
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     mixed = config.mix.classifier(std, rob).to(device)
-    parts = None
-    if out is not None:
-        parts = Parts(
-            Path(out) / "parts",
-            fingerprint(["sweep-alpha", asdict(config), models or {}], modules=(mixed,), tensors=(x, y)),
-        )
+    parts = out_parts(out, ["sweep-alpha", asdict(config), models or {}], modules=(mixed,), tensors=(x, y))
     batches = list(batch_slices(len(x), config.run.batch_size))
     base_attacks = tuple(name for name in ("std", "rob") if name in config.attacks)
     mix_alphas = tuple(
