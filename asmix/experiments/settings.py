@@ -1,4 +1,4 @@
-"""The settings blocks every experiment config is composed of, and their JSON form."""
+"""The JSON form of an experiment config composed of settings blocks (``ThreatModel``, ``MixSettings``...)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from asmix.attacks.pgd import ThreatModel
-from asmix.mixing import MixSettings
-from asmix.runtime import RunSettings
-
-__all__ = ["MixSettings", "RunSettings", "ThreatModel", "config_dict"]
 
 
 def config_dict(config: Any) -> dict[str, Any]:
