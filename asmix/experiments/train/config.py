@@ -165,16 +165,16 @@ def parse_range(text: str, *, kind: type = float, name: str = "range") -> tuple:
 class RunSize:
     """How much data and work a run gets by default: smaller on the demo data (a few CPU minutes)."""
 
-    n_train: int | None
-    n_val: int
-    epochs: int
-    batch_size: int
-    steps_range: tuple[int, int]
-    apgd_steps_df: int
-    target_classes: int
-    val_steps: int
-    n_compare: int
-    target_clean_acc: float | None
+    n_train: int | None = None
+    n_val: int = 1000
+    epochs: int = 3
+    batch_size: int = 128
+    steps_range: tuple[int, int] = (5, 20)
+    apgd_steps_df: int = 75
+    target_classes: int = 9
+    val_steps: int = 20
+    n_compare: int = 1000
+    target_clean_acc: float | None = None
 
 
 def default_run_size(dataset: str) -> RunSize:
@@ -189,18 +189,6 @@ def default_run_size(dataset: str) -> RunSize:
             apgd_steps_df=10,
             target_classes=2,
             val_steps=10,
-            n_compare=1000,
             target_clean_acc=0.985,
         )
-    return RunSize(
-        n_train=None,
-        n_val=1000,
-        epochs=3,
-        batch_size=128,
-        steps_range=(5, 20),
-        apgd_steps_df=75,
-        target_classes=9,
-        val_steps=20,
-        n_compare=1000,
-        target_clean_acc=None,
-    )
+    return RunSize()
