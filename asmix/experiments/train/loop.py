@@ -187,6 +187,14 @@ def train_mixer(
         trained = DistributedDataParallel(mixer, device_ids=[device.index] if device.type == "cuda" else None)
 
     part = distributed.shard_slice(config.run.batch_size)
+    settings = dict(  # of validation, the head choice and the verdict
+        eps=config.validation_threat.eps,
+        norm=config.threat.norm,
+        batch_size=config.run.batch_size,
+        seed=config.run.seed,
+        device=device,
+        progress=progress,
+    )
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         order = torch.randperm(n_train, generator=batch_generator(config.run.seed, "shuffle", epoch))
@@ -213,18 +221,7 @@ def train_mixer(
             if on_step:
                 on_step(epoch, step)
         totals = sum(distributed.gather_objects(totals), _Totals())
-        check = validate(
-            ema_mixed,
-            x_val,
-            y_val,
-            eps=config.validation_threat.eps,
-            steps=config.validation_threat.steps,
-            norm=config.threat.norm,
-            batch_size=config.run.batch_size,
-            seed=config.run.seed,
-            device=device,
-            progress=progress,
-        )
+        check = validate(ema_mixed, x_val, y_val, steps=config.validation_threat.steps, **settings)
         record = EpochRecord(
             epoch + 1,
             totals.loss / (totals.clean + totals.attacked),
@@ -250,14 +247,6 @@ def train_mixer(
     final.set_alpha_bias(config.alpha_bias)
     choose, check = _held_out_halves(n_val, config.target_clean_acc is not None and judge_mixer)
     selection = verdict = None
-    settings = dict(
-        eps=config.validation_threat.eps,
-        norm=config.threat.norm,
-        batch_size=config.run.batch_size,
-        seed=config.run.seed,
-        device=device,
-        progress=progress,
-    )
     if config.target_clean_acc is not None:
         selection = select_head(
             ema_mixed,
