@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -61,7 +61,6 @@ MixerInputs = Literal["both", "rob", "rob-logits"]
 """What the mixer reads: both base models' feature maps (the paper); h's alone ("rob": features an attack
 within the threat model moves little, so alpha cannot be pushed down through g's fragile features); or h's
 sorted log-probabilities ("rob-logits": its confidence, which Lemma 3.2 ties to its robustness)."""
-MIXER_INPUTS: tuple[MixerInputs, ...] = get_args(MixerInputs)
 
 CONFIDENCE_TOP_K = 10
 """How many of h's sorted log-probabilities a "rob-logits" mixer reads (padded for fewer classes)."""

@@ -103,14 +103,11 @@ class MixerInput:
 
     @classmethod
     def from_card(cls, network: nn.Module, card, folder) -> "MixerInput":
-        """The network with the logit scales its ``asmix.mixer.MixerCard`` records (1 and 1 where it has none)."""
-        return cls(network, mixer_folder_text(folder), card.std_scale, card.rob_scale)
-
-
-def mixer_folder_text(folder) -> str:
-    """How a calibration names a mixer folder: absolute, so other working folders find it (``hf:`` kept)."""
-    text = str(folder)
-    return text if text.startswith("hf:") else str(Path(text).resolve())
+        """The network with the logit scales its ``asmix.mixer.MixerCard`` records (1 and 1 where it has none), and
+        its folder absolute, so other working folders find it (``hf:`` kept)."""
+        text = str(folder)
+        text = text if text.startswith("hf:") else str(Path(text).resolve())
+        return cls(network, text, card.std_scale, card.rob_scale)
 
 
 def load_calibrated_mixer(choice: MixChoice, *, std: str, rob: str, source: str):
