@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget, autoattack_lite
+from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget
 from asmix.errors import AsmixError
+from asmix.experiments.train.selection import lite_runs
 from asmix.mixing import MixedClassifier
-from asmix.runtime import ProgressFn, batch_generator, batch_slices
+from asmix.runtime import ProgressFn, batch_slices
 
 NO_GAIN = "no gain: the mixer only detects the training attack"
 
@@ -87,35 +88,15 @@ def equal_accuracy_alpha(
 
 
 def attack_accuracy(
-    mixed: MixedClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    budget: AttackBudget = LITE_BUDGET,
-    name: str = "",
-    progress: ProgressFn | None = None,
+    mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, name: str = "", **settings
 ) -> JudgedModel:
-    """Clean and ``autoattack_lite`` accuracy of ``mixed`` (batches seeded by their start), with mean alpha."""
+    """Clean and ``autoattack_lite`` accuracy of ``mixed`` (batches seeded by their start), with mean alpha;
+    ``settings`` as ``selection.lite_runs`` takes them."""
     mixed.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # clean right, attacked right, alpha clean, alpha attacked
-    for batch in batch_slices(len(x), batch_size):
-        xb, yb = x[batch].to(device), y[batch].to(device)
-        run = autoattack_lite(
-            mixed,
-            xb,
-            yb,
-            eps=eps,
-            norm=norm,
-            budget=budget,
-            seed=batch_generator(seed, "judge", batch.start).initial_seed() % (2**31),
-        )
+    for run in lite_runs(mixed, x, y, key=("judge",), task=f"AutoAttack-lite {name}".strip(), **settings):
         with torch.no_grad():
-            _, alpha_adv = mixed(run.x_adv.to(device), return_alpha=True)
+            _, alpha_adv = mixed(run.x_adv, return_alpha=True)
         sums += torch.tensor(
             [
                 run.robust[:, 0].sum().item(),
@@ -125,8 +106,6 @@ def attack_accuracy(
             ],
             dtype=torch.float64,
         )
-        if progress:
-            progress(f"AutoAttack-lite {name}".strip(), batch.stop, len(x))
     n = len(x)
     alpha = None if mixed.adaptive else float(mixed.alpha)
     return JudgedModel(

@@ -69,36 +69,22 @@ def cache_pool(mixed: MixedClassifier, x: torch.Tensor, batch_size: int, device:
     return PoolCache(*(torch.cat(column) for column in zip(*parts)))
 
 
-def _pool(
-    mixed: MixedClassifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    norm: str,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    budget: AttackBudget,
-    progress: ProgressFn | None,
-    task: str,
-) -> torch.Tensor:
-    """AutoAttack-lite's examples against ``mixed`` (the clean input where it failed)."""
-    points = []
+def lite_runs(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, key: tuple, task: str, **settings):
+    """``autoattack_lite`` on ``mixed`` batch by batch (``settings``: eps, norm, batch_size, seed, device, budget,
+    progress), each batch seeded by ``key`` and its start: yields each batch's run."""
+    progress, device = settings.pop("progress", None), settings.pop("device")
+    batch_size, seed = settings.pop("batch_size"), settings.pop("seed")
     for batch in batch_slices(len(x), batch_size):
-        run = autoattack_lite(
-            mixed,
-            x[batch].to(device),
-            y[batch].to(device),
-            eps=eps,
-            norm=norm,
-            budget=budget,
-            seed=batch_generator(seed, "select", task, batch.start).initial_seed() % (2**31),
-        )
-        points.append(run.x_adv.detach().cpu())
+        seeded = batch_generator(seed, *key, batch.start).initial_seed() % (2**31)
+        yield autoattack_lite(mixed, x[batch].to(device), y[batch].to(device), seed=seeded, **settings)
         if progress:
-            progress(f"choose head: {task}", batch.stop, len(x))
-    return torch.cat(points)
+            progress(task, batch.stop, len(x))
+
+
+def _pool(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, task: str, **settings) -> torch.Tensor:
+    """AutoAttack-lite's examples against ``mixed`` (the clean input where it failed)."""
+    runs = lite_runs(mixed, x, y, key=("select", task), task=f"choose head: {task}", **settings)
+    return torch.cat([run.x_adv.detach().cpu() for run in runs])
 
 
 def attack_pools(
