@@ -300,8 +300,23 @@ class SharedOptions:
         check_outputs(json_path=self.json_path, out_dir=self.out, report=self.report)
 
     def write_outputs(self, result, write_outputs) -> None:
-        """After the work: ``--json``, the ``--out`` folder (``write_outputs(result, out)``) and ``--report``."""
-        write_report(self.report, write_results(result, self.json_path, self.out, write_outputs))
+        """After the work: ``--json``, the ``--out`` folder (``write_outputs(result, out)``) and ``--report``, saying
+        where; a write that fails is one ``AsmixError`` line naming the path."""
+        from asmix.io import write_error
+        from asmix.report import write_json
+
+        paths, target = [], self.json_path
+        try:
+            if self.json_path:
+                paths.append(write_json(result, self.json_path))
+            if self.out:
+                target = self.out
+                paths += write_outputs(result, self.out)
+        except OSError as error:  # writers use asmix.io, which reports its own failures; this is for any other
+            raise write_error(error.filename or target, error) from error
+        for path in paths:
+            console.print(f"wrote {path}")
+        write_report(self.report, paths)
 
     def mix_choice(self, *, alpha: float | None = None):
         """The ``MixChoice`` that ``--rob-map``, ``--calibration`` and ``--family`` name, or None without the first
@@ -473,26 +488,6 @@ def check_outputs(
             check_writable_file(path)
     if out_dir is not None:
         check_writable_dir(out_dir)
-
-
-def write_results(result, json_path: Path | None, out: Path | None, write_outputs) -> list[Path]:
-    """Write a result's ``--json`` file and its ``--out`` folder (``write_outputs(result, out)``), saying
-    where, and return the paths; a write that fails is one ``AsmixError`` line naming the path."""
-    from asmix.io import write_error
-    from asmix.report import write_json
-
-    paths, target = [], json_path
-    try:
-        if json_path:
-            paths.append(write_json(result, json_path))
-        if out:
-            target = out
-            paths += write_outputs(result, out)
-    except OSError as error:  # writers use asmix.io, which reports its own failures; this is for any other
-        raise write_error(error.filename or target, error) from error
-    for path in paths:
-        console.print(f"wrote {path}")
-    return paths
 
 
 def write_report(report: Path | None, written: list[Path]) -> None:
