@@ -15,7 +15,7 @@ from asmix.attacks.adaptive import (
     adaptive_autoattack,
     autoattack_lite,
 )
-from asmix.attacks.autoattack import accuracy_trail, package_norm, potentially_unreliable, standard_autoattack
+from asmix.attacks.autoattack import accuracy_trail, potentially_unreliable, standard_autoattack
 from asmix.attacks.objectives import alpha_down_term
 from asmix.compat import register_autoattack
 from asmix.errors import AsmixError
@@ -93,12 +93,6 @@ def test_accuracy_trail_counts_examples():
     assert accuracy_trail(robust, ("clean", "apgd-ce", "square")) == {"clean": 0.75, "apgd-ce": 0.5, "square": 0.25}
     with pytest.raises(ValueError):
         accuracy_trail(robust, ("clean",))
-
-
-def test_package_norm():
-    assert package_norm("linf") == "Linf" and package_norm("l2") == "L2"
-    with pytest.raises(AsmixError):
-        package_norm("l1")
 
 
 def test_standard_autoattack_trail_is_consistent_and_seeded(data):

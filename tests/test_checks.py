@@ -5,7 +5,7 @@ import math
 import pytest
 
 from asmix import AsmixError
-from asmix.checks import canonical_norm, check_finite, check_norm, parse_number
+from asmix.checks import canonical_norm, check_finite, check_norm, parse_number, threat_model_name
 from asmix.experiments.certify import parse_radii
 
 
@@ -37,6 +37,12 @@ def test_norms_in_any_case():
     assert check_norm("Linf") == "linf"
     with pytest.raises(AsmixError, match="norm must be one of linf, l2, got 'L1'"):
         check_norm("L1")
+
+
+def test_threat_model_names_as_the_autoattack_package_spells_them():
+    assert threat_model_name("linf") == "Linf" and threat_model_name("l2") == "L2"
+    with pytest.raises(AsmixError):
+        threat_model_name("l1")
 
 
 def test_radii_accept_fractions():

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asmix.attacks.autoattack import AutoAttackRun, package_norm, restored_rng, standard_autoattack
+from asmix.attacks.autoattack import AutoAttackRun, restored_rng, standard_autoattack
 from asmix.attacks.objectives import alpha_down_term, blend
+from asmix.checks import threat_model_name
 from asmix.compat import autoattack_package
 from asmix.errors import AsmixError
 from asmix.mixing import MixParts
@@ -93,7 +94,7 @@ class AlphaAPGD(_AA.autopgd_base.APGDAttack):
         super().__init__(
             self.tap,
             n_iter=n_iter,
-            norm=package_norm(norm),
+            norm=threat_model_name(norm),
             n_restarts=n_restarts,
             eps=eps,
             seed=int(seed),
@@ -137,7 +138,7 @@ class AlphaAPGDTargeted(_AA.autopgd_base.APGDAttack_targeted):
         super().__init__(
             self.tap,
             n_iter=n_iter,
-            norm=package_norm(norm),
+            norm=threat_model_name(norm),
             n_restarts=n_restarts,
             eps=eps,
             seed=int(seed),
@@ -171,7 +172,7 @@ class AlphaSquare(_AA.square.SquareAttack):
         self.tap = AlphaTap(mixed)
         super().__init__(
             self.tap,
-            norm=package_norm(norm),
+            norm=threat_model_name(norm),
             n_queries=int(n_queries),
             eps=float(eps),
             p_init=0.8,

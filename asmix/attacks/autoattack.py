@@ -25,11 +25,6 @@ UNRELIABLE_DROP = 0.002
 """AutoAttack's threshold: Square lowering accuracy by >= 0.2 points after the gradient attacks."""
 
 
-def package_norm(norm: str) -> str:
-    """asmix norm name (linf, l2) → the AutoAttack package's (Linf, L2)."""
-    return threat_model_name(norm)
-
-
 def potentially_unreliable(trail: Mapping[str, float], *, drop: float = UNRELIABLE_DROP) -> bool:
     """AutoAttack's "potentially unreliable" flag (Section 5.2.2): Square, run last, lowered the
     accuracy by at least ``drop`` (0.2 points) below the best of the gradient attacks before it.
@@ -110,7 +105,7 @@ def standard_autoattack(
         raise AsmixError(f"unknown AutoAttack attack(s) {', '.join(sorted(unknown))}")
     device = x.device
     adversary = aa_module.AutoAttack(
-        model, eps=float(eps), norm=package_norm(norm), version="standard", device=device, seed=int(seed)
+        model, eps=float(eps), norm=threat_model_name(norm), version="standard", device=device, seed=int(seed)
     )
     adversary.verbose = False
     if square_queries <= 0:

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from asmix.attacks.autoattack import package_norm
 from asmix.attacks.pgd import PGD
-from asmix.checks import check_finite
+from asmix.checks import check_finite, threat_model_name
 from asmix.compat import autoattack_package
 from asmix.errors import AsmixError
 
@@ -82,7 +81,7 @@ def _apgd_kwargs(eps: float, norm: str, steps: int, restarts: int, seed: int) ->
         raise AsmixError(f"eps must be positive for AutoAttack, got {eps}")
     if steps <= 0 or restarts <= 0:
         raise AsmixError("APGD steps and restarts must be positive")
-    return {"n_iter": steps, "norm": package_norm(norm), "n_restarts": restarts, "eps": eps, "seed": seed}
+    return {"n_iter": steps, "norm": threat_model_name(norm), "n_restarts": restarts, "eps": eps, "seed": seed}
 
 
 @contextmanager
