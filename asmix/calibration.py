@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +52,7 @@ class MixerHead:
             raise AsmixError(f"mixer alpha bias must be finite, got {self.alpha_bias}")
 
     def to_dict(self) -> dict:
-        return {
-            "folder": self.folder,
-            "weights": self.weights,
-            "alpha_range": list(self.alpha_range),
-            "alpha_bias": self.alpha_bias,
-        }
+        return asdict(self) | {"alpha_range": list(self.alpha_range)}
 
     @classmethod
     def from_dict(cls, data: object) -> "MixerHead":

@@ -618,20 +618,6 @@ TRAINING_BLOCK_KEYS = {"threat": {"norm": "norm", "eps": "eps_max", "steps": "va
 """How a mixer.json's grouped training settings map to the flat names of earlier asmix (None: same names)."""
 
 
-def flat_training_settings(training: dict[str, Any]) -> dict[str, Any]:
-    """A mixer.json ``training`` block with the ``threat``, ``mix`` and ``run`` groups of this asmix spread into
-    the flat keys earlier versions wrote (``norm``, ``eps_max``, ``val_steps``, ``std_scale``, ``batch_size``,
-    ...); a flat block is returned as it is."""
-    flat = {key: value for key, value in training.items() if key not in TRAINING_BLOCK_KEYS}
-    for block, names in TRAINING_BLOCK_KEYS.items():
-        group = training.get(block)
-        if isinstance(group, dict):
-            for key, value in group.items():
-                if names is None or key in names:
-                    flat[key if names is None else names[key]] = value
-    return flat
-
-
 HF_PREFIX = "hf:"
 
 
@@ -655,6 +641,10 @@ def resolve_mixer_dir(directory: str | Path) -> Path:
             f"internet run `huggingface-cli download {repo_id}` and copy the cache here, or pass the "
             f"folder that holds mixer.json and mixer.safetensors ({type(error).__name__})"
         ) from error
+
+
+CARD_AS_WRITTEN = ("base_weights", "n_train", "n_val", "data_fingerprint", "selection", "verdict", "provenance")
+"""The ``MixerCard`` fields read from mixer.json as they are (None where missing)."""
 
 
 @dataclass(frozen=True)
@@ -694,23 +684,25 @@ class MixerCard:
                 models=dict(document.get("models") or {}),
                 architecture=dict(document["architecture"]),
                 training=dict(document.get("training") or {}),
-                base_weights=document.get("base_weights"),
-                n_train=document.get("n_train"),
-                n_val=document.get("n_val"),
-                data_fingerprint=document.get("data_fingerprint"),
-                selection=document.get("selection"),
-                verdict=document.get("verdict"),
                 history=tuple(document.get("history") or ()),
-                provenance=document.get("provenance"),
+                **{name: document.get(name) for name in CARD_AS_WRITTEN},
             )
         except (ValueError, KeyError, TypeError) as error:
             raise AsmixError(f"corrupt mixer config {path}: {error}") from error
 
     @property
     def training_settings(self) -> dict[str, Any]:
-        """The training settings under the flat names of earlier asmix, whichever form was written
-        (``flat_training_settings``)."""
-        return flat_training_settings(self.training)
+        """The training settings under the flat names earlier asmix wrote (``norm``, ``eps_max``, ``val_steps``,
+        ``std_scale``, ``batch_size``...), whichever form was written: the ``threat``, ``mix`` and ``run`` groups
+        are spread into them."""
+        flat = {key: value for key, value in self.training.items() if key not in TRAINING_BLOCK_KEYS}
+        for block, names in TRAINING_BLOCK_KEYS.items():
+            group = self.training.get(block)
+            if isinstance(group, dict):
+                for key, value in group.items():
+                    if names is None or key in names:
+                        flat[key if names is None else names[key]] = value
+        return flat
 
     @property
     def std_scale(self) -> float:
