@@ -21,7 +21,7 @@ from torch import nn
 from asmix.checks import check_choice
 from asmix.errors import AsmixError
 from asmix.mixing import check_alpha
-from asmix.runtime import ProgressFn, batch_slices
+from asmix.runtime import batch_slices
 
 SmoothingOutput = Literal["probs", "votes"]
 """probs: smooth h's softmax (App. A.1); votes: smooth its argmax (Cohen et al.)."""
@@ -188,10 +188,6 @@ def smoothed_probabilities(
     generator: torch.Generator | None = None,
     output: SmoothingOutput = "probs",
     draw_counts: bool = False,
-    progress: ProgressFn | None = None,
-    task: str = "smoothing",
-    done: int = 0,
-    total: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Monte Carlo estimate of h(x) = E_xi[softmax(base(x + xi))], xi ~ N(0, sigma^2 I) (Assumption A.1).
 
@@ -207,7 +203,6 @@ def smoothed_probabilities(
     check_choice(output, SmoothingOutput, "smoothing output")
     device = x.device
     means, all_counts = [], []
-    total = total if total is not None else len(x) * n_samples
     for index in range(len(x)):
         point = x[index : index + 1]
         summed, counts = None, None
@@ -223,9 +218,6 @@ def smoothed_probabilities(
                 draws = torch.multinomial(values.cpu(), 1, generator=generator)[:, 0]
                 batch_counts = torch.bincount(draws, minlength=values.shape[1])
                 counts = batch_counts if counts is None else counts + batch_counts
-            done += size
-            if progress:
-                progress(task, done, total)
         means.append((summed / n_samples).cpu())
         if draw_counts:
             all_counts.append(counts)
