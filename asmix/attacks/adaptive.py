@@ -10,7 +10,7 @@ With a fixed alpha the blend is the plain loss, bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -287,19 +287,13 @@ def adaptive_attack(
     norm: str = "linf",
     seed: int = 0,
     budget: AttackBudget = FULL_BUDGET,
-    stages: Sequence[str] = ADAPTIVE_STAGES,
     start: AutoAttackRun | None = None,
 ) -> AutoAttackRun:
-    """The adaptive stages on ``mixed``, each on the examples still robust after the ones before it
-    (starting from ``start``'s survivors, e.g. a standard AutoAttack run on the same batch).
-
-    Where alpha is fixed, the blended losses are the plain ones and the alpha-first stage is skipped (it
-    has nothing to push), so the run is APGD-CE, APGD-T and Square at ``budget``. The returned trail holds
-    the accuracy after each stage and, per example, the alpha at the point each stage ended on."""
+    """The adaptive stages (``ADAPTIVE_STAGES``) on ``mixed``, each on the examples still robust after the ones
+    before it, from ``start``'s survivors (e.g. a standard AutoAttack run on the same batch). At a fixed alpha the
+    blended losses are the plain ones and alpha-first is skipped; the trail holds the accuracy after each stage
+    and, per example, the alpha at the point it ended on."""
     adaptive = bool(getattr(mixed, "adaptive", False))
-    unknown = set(stages) - set(ADAPTIVE_STAGES)
-    if unknown:
-        raise AsmixError(f"unknown adaptive stage(s) {', '.join(sorted(unknown))}")
     functions = _stage_functions(mixed, eps, norm, budget)
     device = x.device
     x, y = x.detach(), y.to(device)
@@ -309,7 +303,7 @@ def adaptive_attack(
     robust = start.robust[:, -1].clone().to(device)
     x_adv = start.x_adv.clone().to(device)
     flags, alphas, names = [start.robust.cpu()], [start.alpha.cpu()], list(start.stages)
-    for offset, name in enumerate(stages):
+    for offset, name in enumerate(ADAPTIVE_STAGES):
         alpha = torch.full((len(x),), float("nan"))
         if name != "alpha-first" or adaptive:
             index = robust.nonzero().flatten()

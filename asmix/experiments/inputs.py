@@ -66,7 +66,7 @@ class LoadedPair:
     notes: tuple[str, ...] = ()
 
 
-def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
+def load_pair(source: PairSource) -> LoadedPair:
     """Load data first (cheap, fails fast) and check its labels, then both models, then check they
     fit the data: every bad input is found before the expensive work. ImageNet images come in h's
     input space, so h is evaluated exactly as on RobustBench's leaderboard; a difference for g is a note."""
@@ -79,13 +79,12 @@ def load_pair(source: PairSource, *, split: str = "test") -> LoadedPair:
         data_path=source.data,
         data_dir=source.data_dir,
         n_examples=None if source.from_end else source.n_examples,
-        split=split,
         preprocessing=rob_preprocessing,
     )
     n = source.n_examples or source.default_n_examples or info.default_n_examples
     if source.from_end:
         if source.n_examples is not None and source.n_examples > len(x):
-            raise AsmixError(f"n-examples {source.n_examples} is more than the {len(x)} examples of the {split} split")
+            raise AsmixError(f"n-examples {source.n_examples} is more than the {len(x)} examples of the test split")
         start = 0 if n is None else max(len(x) - n, 0)
         x, y = x[start:], y[start:]
     elif source.n_examples is None:
