@@ -1,17 +1,6 @@
-"""Choosing a mix for a target clean accuracy from cached logits, and the calibration file.
-
-Everything here reads logits already computed (g and h on clean inputs, h on its own min-margin
-inputs); no model runs per candidate. For a map of h and a hard-max or softmax g:
-
-- clean accuracy at alpha: example i is right iff alpha lies in an interval (lo_i, hi_i), because
-  each class comparison of (1 - alpha) p_g + alpha p_h is linear in alpha; so accuracy over all
-  alphas costs one pass over the logits and a sort.
-- robust estimate at alpha: the share of examples whose h keeps, on its worst-case input, a true-class
-  margin of at least (1 - alpha)/alpha (Lemma 3.2; the MixedNUTS paper's criterion), i.e. alpha >= 1/(1 + m_i).
-
-The robust estimate is nondecreasing in alpha, so the best alpha for a map is the largest alpha whose
-clean accuracy meets the target, found exactly over the breakpoints.
-"""
+"""Choosing a mix for a target clean accuracy from cached logits, and the calibration file. No model runs per
+candidate: clean accuracy and the Lemma 3.2 robust estimate are read exactly over alpha's breakpoints (the method
+is in docs/DESIGN.md)."""
 
 from __future__ import annotations
 

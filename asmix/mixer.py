@@ -1,11 +1,6 @@
-"""Feature taps and the mixing network alpha_theta(x) of Section 4.3 (Figure 3, Appendix D.1).
-
-The mixing network reads two intermediate feature maps ("upstream": stem + first stage, "middle":
-second stage) of BOTH frozen base models, channels first (N, C, H, W), captured during their one
-normal forward pass, and maps them to alpha = alpha_min + (alpha_max - alpha_min) * sigmoid(s * BN(z)).
-Taps that a timm model lists in ``feature_info`` come from its ``forward_intermediates(output_fmt='NCHW')``
-(Swin's NHWC stages, ViT's tokens as maps); other taps come from forward hooks and must be NCHW.
-"""
+"""Feature taps; the mixing network alpha_theta(x) of Section 4.3 (Figure 3, Appendix D.1), which reads upstream and
+middle feature maps of both frozen base models captured in their one forward pass (docs/DESIGN.md); and a trained
+mixer's files and card."""
 
 from __future__ import annotations
 
@@ -378,14 +373,10 @@ def resize_to(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class MixingNetwork(nn.Module):
-    """alpha_theta(x) (Section 4.3, Fig. 3/10): an ``AlphaSource`` for ``MixedClassifier``.
-
-    concat(upstream g, upstream h) -> ResNet stage (stride 2); concat(middle g, middle h) -> 1x1 conv,
-    added; ``stages`` more ResNet stages; global average pool; linear -> z; 1-d BN without affine;
-    alpha = alpha_min + (alpha_max - alpha_min) * sigmoid(scale * BN(z)). The range applies in eval
-    mode only; training (and ``full_range()``) uses (0, 1) (App. D.1). Channel counts come from the
-    taps: ``std_channels``/``rob_channels`` are the (upstream, middle) channels of g and h.
-    """
+    """alpha_theta(x) (Section 4.3, Fig. 3/10), an ``AlphaSource``: concat(upstream g, h) -> ResNet stage (stride 2),
+    plus concat(middle g, h) -> 1x1 conv; ``stages`` more ResNet stages; average pool; linear -> z; 1-d BN without
+    affine; alpha = alpha_min + (alpha_max - alpha_min) * sigmoid(scale * BN(z)), the range in eval mode only (training
+    and ``full_range()``: (0, 1), App. D.1). ``std_channels``, ``rob_channels``: the taps' channels."""
 
     def __init__(
         self,

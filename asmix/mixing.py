@@ -36,15 +36,10 @@ class MixParts:
 
 @runtime_checkable
 class AlphaSource(Protocol):
-    """A per-input source of alpha (the mixing network, Section 4) that plugs into ``MixedClassifier``: everything
-    the mixed classifier, the attacks and the evaluation read from it.
-
-    ``run`` does the one forward pass of each base model (reading their features as it goes) and returns
-    ``MixParts`` with alpha of shape (N,) in [0, 1] and the pre-range ``alpha_logit``: the attacks read those
-    (``MixedClassifier.parts``). ``features`` is that forward pass alone (logits and feature taps of g and h),
-    ``alpha_from_logit`` the map from a logit to alpha with the evaluation head, and ``architecture`` what
-    identifies the source and its head (saved with it, and part of a resumable run's fingerprint).
-    """
+    """A per-input source of alpha (the mixing network, Section 4) for ``MixedClassifier``: ``run`` does the one forward
+    pass of each base model and returns ``MixParts`` with alpha (N,) in [0, 1] and its pre-range logit (what attacks
+    read); ``features`` is that forward pass alone, ``alpha_from_logit`` the evaluation head, and ``architecture``
+    identifies the source and its head (saved with it; part of a resumable run's fingerprint)."""
 
     def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> MixParts: ...
 
@@ -119,14 +114,11 @@ def mix_logits(
     std_temperature: float = 1.0,
     rob_map: NutsMap | None = None,
 ) -> torch.Tensor:
-    """Mix base logits into the output of h_alpha (eq. 3.4), stably.
-
-    ``prob``: logsumexp([log(1-alpha) + log_softmax(g), log(alpha) + log_softmax(h)]), the log of the
-    mixed probabilities, exact at alpha 0 and 1 (then the unused logits may be None).
-    ``logit``: (1-alpha) * g + alpha * h, the logit-space ablation of Figure 1.
-    ``alpha`` is a float or a per-example tensor of shape (N,) or (N, 1). ``rob_map`` (MixedNUTS,
-    ``asmix.nuts``) replaces ``rob_scale * h`` by the map of h's logits before the softmax.
-    """
+    """Mix base logits into the output of h_alpha (eq. 3.4), stably. ``prob``: logsumexp of log(1-alpha) +
+    log_softmax(g) and log(alpha) + log_softmax(h), the log of the mixed probabilities, exact at alpha 0 and 1 (where
+    the unused logits may be None); ``logit``: (1-alpha) * g + alpha * h, the ablation of Figure 1. ``alpha`` is a float
+    or a per-example tensor, (N,) or (N, 1). ``rob_map`` (MixedNUTS, ``asmix.nuts``) replaces ``rob_scale * h`` before
+    the softmax."""
     rob_input = (lambda logits: rob_map(logits)) if rob_map is not None else (lambda logits: logits * rob_scale)
     if rob_map is not None and mix_space != "prob":
         raise AsmixError("the nuts rob map mixes probabilities: use mix space prob")
@@ -172,14 +164,10 @@ def _mix_in_logit_space(std_logits, rob_logits, alpha, std_scale, rob_scale) -> 
 class MixedClassifier(nn.Module):
     """h_alpha from eq. 3.4 as a drop-in ``nn.Module`` returning logits.
 
-    ``std`` is g (accurate), ``rob`` is h (robust); both are frozen and kept in eval mode.
-    ``alpha`` is a float in [0, 1], a per-example tensor, or an ``AlphaSource`` module (the mixing
-    network), which is registered as ``alpha_source`` and follows train/eval. At a float alpha of 0
-    (or 1) only g (or h) runs. ``std_temperature=0`` uses g's hard-max (App. A.2); ``std_scale``/``rob_scale``
-    multiply the logits before the softmax (App. D.1). ``rob_map`` passes h's logits through the
-    MixedNUTS map (``asmix.nuts.NutsMap``) before the softmax; it replaces ``rob_scale`` (its layer
-    norm would cancel any scale) and mixes in probability space only.
-    """
+    ``std`` is g (accurate), ``rob`` is h (robust), both frozen in eval mode. ``alpha``: a float in [0, 1] (at 0 or 1
+    only g or h runs), a per-example tensor, or an ``AlphaSource`` module (the mixing network, ``alpha_source``). The
+    other keywords make its ``settings`` (``MixSettings``): g's hard-max at ``std_temperature=0`` (App. A.2), logit
+    scales (App. D.1), MixedNUTS's ``rob_map`` (replaces ``rob_scale``; prob space only)."""
 
     def __init__(
         self,

@@ -1,11 +1,5 @@
-"""Per-model image preprocessing (resize, then center crop) as data, applied to tensors differentiably.
-
-A ``Preprocessing`` is what a model's reference pipeline does to an image before normalisation:
-RobustBench's ``preprocessing`` zoo field (``BicubicRes256Crop224``, ``Res224``, ``Crop288``...) or
-timm's data config (input size, interpolation, crop_pct). The same record builds the torchvision
-transform the ImageNet loader runs on the original images and the tensor operation a model's adapter
-runs on the common input space, so attacks pass through it.
-"""
+"""Per-model image preprocessing (resize, then center crop) as data: one record builds the torchvision transform the
+ImageNet loader runs and the differentiable tensor operation a model's adapter runs, so attacks pass through it."""
 
 from __future__ import annotations
 

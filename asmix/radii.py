@@ -1,14 +1,6 @@
-"""Certified radii of the mixed classifier (Section 3.1, Appendix A) and Gaussian smoothing.
-
-Pure functions over probabilities: Lemma 3.2's margin condition, the Lipschitz radius of Thm 3.5,
-the randomized-smoothing radius of Thm A.2, Clopper-Pearson bounds, certified accuracy at radii;
-plus the Monte Carlo estimate of a Gaussian randomized-smoothing classifier's probabilities.
-
-Both radii hold as well when the probabilities of h are replaced by a lower bound for the top
-class and upper bounds for the others (the proofs only use monotonicity), which is how the
-Clopper-Pearson mode turns a Monte Carlo estimate into a certificate that holds with a stated
-probability.
-"""
+"""Certified radii of the mixed classifier (Section 3.1, Appendix A) and Gaussian smoothing: Lemma 3.2, Thm 3.5,
+Thm A.2, Clopper-Pearson bounds and certified accuracy, as pure functions over probabilities, plus the Monte Carlo
+estimate of a smoothed classifier's probabilities."""
 
 from __future__ import annotations
 
@@ -61,10 +53,8 @@ def lipschitz_radius(
 
         r = (alpha * (p_y - p_y') + alpha - 1) / (2 * alpha * L)
 
-    where p_y' is the runner-up (the minimum over i != y is reached there when all L_i are equal).
-    A radius <= 0 certifies nothing; at alpha = 1 this is the usual (p_y - p_y') / (2L).
-    ``lipschitz`` may be a per-example tensor (local constants, App. C.3).
-    """
+    p_y' is the runner-up (the min over i != y is there when all L_i are equal); a radius <= 0 certifies nothing; at
+    alpha = 1 it is the usual (p_y - p_y') / (2L). ``lipschitz`` may be a per-example tensor (App. C.3)."""
     check_alpha(alpha)
     lipschitz = torch.as_tensor(lipschitz, dtype=p_top.dtype, device=p_top.device)
     if (lipschitz <= 0).any():
@@ -189,14 +179,11 @@ def smoothed_probabilities(
     output: SmoothingOutput = "probs",
     draw_counts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Monte Carlo estimate of h(x) = E_xi[softmax(base(x + xi))], xi ~ N(0, sigma^2 I) (Assumption A.1).
-
-    ``output="votes"`` smooths the one-hot of the base model's argmax instead (Cohen et al.).
-    Returns ``(mean probabilities (N, c), counts (N, c) or None)``. With ``draw_counts`` each noise
-    sample also draws one class from its output vector, so the counts are multinomial with the
-    smoothed probabilities: exactly what Clopper-Pearson bounds need. Noise comes from the CPU
-    ``generator``; no clipping to [0, 1] (the theorem smooths over R^d).
-    """
+    """Monte Carlo estimate of h(x) = E_xi[softmax(base(x + xi))], xi ~ N(0, sigma^2 I) (Assumption A.1), or of the
+    one-hot argmax with ``output="votes"`` (Cohen et al.): ``(mean probabilities (N, c), counts (N, c) or None)``. With
+    ``draw_counts`` each noise sample also draws a class from its output, so the counts are multinomial with the
+    smoothed probabilities, as Clopper-Pearson needs. Noise from the CPU ``generator``; no clipping (the theorem is on
+    R^d)."""
     _check_sigma(sigma)
     if n_samples <= 0:
         raise AsmixError(f"n-samples must be positive, got {n_samples}")

@@ -1,12 +1,6 @@
-"""Adaptive attacks on a mixed classifier with a mixing network (Section 4.2 setting D, strengthened).
-
-Every attack here is the AutoAttack package's own (APGD-CE, APGD-T, Square), subclassed so that its loss is
-blended with the alpha term of ``asmix.attacks.objectives``: ``(1 - w) * base + w * BCE(alpha logit, 1)`` on the
-mixing network's pre-range logit. An alpha-first stage drives the logit itself down (it never saturates, unlike
-the BCE), then attacks the class from there. ``adaptive_attack`` runs the stages one after another on the
-examples still robust, so each example counts as robust only if it survives all of them (the worst case).
-With a fixed alpha the blend is the plain loss, bit for bit.
-"""
+"""Adaptive attacks on a mixed classifier with a mixing network (Section 4.2 setting D, strengthened): the AutoAttack
+package's APGD-CE, APGD-T and Square, subclassed to blend their loss with the alpha term of ``objectives``, plus an
+alpha-first stage, run in turn on the examples still robust (docs/DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -62,14 +56,10 @@ def _check_weight(weight: float | torch.Tensor) -> None:
 
 
 class AlphaAPGD(_AA.autopgd_base.APGDAttack):
-    """The package's APGD with loss ``ce``, ``dlr`` or ``alpha`` blended with the alpha term.
-
-    ``alpha`` maximises minus the mixing network's logit alone (the alpha-first stage); ``ce-hinge`` blends CE
-    with minus the positive part of the logit, a term that keeps pushing where BCE has saturated (the class
-    stage after alpha-first). ``alpha_weight`` is
-    a float or a per-example tensor (training draws one per example); the attack runs on ``mixed`` through
-    an ``AlphaTap``. The loss enters through the package's hook for a loss given as a method (``dlr_loss``).
-    """
+    """The package's APGD with loss ``ce`` or ``dlr`` blended with the alpha term; ``alpha`` maximises minus the mixer's
+    logit alone (the alpha-first stage) and ``ce-hinge`` blends CE with minus its positive part, which keeps pushing
+    where BCE saturates (the class stage after alpha-first). ``alpha_weight`` is a float or a per-example tensor. The
+    loss enters through the package's hook for a loss method (``dlr_loss``), on ``mixed`` through an ``AlphaTap``."""
 
     def __init__(
         self,

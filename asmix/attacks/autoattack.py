@@ -51,14 +51,10 @@ def accuracy_trail(robust: torch.Tensor, stages: Sequence[str]) -> dict[str, flo
 
 @dataclass(frozen=True)
 class AutoAttackRun:
-    """Outcome of AutoAttack on one batch.
-
-    ``robust[:, k]`` says whether each example was still classified correctly after stage k
-    (``stages[0]`` is ``clean``); ``x_adv`` holds, per example, the perturbation that fooled the model
-    (the clean input where none did). ``alpha[:, k]`` is the mixing weight at the point stage k returned
-    for each example it attacked (NaN where it did not run); the package's attacks return the clean
-    input where they fail, the adaptive stages their closest point.
-    """
+    """Outcome of AutoAttack on one batch: ``robust[:, k]``, whether each example was still classified correctly after
+    stage k (``stages[0]`` is ``clean``); ``x_adv``, per example the perturbation that fooled the model (else the clean
+    input); ``alpha[:, k]``, the mixing weight at the point stage k returned (NaN where it did not run; the package's
+    attacks return the clean input where they fail, the adaptive stages their closest point)."""
 
     x_adv: torch.Tensor
     robust: torch.Tensor
@@ -91,14 +87,10 @@ def standard_autoattack(
     attacks: Sequence[str] = STANDARD_ATTACKS,
     square_queries: int = SQUARE_QUERIES,
 ) -> AutoAttackRun:
-    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2020) on ``model``'s logits.
-
-    The package's ``run_standard_evaluation`` runs once per attack on the examples still robust, with
-    the package's standard settings, so the accuracy after each attack is known (the package keeps it
-    internal). ``seed`` seeds every attack (they reseed torch's generator), so a batch's outcome is the
-    same in any run; torch's global generator is restored afterwards. ``square_queries`` below the
-    standard 5000 makes a quicker, weaker check (not the standard evaluation).
-    """
+    """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2020) on ``model``'s logits: the package's
+    ``run_standard_evaluation`` once per attack on the examples still robust, so the accuracy after each is known.
+    ``seed`` seeds every attack (a batch's outcome is the same in any run; torch's global generator is restored after);
+    ``square_queries`` below the standard 5000 makes a quicker, weaker check."""
     aa_module = autoattack_package()
     unknown = set(attacks) - set(STANDARD_ATTACKS)
     if unknown:

@@ -1,13 +1,6 @@
-"""Margin attacks and local Lipschitz estimates of softmax(h) (Section 5.1.2, App. C.3, D.2).
-
-- ``MinMarginAPGD`` / ``MinMarginAPGDTargeted``: the AutoAttack package's APGD-CE and APGD-T
-  (DLR-targeted), extended by subclassing so that, per example, they return the iterate with the
-  smallest margin p_y - max_{i != y} p_i seen during the attack, even where the prediction never
-  flips (the package returns only successful perturbations; App. D.2).
-- ``min_margin_autoattack``: both of them, keeping the smaller margin per example.
-- ``local_lipschitz``: the PGD estimate of eq. C.1, one PGD per class (drop of the true class,
-  rise of each other class).
-"""
+"""Margin attacks and local Lipschitz estimates of softmax(h) (Section 5.1.2, App. C.3, D.2): the package's APGD-CE
+and APGD-T subclassed to return per example the smallest-margin iterate (``min_margin_autoattack`` keeps the
+smaller of both), and the PGD estimate of eq. C.1, one PGD per class."""
 
 from __future__ import annotations
 
@@ -223,10 +216,8 @@ def local_lipschitz(
 
         Lip(x) = 1/(c eps) [ max_d (p_y(x) - p_y(x+d)) + sum_{i != y} max_d (p_i(x+d) - p_i(x)) ]
 
-    Each max is its own PGD (the classes are decoupled). ``classes=K`` keeps only the K most likely
-    other classes on the clean input (a lower bound of the full sum; still divided by c).
-    Each term is at least 0 (d = 0 is allowed).
-    """
+    Each max is its own PGD (the classes are decoupled) and at least 0 (d = 0 is allowed); ``classes=K`` keeps the K
+    most likely other classes on the clean input (a lower bound of the sum, still divided by c)."""
     if eps <= 0:
         raise AsmixError(f"eps must be positive for a Lipschitz estimate, got {eps}")
     with torch.no_grad():

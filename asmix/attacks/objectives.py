@@ -1,9 +1,5 @@
-"""Attack objectives on a ``MixedClassifier`` whose alpha comes from a mixing network (Section 4.2, 5.2).
-
-One place for the gray-box objective (setting A: alpha detached), the white-box one (setting B: gradients
-through alpha) and the alpha term that every adaptive attack blends in: BCE(alpha logit, 1) on the mixing
-network's pre-range logit, which rewards pushing alpha toward g (the paper's code, setting D).
-"""
+"""Attack objectives on a ``MixedClassifier`` (Section 4.2, 5.2): gray-box (setting A, alpha detached), white-box
+(B), and the alpha term every adaptive attack blends in, BCE(alpha logit, 1), which rewards pushing alpha toward g."""
 
 from __future__ import annotations
 

@@ -28,14 +28,10 @@ def cross_entropy_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor) 
 
 @dataclass(frozen=True)
 class PGD:
-    """PGD-``steps`` within the ``norm`` ball of radius ``eps`` (step size defaults to 2.5 eps / steps).
-
-    With ``stop_at_break`` (the default) an example stops at the first iterate (random start included) that
-    the attacked model misclassifies, as APGD keeps its best point: a point counts as broken if any iterate
-    breaks it, and scoring the returned point on the attacked model gives exactly that count. Per-example losses
-    are summed, so each example's path is independent of the batch it is in. Model weights get no gradient; the
-    model should be in eval mode.
-    """
+    """PGD-``steps`` within the ``norm`` ball of radius ``eps`` (step size defaults to 2.5 eps / steps). With
+    ``stop_at_break`` an example stops at the first iterate (random start included) the attacked model misclassifies,
+    as APGD keeps its best point, so the returned point is broken iff any iterate was. Losses are summed per example
+    (a path does not depend on its batch); the model gets no gradient and should be in eval mode."""
 
     eps: float
     steps: int = 20

@@ -1,12 +1,6 @@
-"""``calibrate``: choose, for a target clean accuracy, the fixed alpha (eq. 3.4), the MixedNUTS map
-and alpha (arXiv 2402.02263) and, given a trained mixing network, its evaluation head, from one pass of
-cached logits, then optionally verify with AutoAttack.
-
-Phases: ``cache_logits`` (g and h clean, h on its own min-margin APGD inputs, App. D.2) →
-``choose_linear`` and ``choose_nuts`` (grid as the MixedNUTS code, then Nelder-Mead on the same
-objective) → ``choose_mixer`` (train-mixer's head choice: AutoAttack-lite through the mixer, then every head
-scored from cached logits) → ``verify`` (AutoAttack, adaptive for the mixer, on examples the choice did not see).
-"""
+"""``calibrate``: for a target clean accuracy, the fixed alpha (eq. 3.4), the MixedNUTS map and alpha (arXiv
+2402.02263) and a trained mixer's evaluation head, from one pass of cached logits. Phases: ``cache_logits`` →
+``choose_linear``, ``choose_nuts``, ``choose_mixer`` → ``verify`` (AutoAttack on examples the choice did not see)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,6 @@
-"""Certified accuracy vs l_2 radius of the mixed classifier (Figures 6 and 7, Appendix A).
-
-h is a Gaussian randomized-smoothing classifier built from the ``rob`` base model (noise sigma,
-Monte Carlo with ``n_samples``); certified radii come from Thm 3.5 (Lipschitz constant
-sqrt(2/pi)/sigma) and Thm A.2. Baselines are h alone (alpha = 1) and, with ``match_clean_acc``,
-an RS model with a smaller sigma whose clean accuracy h_alpha is made to match (Figure 6). With
-``lipschitz_const``, h is the rob model itself and only Thm 3.5 applies, with that constant.
-
-Examples are certified in small parts (resumable, shared out across torchrun ranks) and each streams one row
-per example (index, label, certified class, radius per bound, correct, time), as Cohen et al.'s certify does.
-
-Only the Clopper-Pearson mode (``confidence``) gives certificates that hold with a stated
-probability; the default plugs the Monte Carlo mean into the formulas, as the paper does.
-"""
+"""Certified accuracy vs l_2 radius of the mixed classifier with a randomized-smoothing h (Figures 6 and 7; Thm 3.5,
+Thm A.2), in resumable parts that stream one row per example as Cohen et al.'s certify does. Only ``confidence``
+(Clopper-Pearson) makes the radii certificates; see docs/DESIGN.md."""
 
 from __future__ import annotations
 
@@ -228,13 +217,9 @@ def certify(
     out: str | Path | None = None,
 ) -> CertifyResult:
     """Certified accuracy vs radius of h_alpha and of the baselines (Figures 6 and 7) on every ``config.skip``-th
-    example.
-
-    With ``out`` (the command's folder) each finished part (``config.examples_per_part`` examples) is saved in
-    ``<out>/parts/`` and reused by a rerun with the same settings, and its rows are appended to
-    ``<out>/examples.csv`` (``example_rows``; rewritten whole, in order, at the end); under torchrun the parts are
-    shared out across ranks.
-    """
+    example. With ``out``, each finished part (``config.examples_per_part`` examples) is saved in ``<out>/parts/`` for a
+    rerun and its rows appended to ``<out>/examples.csv`` (rewritten whole, in order, at the end); under torchrun the
+    parts are shared out across ranks."""
     if len(x) == 0:
         raise AsmixError("no examples to certify")
     indices = torch.arange(0, len(x), config.skip)

@@ -1,12 +1,6 @@
-"""Robustness evaluation of the mixed classifier (Tables 2/3): clean accuracy and accuracy under
-PGD white-box (setting B) and gray-box (A), transfer attacks from g or h (Section 5.1.1), standard
-AutoAttack (C) and adaptive AutoAttack (D), with g and h alone as baseline rows.
-
-Examples are processed in fixed batches, each seeded from ``(seed, attack, model, batch start)``, so a
-batch's numbers do not depend on the batches run before it. With ``out`` every finished batch is
-written atomically to ``<out>.parts/`` and reused by a rerun of the same evaluation (resume); under
-torchrun the batches are shared out across ranks and rank 0 merges them.
-"""
+"""Robustness of the mixed classifier (Tables 2/3): clean, PGD white-box (B) and gray-box (A), transfer from g or h
+(Section 5.1.1), AutoAttack (C) and adaptive AutoAttack (D), with g and h alone as baseline rows. Each batch is
+seeded by (seed, attack, model, batch start) and is a unit of ``asmix.experiments.parts`` (resume, torchrun)."""
 
 from __future__ import annotations
 
@@ -146,15 +140,13 @@ def evaluate(
     models: dict[str, str] | None = None,
     out: str | Path | None = None,
 ) -> EvalResult:
-    """Accuracy of h_alpha (and, with ``config.bases``, of g and h) clean and under each attack.
+    """Accuracy of h_alpha (and, with ``config.bases``, of g and h) clean and under each attack; ``mixer`` (an
+    ``AlphaSource``) makes alpha adaptive, else ``config.alpha`` is used.
 
-    ``mixer`` (the mixing network, an ``AlphaSource``) makes alpha adaptive; otherwise
-    ``config.alpha`` is used. Per example and per (model, attack), ``result.examples`` has
-    ``{model}/{attack}/correct``, ``/alpha``, ``/margin`` (softmax probability of the true class minus
-    the largest other: > 0 iff correct), ``/robust`` for AutoAttack (flags after each of its attacks)
-    and ``/x_adv`` with ``config.save_adv``. With ``out`` (``.npz`` or ``.pt``) the run is resumable and
-    the arrays are written there at the end (by rank 0 under torchrun).
-    """
+    ``result.examples`` holds per example, for each (model, attack), ``{model}/{attack}/correct``, ``/alpha``,
+    ``/margin`` (true-class probability minus the largest other), ``/robust`` for AutoAttack (flags after each attack)
+    and ``/x_adv`` with ``config.save_adv``. With ``out`` (``.npz`` or ``.pt``) the run is resumable and rank 0 writes
+    the arrays there."""
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     if len(x) != len(y):

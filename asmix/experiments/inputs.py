@@ -16,14 +16,10 @@ from asmix.models.registry import check_code_consent
 
 @dataclass(frozen=True)
 class PairSource:
-    """The models and data a user names; defaults are the embedded demo pair and data.
-
-    ``n_examples`` takes the first N (``from_end``: the last N; more than there are is an error); without it the first
-    ``default_n_examples`` are used where there are that many (a command's default), else the
-    dataset's default (the first 500 on ``demo``, else all). ``trust_code`` is the user's consent to
-    load ``file:`` and ``py:`` specs, which can run code; without it (or ``$ASMIX_TRUST_CODE=1``) such
-    a spec is refused here, before anything is opened.
-    """
+    """The models and data a user names (defaults: the embedded demo pair and data). ``n_examples`` takes the first N
+    (``from_end``: the last N; more than there are is an error); without it N is ``default_n_examples`` (a command's
+    default), else the dataset's (500 on ``demo``, else all). ``trust_code`` is the user's consent to load ``file:``
+    and ``py:`` specs, which can run code; without it (or ``$ASMIX_TRUST_CODE=1``) they are refused here."""
 
     std: str = "demo-std"
     rob: str = "demo-rob"

@@ -1,10 +1,6 @@
-"""Confidence margins of g, h and h_alpha (Table 1, Section 5.1.2), local Lipschitz estimates of
-softmax(h) (App. C.3) and the empirical check of Lemma 3.2.
-
-Each model is attacked on its own: PGD (cross-entropy, final iterate) and the min-margin AutoAttack
-(APGD-CE + APGD-T, per example the iterate with the smallest margin; App. D.2). Each batch is a unit of
-``asmix.experiments.parts``: resumable with ``out`` and shared out across ranks under torchrun.
-"""
+"""Confidence margins of g, h and h_alpha (Table 1), the empirical check of Lemma 3.2 and local Lipschitz estimates of
+softmax(h) (App. C.3); each model attacked on its own by PGD and the min-margin AutoAttack (App. D.2), batch by
+batch as units of ``asmix.experiments.parts``."""
 
 from __future__ import annotations
 
@@ -199,14 +195,11 @@ def margins(
     out: str | Path | None = None,
     mixer: AlphaSource | None = None,
 ) -> MarginsResult:
-    """Table 1 for g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs, Lemma 3.2's
-    empirical count for ``config.alpha`` and (``config.lipschitz``) eq. C.1 estimates for h. With ``mixer``
-    (a mixing network with its head set) h_alpha takes its alpha from it; ``config.alpha`` should then be its
-    alpha_min, the smallest alpha it gives (Lemma 3.2 holds for every larger alpha).
-
-    One unit per batch; with ``out`` (the command's folder) each finished batch is saved in ``<out>/parts/``
-    and reused by a rerun with the same settings; under torchrun the batches are shared out across ranks.
-    """
+    """Table 1 for g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs, Lemma 3.2's count at
+    ``config.alpha`` and (``config.lipschitz``) eq. C.1 estimates for h. With ``mixer`` (its head set) h_alpha takes its
+    alpha from it, and ``config.alpha`` should be its alpha_min (Lemma 3.2 holds for every larger alpha). With ``out``
+    each finished batch is saved in ``<out>/parts/`` for a rerun; under torchrun the batches are shared out across
+    ranks."""
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     mixed = config.mix.classifier(std, rob, config.alpha if mixer is None else mixer).to(device)

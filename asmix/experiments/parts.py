@@ -1,11 +1,6 @@
-"""Resumable, shardable units of work shared by the long commands (evaluate, sweep-alpha, margins, certify).
-
-A unit (a batch of examples, one MIX attack on a batch) is computed once and saved atomically as a part keyed by
-a fingerprint of everything its numbers depend on; a rerun reuses parts with the same fingerprint and recomputes
-any other. Under torchrun the units are shared out across ranks and every rank gets all records back, in order.
-Units are seeded per unit (``asmix.runtime.batch_generator``), so resumed and sharded runs give the numbers of
-one uninterrupted run.
-"""
+"""Resumable, shardable units of work of the long commands (evaluate, sweep-alpha, margins, certify): each unit is
+saved atomically under a fingerprint of what its numbers depend on, and seeded by itself, so resumed and sharded
+runs give the numbers of one uninterrupted run."""
 
 from __future__ import annotations
 

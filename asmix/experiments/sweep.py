@@ -1,12 +1,6 @@
-"""Fixed-alpha sweep (Figure 4) and the clean-vs-attacked trade-off curve (Figure 5).
-
-Base-model logits on clean inputs, and on every iterate of the STD attack (crafted on g) and the ROB attack
-(crafted on h), are computed once and mixed for every alpha without another forward pass; only the MIX attack
-(crafted on h_alpha end to end) runs once per alpha. A point counts as broken for a classifier if any iterate
-breaks it (the rule of APGD, and of the library's PGD for the attacked model itself). Each batch's base work
-and each (alpha, batch) MIX attack is a unit of ``asmix.experiments.parts``: resumable with ``out`` and shared out
-across ranks under torchrun.
-"""
+"""Fixed-alpha sweep (Figure 4) and the clean-vs-attacked trade-off curve (Figure 5). Base logits on clean inputs and
+on every iterate of the STD and ROB attacks are mixed for every alpha without another forward pass; only the MIX
+attack runs per alpha. Units of work are ``asmix.experiments.parts``'s: resumable and shared out under torchrun."""
 
 from __future__ import annotations
 

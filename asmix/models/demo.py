@@ -1,9 +1,5 @@
-"""The embedded demo pair: small MNIST CNNs shipped as safetensors inside the package.
-
-``demo-std`` (width 16) is trained on clean data (accurate, not robust); ``demo-rob`` (width 8) is PGD
-adversarially trained at l_inf eps 0.4 and evaluated at 0.3 (robust, less accurate).
-``examples/train_demo_models.py`` rebuilds both.
-"""
+"""The embedded demo pair: small MNIST CNNs shipped as safetensors. ``demo-std`` is trained on clean data,
+``demo-rob`` adversarially (PGD, l_inf eps 0.4; evaluated at 0.3); ``examples/train_demo_models.py`` rebuilds both."""
 
 from __future__ import annotations
 

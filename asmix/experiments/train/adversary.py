@@ -1,12 +1,6 @@
-"""Training-time attacks on the mixed classifier (Section 4.2, the authors' setting-C recipe).
-
-Settings A and B run PGD with a radius, step count and alpha weight drawn per batch. Setting C makes, per
-clean image, one APGD-CE copy and ``target_classes`` APGD-T copies, each with its own radius
-eps * U(eps_range) and alpha weight w ~ U(0, attack_bce_max) per example and a chi-square number of
-iterations; every row is the attack's own iterate (its last misclassified point, else its random start).
-All draws come from the batch's generator for the whole global batch and are then sliced to this shard,
-so the rows do not depend on how a batch is split across ranks.
-"""
+"""Training-time attacks on the mixed classifier (Section 4.2): PGD for settings A and B, the authors' APGD-CE and
+APGD-T copies for C. Every draw is made for the whole global batch and sliced to this shard, so the rows do not
+depend on how a batch is split across ranks."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""The training loop of the mixing network alpha_theta (Section 4.4, 5.2, App. C.2, D.1): one function per
-phase, called in order by ``train_mixer``.
-
-Base models are frozen; only the mixing network learns, from clean and attacked rows with the composite loss
-of eq. 4.2. Every random draw comes from ``batch_generator(seed, ...)`` keyed by epoch and step, so a resumed
-run computes what one uninterrupted process computes.
-"""
+"""The training loop of the mixing network (Section 4.4, App. D.1): ``train_mixer`` calls one function per phase.
+Only the mixer learns (eq. 4.2); every draw is keyed by seed, epoch and step, so a resumed run computes what one
+uninterrupted run does."""
 
 from __future__ import annotations
 
@@ -127,15 +123,13 @@ def train_mixer(
     on_step: Callable[[int, int], None] | None = None,
     models: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Train alpha_theta for the frozen pair (g, h), choose its evaluation head for ``target_clean_acc`` and
-    judge it against the fixed alpha of equal clean accuracy; return the EMA mixer with its history.
+    """Train alpha_theta for the frozen pair (g, h), choose its evaluation head for ``target_clean_acc`` and judge it
+    against the fixed alpha of equal clean accuracy; return the EMA mixer with its history.
 
-    Held-out examples serve three purposes: per-epoch validation (all of them), the head choice (the first
-    half, with a target) and the verdict (the other half, or all of them without a target), so the verdict
-    reads examples the choice did not. Under torchrun the mixing network is wrapped in
-    DistributedDataParallel, every global batch is split across ranks, and only rank 0 writes. ``out_dir``
-    gets ``checkpoint.pt`` (every epoch), ``train_log.jsonl`` and the final mixer; ``resume`` continues from
-    its checkpoint. ``on_step(epoch, step)`` runs after each batch (tests use it to interrupt a run)."""
+    Held-out examples serve validation (all of them), the head choice (the first half, with a target) and the verdict
+    (the rest, or all without a target). Under torchrun the mixer is wrapped in DistributedDataParallel and each global
+    batch split across ranks; rank 0 writes ``checkpoint.pt`` (every epoch), ``train_log.jsonl`` and the mixer to
+    ``out_dir``. ``resume`` continues from the checkpoint; ``on_step(epoch, step)`` runs after each batch."""
     n_train, n_val = len(x_train), len(x_val)
     world = distributed.world_size()
     if n_train < config.run.batch_size:

@@ -195,14 +195,10 @@ def select_head(
     budget: AttackBudget = LITE_BUDGET,
     progress: ProgressFn | None = None,
 ) -> HeadSelection:
-    """The head (alpha_min >= ``min_alpha``, width <= ``max_width``, bias on ``BIASES``) that meets
-    ``target_clean_acc`` on ``(x, y)`` with the most examples right on every pooled attack.
-
-    The pool (``attack_pools``) holds AutoAttack-lite's examples against two pivots. Every candidate
-    is scored from cached logits and mixer scores at those inputs, so the search runs no model; a head
-    stronger than the pivots may fare worse against an attack aimed at it, which the verdict measures on
-    examples this choice did not see. If no head meets the target, the most accurate one is returned with
-    ``met=False``."""
+    """The head (alpha_min >= ``min_alpha``, width <= ``max_width``, bias on ``BIASES``) that meets ``target_clean_acc``
+    on ``(x, y)`` with the most examples right on every pooled attack (``attack_pools``: AutoAttack-lite against two
+    pivots), scored from cached logits without running a model; else the most accurate head, with ``met=False``. A head
+    stronger than the pivots may fare worse against an attack aimed at it: the verdict tests that."""
     pools = attack_pools(
         mixed,
         x,
