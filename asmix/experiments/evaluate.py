@@ -281,31 +281,14 @@ def _evaluate_batch(
                 x_adv = transfer(attack.removeprefix("transfer-"), name)
             else:
                 aa_seed = batch_generator(config.run.seed, "aa", name, start).initial_seed()
+                threat = dict(eps=config.threat.eps, norm=config.threat.norm, seed=aa_seed)
                 if "aa" not in runs:
-                    runs["aa"] = standard_autoattack(
-                        model,
-                        x,
-                        y,
-                        eps=config.threat.eps,
-                        norm=config.threat.norm,
-                        seed=aa_seed,
-                        square_queries=config.square_queries,
-                    )
-                if attack == "aa-adaptive":
-                    if name == "mixed" and mixed.adaptive:
-                        budget = AttackBudget(square_queries=config.square_queries, alpha_weight=config.alpha_weight)
-                        runs[attack] = adaptive_autoattack(
-                            model,
-                            x,
-                            y,
-                            eps=config.threat.eps,
-                            norm=config.threat.norm,
-                            seed=aa_seed,
-                            budget=budget,
-                            standard=runs["aa"],
-                        )
-                    else:
-                        runs[attack] = _with_skipped_stages(runs["aa"])
+                    runs["aa"] = standard_autoattack(model, x, y, square_queries=config.square_queries, **threat)
+                if attack == "aa-adaptive" and name == "mixed" and mixed.adaptive:
+                    budget = AttackBudget(square_queries=config.square_queries, alpha_weight=config.alpha_weight)
+                    runs[attack] = adaptive_autoattack(model, x, y, budget=budget, standard=runs["aa"], **threat)
+                elif attack == "aa-adaptive":
+                    runs[attack] = _with_skipped_stages(runs["aa"])
                 x_adv, robust = runs[attack].x_adv, runs[attack].robust
                 record[f"{name}/{attack}/stage_alpha"] = runs[attack].alpha.float()
             with torch.no_grad():
