@@ -301,30 +301,18 @@ def _entries(
     record: dict[str, torch.Tensor], y: torch.Tensor, alpha: float | None, config: CertifyConfig
 ) -> list[CertifiedModel]:
     """h_alpha (left out while ``alpha`` is unknown), h alone and, with ``match_clean_acc``, the baseline."""
+
+    def rob(prefix: str) -> tuple:  # sigma, h's probabilities and counts: smoothed (prefix "" or "baseline/"), or h
+        if not config.smoothing:
+            return None, torch.softmax(record["rob_logits"], dim=1), None
+        sigma = config.resolved_baseline_sigma if prefix else config.sigma
+        return sigma, record[f"{prefix}probs"], record.get(f"{prefix}counts")
+
     std_probs = _std_probs(record["std_logits"], config)
-    if not config.smoothing:
-        rob_probs = torch.softmax(record["rob_logits"], dim=1)
-        entries = [("mixed", alpha, None, rob_probs, None), ("rob", 1.0, None, rob_probs, None)]
-    else:
-        entries = [
-            ("mixed", alpha, config.sigma, record["probs"], record.get("counts")),
-            ("rob", 1.0, config.sigma, record["probs"], record.get("counts")),
-        ]
-        if config.match_clean_acc:
-            entries.append(
-                (
-                    "baseline",
-                    1.0,
-                    config.resolved_baseline_sigma,
-                    record["baseline/probs"],
-                    record.get("baseline/counts"),
-                )
-            )
-    return [
-        _entry(name, entry_alpha, sigma, probs, counts, std_probs, y, config)
-        for name, entry_alpha, sigma, probs, counts in entries
-        if entry_alpha is not None
-    ]
+    entries = [("mixed", alpha, ""), ("rob", 1.0, "")]
+    if config.match_clean_acc:
+        entries.append(("baseline", 1.0, "baseline/"))
+    return [_entry(name, at, *rob(prefix), std_probs, y, config) for name, at, prefix in entries if at is not None]
 
 
 def example_columns(config: CertifyConfig) -> list[str]:
