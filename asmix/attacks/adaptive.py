@@ -55,11 +55,9 @@ def _check_weight(weight: float | torch.Tensor) -> None:
         raise AsmixError(f"the alpha weight w of (1-w)*loss + w*BCE must be in [0, 1], got {low}..{high}")
 
 
-class AlphaAPGD(_AA.autopgd_base.APGDAttack):
-    """The package's APGD with loss ``ce`` or ``dlr`` blended with the alpha term; ``alpha`` maximises minus the mixer's
-    logit alone (the alpha-first stage) and ``ce-hinge`` blends CE with minus its positive part, which keeps pushing
-    where BCE saturates (the class stage after alpha-first). ``alpha_weight`` is a float or a per-example tensor. The
-    loss enters through the package's hook for a loss method (``dlr_loss``), on ``mixed`` through an ``AlphaTap``."""
+class _Tapped:
+    """A package attack run on ``mixed`` through an ``AlphaTap``, its loss blended with ``alpha_weight`` (a float or a
+    per-example tensor: training draws one per example); the other keywords are the package attack's."""
 
     def __init__(
         self,
@@ -67,32 +65,28 @@ class AlphaAPGD(_AA.autopgd_base.APGDAttack):
         *,
         eps: float | torch.Tensor,
         norm: str = "linf",
-        loss: str = "ce",
         alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT,
-        n_iter: int = 100,
-        n_restarts: int = 1,
         seed: int = 0,
-        rho: float = 0.75,
-        device: torch.device | None = None,
+        **package,
     ) -> None:
+        _check_weight(alpha_weight)
+        self.tap, self.alpha_weight = AlphaTap(mixed), alpha_weight
+        super().__init__(self.tap, eps=eps, norm=threat_model_name(norm), seed=int(seed), **package)
+
+
+class AlphaAPGD(_Tapped, _AA.autopgd_base.APGDAttack):
+    """The package's APGD with loss ``ce`` or ``dlr`` blended with the alpha term; ``alpha`` maximises minus the mixer's
+    logit alone (the alpha-first stage) and ``ce-hinge`` blends CE with minus its positive part, which keeps pushing
+    where BCE saturates (the class stage after alpha-first). The loss enters through the package's hook for a loss
+    given as a method (``dlr_loss``)."""
+
+    def __init__(self, mixed: nn.Module, *, loss: str = "ce", **settings) -> None:
         if loss not in ("ce", "dlr", "alpha", "ce-hinge"):
             raise AsmixError(f"adaptive APGD loss must be ce, dlr, alpha or ce-hinge, got {loss!r}")
-        _check_weight(alpha_weight)
-        self.tap = AlphaTap(mixed)
+        super().__init__(mixed, loss="dlr", **settings)
         if loss == "alpha" and not self.tap.adaptive:
             raise AsmixError("the alpha-first attack needs a mixing network")
-        super().__init__(
-            self.tap,
-            n_iter=n_iter,
-            norm=threat_model_name(norm),
-            n_restarts=n_restarts,
-            eps=eps,
-            seed=int(seed),
-            loss="dlr",
-            rho=rho,
-            device=device,
-        )
-        self.base_loss, self.alpha_weight = loss, alpha_weight
+        self.base_loss = loss
 
     def dlr_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example loss to maximise; ``logits`` come from the tap's last forward pass."""
@@ -106,44 +100,15 @@ class AlphaAPGD(_AA.autopgd_base.APGDAttack):
         return blend(base, self.tap.parts, self.alpha_weight)
 
 
-class AlphaAPGDTargeted(_AA.autopgd_base.APGDAttack_targeted):
+class AlphaAPGDTargeted(_Tapped, _AA.autopgd_base.APGDAttack_targeted):
     """The package's APGD-T (targeted DLR) with its loss blended with the alpha term."""
-
-    def __init__(
-        self,
-        mixed: nn.Module,
-        *,
-        eps: float | torch.Tensor,
-        norm: str = "linf",
-        alpha_weight: float | torch.Tensor = DEFAULT_ALPHA_WEIGHT,
-        n_iter: int = 100,
-        n_restarts: int = 1,
-        n_target_classes: int = 9,
-        seed: int = 0,
-        rho: float = 0.75,
-        device: torch.device | None = None,
-    ) -> None:
-        _check_weight(alpha_weight)
-        self.tap = AlphaTap(mixed)
-        super().__init__(
-            self.tap,
-            n_iter=n_iter,
-            norm=threat_model_name(norm),
-            n_restarts=n_restarts,
-            eps=eps,
-            seed=int(seed),
-            rho=rho,
-            n_target_classes=n_target_classes,
-            device=device,
-        )
-        self.alpha_weight = alpha_weight
 
     def dlr_loss_targeted(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Targeted DLR toward ``self.y_target``, blended with the alpha term of the tap's last pass."""
         return blend(super().dlr_loss_targeted(logits, y), self.tap.parts, self.alpha_weight)
 
 
-class AlphaSquare(_AA.square.SquareAttack):
+class AlphaSquare(_Tapped, _AA.square.SquareAttack):
     """The package's Square attack (gradient-free) minimising ``(1 - w) * margin - w * BCE(alpha logit, 1)``;
     success is still judged by the true margin."""
 
@@ -152,26 +117,20 @@ class AlphaSquare(_AA.square.SquareAttack):
         mixed: nn.Module,
         *,
         eps: float,
-        norm: str = "linf",
         n_queries: int = 5000,
         alpha_weight: float = DEFAULT_ALPHA_WEIGHT,
-        seed: int = 0,
-        device: torch.device | None = None,
+        **settings,
     ) -> None:
-        _check_weight(alpha_weight)
-        self.tap = AlphaTap(mixed)
         super().__init__(
-            self.tap,
-            norm=threat_model_name(norm),
-            n_queries=int(n_queries),
+            mixed,
             eps=float(eps),
+            n_queries=int(n_queries),
+            alpha_weight=float(alpha_weight),
             p_init=0.8,
             n_restarts=1,
-            seed=int(seed),
             loss="margin",
-            device=device,
+            **settings,
         )
-        self.alpha_weight = float(alpha_weight)
 
     def margin_and_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.predict(x)
