@@ -69,14 +69,6 @@ class _MarginTracker(nn.Module):
         return result
 
 
-def _apgd_kwargs(eps: float, norm: str, steps: int, restarts: int, seed: int) -> dict:
-    if check_finite(eps, "eps") <= 0:
-        raise AsmixError(f"eps must be positive for AutoAttack, got {eps}")
-    if steps <= 0 or restarts <= 0:
-        raise AsmixError("APGD steps and restarts must be positive")
-    return {"n_iter": steps, "norm": threat_model_name(norm), "n_restarts": restarts, "eps": eps, "seed": seed}
-
-
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """APGD draws its random starts from the global CPU generator; seed it inside a forked RNG so
@@ -86,73 +78,56 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-class MinMarginAPGD(APGDAttack):
-    """APGD-CE (Croce & Hein) returning per example the smallest-margin iterate (App. D.2)."""
+class _MinMargin:
+    """A package APGD on the model wrapped in a ``_MarginTracker``: ``perturb`` attacks every example and returns
+    ``(x_adv, margin)``, per example the iterate with the smallest margin p_y - max_{i != y} p_i (App. D.2)."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 100,
-        restarts: int = 1,
-        seed: int = 0,
-        loss: str = "ce",
+        self, model: nn.Module, *, eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1, **package
     ) -> None:
-        super().__init__(_MarginTracker(model), loss=loss, **_apgd_kwargs(eps, norm, steps, restarts, seed))
+        if check_finite(eps, "eps") <= 0:
+            raise AsmixError(f"eps must be positive for AutoAttack, got {eps}")
+        if steps <= 0 or restarts <= 0:
+            raise AsmixError("APGD steps and restarts must be positive")
+        norm = threat_model_name(norm)
+        super().__init__(_MarginTracker(model), n_iter=steps, norm=norm, n_restarts=restarts, eps=eps, **package)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_adv, margin)``: all examples are attacked; margin = p_y - max_{i != y} p_i at x_adv."""
         self.device = x.device
         self.init_hyperparam(x)
         x, y = x.detach().float(), y.detach().long()
         self.model.start(x, y)
+        targets = self._targets(x, y)
         with _seeded(self.seed):
-            for _ in range(self.n_restarts):
-                self.attack_single_run(x, y)
+            for target in targets:
+                self.y_target = target
+                for _ in range(self.n_restarts):
+                    self.attack_single_run(x, y)
         return self.model.finish()
 
+    def _targets(self, x: torch.Tensor, y: torch.Tensor) -> list:
+        return [None]
 
-class MinMarginAPGDTargeted(APGDAttack_targeted):
-    """APGD-T (targeted DLR) returning per example the smallest-margin iterate (App. D.2).
 
-    Targets are the ``target_classes`` most likely classes other than y on the clean input, so
-    already-misclassified examples are attacked too. Needs at least 4 classes (the DLR loss).
-    """
+class MinMarginAPGD(_MinMargin, APGDAttack):
+    """APGD-CE (Croce & Hein) returning per example the smallest-margin iterate (App. D.2)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 100,
-        restarts: int = 1,
-        seed: int = 0,
-        target_classes: int = 9,
-    ) -> None:
-        super().__init__(
-            _MarginTracker(model), n_target_classes=target_classes, **_apgd_kwargs(eps, norm, steps, restarts, seed)
-        )
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_adv, margin)`` over all target classes and restarts."""
-        self.device = x.device
-        self.init_hyperparam(x)
-        x, y = x.detach().float(), y.detach().long()
-        self.model.start(x, y)
+class MinMarginAPGDTargeted(_MinMargin, APGDAttack_targeted):
+    """APGD-T (targeted DLR) returning per example the smallest-margin iterate over its targets: the
+    ``target_classes`` most likely classes other than y on the clean input, so already-misclassified examples are
+    attacked too. Needs at least 4 classes (the DLR loss)."""
+
+    def __init__(self, model: nn.Module, *, target_classes: int = 9, **settings) -> None:
+        super().__init__(model, n_target_classes=target_classes, **settings)
+
+    def _targets(self, x: torch.Tensor, y: torch.Tensor) -> list:
         with torch.no_grad():
             logits = self.model.model(x)
         if logits.shape[1] < 4:
             raise AsmixError("APGD-T (targeted DLR) needs at least 4 classes")
         ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-        with _seeded(self.seed):
-            for target in range(min(self.n_target_classes, logits.shape[1] - 1)):
-                self.y_target = ranked[:, target]
-                for _ in range(self.n_restarts):
-                    self.attack_single_run(x, y)
-        return self.model.finish()
+        return [ranked[:, target] for target in range(min(self.n_target_classes, logits.shape[1] - 1))]
 
 
 def min_margin_autoattack(
