@@ -6,7 +6,7 @@ import functools
 import inspect
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_type_hints
 
 import typer
 from rich.console import Console
@@ -25,172 +25,14 @@ def number_parser(option: str):
 MODELS, DATA, THREAT, RUN, OUTPUT = "Models", "Data", "Threat model", "Run", "Output"
 """``--help`` panels of the shared options; a command's own options stay under "Options"."""
 
-StdOption = Annotated[
-    str,
-    typer.Option(
-        "--std",
-        rich_help_panel=MODELS,
-        help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.",
-    ),
-]
-RobOption = Annotated[
-    str,
-    typer.Option(
-        "--rob",
-        rich_help_panel=MODELS,
-        help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.",
-    ),
-]
-DatasetOption = Annotated[
-    str,
-    typer.Option(
-        "--dataset",
-        rich_help_panel=DATA,
-        metavar="demo|mnist|cifar10|cifar100|imagenet",
-        help="demo, mnist, cifar10, cifar100 or imagenet.",
-    ),
-]
-DataOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--data", rich_help_panel=DATA, help=".npz/.pt file with arrays x and y (overrides --dataset's data)."
-    ),
-]
-DataDirOption = Annotated[
-    Path, typer.Option("--data-dir", rich_help_panel=DATA, help="Folder of the named dataset's files.")
-]
-NExamplesOption = Annotated[
-    Optional[int],
-    typer.Option(
-        "--n-examples",
-        rich_help_panel=DATA,
-        help="Use the first N examples, N > 0 and at most the data's size (default: 500 on demo, else all).",
-    ),
-]
-ModelDirOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--model-dir",
-        rich_help_panel=MODELS,
-        help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models).",
-    ),
-]
-StdWeightsOption = Annotated[
-    Optional[Path], typer.Option("--std-weights", rich_help_panel=MODELS, help="State dict for g (safetensors or .pt).")
-]
-RobWeightsOption = Annotated[
-    Optional[Path], typer.Option("--rob-weights", rich_help_panel=MODELS, help="State dict for h (safetensors or .pt).")
-]
-TrustCodeOption = Annotated[
-    bool,
-    typer.Option(
-        "--trust-code/--no-trust-code",
-        rich_help_panel=MODELS,
-        help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).",
-    ),
-]
-NormOption = Annotated[
-    str,
-    typer.Option(
-        "--norm",
-        rich_help_panel=THREAT,
-        parser=canonical_norm,
-        metavar="linf|l2",
-        help="Threat model: linf or l2 (any case: Linf, L2).",
-    ),
-]
-EpsOption = Annotated[
-    Optional[float],
-    typer.Option(
-        "--eps",
-        rich_help_panel=THREAT,
-        parser=number_parser("--eps"),
-        metavar="EPS",
-        help=(
-            "Attack radius, a number or a fraction like 8/255 (default: RobustBench's standard: linf 8/255 and l2 "
-            "0.5 on cifar10, linf 8/255 on cifar100, 4/255 on imagenet, 0.3 on demo/mnist; none elsewhere)."
-        ),
-    ),
-]
-StepsOption = Annotated[int, typer.Option("--steps", rich_help_panel=THREAT, help="PGD steps.")]
-StepSizeOption = Annotated[
-    Optional[float],
-    typer.Option(
-        "--step-size",
-        rich_help_panel=THREAT,
-        parser=number_parser("--step-size"),
-        metavar="STEP",
-        help="PGD step size, a number or a fraction like 2/255 (default 2.5*eps/steps).",
-    ),
-]
-BatchSizeOption = Annotated[int, typer.Option("--batch-size", rich_help_panel=RUN, help="Examples per batch.")]
-DeviceOption = Annotated[
-    str,
-    typer.Option("--device", rich_help_panel=RUN, metavar="auto|cpu|cuda|cuda:N", help="auto, cpu, cuda or cuda:N."),
-]
-SeedOption = Annotated[int, typer.Option("--seed", rich_help_panel=RUN, help="Random seed (PGD random starts).")]
-OutOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--out",
-        rich_help_panel=OUTPUT,
-        help=(
-            "Folder for JSON, CSV and PNG outputs; finished batches wait in its parts/ folder, so rerunning the "
-            "same command resumes."
-        ),
-    ),
-]
-ReportOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--report",
-        rich_help_panel=OUTPUT,
-        help="Also write the printed tables, with links to the PNG plots, as a report: FILE.md or FILE.html.",
-    ),
-]
-JsonOption = Annotated[
-    Optional[Path], typer.Option("--json", rich_help_panel=OUTPUT, help="Write the result as JSON here.")
-]
 MIX_PANEL = "Mix (MixedNUTS / calibration)"
-RobMapOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--rob-map",
-        rich_help_panel=MIX_PANEL,
-        help="Map h's logits before mixing: nuts:S,P,C (MixedNUTS scale, power, clamp bias; arXiv 2402.02263).",
-    ),
-]
-CalibrationOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--calibration",
-        rich_help_panel=MIX_PANEL,
-        help="Mix chosen by asmix calibrate (its calibration.json or folder): alpha, h's map, g's hard-max.",
-    ),
-]
-FamilyOption = Annotated[
-    str,
-    typer.Option(
-        "--family",
-        rich_help_panel=MIX_PANEL,
-        help="Which choice of --calibration: nuts, linear (the fixed alpha) or mixer (its trained mixer's head).",
-    ),
-]
 
 
-MixSpaceOption = Annotated[
-    str,
-    typer.Option(
-        "--mix-space", rich_help_panel=MIX_PANEL, metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation)."
-    ),
-]
-StdScaleOption = Annotated[
-    float,
-    typer.Option("--std-scale", rich_help_panel=MIX_PANEL, help="Multiply g's logits before the softmax (App. D.1)."),
-]
-RobScaleOption = Annotated[
-    float, typer.Option("--rob-scale", rich_help_panel=MIX_PANEL, help="Multiply h's logits before the softmax.")
-]
+def _shared(default, *names: str, panel: str, **settings):
+    """A shared option: its default and ``typer.Option(*names, rich_help_panel=panel, **settings)``; the field's
+    own type is the option's."""
+    option = typer.Option(*names, rich_help_panel=panel, **settings)
+    return field(default=None, metadata={"option": option, "default": default})
 
 
 def n_examples_option(default: int):
@@ -213,41 +55,129 @@ def alpha_option(default: float, note: str = ""):
     ]
 
 
-def _shared(annotation, default):
-    return field(default=None, metadata={"annotation": annotation, "default": default})
-
-
 @dataclass(frozen=True)
 class SharedOptions:
-    """The shared options, each declared once (its ``Annotated`` type and default in the field's metadata), and
-    the values a command was given (None for one it does not take); ``shared_options`` adds them to a command."""
+    """The shared options, each declared once (default and ``typer.Option`` in the field's metadata), and the values
+    a command was given (None for one it does not take); ``shared_options`` adds them to a command."""
 
-    std: str = _shared(StdOption, "demo-std")
-    rob: str = _shared(RobOption, "demo-rob")
-    dataset: str = _shared(DatasetOption, "demo")
-    data: Path | None = _shared(DataOption, None)
-    data_dir: Path = _shared(DataDirOption, Path("./data"))
-    n_examples: int | None = _shared(NExamplesOption, None)
-    model_dir: Path | None = _shared(ModelDirOption, None)
-    std_weights: Path | None = _shared(StdWeightsOption, None)
-    rob_weights: Path | None = _shared(RobWeightsOption, None)
-    trust_code: bool = _shared(TrustCodeOption, False)
-    norm: str = _shared(NormOption, "linf")
-    eps: float | None = _shared(EpsOption, None)
-    steps: int = _shared(StepsOption, 20)
-    step_size: float | None = _shared(StepSizeOption, None)
-    mix_space: str = _shared(MixSpaceOption, "prob")
-    std_scale: float = _shared(StdScaleOption, 1.0)
-    rob_scale: float = _shared(RobScaleOption, 1.0)
-    rob_map: str | None = _shared(RobMapOption, None)
-    calibration: Path | None = _shared(CalibrationOption, None)
-    family: str = _shared(FamilyOption, "nuts")
-    batch_size: int = _shared(BatchSizeOption, 256)
-    device: str = _shared(DeviceOption, "auto")
-    seed: int = _shared(SeedOption, 0)
-    out: Path | None = _shared(OutOption, None)
-    report: Path | None = _shared(ReportOption, None)
-    json_path: Path | None = _shared(JsonOption, None)
+    std: str = _shared(
+        "demo-std",
+        "--std",
+        panel=MODELS,
+        help="Accurate model g: demo-std, bit-r152, timm:NAME, rb:NAME, file:PATH, py:MOD:FN.",
+    )
+    rob: str = _shared(
+        "demo-rob",
+        "--rob",
+        panel=MODELS,
+        help="Robust model h: demo-rob, Wang2023, rb:NAME, timm:NAME, file:PATH, py:MOD:FN.",
+    )
+    dataset: str = _shared(
+        "demo",
+        "--dataset",
+        panel=DATA,
+        metavar="demo|mnist|cifar10|cifar100|imagenet",
+        help="demo, mnist, cifar10, cifar100 or imagenet.",
+    )
+    data: Optional[Path] = _shared(
+        None, "--data", panel=DATA, help=".npz/.pt file with arrays x and y (overrides --dataset's data)."
+    )
+    data_dir: Path = _shared(Path("./data"), "--data-dir", panel=DATA, help="Folder of the named dataset's files.")
+    n_examples: Optional[int] = _shared(
+        None,
+        "--n-examples",
+        panel=DATA,
+        help="Use the first N examples, N > 0 and at most the data's size (default: 500 on demo, else all).",
+    )
+    model_dir: Optional[Path] = _shared(
+        None, "--model-dir", panel=MODELS, help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models)."
+    )
+    std_weights: Optional[Path] = _shared(
+        None, "--std-weights", panel=MODELS, help="State dict for g (safetensors or .pt)."
+    )
+    rob_weights: Optional[Path] = _shared(
+        None, "--rob-weights", panel=MODELS, help="State dict for h (safetensors or .pt)."
+    )
+    trust_code: bool = _shared(
+        False,
+        "--trust-code/--no-trust-code",
+        panel=MODELS,
+        help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).",
+    )
+    norm: str = _shared(
+        "linf",
+        "--norm",
+        panel=THREAT,
+        parser=canonical_norm,
+        metavar="linf|l2",
+        help="Threat model: linf or l2 (any case: Linf, L2).",
+    )
+    eps: Optional[float] = _shared(
+        None,
+        "--eps",
+        panel=THREAT,
+        parser=number_parser("--eps"),
+        metavar="EPS",
+        help=(
+            "Attack radius, a number or a fraction like 8/255 (default: RobustBench's standard: linf 8/255 and l2 "
+            "0.5 on cifar10, linf 8/255 on cifar100, 4/255 on imagenet, 0.3 on demo/mnist; none elsewhere)."
+        ),
+    )
+    steps: int = _shared(20, "--steps", panel=THREAT, help="PGD steps.")
+    step_size: Optional[float] = _shared(
+        None,
+        "--step-size",
+        panel=THREAT,
+        parser=number_parser("--step-size"),
+        metavar="STEP",
+        help="PGD step size, a number or a fraction like 2/255 (default 2.5*eps/steps).",
+    )
+    mix_space: str = _shared(
+        "prob", "--mix-space", panel=MIX_PANEL, metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation)."
+    )
+    std_scale: float = _shared(
+        1.0, "--std-scale", panel=MIX_PANEL, help="Multiply g's logits before the softmax (App. D.1)."
+    )
+    rob_scale: float = _shared(1.0, "--rob-scale", panel=MIX_PANEL, help="Multiply h's logits before the softmax.")
+    rob_map: Optional[str] = _shared(
+        None,
+        "--rob-map",
+        panel=MIX_PANEL,
+        help="Map h's logits before mixing: nuts:S,P,C (MixedNUTS scale, power, clamp bias; arXiv 2402.02263).",
+    )
+    calibration: Optional[Path] = _shared(
+        None,
+        "--calibration",
+        panel=MIX_PANEL,
+        help="Mix chosen by asmix calibrate (its calibration.json or folder): alpha, h's map, g's hard-max.",
+    )
+    family: str = _shared(
+        "nuts",
+        "--family",
+        panel=MIX_PANEL,
+        help="Which choice of --calibration: nuts, linear (the fixed alpha) or mixer (its trained mixer's head).",
+    )
+    batch_size: int = _shared(256, "--batch-size", panel=RUN, help="Examples per batch.")
+    device: str = _shared(
+        "auto", "--device", panel=RUN, metavar="auto|cpu|cuda|cuda:N", help="auto, cpu, cuda or cuda:N."
+    )
+    seed: int = _shared(0, "--seed", panel=RUN, help="Random seed (PGD random starts).")
+    out: Optional[Path] = _shared(
+        None,
+        "--out",
+        panel=OUTPUT,
+        help=(
+            "Folder for JSON, CSV and PNG outputs; finished batches wait in its parts/ folder, so rerunning the "
+            "same command resumes."
+        ),
+    )
+    report: Optional[Path] = _shared(
+        None,
+        "--report",
+        panel=OUTPUT,
+        help="Also write the printed tables, with links to the PNG plots, as a report: FILE.md or FILE.html.",
+    )
+    json_path: Optional[Path] = _shared(None, "--json", panel=OUTPUT, help="Write the result as JSON here.")
     default_n_examples: int | None = None
     """Not an option: the examples a command takes without ``--n-examples`` (``shared_options(n_examples=N)``)."""
 
@@ -384,10 +314,11 @@ def shared_options(*groups: tuple[str, ...] | str, **overrides):
         overrides["n_examples"] = own(n_examples_option(default_n_examples), None)
     else:
         default_n_examples = None
-    declared = {item.name: item for item in fields(SharedOptions)}
+    declared = {item.name: item.metadata for item in fields(SharedOptions)}
+    types = get_type_hints(SharedOptions)
     added = [inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOption)]
     for name in names:
-        annotation, default = declared[name].metadata["annotation"], declared[name].metadata["default"]
+        annotation, default = Annotated[types[name], declared[name]["option"]], declared[name]["default"]
         override = overrides.get(name, default)
         annotation, default = override if isinstance(override, tuple) else (annotation, override)
         added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
