@@ -225,14 +225,11 @@ def margins(
     }
     lipschitz = None
     if config.lipschitz:
-        estimates = [
-            LipschitzEstimate(
-                **{name: record[f"lipschitz/{name}"] for name in LIPSCHITZ_FIELDS},
-                num_classes=int(record["lipschitz/num_classes"]),
-            )
-            for record in records
-        ]
-        lipschitz = _lipschitz_stats(estimates, merged["rob"]["clean"], y, config)
+        estimate = LipschitzEstimate(
+            **{name: torch.cat([record[f"lipschitz/{name}"] for record in records]) for name in LIPSCHITZ_FIELDS},
+            num_classes=int(records[0]["lipschitz/num_classes"]),
+        )
+        lipschitz = _lipschitz_stats(estimate, merged["rob"]["clean"], y, config)
     return MarginsResult(config, len(x), stats, _lemma32_rows(merged, y, config), lipschitz, models or {})
 
 
@@ -318,19 +315,19 @@ def _lemma32_rows(logits: dict, y: torch.Tensor, config: MarginsConfig) -> tuple
     return tuple(rows)
 
 
-def _lipschitz_stats(parts, rob_clean_logits: torch.Tensor, y: torch.Tensor, config: MarginsConfig) -> LipschitzStats:
-    values = torch.cat([part.value.cpu() for part in parts])
-    num_classes = parts[0].num_classes
-    classes_used = parts[0].rise.shape[1]
+def _lipschitz_stats(
+    estimate: LipschitzEstimate, rob_clean_logits: torch.Tensor, y: torch.Tensor, config: MarginsConfig
+) -> LipschitzStats:
+    values = estimate.value.cpu()
+    num_classes, classes_used = estimate.num_classes, estimate.rise.shape[1]
     certified = None
     if classes_used == num_classes - 1 and config.alpha > 0:
         # App. C.3: local one-sided constants per class in the radius of Thm 3.5; certified at eps
         # where h is correct and the local radius is at least eps.
+        rows = torch.arange(len(y))
         constants = torch.zeros(len(y), num_classes)
-        for part, start in zip(parts, _starts(parts)):
-            rows = torch.arange(len(part.value))
-            constants[start + rows, y[start : start + len(rows)]] = part.drop.cpu()
-            constants[(start + rows)[:, None], part.classes.cpu()] = part.rise.cpu()
+        constants[rows, y] = estimate.drop.cpu()
+        constants[rows[:, None], estimate.classes.cpu()] = estimate.rise.cpu()
         probs = torch.softmax(rob_clean_logits, dim=1)
         radius = lipschitz_radius_per_class(probs, config.alpha, constants.clamp_min(1e-12))
         correct = top_class_correct(probs, y)
@@ -345,11 +342,3 @@ def _lipschitz_stats(parts, rob_clean_logits: torch.Tensor, y: torch.Tensor, con
         local_radius_at_eps=certified,
         values=tuple(values.tolist()),
     )
-
-
-def _starts(parts) -> list[int]:
-    starts, position = [], 0
-    for part in parts:
-        starts.append(position)
-        position += len(part.value)
-    return starts
