@@ -179,14 +179,10 @@ def calibrate_command(
     if mixer is not None:
         card.check_base_weights(pair.std, pair.rob)
         mixer_input = MixerInput.from_card(mixer_net, card, mixer)
-    calibration, verification = (
-        (slice(verify, None), slice(0, verify))
-        if from_end
-        else (
-            slice(0, n_calibration),
-            slice(n_calibration, None),
-        )
-    )
+    if from_end:  # the calibration examples are the split's last ones, the verified ones just before them
+        calibration, verification = slice(verify, None), slice(0, verify)
+    else:
+        calibration, verification = slice(0, n_calibration), slice(n_calibration, None)
     x, y = pair.x[calibration], pair.y[calibration]
     x_verify, y_verify = pair.x[verification], pair.y[verification]
     with progress_callback() as progress:
