@@ -71,26 +71,19 @@ class CertifyConfig:
             ("baseline sigma", self.baseline_sigma),
             ("the Lipschitz constant", self.lipschitz_const),
         ):
-            if value is not None:
-                check_finite(value, name)
+            if value is not None and not check_finite(value, name) > 0:
+                raise AsmixError(f"{name} must be positive, got {value}")
         for radius in self.radii:
             check_finite(radius, "radius")
-        if not self.sigma > 0:
-            raise AsmixError(f"sigma must be positive, got {self.sigma}")
         if self.n_samples <= 0:
             raise AsmixError(f"n-samples must be positive, got {self.n_samples}")
-        if self.baseline_sigma is not None and not self.baseline_sigma > 0:
-            raise AsmixError(f"baseline sigma must be positive, got {self.baseline_sigma}")
         if self.confidence is not None and not 0.0 < self.confidence < 1.0:
             raise AsmixError(f"confidence must be in (0, 1), got {self.confidence}")
-        if self.lipschitz_const is not None:
-            if not self.lipschitz_const > 0:
-                raise AsmixError(f"the Lipschitz constant must be positive, got {self.lipschitz_const}")
-            if self.confidence is not None or self.match_clean_acc:
-                raise AsmixError(
-                    "--lipschitz-const certifies h itself: --confidence and --match-clean-acc "
-                    "apply to randomized smoothing only"
-                )
+        if self.lipschitz_const is not None and (self.confidence is not None or self.match_clean_acc):
+            raise AsmixError(
+                "--lipschitz-const certifies h itself: --confidence and --match-clean-acc apply to randomized "
+                "smoothing only"
+            )
         check_choice(self.smoothing_output, SmoothingOutput, "smoothing output")
         if any(radius < 0 for radius in self.radii):
             raise AsmixError("radii must be >= 0")
