@@ -50,12 +50,7 @@ def parse_attacks(text: str) -> tuple[str, ...]:
     attacks = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     if not attacks:
         raise AsmixError(f"no attacks in {text!r}: choose from {', '.join(ATTACKS)}")
-    check_attacks(attacks)
-    return attacks
-
-
-def check_attacks(attacks: tuple[str, ...]) -> None:
-    check_choices(attacks, EvalAttack, "attack")
+    return check_choices(attacks, EvalAttack, "attack")
 
 
 @dataclass(frozen=True)
@@ -79,7 +74,7 @@ class EvalConfig:
     save_adv: bool = False
 
     def __post_init__(self) -> None:
-        check_attacks(tuple(self.attacks))
+        check_choices(self.attacks, EvalAttack, "attack")
         if not self.attacks:
             raise AsmixError(f"no attacks given: choose from {', '.join(ATTACKS)}")
         check_alpha(self.alpha)
