@@ -285,12 +285,7 @@ def choose_nuts(
     alphas, clean, robust, _ = search.curve(nuts)
     seconds = time.perf_counter() - start
     details = {
-        "grid_best": {
-            "scale": grid_params[0],
-            "power": grid_params[1],
-            "clamp_bias": grid_params[2],
-            "score": grid_value,
-        },
+        "grid_best": dict(zip(("scale", "power", "clamp_bias"), grid_params)) | {"score": grid_value},
         "refined_score": value,
         "refined": config.refine and value > grid_value,
         "maps_evaluated": evaluations,
