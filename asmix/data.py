@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from asmix.checks import check_norm
-from asmix.errors import AsmixError
+from asmix.errors import AsmixError, first_line
 from asmix.preprocessing import Preprocessing, from_torchvision
 
 
@@ -113,9 +113,7 @@ def load_array_file(path: str | Path, x_key: str = "x", y_key: str = "y") -> tup
     except AsmixError:
         raise
     except Exception as error:
-        raise AsmixError(
-            f"cannot read data file {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from error
+        raise AsmixError(f"cannot read data file {path}: {first_line(error)}") from error
     return to_image_tensor(x, source=str(path)), to_label_tensor(y, len(x), source=str(path))
 
 
@@ -242,10 +240,9 @@ def _load_imagenet(data_dir: Path, split: str, n_examples: int | None, preproces
             transforms_test=space.to_torchvision(),
         )
     except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise AsmixError(
             f"cannot read ImageNet validation images under {folder}: put the ILSVRC2012 validation set "
-            f"there as {IMAGENET_VAL_LAYOUT}, or pass --data-dir ({reason})"
+            f"there as {IMAGENET_VAL_LAYOUT}, or pass --data-dir ({first_line(error)})"
         ) from error
     return to_image_tensor(x, source=str(folder)), to_label_tensor(y, len(x), source=str(folder))
 

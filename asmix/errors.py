@@ -3,3 +3,9 @@
 
 class AsmixError(Exception):
     """Bad input or an unavailable resource (model, weights, data, device)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name where it has none), for a one-line error."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

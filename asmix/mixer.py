@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asmix.checks import check_choice
-from asmix.errors import AsmixError
+from asmix.errors import AsmixError, first_line
 from asmix.identity import base_weights, describe_roles, differing_models
 from asmix.io import atomic_write, atomic_write_json
 from asmix.mixing import MixParts
@@ -762,8 +762,7 @@ def load_mixer(
         state = load_file(str(weights_path))
         mixer.load_state_dict(state, strict=True)
     except Exception as error:  # safetensors' own errors, shape/key mismatches, I/O
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise AsmixError(f"corrupt mixer weights {weights_path}: {message}") from error
+        raise AsmixError(f"corrupt mixer weights {weights_path}: {first_line(error)}") from error
     if std_model is not None and rob_model is not None:
         card.check_base_weights(std_model, rob_model)
     return mixer.eval(), card

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import click
 import typer
 
-from asmix.errors import AsmixError
+from asmix.errors import AsmixError, first_line
 
 ALIASES = {"attacks": "attack", "width": "mixer_width", "blocks": "mixer_blocks", "stages": "mixer_stages"}
 """Config keys whose command-line option has another name."""
@@ -40,7 +40,7 @@ def read_config_block(path: Path) -> dict[str, Any]:
         else:
             document = json.loads(text)
     except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
-        raise AsmixError(f"cannot read config {path}: {str(error).splitlines()[0]}") from error
+        raise AsmixError(f"cannot read config {path}: {first_line(error)}") from error
     block = document.get("config", document) if isinstance(document, dict) else None
     if not isinstance(block, dict):
         raise AsmixError(f"config {path} holds no mapping of settings (an asmix JSON output or a YAML of its keys)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from asmix.errors import AsmixError
+from asmix.errors import AsmixError, first_line
 from asmix.models.registry import (
     ALIASES,
     ModelSpec,
@@ -38,8 +38,7 @@ def check_model_fits(model: nn.Module, x_probe: torch.Tensor, num_classes: int, 
             logits = model(x_probe[:1])
     except Exception as error:
         raise AsmixError(
-            f"{role} model does not accept inputs of shape {tuple(x_probe.shape[1:])}: "
-            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            f"{role} model does not accept inputs of shape {tuple(x_probe.shape[1:])}: {first_line(error)}"
         ) from error
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise AsmixError(

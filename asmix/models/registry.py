@@ -18,7 +18,7 @@ from torch import nn
 
 from asmix.checks import THREAT_MODEL_NAMES, check_norm, threat_model_name
 from asmix.data import dataset_info
-from asmix.errors import AsmixError
+from asmix.errors import AsmixError, first_line
 from asmix.models import bit
 from asmix.models.adapters import InputAdapter
 from asmix.models.demo import DEMO_WIDTHS, build_demo_model
@@ -229,7 +229,7 @@ def _load_bit(name: str, context: LoadContext) -> nn.Module:
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
-        raise AsmixError(f"BiT weights {path} do not fit {name}: {str(error).splitlines()[0]}") from error
+        raise AsmixError(f"BiT weights {path} do not fit {name}: {first_line(error)}") from error
     return InputAdapter(network, bit.BIT_MEAN, bit.BIT_STD, _bit_preprocessing(name, context))
 
 
@@ -346,9 +346,7 @@ def _load_file(name: str, context: LoadContext) -> nn.Module:
             return _Exported(torch.export.load(str(path)).module())
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as error:
-        raise AsmixError(
-            f"cannot load model file {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from error
+        raise AsmixError(f"cannot load model file {path}: {first_line(error)}") from error
 
 
 class _Exported(nn.Module):

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asmix.errors import AsmixError
+from asmix.errors import AsmixError, first_line
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
@@ -25,7 +25,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or unsafe files surface as many exception types
-        raise AsmixError(f"cannot read weights {path}: {_first_line(error)}") from error
+        raise AsmixError(f"cannot read weights {path}: {first_line(error)}") from error
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -41,7 +41,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches raise even when strict is False
-        raise AsmixError(f"weights {path} do not fit the model: {_first_line(error)}") from error
+        raise AsmixError(f"weights {path} do not fit the model: {first_line(error)}") from error
     if result.missing_keys or result.unexpected_keys:
         raise AsmixError(
             f"weights {path} do not fit the model: missing {_few(result.missing_keys)}, "
@@ -55,8 +55,3 @@ def _few(keys: list[str], n: int = 3) -> str:
         return "none"
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from asmix.errors import AsmixError
+from asmix.errors import AsmixError, first_line
 from asmix.identity import describe_roles, differing_models
 from asmix.io import atomic_write
 
@@ -69,9 +69,7 @@ def load_checkpoint(path: Path, identity: dict, mixer: nn.Module, ema: Ema, opti
         state = torch.load(path, map_location="cpu", weights_only=True)
         stored = json.loads(state["identity"])
     except Exception as error:
-        raise AsmixError(
-            f"cannot read checkpoint {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from error
+        raise AsmixError(f"cannot read checkpoint {path}: {first_line(error)}") from error
     current = json.loads(json.dumps(identity, sort_keys=True))
     differing = differing_models(stored.get("base_weights") or {}, current.get("base_weights") or {})
     if differing:
