@@ -80,10 +80,6 @@ class CalibrateConfig:
         if not 0.0 <= check_finite(self.range_max_width, "range max width") <= 1.0:
             raise AsmixError(f"range max width must be in [0, 1], got {self.range_max_width}")
 
-    @property
-    def nuts_std_temperature(self) -> float:
-        return 0.0 if self.nuts_std_hardmax else 1.0
-
 
 @dataclass(frozen=True)
 class MixerInput:
@@ -265,7 +261,7 @@ def choose_nuts(
     the same objective (``asmix.calibration.score``); alpha is exact for each map. The refined point is
     kept only where it scores higher."""
     start = time.perf_counter()
-    temperature = config.nuts_std_temperature
+    temperature = 0.0 if config.nuts_std_hardmax else 1.0
     search = SearchCache(cached, temperature)
     candidates = grid(config)
     best = None
