@@ -30,7 +30,7 @@ from asmix.calibration import (
 )
 from asmix.checks import check_finite
 from asmix.errors import AsmixError
-from asmix.experiments.parts import Parts, batch_key, fingerprint, finish, run_units
+from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
 from asmix.experiments.settings import config_dict
 from asmix.experiments.train.selection import attack_pools, cache_pool, head_grid, pick_head, score_heads
 from asmix.identity import weights_digest
@@ -464,16 +464,13 @@ def verify(
                 "seconds": torch.tensor(time.perf_counter() - start, dtype=torch.float64),
             }
 
-        def done(part: slice, record, name=name) -> None:
-            if progress:
-                progress(f"AutoAttack on {name}", part.stop, len(x))
-
+        batches = list(batch_slices(len(x), config.run.batch_size))
         records = run_units(
-            list(batch_slices(len(x), config.run.batch_size)),
+            batches,
             attack,
             key=lambda part, name=name: f"{name}-{batch_key(part)}",
             parts=parts,
-            finished=done,
+            finished=ShareProgress(batches, f"AutoAttack on {name}", progress),
         )
         robust = torch.cat([record["robust"] for record in records])
         counts = robust.sum(0)
