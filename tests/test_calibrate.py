@@ -131,12 +131,22 @@ def run_cli(monkeypatch, capsys, *args):
     return exit_info.value.code, captured.out, captured.err
 
 
+def run_cli_for_fixture(*args):
+    """``asmix ARGS`` from a module-scoped fixture (no monkeypatch there); it must succeed."""
+    argv = sys.argv
+    sys.argv = ["asmix", *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        sys.argv = argv
+    assert exit_info.value.code in (0, None)
+
+
 @pytest.fixture(scope="module")
 def calibration_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cal")
-    argv = sys.argv
-    sys.argv = [
-        "asmix",
+    run_cli_for_fixture(
         "calibrate",
         "--n-examples",
         "40",
@@ -153,13 +163,7 @@ def calibration_dir(tmp_path_factory):
         "cpu",
         "--out",
         str(out),
-    ]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    finally:
-        sys.argv = argv
-    assert exit_info.value.code in (0, None)
+    )
     return out
 
 
@@ -465,9 +469,7 @@ def demo_mixer_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mixer_calibration(tmp_path_factory, demo_mixer_dir):
     out = tmp_path_factory.mktemp("calmix")
-    argv = sys.argv
-    sys.argv = [
-        "asmix",
+    run_cli_for_fixture(
         "calibrate",
         "--n-examples",
         "8",
@@ -490,13 +492,7 @@ def mixer_calibration(tmp_path_factory, demo_mixer_dir):
         "cpu",
         "--out",
         str(out),
-    ]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-    finally:
-        sys.argv = argv
-    assert exit_info.value.code in (0, None)
+    )
     return out / "calibration.json"
 
 
