@@ -363,6 +363,8 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
             "--compare",
             "--n-examples",
             "8",
+            "--lite-square-queries",
+            "7",
             "--out",
             str(tmp_path / "run"),
             "--json",
@@ -378,6 +380,7 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
     assert summary["selection"]["target_clean_acc"] == 0.985 and summary["selection"]["n_examples"] == 8
     for verdict in (summary["verdict"], summary["comparison"]):
         assert verdict["n_examples"] == 8 and verdict["line"] in out
+        assert verdict["square_queries"] == 7 and "(Square 7 queries)" in verdict["line"]
         assert verdict["gain_points"] == pytest.approx(
             100 * (verdict["mixer"]["attacked_acc"] - verdict["fixed"]["attacked_acc"])
         )
@@ -395,9 +398,9 @@ def test_verdict_line_says_gain_or_no_gain():
 
     mixer = JudgedModel("mixer", None, 0.99, 0.85, 99, 85, 0.6, 0.9)
     fixed = JudgedModel("fixed alpha 0.7", 0.7, 0.99, 0.80, 99, 80, 0.7, 0.7)
-    assert Verdict(100, 0.3, "linf", mixer, fixed).line.startswith(
-        "gain: +5.00 points over fixed alpha 0.7 (85/100 vs 80/100"
-    )
+    gained = Verdict(100, 0.3, "linf", mixer, fixed).line
+    assert gained.startswith("gain: +5.00 points over fixed alpha 0.7 (85/100 vs 80/100 under adaptive AutoAttack-lite")
+    assert "(Square 300 queries)" in gained and gained.endswith("confirm it with asmix evaluate --attack aa,aa-adaptive")
     lost = Verdict(
         100, 0.3, "linf", fixed.__class__(**{**mixer.__dict__, "attacked_acc": 0.8, "attacked_correct": 80}), fixed
     )
@@ -426,3 +429,17 @@ def test_judge_picks_the_largest_fixed_alpha_as_accurate_as_the_mixer():
     assert verdict.fixed.alpha == equal_accuracy_alpha(
         mixed, std_logits[:10], rob_logits[:10], y[:10], verdict.mixer.clean_correct
     )
+
+
+@pytest.mark.parametrize("command", ["train-mixer", "calibrate"])
+def test_lite_square_queries_must_be_positive(monkeypatch, capsys, tmp_path, command):
+    import sys
+
+    from asmix.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["asmix", command, "--lite-square-queries", "0", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "square" in err.lower() and not (tmp_path / "o").exists()

@@ -123,6 +123,14 @@ def calibrate_command(
         float,
         typer.Option("--range-max-width", rich_help_panel=MIXER, help="Widest alpha_max - alpha_min considered."),
     ] = 0.2,
+    lite_square_queries: Annotated[
+        int,
+        typer.Option(
+            "--lite-square-queries",
+            rich_help_panel=MIXER,
+            help="Square's queries in the AutoAttack-lite pool that scores the heads (standard AutoAttack: 5000).",
+        ),
+    ] = 300,
     verify: Annotated[
         int,
         typer.Option(
@@ -162,6 +170,7 @@ def calibrate_command(
         nuts_std_hardmax=nuts_std_hardmax,
         range_min_alpha=range_min_alpha,
         range_max_width=range_max_width,
+        lite_square_queries=lite_square_queries,
         verify=verify,
         from_end=from_end,
         square_queries=square_queries,

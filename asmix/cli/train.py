@@ -192,6 +192,13 @@ def train_mixer_command(
     range_max_width: Annotated[
         float, _option("--range-max-width", "Widest alpha_max - alpha_min the head choice considers.")
     ] = 0.2,
+    lite_square_queries: Annotated[
+        int,
+        _option(
+            "--lite-square-queries",
+            "Square's queries in the AutoAttack-lite of the head choice and the verdict (AutoAttack's standard: 5000).",
+        ),
+    ] = 300,
     verdict: Annotated[
         bool,
         _option(
@@ -264,6 +271,7 @@ def train_mixer_command(
         target_clean_acc=target,
         range_min_alpha=range_min_alpha,
         range_max_width=range_max_width,
+        lite_square_queries=lite_square_queries,
     )
     distributed.init_distributed(device)
     main = distributed.is_main_process()
@@ -302,6 +310,7 @@ def train_mixer_command(
                 batch_size=config.run.batch_size,
                 seed=config.run.seed,
                 device=device,
+                budget=config.lite_budget,
                 progress=progress if main else None,
             )
     if not main:

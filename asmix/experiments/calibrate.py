@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,8 @@ class CalibrateConfig:
     """Settings of ``calibrate``. ``threat.steps`` are the iterations of h's min-margin APGD. Ranges are
     (low, high) of the MixedNUTS grid: s log-spaced, p and c linear, ``grid_size`` values each (the authors'
     CIFAR-10 initial guess and 8 per axis by default). ``from_end``: the examples were the split's last ones, the
-    verified ones just before them."""
+    verified ones just before them. ``lite_square_queries``: Square's queries in the mixer family's AutoAttack-lite
+    pool (300, as ``train-mixer``'s head choice)."""
 
     target_clean_acc: float = 0.985
     threat: ThreatModel = ThreatModel()
@@ -59,6 +60,7 @@ class CalibrateConfig:
     nuts_std_hardmax: bool = True
     range_min_alpha: float = 0.5
     range_max_width: float = 0.2
+    lite_square_queries: int = LITE_BUDGET.square_queries
     verify: int = 0
     from_end: bool = False
     square_queries: int = 5000
@@ -67,7 +69,12 @@ class CalibrateConfig:
     def __post_init__(self) -> None:
         if not 0.0 < check_finite(self.target_clean_acc, "target clean accuracy") <= 1.0:
             raise AsmixError(f"target clean accuracy must be in (0, 1] (a fraction), got {self.target_clean_acc}")
-        if self.grid_size < 1 or self.threat.steps < 1 or self.verify < 0 or self.square_queries < 1:
+        if (
+            self.grid_size < 1
+            or self.threat.steps < 1
+            or self.verify < 0
+            or min(self.square_queries, self.lite_square_queries) < 1
+        ):
             raise AsmixError("grid size, AutoAttack steps and Square queries must be positive, --verify >= 0")
         low, high = self.scale_range
         if not 0 < low <= high:
@@ -368,7 +375,7 @@ def choose_mixer(
         min_alpha=config.range_min_alpha,
         max_width=config.range_max_width,
         seed=config.run.seed,
-        budget=LITE_BUDGET,
+        budget=replace(LITE_BUDGET, square_queries=config.lite_square_queries),
         progress=progress,
         **settings,
     )

@@ -39,6 +39,7 @@ class Verdict:
     norm: str
     mixer: JudgedModel
     fixed: JudgedModel
+    square_queries: int = LITE_BUDGET.square_queries
 
     @property
     def gain(self) -> float:
@@ -50,10 +51,14 @@ class Verdict:
         """The one-line verdict the CLI prints."""
         counts = (
             f"{self.mixer.attacked_correct}/{self.n_examples} vs {self.fixed.attacked_correct}/{self.n_examples} "
-            f"under adaptive AutoAttack-lite, clean {self.mixer.clean_correct} vs {self.fixed.clean_correct}"
+            f"under adaptive AutoAttack-lite (Square {self.square_queries} queries), "
+            f"clean {self.mixer.clean_correct} vs {self.fixed.clean_correct}"
         )
         if self.gain > 0:
-            return f"gain: {self.gain:+.2f} points over fixed alpha {self.fixed.alpha:g} ({counts})"
+            return (
+                f"gain: {self.gain:+.2f} points over fixed alpha {self.fixed.alpha:g} ({counts}); "
+                f"confirm it with asmix evaluate --attack aa,aa-adaptive"
+            )
         return f"{NO_GAIN} ({self.gain:+.2f} points against fixed alpha {self.fixed.alpha:g}; {counts})"
 
     def to_dict(self) -> dict:
@@ -146,4 +151,4 @@ def judge(
     std_logits, rob_logits = clean_logits(mixed, x, batch_size, device)
     alpha = equal_accuracy_alpha(mixed, std_logits, rob_logits, y.to(device), adaptive.clean_correct)
     fixed = attack_accuracy(mixed.with_alpha(alpha), x, y, name=f"fixed alpha {alpha:g}", **settings)
-    return Verdict(len(x), eps, norm, adaptive, fixed)
+    return Verdict(len(x), eps, norm, adaptive, fixed, budget.square_queries)

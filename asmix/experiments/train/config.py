@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
+from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget
 from asmix.attacks.pgd import PGD, ThreatModel
 from asmix.checks import check_choice
 from asmix.errors import AsmixError
@@ -32,7 +33,9 @@ class TrainConfig:
 
     ``threat``: the norm and radius eps the mixer is trained for (each training attack draws its radius as
     eps * U(``eps_range``)) and the steps of the validation PGD (at ``val_eps``, default eps); ``mix``: the
-    logit scales of g and h (training mixes probabilities, eq. 3.4); ``run``: the global batch and the seed."""
+    logit scales of g and h (training mixes probabilities, eq. 3.4); ``run``: the global batch and the seed.
+    ``lite_square_queries``: Square's queries in the AutoAttack-lite that chooses the head and gives the verdict
+    (AutoAttack's standard is 5000; the lite 300 let Square-vulnerable heads through on the demo pair)."""
 
     setting: Setting = "C"
     epochs: int = 10
@@ -69,6 +72,7 @@ class TrainConfig:
     target_clean_acc: float | None = None
     range_min_alpha: float = 0.5
     range_max_width: float = 0.2
+    lite_square_queries: int = LITE_BUDGET.square_queries
 
     def __post_init__(self) -> None:
         check_choice(self.setting, Setting, "setting")
@@ -78,7 +82,7 @@ class TrainConfig:
                 "train-mixer mixes g's softmax and h's softmax (eq. 3.4): only the logit scales can change"
             )
         check_choice(self.mixer_inputs, MixerInputs, "mixer inputs")
-        for name in ("epochs", "accum_steps", "apgd_steps_df", "target_classes"):
+        for name in ("epochs", "accum_steps", "apgd_steps_df", "target_classes", "lite_square_queries"):
             if getattr(self, name) < 1:
                 raise AsmixError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         numbers = {
@@ -140,6 +144,11 @@ class TrainConfig:
     def validation_threat(self) -> ThreatModel:
         """The threat model of validation and of the verdict: ``threat`` at radius ``val_eps`` if given."""
         return self.threat if self.val_eps is None else replace(self.threat, eps=self.val_eps)
+
+    @property
+    def lite_budget(self) -> AttackBudget:
+        """The AutoAttack-lite of the head choice and the verdict, with ``lite_square_queries``."""
+        return replace(LITE_BUDGET, square_queries=self.lite_square_queries)
 
     @property
     def copies(self) -> int:

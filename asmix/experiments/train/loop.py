@@ -249,12 +249,13 @@ def train_mixer(
             config.target_clean_acc,
             min_alpha=config.range_min_alpha,
             max_width=config.range_max_width,
+            budget=config.lite_budget,
             **settings,
         )
         final.set_alpha_range(selection.alpha_min, selection.alpha_max)
         final.set_alpha_bias(selection.alpha_bias)
     if judge_mixer:
-        verdict = judge(ema_mixed, x_val[check], y_val[check], **settings)
+        verdict = judge(ema_mixed, x_val[check], y_val[check], budget=config.lite_budget, **settings)
     if writer:
         save_mixer(
             final,
