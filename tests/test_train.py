@@ -400,7 +400,8 @@ def test_verdict_line_says_gain_or_no_gain():
     fixed = JudgedModel("fixed alpha 0.7", 0.7, 0.99, 0.80, 99, 80, 0.7, 0.7)
     gained = Verdict(100, 0.3, "linf", mixer, fixed).line
     assert gained.startswith("gain: +5.00 points over fixed alpha 0.7 (85/100 vs 80/100 under adaptive AutoAttack-lite")
-    assert "(Square 300 queries)" in gained and gained.endswith("confirm it with asmix evaluate --attack aa,aa-adaptive")
+    assert "(Square 300 queries)" in gained
+    assert gained.endswith("confirm it with asmix evaluate --attack aa,aa-adaptive")
     lost = Verdict(
         100, 0.3, "linf", fixed.__class__(**{**mixer.__dict__, "attacked_acc": 0.8, "attacked_correct": 80}), fixed
     )
