@@ -160,8 +160,14 @@ class AttackBudget:
         _check_weight(self.alpha_weight)
 
 
+def lite_budget(square_queries: int = 300) -> AttackBudget:
+    """The quick budget that chooses and judges mixers (25 APGD iterations, 3 target classes), with Square's
+    ``square_queries``."""
+    return AttackBudget(apgd_steps=25, target_classes=3, square_queries=square_queries)
+
+
 FULL_BUDGET = AttackBudget()
-LITE_BUDGET = AttackBudget(apgd_steps=25, target_classes=3, square_queries=300)
+LITE_BUDGET = lite_budget()
 
 StageFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 """(x, y, seed) -> the stage's final point per example (its adversarial example where it succeeded)."""

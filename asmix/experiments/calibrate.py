@@ -7,14 +7,14 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from asmix.attacks.adaptive import ADAPTIVE_STAGES, LITE_BUDGET, AttackBudget, adaptive_autoattack
+from asmix.attacks.adaptive import ADAPTIVE_STAGES, LITE_BUDGET, AttackBudget, adaptive_autoattack, lite_budget
 from asmix.attacks.autoattack import STANDARD_ATTACKS
 from asmix.attacks.margin import min_margin_autoattack
 from asmix.attacks.pgd import ThreatModel
@@ -375,7 +375,7 @@ def choose_mixer(
         min_alpha=config.range_min_alpha,
         max_width=config.range_max_width,
         seed=config.run.seed,
-        budget=replace(LITE_BUDGET, square_queries=config.lite_square_queries),
+        budget=lite_budget(config.lite_square_queries),
         progress=progress,
         **settings,
     )

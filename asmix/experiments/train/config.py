@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
-from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget
+from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget, lite_budget
 from asmix.attacks.pgd import PGD, ThreatModel
 from asmix.checks import check_choice
 from asmix.errors import AsmixError
@@ -148,7 +148,7 @@ class TrainConfig:
     @property
     def lite_budget(self) -> AttackBudget:
         """The AutoAttack-lite of the head choice and the verdict, with ``lite_square_queries``."""
-        return replace(LITE_BUDGET, square_queries=self.lite_square_queries)
+        return lite_budget(self.lite_square_queries)
 
     @property
     def copies(self) -> int:
