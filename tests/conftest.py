@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -161,3 +162,14 @@ def run_in_gloo_processes(work, *args, nprocs: int = 2) -> None:
 
     sys.path.insert(0, str(Path(__file__).parent))
     mp.spawn(_gloo_process, args=(nprocs, free_port(), work, args), nprocs=nprocs, join=True)
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """``asmix ARGS`` in-process: (exit code, stdout, stderr)."""
+    from asmix.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["asmix", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from asmix import AsmixError
 from asmix.calibration import CachedLogits, MixChoice, SearchCache, family_curve, load_calibration
@@ -121,14 +122,6 @@ def test_search_cost_does_not_depend_on_models():
 
 
 # ---- the calibration file through the CLI ------------------------------------------------------------
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["asmix", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def run_cli_for_fixture(*args):

@@ -6,17 +6,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import booby_trapped_export
+from conftest import booby_trapped_export, run_cli
 
 from asmix.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["asmix", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def run_ok(monkeypatch, capsys, *args):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import StandInMixer, kill_after, run_in_gloo_processes
+from conftest import StandInMixer, kill_after, run_cli, run_in_gloo_processes
 from torch import nn
 
 from asmix.attacks.pgd import ThreatModel
@@ -283,16 +283,6 @@ def test_two_gloo_processes_give_the_same_numbers_as_one(tmp_path):
     assert trail["apgd-ce"] > trail["apgd-t"]  # APGD-T had work to do in some shard
 
 
-def run_cli(monkeypatch, capsys, *args):
-    from asmix.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["asmix", "evaluate", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 @pytest.fixture
 def saved_mixer(tmp_path):
     """A (random) mixing network for the demo CNNs, saved as trained with demo-std and demo-rob."""
@@ -319,12 +309,14 @@ def saved_mixer(tmp_path):
     ],
 )
 def test_cli_bad_input_is_one_line(monkeypatch, capsys, args, message):
-    code, out, err = run_cli(monkeypatch, capsys, *args)
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_cli_rejects_a_mixer_trained_for_other_base_models(monkeypatch, capsys, saved_mixer):
-    code, _, err = run_cli(monkeypatch, capsys, "--std", "demo-std", "--rob", "demo-std", "--mixer", str(saved_mixer))
+    code, _, err = run_cli(
+        monkeypatch, capsys, "evaluate", "--std", "demo-std", "--rob", "demo-std", "--mixer", str(saved_mixer)
+    )
     assert code == 2 and "was trained with --rob demo-rob, not demo-std" in err
 
 
@@ -339,6 +331,7 @@ def test_cli_rejects_a_mixer_trained_with_other_weights(monkeypatch, capsys, sav
     code, _, err = run_cli(
         monkeypatch,
         capsys,
+        "evaluate",
         "--mixer",
         str(saved_mixer),
         "--rob-weights",
@@ -465,6 +458,7 @@ def test_robustbench_writes_the_leaderboard_model_info_and_a_claim(monkeypatch, 
     code, out, err = run_cli(
         monkeypatch,
         capsys,
+        "evaluate",
         "--alpha",
         "0",
         "--robustbench",
@@ -506,7 +500,17 @@ def test_out_is_a_folder_and_the_old_file_form_still_works(monkeypatch, capsys, 
     import json
 
     code, _, err = run_cli(
-        monkeypatch, capsys, "--attack", "clean", "--n-examples", "4", "--device", "cpu", "--out", str(tmp_path / "run")
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--attack",
+        "clean",
+        "--n-examples",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
     )
     assert code in (0, None), err
     saved = load_examples(tmp_path / "run" / "examples.npz")
@@ -515,6 +519,7 @@ def test_out_is_a_folder_and_the_old_file_form_still_works(monkeypatch, capsys, 
     code, _, err = run_cli(
         monkeypatch,
         capsys,
+        "evaluate",
         "--attack",
         "clean",
         "--n-examples",

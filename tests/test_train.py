@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import run_cli
 
 from asmix.attacks.objectives import mixed_objective
 from asmix.attacks.pgd import ThreatModel
@@ -328,53 +329,43 @@ def test_train_data_splits_are_disjoint(tmp_path):
 
 
 def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypatch, capsys):
-    import sys
-
-    from asmix.cli import main
-
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "asmix",
-            "train-mixer",
-            "--n-train",
-            "64",
-            "--n-val",
-            "16",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-            "--target-classes",
-            "1",
-            "--apgd-steps-df",
-            "2",
-            "--val-steps",
-            "1",
-            "--mixer-width",
-            "8",
-            "--mixer-stages",
-            "1",
-            "--mixer-blocks",
-            "1",
-            "--device",
-            "cpu",
-            "--compare",
-            "--n-examples",
-            "8",
-            "--lite-square-queries",
-            "7",
-            "--out",
-            str(tmp_path / "run"),
-            "--json",
-            str(tmp_path / "result.json"),
-        ],
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "train-mixer",
+        "--n-train",
+        "64",
+        "--n-val",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--target-classes",
+        "1",
+        "--apgd-steps-df",
+        "2",
+        "--val-steps",
+        "1",
+        "--mixer-width",
+        "8",
+        "--mixer-stages",
+        "1",
+        "--mixer-blocks",
+        "1",
+        "--device",
+        "cpu",
+        "--compare",
+        "--n-examples",
+        "8",
+        "--lite-square-queries",
+        "7",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+        str(tmp_path / "result.json"),
     )
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr().out
-    assert exit_info.value.code == 0
+    assert code == 0, err
     summary = json.loads((tmp_path / "result.json").read_text())
     assert summary["config"]["epochs"] == 1 and summary["config"]["setting"] == "C" and len(summary["history"]) == 1
     assert summary["selection"]["target_clean_acc"] == 0.985 and summary["selection"]["n_examples"] == 8
@@ -434,13 +425,6 @@ def test_judge_picks_the_largest_fixed_alpha_as_accurate_as_the_mixer():
 
 @pytest.mark.parametrize("command", ["train-mixer", "calibrate"])
 def test_lite_square_queries_must_be_positive(monkeypatch, capsys, tmp_path, command):
-    import sys
-
-    from asmix.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["asmix", command, "--lite-square-queries", "0", "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, out, err = run_cli(monkeypatch, capsys, command, "--lite-square-queries", "0", "--out", str(tmp_path / "o"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
     assert "square" in err.lower() and not (tmp_path / "o").exists()
