@@ -499,35 +499,12 @@ def test_robustbench_radius_is_written_as_robustbench_does():
 def test_out_is_a_folder_and_the_old_file_form_still_works(monkeypatch, capsys, tmp_path):
     import json
 
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "evaluate",
-        "--attack",
-        "clean",
-        "--n-examples",
-        "4",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path / "run"),
-    )
+    clean_on_four = ["evaluate", "--attack", "clean", "--n-examples", "4", "--device", "cpu", "--out"]
+    code, _, err = run_cli(monkeypatch, capsys, *clean_on_four, str(tmp_path / "run"))
     assert code in (0, None), err
     saved = load_examples(tmp_path / "run" / "examples.npz")
     document = json.loads((tmp_path / "run" / "evaluate.json").read_text())
     assert saved["mixed/clean/correct"].float().mean().item() == document["rows"]["mixed"]["clean"]["accuracy"]
-    code, _, err = run_cli(
-        monkeypatch,
-        capsys,
-        "evaluate",
-        "--attack",
-        "clean",
-        "--n-examples",
-        "4",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path / "old.npz"),
-    )
+    code, _, err = run_cli(monkeypatch, capsys, *clean_on_four, str(tmp_path / "old.npz"))
     assert code in (0, None) and (tmp_path / "old.npz").is_file()
     assert "--out" in err and "as a file is deprecated: give a folder" in err
