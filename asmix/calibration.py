@@ -6,69 +6,81 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from asmix.errors import AsmixError
-from asmix.mixing import check_alpha, std_log_probs
+from asmix.mixing import EvaluationHead, check_alpha, std_log_probs
 from asmix.nuts import DEFAULT_LN_K, NutsMap, layer_norm
 
 FORMAT = "asmix-calibration"
 VERSION = 1
-FAMILIES = ("linear", "nuts", "mixer")
+FAMILIES = ("linear", "tempered", "nuts", "mixer")
+"""linear: the plain fixed alpha (scales 1); tempered: the fixed alpha with the best logit scales of g and h (the
+baseline with the freedoms of a mixer's head); nuts: MixedNUTS; mixer: a trained mixing network's head."""
 
 
 @dataclass(frozen=True)
 class MixerHead:
-    """A trained mixing network's evaluation head chosen by calibrate, and which network: its folder and the
-    sha256 of its weights (``asmix.identity.weights_digest``), so a command refuses another mixer."""
+    """A trained mixing network's evaluation head chosen by calibrate (``EvaluationHead``: range, bias and logit
+    scales), and which network: its folder and the sha256 of its weights (``asmix.identity.weights_digest``), so a
+    command refuses another mixer."""
 
     folder: str
     weights: str
-    alpha_range: tuple[float, float]
-    alpha_bias: float
+    head: EvaluationHead
 
-    def __post_init__(self) -> None:
-        low, high = self.alpha_range
-        if not 0.0 <= check_alpha(low) <= check_alpha(high) <= 1.0:
-            raise AsmixError(f"mixer alpha range must satisfy alpha_min <= alpha_max, got {self.alpha_range}")
-        if isinstance(self.alpha_bias, bool) or not isinstance(self.alpha_bias, (int, float)):
-            raise AsmixError(f"mixer alpha bias must be a number, got {self.alpha_bias!r}")
-        if not math.isfinite(self.alpha_bias):
-            raise AsmixError(f"mixer alpha bias must be finite, got {self.alpha_bias}")
+    @property
+    def alpha_range(self) -> tuple[float, float]:
+        return self.head.alpha_range
+
+    @property
+    def alpha_bias(self) -> float:
+        return self.head.alpha_bias
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"alpha_range": list(self.alpha_range)}
+        return {"folder": self.folder, "weights": self.weights, **self.head.to_dict()}
 
     @classmethod
     def from_dict(cls, data: object) -> "MixerHead":
+        """Read back ``to_dict``'s form, or the older one: ``alpha_range`` as a list and no scales (1 and 1)."""
         if not isinstance(data, dict):
             raise AsmixError(f"mixer entry must be an object, got {data!r}")
-        missing = sorted({"folder", "weights", "alpha_range", "alpha_bias"} - set(data))
+        data = dict(data)
+        missing = sorted({"folder", "weights"} - set(data))
         if missing:
             raise AsmixError(f"mixer entry lacks {', '.join(missing)}")
-        rng = data["alpha_range"]
-        if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)):
-            raise AsmixError(f"mixer alpha_range must be [alpha_min, alpha_max], got {rng!r}")
-        return cls(str(data["folder"]), str(data["weights"]), (float(rng[0]), float(rng[1])), data["alpha_bias"])
+        folder, weights = data.pop("folder"), data.pop("weights")
+        if "alpha_range" in data:
+            rng = data.pop("alpha_range")
+            if not (isinstance(rng, list) and len(rng) == 2):
+                raise AsmixError(f"mixer alpha_range must be [alpha_min, alpha_max], got {rng!r}")
+            data |= {"alpha_min": rng[0], "alpha_max": rng[1]}
+        missing = sorted({"alpha_min", "alpha_max", "alpha_bias"} - set(data))
+        if missing:
+            raise AsmixError(f"mixer entry lacks {', '.join(missing)}")
+        return cls(str(folder), str(weights), EvaluationHead.from_dict(data))
 
 
 @dataclass(frozen=True)
 class MixChoice:
-    """One mix a command can build: alpha, g's temperature (0 = hard-max, App. A.2) and h's map; or, with
-    ``mixer``, a trained mixing network's head, where ``alpha`` is its alpha_min (the smallest alpha it gives,
-    which Lemma 3.2 counts and Thm 3.5 / A.2 certify with)."""
+    """One mix a command can build: alpha, g's temperature (0 = hard-max, App. A.2), h's map and the logit scales of
+    g and h; or, with ``mixer``, a trained mixing network's head (its scales are the head's), where ``alpha`` is its
+    alpha_min (the smallest alpha it gives, which Lemma 3.2 counts and Thm 3.5 / A.2 certify with)."""
 
     alpha: float
     std_temperature: float = 1.0
     rob_map: NutsMap | None = None
     mixer: MixerHead | None = None
+    std_scale: float = 1.0
+    rob_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
+        EvaluationHead(self.alpha, self.alpha, 0.0, self.std_scale, self.rob_scale)  # finite, positive scales
         if self.mixer is not None and self.alpha != self.mixer.alpha_range[0]:
             raise AsmixError(f"a mixer's alpha is its alpha_min {self.mixer.alpha_range[0]}, got {self.alpha}")
         if not (
@@ -84,7 +96,14 @@ class MixChoice:
             "std_temperature": self.std_temperature,
             "rob_map": None if self.rob_map is None else self.rob_map.to_dict(),
             **({} if self.mixer is None else {"mixer": self.mixer.to_dict()}),
+            **({} if self.mixer is not None else {"std_scale": self.std_scale, "rob_scale": self.rob_scale}),
         }
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        """The logit scales (g, h) this mix applies: the mixer head's, else its own."""
+        head = self.mixer.head if self.mixer is not None else self
+        return head.std_scale, head.rob_scale
 
 
 @dataclass(frozen=True)
@@ -301,6 +320,8 @@ def load_calibration(path: str | Path) -> Calibration:
                 entry.get("std_temperature", 1.0),
                 None if rob_map is None else NutsMap.from_dict(rob_map),
                 None if mixer is None else MixerHead.from_dict(mixer),
+                entry.get("std_scale", 1.0),
+                entry.get("rob_scale", 1.0),
             )
         target = data.get("config", {}).get("target_clean_acc") if isinstance(data.get("config"), dict) else None
         return Calibration({k: str(v) for k, v in models.items()}, families, target, f"calibration {path}")

@@ -10,7 +10,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,12 +23,12 @@ from asmix.checks import check_choice
 from asmix.errors import AsmixError, first_line
 from asmix.identity import base_weights, describe_roles, differing_models
 from asmix.io import atomic_write, atomic_write_json
-from asmix.mixing import MixParts
+from asmix.mixing import EvaluationHead, MixParts
 
 MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_CONFIG = "mixer.json"
 MIXER_FORMAT = "asmix-mixer"
-MIXER_FORMAT_VERSION = 2
+MIXER_FORMAT_VERSION = 3
 
 DEFAULT_TAPS: dict[str, tuple[str, str]] = {
     "DemoCNN": ("layer1", "layer2"),
@@ -480,6 +480,15 @@ class MixingNetwork(nn.Module):
             raise AsmixError(f"alpha bias must be a finite number, got {alpha_bias}")
         self.alpha_bias = alpha_bias
 
+    def set_head(self, head: EvaluationHead) -> None:
+        """The range and bias of ``head`` (its logit scales belong to the mix: ``MixSettings``)."""
+        self.set_alpha_range(head.alpha_min, head.alpha_max)
+        self.set_alpha_bias(head.alpha_bias)
+
+    def head(self, std_scale: float = 1.0, rob_scale: float = 1.0) -> EvaluationHead:
+        """This network's range and bias with the logit scales it is mixed with."""
+        return EvaluationHead(self.alpha_min, self.alpha_max, self.alpha_bias, std_scale, rob_scale)
+
     @property
     def evaluation_head(self) -> bool:
         """True where the evaluation range and bias apply (eval mode outside ``full_range``)."""
@@ -588,17 +597,24 @@ def save_mixer(
     config: dict[str, Any],
     std: nn.Module | None = None,
     rob: nn.Module | None = None,
+    scales: tuple[float, float] = (1.0, 1.0),
 ) -> Path:
-    """Write ``mixer.safetensors`` (weights and BN buffers) and ``mixer.json`` (architecture plus
-    ``config``: base model specs under ``models``, training settings, data fingerprint) atomically. Given the
-    base models ``std`` and ``rob``, the sha256 of their weights goes under ``base_weights``, and loading the
-    mixer against other weights is refused."""
+    """Write ``mixer.safetensors`` (weights and BN buffers) and ``mixer.json`` (architecture, the evaluation ``head``
+    block: the network's range and bias with the logit ``scales`` of g and h, plus ``config``: base model specs under
+    ``models``, training settings, data fingerprint) atomically. Given the base models ``std`` and ``rob``, the sha256
+    of their weights goes under ``base_weights``, and loading the mixer against other weights is refused."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in mixer.state_dict().items()}
     atomic_write(directory / MIXER_WEIGHTS, lambda path: save_file(state, str(path)))
-    document = {"format": MIXER_FORMAT, "version": MIXER_FORMAT_VERSION, **config, "architecture": mixer.architecture()}
+    document = {
+        "format": MIXER_FORMAT,
+        "version": MIXER_FORMAT_VERSION,
+        **config,
+        "architecture": mixer.architecture(),
+        "head": mixer.head(*scales).to_dict(),
+    }
     if std is not None and rob is not None:
         document["base_weights"] = base_weights(std, rob)
     atomic_write_json(directory / MIXER_CONFIG, document)
@@ -657,6 +673,7 @@ class MixerCard:
     verdict: dict[str, Any] | None = None
     history: tuple[dict[str, Any], ...] = ()
     provenance: dict[str, Any] | None = None
+    head: EvaluationHead = EvaluationHead()
 
     @classmethod
     def read(cls, directory: str | Path) -> "MixerCard":
@@ -669,7 +686,7 @@ class MixerCard:
             document = json.loads(path.read_text())
             if not isinstance(document, dict) or document.get("format") != MIXER_FORMAT:
                 raise ValueError("not an asmix mixer config")
-            return cls(
+            card = cls(
                 directory=directory,
                 version=int(document.get("version", 1)),
                 models=dict(document.get("models") or {}),
@@ -678,8 +695,23 @@ class MixerCard:
                 history=tuple(document.get("history") or ()),
                 **{name: document.get(name) for name in CARD_AS_WRITTEN},
             )
-        except (ValueError, KeyError, TypeError) as error:
-            raise AsmixError(f"corrupt mixer config {path}: {error}") from error
+            return replace(card, head=EvaluationHead.from_dict(document.get("head", {}), card.head_before_scales))
+        except (ValueError, KeyError, TypeError, AsmixError) as error:
+            raise AsmixError(f"corrupt mixer config {path}: {first_line(error)}") from error
+
+    @property
+    def head_before_scales(self) -> EvaluationHead:
+        """The head of a mixer.json written before the ``head`` block: the architecture's range and bias with the
+        logit scales the mixer was trained with (1 and 1 where none was recorded)."""
+        low, high = self.architecture.get("alpha_range", (0.0, 1.0))
+        settings = self.training_settings
+        return EvaluationHead(
+            low,
+            high,
+            self.architecture.get("alpha_bias", 0.0),
+            settings.get("std_scale", 1.0),
+            settings.get("rob_scale", 1.0),
+        )
 
     @property
     def training_settings(self) -> dict[str, Any]:
@@ -697,13 +729,13 @@ class MixerCard:
 
     @property
     def std_scale(self) -> float:
-        """The scale of g's logits the mixer was trained with (1 where none was recorded)."""
-        return float(self.training_settings.get("std_scale", 1.0))
+        """The scale of g's logits in the evaluation head."""
+        return self.head.std_scale
 
     @property
     def rob_scale(self) -> float:
-        """The scale of h's logits the mixer was trained with (1 where none was recorded)."""
-        return float(self.training_settings.get("rob_scale", 1.0))
+        """The scale of h's logits in the evaluation head."""
+        return self.head.rob_scale
 
     def check_models(self, std: str | None, rob: str | None, canonical: Callable[[str], str] = str.strip) -> None:
         """Refuse base-model specs other than those the mixer was trained with, compared after ``canonical``."""
@@ -763,6 +795,7 @@ def load_mixer(
         mixer.load_state_dict(state, strict=True)
     except Exception as error:  # safetensors' own errors, shape/key mismatches, I/O
         raise AsmixError(f"corrupt mixer weights {weights_path}: {first_line(error)}") from error
+    mixer.set_head(card.head)
     if std_model is not None and rob_model is not None:
         card.check_base_weights(std_model, rob_model)
     return mixer.eval(), card

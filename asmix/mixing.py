@@ -91,6 +91,72 @@ class MixSettings:
         return MixedClassifier(std, rob, alpha, **vars(self))
 
 
+HEAD_KEYS = ("alpha_min", "alpha_max", "alpha_bias", "std_scale", "rob_scale")
+"""The evaluation head's fields, as mixer.json's ``head`` block and calibration files name them."""
+
+
+@dataclass(frozen=True)
+class EvaluationHead:
+    """A mixing network's evaluation head, the authors' whole one (App. D.1, their code): alpha = alpha_min +
+    (alpha_max - alpha_min) * sigmoid(score + alpha_bias), with g's and h's logits multiplied by ``std_scale`` and
+    ``rob_scale`` before the mix (their CIFAR-10 model: (0.96, 1.0), g 1.2, h 0.3). Training uses (0, 1), bias 0.
+    Width 0 (alpha_min == alpha_max) is a fixed alpha with these scales: a "tempered" fixed alpha."""
+
+    alpha_min: float = 0.0
+    alpha_max: float = 1.0
+    alpha_bias: float = 0.0
+    std_scale: float = 1.0
+    rob_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in HEAD_KEYS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise AsmixError(f"head {name} must be a finite number, got {value!r}")
+        if not 0.0 <= self.alpha_min <= self.alpha_max <= 1.0:
+            raise AsmixError(
+                f"head alpha range must satisfy 0 <= alpha_min <= alpha_max <= 1, got ({self.alpha_min}, "
+                f"{self.alpha_max})"
+            )
+        if not (0 < self.std_scale <= 1e3 and 0 < self.rob_scale <= 1e3):
+            raise AsmixError(f"head logit scales must be in (0, 1000], got {self.std_scale}, {self.rob_scale}")
+
+    @property
+    def alpha_range(self) -> tuple[float, float]:
+        return self.alpha_min, self.alpha_max
+
+    @property
+    def is_training_head(self) -> bool:
+        """Range (0, 1) and bias 0: the head the network was trained with, never a chosen one."""
+        return (self.alpha_min, self.alpha_max, self.alpha_bias) == (0.0, 1.0, 0.0)
+
+    @property
+    def is_fixed(self) -> bool:
+        """Width 0: the same alpha for every input."""
+        return self.alpha_min == self.alpha_max
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in HEAD_KEYS}
+
+    @classmethod
+    def from_dict(cls, data: object, defaults: "EvaluationHead | None" = None) -> "EvaluationHead":
+        """A head from its ``to_dict`` form; a missing key takes ``defaults``' value (older files have no scales:
+        1), an unknown key is refused."""
+        if not isinstance(data, dict):
+            raise AsmixError(f"head must be an object of {', '.join(HEAD_KEYS)}, got {data!r}")
+        unknown = sorted(set(data) - set(HEAD_KEYS))
+        if unknown:
+            raise AsmixError(f"head has unknown keys {', '.join(map(str, unknown))} (known: {', '.join(HEAD_KEYS)})")
+        base = (defaults or cls()).to_dict()
+        return cls(**(base | data))
+
+    def describe(self) -> str:
+        """``(0.96, 1) bias 1.1, scales g 1.2 / h 0.3``: the head in one phrase."""
+        alpha = f"alpha {self.alpha_min:g}" if self.is_fixed else f"({self.alpha_min:g}, {self.alpha_max:g})"
+        bias = "" if self.is_fixed else f" bias {self.alpha_bias:g}"
+        return f"{alpha}{bias}, scales g {self.std_scale:g} / h {self.rob_scale:g}"
+
+
 def std_log_probs(std_logits: torch.Tensor, *, scale: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(scale * g / temperature); temperature 0 is the hard-max of g (App. A.2).
 

@@ -22,7 +22,7 @@ import torch
 from asmix.calibration import CachedLogits
 from asmix.data import load_data
 from asmix.experiments.calibrate import CalibrateConfig, choose_linear, choose_nuts, one_thread
-from asmix.experiments.train.selection import cache_pool, head_grid, pick_head, score_heads
+from asmix.experiments.train.selection import cache_pool, choose_from_caches, head_grid
 from asmix.mixer import MixingNetwork, load_mixer
 from asmix.mixing import MixedClassifier
 from asmix.models import load_model
@@ -71,7 +71,7 @@ def main() -> None:
     heads = head_grid(0.5, 0.2)
     start = time.perf_counter()
     with one_thread():
-        pick_head(score_heads(mixed, caches, y, heads), args.target)
+        choose_from_caches(mixed, caches, y, args.target, min_alpha=0.5, max_width=0.2)
     mixer_search = time.perf_counter() - start
 
     print(f"{len(x)} images, {args.std} / {args.rob}, device {device}")

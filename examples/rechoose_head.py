@@ -1,11 +1,11 @@
 """Choose a trained demo mixer's head again for another clean target, then judge it.
 
-The head (alpha range and bias) is chosen on the first half of the held-out examples (test images 1,500-1,749
-of the shipped demo set), exactly as ``train-mixer`` does, and judged with adaptive AutoAttack-lite against the
-fixed alpha of equal clean accuracy on the first ``--n-eval`` evaluation images (test images 0 to n-1), which
-no choice touched. The README's 1,000-image demo numbers for the mixer come from this script.
+The head (alpha range, bias and logit scales) is chosen on the first half of the held-out examples (test images
+1,500-1,749 of the shipped demo set), exactly as ``train-mixer`` does (by its gain over the tempered fixed alpha, or
+for ``--target-clean-acc``), and judged with adaptive AutoAttack-lite against the tempered and plain fixed alphas of
+equal clean accuracy on the first ``--n-eval`` evaluation images (test images 0 to n-1), which no choice touched.
 
-    python examples/rechoose_head.py MIXER_DIR --target-clean-acc 0.968 --max-width 0.5 --n-eval 1000
+    python examples/rechoose_head.py MIXER_DIR --max-width 0.5 --n-eval 1000
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 
 from asmix.data import load_data
 from asmix.experiments.train.comparison import judge
+from asmix.experiments.train.loop import head_classifier
 from asmix.experiments.train.selection import select_head
 from asmix.mixer import load_mixer
 from asmix.mixing import MixedClassifier
@@ -24,7 +25,7 @@ from asmix.models import load_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mixer", help="folder written by asmix train-mixer on the demo pair")
-    parser.add_argument("--target-clean-acc", type=float, default=0.968)
+    parser.add_argument("--target-clean-acc", type=float, default=None, help="default: choose by gain")
     parser.add_argument("--min-alpha", type=float, default=0.5)
     parser.add_argument("--max-width", type=float, default=0.5)
     parser.add_argument("--n-eval", type=int, default=1000)
@@ -44,11 +45,13 @@ def main() -> None:
         max_width=args.max_width,
         batch_size=args.batch_size,
     )
-    print(head, flush=True)
-    network.set_alpha_range(head.alpha_min, head.alpha_max)
-    network.set_alpha_bias(head.alpha_bias)
+    print(head.head, head.baseline, flush=True)
+    chosen = head_classifier(std, rob, network, head.head)
+    baseline = (head.baseline.head.std_scale, head.baseline.head.rob_scale)
     start = time.perf_counter()
-    verdict = judge(mixed, x[: args.n_eval], y[: args.n_eval], eps=0.3, batch_size=args.batch_size)
+    verdict = judge(
+        chosen, x[: args.n_eval], y[: args.n_eval], baseline_scales=baseline, eps=0.3, batch_size=args.batch_size
+    )
     print(verdict, f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 

@@ -16,7 +16,7 @@ from asmix.calibration import CachedLogits, MixChoice, SearchCache, family_curve
 from asmix.cli import main
 from asmix.data import load_data
 from asmix.experiments.calibrate import CalibrateConfig, choose_linear, choose_nuts, grid
-from asmix.mixing import mix_logits
+from asmix.mixing import HEAD_KEYS, mix_logits
 from asmix.nuts import NutsMap
 
 
@@ -163,7 +163,11 @@ def calibration_dir(tmp_path_factory):
 def test_calibrate_writes_json_and_plot(calibration_dir):
     data = json.loads((calibration_dir / "calibration.json").read_text())
     assert (calibration_dir / "calibration_tradeoff.png").stat().st_size > 1000
-    assert set(data["families"]) == {"linear", "nuts"} and data["models"] == {"std": "demo-std", "rob": "demo-rob"}
+    families = {"linear", "tempered", "nuts"}
+    assert set(data["families"]) == families and data["models"] == {"std": "demo-std", "rob": "demo-rob"}
+    tempered, linear = data["families"]["tempered"], data["families"]["linear"]
+    assert tempered["robust_estimate"] >= linear["robust_estimate"]  # scales 1 are among its candidates
+    assert (linear["std_scale"], linear["rob_scale"]) == (1.0, 1.0)
     nuts = data["families"]["nuts"]
     assert nuts["rob_map"]["scale"] > 0 and nuts["std_temperature"] == 0.0
     assert data["verification"] == []
@@ -211,7 +215,7 @@ def test_verify_runs_standard_autoattack_on_unseen_examples(monkeypatch, capsys,
     )
     assert code in (0, None), err
     rows = json.loads((tmp_path / "calibration.json").read_text())["verification"]
-    assert [(row["family"], row["n"]) for row in rows] == [("linear", 1), ("nuts", 1)]
+    assert [(row["family"], row["n"]) for row in rows] == [("linear", 1), ("tempered", 1), ("nuts", 1)]
     assert all(
         0 <= row["autoattack"] <= row["clean"] <= 1
         and set(row["trail"]) == {"clean", "apgd-ce", "apgd-t", "fab-t", "square"}
@@ -388,7 +392,7 @@ def test_mixer_choice_matches_a_brute_force_over_the_same_grid():
     from asmix.experiments.calibrate import MixerInput, choose_mixer
     from asmix.experiments.train.selection import attack_pools, cache_pool, head_grid, score_heads
     from asmix.identity import weights_digest
-    from asmix.mixing import MixedClassifier
+    from asmix.mixing import EvaluationHead, MixedClassifier
     from asmix.runtime import RunSettings
 
     std, rob, mixer, x = _tiny_pair_and_mixer()
@@ -411,30 +415,31 @@ def test_mixer_choice_matches_a_brute_force_over_the_same_grid():
     assert (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias) == (0.0, 1.0, 0.0)  # the head is restored
     assert set(timing) == {"attack_mixer", "forward_mixer", "search_mixer"}
 
-    # brute force: the same attacked pools, every head of the grid run end to end through the mixed model
-    mixed = MixedClassifier(std, rob, mixer).eval()
-    pools = attack_pools(mixed, x, y, eps=0.05, min_alpha=0.8, max_width=0.1, batch_size=8)
+    # brute force: the same attacked pools, every head of the grid (three of its scale pairs) and the chosen one run
+    # end to end through the mixed model
+    pools = attack_pools(
+        MixedClassifier(std, rob, mixer).eval(), x, y, eps=0.05, min_alpha=0.8, max_width=0.1, batch_size=8
+    )
+    heads = head_grid(0.8, 0.1, scales=((1.0, 1.0), (1.2, 0.3), (2.0, 0.1)))
     results = {}
     with torch.no_grad():
-        for low, high, bias in head_grid(0.8, 0.1):
-            mixer.set_alpha_range(low, high)
-            mixer.set_alpha_bias(bias)
-            right = [mixed(points).argmax(1) == y for points in pools]
-            results[(low, high, bias)] = (
-                right[0].float().mean().item(),
-                torch.stack(right).all(0).float().mean().item(),
-            )
-    mixer.set_alpha_range(0.0, 1.0)
-    mixer.set_alpha_bias(0.0)
+        for candidate in [*heads, head.head]:
+            mixed = MixedClassifier(std, rob, mixer, std_scale=candidate.std_scale, rob_scale=candidate.rob_scale)
+            mixer.set_head(candidate)
+            right = [mixed.eval()(points).argmax(1) == y for points in pools]
+            results[candidate] = (right[0].float().mean().item(), torch.stack(right).all(0).float().mean().item())
+    mixer.set_head(EvaluationHead())
     assert len(set(results.values())) > 3  # the heads differ on this set
+    assert len({(h.std_scale, h.rob_scale) for h in heads if results[h][0] >= 0.6}) > 1  # and so do the scales
     # every head's numbers from the cache equal the model's own, and the choice is the brute-force best
-    caches = [cache_pool(mixed, points, 8, torch.device("cpu")) for points in pools]
-    for candidate in score_heads(mixed, caches, y, head_grid(0.8, 0.1)):
-        key = (candidate.alpha_min, candidate.alpha_max, candidate.alpha_bias)
-        assert (candidate.clean_acc, candidate.estimated_attacked_acc) == pytest.approx(results[key])
+    caches = [cache_pool(MixedClassifier(std, rob, mixer).eval(), points, 16, torch.device("cpu")) for points in pools]
+    for candidate in score_heads(MixedClassifier(std, rob, mixer), caches, y, heads):
+        assert (candidate.clean_acc, candidate.estimated_attacked_acc) == pytest.approx(results[candidate.head]), (
+            candidate
+        )
     best = max(robust for clean, robust in results.values() if clean >= 0.6)
     assert family.meets_target and family.clean >= 0.6
-    assert results[(*head.alpha_range, head.alpha_bias)] == pytest.approx((family.clean, family.robust_estimate))
+    assert results[head.head] == pytest.approx((family.clean, family.robust_estimate))
     assert family.robust_estimate == pytest.approx(best)
     # the frontier: no candidate beats a frontier point on both numbers
     for clean, robust in zip(frontier["clean"], frontier["robust_estimate"]):
@@ -494,17 +499,19 @@ def test_calibrate_with_a_mixer_writes_the_mixer_family(mixer_calibration, demo_
     from asmix.mixer import load_mixer
 
     data = json.loads(mixer_calibration.read_text())
-    assert set(data["families"]) == {"linear", "nuts", "mixer"}
+    assert set(data["families"]) == {"linear", "tempered", "nuts", "mixer"}
     entry = data["families"]["mixer"]
-    low, high = entry["mixer"]["alpha_range"]
+    low, high = entry["mixer"]["alpha_min"], entry["mixer"]["alpha_max"]  # the whole head, scales included
     assert 0.7 <= low <= high <= min(1.0, low + 0.1 + 1e-9) and entry["alpha"] == low
+    assert entry["mixer"]["std_scale"] > 0 and entry["mixer"]["rob_scale"] > 0
+    assert entry["details"]["tempered_fixed"]["clean_acc"] >= entry["clean"]
     assert entry["mixer"]["folder"] == str(demo_mixer_dir.resolve())
     assert entry["mixer"]["weights"] == weights_digest(load_mixer(demo_mixer_dir)[0])
-    assert set(data["curves"]) == {"linear", "nuts", "mixer"} and data["curves"]["mixer"]["clean"]
+    assert set(data["curves"]) == {"linear", "tempered", "nuts", "mixer"} and data["curves"]["mixer"]["clean"]
     assert {"attack_mixer", "forward_mixer", "search_mixer"} <= set(data["timing"])
     assert (mixer_calibration.parent / "calibration_tradeoff.png").stat().st_size > 1000
     choice = load_calibration(mixer_calibration).choice("mixer")
-    assert choice.mixer.alpha_range == (low, high) and choice.mixer.alpha_bias == entry["mixer"]["alpha_bias"]
+    assert choice.mixer.head.to_dict() == {key: entry["mixer"][key] for key in HEAD_KEYS}
 
 
 @pytest.mark.parametrize(
@@ -520,7 +527,7 @@ def test_mixer_family_round_trip_through_every_command(
     monkeypatch, capsys, tmp_path, mixer_calibration, command, extra
 ):
     entry = json.loads(mixer_calibration.read_text())["families"]["mixer"]
-    low, high = entry["mixer"]["alpha_range"]
+    low, high = entry["mixer"]["alpha_min"], entry["mixer"]["alpha_max"]
     code, out, err = run_cli(
         monkeypatch,
         capsys,
@@ -625,7 +632,14 @@ def test_mixer_family_entries_are_checked(tmp_path):
         ({"linear": {"alpha": 0.8, "mixer": mixer}}, 'a "mixer" entry belongs to the mixer family only'),
         ({"mixer": {"alpha": 0.8}}, 'a "mixer" entry belongs to the mixer family only'),
         ({"mixer": {"alpha": 0.8, "mixer": mixer | {"alpha_range": [0.9, 0.8]}}}, "alpha_min <= alpha_max"),
-        ({"mixer": {"alpha": 0.8, "mixer": {"folder": "/m"}}}, "mixer entry lacks alpha_bias, alpha_range, weights"),
+        ({"mixer": {"alpha": 0.8, "mixer": {"folder": "/m"}}}, "mixer entry lacks weights"),
+        (
+            {"mixer": {"alpha": 0.8, "mixer": {"folder": "/m", "weights": "ab"}}},
+            "lacks alpha_bias, alpha_max, alpha_min",
+        ),
+        ({"mixer": {"alpha": 0.8, "mixer": mixer | {"rob_scale": 0}}}, r"logit scales must be in \(0, 1000\]"),
+        ({"mixer": {"alpha": 0.8, "mixer": mixer | {"gain": 1}}}, "head has unknown keys gain"),
+        ({"tempered": {"alpha": 0.8, "rob_scale": "x"}}, "rob_scale must be a finite number"),
         ({"mixer": {"alpha": 0.7, "mixer": mixer}}, "a mixer's alpha is its alpha_min 0.8"),
     ):
         path = _write(tmp_path / "cal.json", {"format": FORMAT, "version": VERSION, "models": {}, "families": family})
@@ -680,3 +694,38 @@ def test_a_killed_verification_resumes_from_its_saved_batches(monkeypatch, tmp_p
     assert [(r.family, r.autoattack, r.broken) for r in resumed] == [(r.family, r.autoattack, r.broken) for r in whole]
     assert 0 < whole[0].autoattack < whole[0].clean and sum(whole[0].broken.values()) > 0
     assert not (tmp_path / "verify.parts").exists()
+
+
+def test_tempered_family_finds_the_logit_scales_the_plain_fixed_alpha_lacks(tmp_path):
+    """Clean: g right but unsure (2, 0, 0), h wrong and sure (0, 3, 0); h's worst case right by a wide margin
+    (10, 0, 0). With scales 1 no alpha keeps the clean example and Lemma 3.2's bound together; with h's logits scaled
+    down an alpha does, and the tempered family finds it. Its scales reach every command through the file."""
+    from asmix.experiments.calibrate import choose_tempered
+
+    cached = CachedLogits(
+        torch.tensor([[2.0, 0, 0]] * 4).double(),
+        torch.tensor([[0, 3.0, 0]] * 4).double(),
+        torch.tensor([[10.0, 0, 0]] * 4).double(),
+        torch.zeros(4, dtype=torch.long),
+    )
+    config = CalibrateConfig(target_clean_acc=1.0)
+    plain, _ = choose_linear(cached, config)
+    tempered, curve = choose_tempered(cached, config)
+    assert plain.meets_target and plain.robust_estimate == 0.0
+    assert tempered.meets_target and tempered.clean == 1.0 and tempered.robust_estimate == 1.0
+    assert tempered.choice.rob_scale < 1.0 and curve["clean"]
+    assert tempered.details["scale_pairs"] == 15
+    path = _write(
+        tmp_path / "c.json",
+        {
+            "format": "asmix-calibration",
+            "version": 1,
+            "models": {"std": "demo-std", "rob": "demo-rob"},
+            "families": {"tempered": tempered.to_dict()},
+        },
+    )
+    choice = load_calibration(path).choice("tempered")
+    assert (
+        choice.scales == (tempered.choice.std_scale, tempered.choice.rob_scale)
+        and choice.alpha == tempered.choice.alpha
+    )

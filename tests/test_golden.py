@@ -186,7 +186,7 @@ def test_small_runs_keep_their_numbers(monkeypatch, capsys, tmp_path):
     evaluate = run_json(monkeypatch, capsys, tmp_path, "evaluate", *EVALUATE_RUN)
     check_golden("evaluate", evaluate)
 
-    # the demo pair on demo images given as a data file: mnist's run sizes, so no head choice (minutes of
+    # the demo pair on demo images given as a data file: mnist's run sizes, no head choice (minutes of
     # AutoAttack-lite on a CPU); train first, held out last
     with np.load(demo_data_file()) as demo:
         np.savez(tmp_path / "demo.npz", x=demo["x_train"][:40], y=demo["y_train"][:40])
@@ -216,6 +216,7 @@ def test_small_runs_keep_their_numbers(monkeypatch, capsys, tmp_path):
         "--val-steps",
         "2",
         "--no-verdict",
+        "--no-head-choice",
         "--out",
         str(mixer),
     )

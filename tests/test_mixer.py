@@ -492,10 +492,12 @@ def test_mixer_card_names_the_weights_head_recipe_and_verdict(tmp_path):
             "verdict": verdict,
             "selection": None,
         },
+        scales=(1.2, 0.3),
     )
     card = write_mixer_card(directory).read_text()
     assert weights_digest(std) in card and weights_digest(rob) in card and "`demo-rob`" in card
-    assert "alpha range (0.2, 0.8)" in card and "Setting C, 4 epochs" in card and "f" * 64 in card
+    head = f"range (0.20, 0.80), bias {mixer.alpha_bias:g}, scales g 1.2 / h 0.3"
+    assert head in card and "Setting C, 4 epochs" in card and "f" * 64 in card
     assert verdict["line"] in card and "| fixed alpha 0.8 | 9/10 | 8/10 | 0.800 | 0.800 |" in card
     assert "| mixer | 9/10 | 7/10 | 0.550 | 0.610 |" in card
 
@@ -572,6 +574,7 @@ def test_mixer_card_reads_grouped_and_flat_training_settings(tmp_path):
     cards = []
     for name, training in (("flat", flat), ("grouped", grouped)):
         save_mixer(mixer, tmp_path / name, config={"models": {"std": "demo-std"}, "training": training})
+        _drop_head_block(tmp_path / name)  # as asmix wrote it before the head block: the training scales apply
         cards.append(MixerCard.read(tmp_path / name))
     for card in cards:
         assert (card.std_scale, card.rob_scale) == (2.0, 1.0)
@@ -579,3 +582,33 @@ def test_mixer_card_reads_grouped_and_flat_training_settings(tmp_path):
         assert "batch 64" in mixer_card(card) and "linf eps 0.3 " in mixer_card(card)
     with pytest.raises(AsmixError, match="was trained with --std demo-std, not demo-rob"):
         cards[0].check_models("demo-rob", None)
+
+
+def _drop_head_block(directory) -> None:
+    path = directory / "mixer.json"
+    document = json.loads(path.read_text())
+    del document["head"]
+    path.write_text(json.dumps(document))
+
+
+def test_the_whole_head_round_trips_and_older_files_load_with_scales_1(tmp_path):
+    from asmix.mixing import EvaluationHead
+
+    std, rob, mixer = _trained_looking_mixer()
+    mixer.set_head(EvaluationHead(0.9, 0.98, 1.1, 1.2, 0.3))
+    save_mixer(mixer, tmp_path / "new", config={"training": {"std_scale": 1.0}}, scales=(1.2, 0.3))
+    written = json.loads((tmp_path / "new" / "mixer.json").read_text())["head"]
+    assert written == {"alpha_min": 0.9, "alpha_max": 0.98, "alpha_bias": 1.1, "std_scale": 1.2, "rob_scale": 0.3}
+    loaded, card = load_mixer(tmp_path / "new")
+    assert card.head == EvaluationHead(0.9, 0.98, 1.1, 1.2, 0.3) and (loaded.alpha_min, loaded.alpha_bias) == (0.9, 1.1)
+
+    save_mixer(mixer, tmp_path / "old", config={"training": {"setting": "C"}})
+    _drop_head_block(tmp_path / "old")  # no head block and no scale anywhere: scales 1
+    _, card = load_mixer(tmp_path / "old")
+    assert card.head == EvaluationHead(0.9, 0.98, 1.1, 1.0, 1.0)
+
+    path = tmp_path / "new" / "mixer.json"
+    for bad, message in (({"rob_scale": "0.3"}, "rob_scale must be a finite number"), ({"gain": 1}, "unknown keys")):
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"head": written | bad}))
+        with pytest.raises(AsmixError, match=f"corrupt mixer config .*{message}"):
+            load_mixer(tmp_path / "new")

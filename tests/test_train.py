@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import run_cli
+from torch import nn
 
 from asmix.attacks.objectives import mixed_objective
 from asmix.attacks.pgd import ThreatModel
@@ -24,6 +26,7 @@ from asmix.experiments.train import (
     training_rows,
 )
 from asmix.experiments.train.adversary import chi_square_steps
+from asmix.experiments.train.loop import head_classifier
 from asmix.identity import weights_digest
 from asmix.mixer import MixingNetwork, load_mixer
 from asmix.mixing import MixedClassifier, MixSettings
@@ -250,17 +253,20 @@ def test_select_head_meets_target_within_the_grid_and_restores_the_head():
     mixed = MixedClassifier(std, rob, alpha=mixer).eval()
     with torch.no_grad():
         assert (rob(x).argmax(1) == y).float().mean().item() < 1.0
-    selection = select_head(mixed, x, y, 0.9, eps=0.05, batch_size=12, min_alpha=0.0, max_width=0.1)
-    assert selection.met and selection.clean_acc >= 0.9 and selection.n_examples == 24
-    assert selection.alpha_max - selection.alpha_min <= 0.1 + 1e-9
+    selection = select_head(mixed, x, y, 0.9, eps=0.05, batch_size=24, min_alpha=0.0, max_width=0.1)
+    head = selection.head
+    assert selection.rule == "target" and selection.met and selection.clean_acc >= 0.9 and selection.n_examples == 24
+    assert head.alpha_max - head.alpha_min <= 0.1 + 1e-9
     assert (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias) == (0.0, 1.0, 0.0)  # restored
     assert 0.0 <= selection.estimated_attacked_acc <= selection.clean_acc
-    mixer.set_alpha_range(selection.alpha_min, selection.alpha_max)
-    mixer.set_alpha_bias(selection.alpha_bias)
+    # the tempered fixed alpha: at least as accurate, and no fixed alpha that is beats it on the pools
+    assert selection.baseline.head.is_fixed and selection.baseline.clean_acc >= selection.clean_acc
     with torch.no_grad():
-        assert (mixed(x).argmax(1) == y).float().mean().item() == pytest.approx(selection.clean_acc)
+        assert (head_classifier(std, rob, mixer, head)(x).argmax(1) == y).float().mean().item() == pytest.approx(
+            selection.clean_acc
+        )
     impossible = select_head(mixed, x, y, 1.0, eps=0.05, batch_size=12, min_alpha=0.99, max_width=0.0)
-    assert not impossible.met and impossible.alpha_min == impossible.alpha_max
+    assert not impossible.met and impossible.head.is_fixed
 
 
 @pytest.mark.slow
@@ -299,11 +305,11 @@ def test_target_clean_acc_sets_saved_range(tmp_path):
     )
     selection = result.selection
     assert selection is not None and selection.met and selection.clean_acc == 1.0 and selection.n_examples == 6
-    assert result.alpha_range == (selection.alpha_min, selection.alpha_max)
-    assert result.alpha_bias == selection.alpha_bias
+    assert result.head == selection.head
     assert result.verdict is not None and result.verdict.n_examples == 6  # judged on the other half
     loaded, stored = load_mixer(tmp_path)
     assert (loaded.alpha_min, loaded.alpha_max, loaded.alpha_bias) == (*result.alpha_range, result.alpha_bias)
+    assert stored.head == result.head and stored.selection["head"] == result.head.to_dict()
     assert stored.selection["target_clean_acc"] == 1.0
     assert stored.verdict["gain_points"] == pytest.approx(result.verdict.gain)
 
@@ -368,14 +374,29 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
     assert code == 0, err
     summary = json.loads((tmp_path / "result.json").read_text())
     assert summary["config"]["epochs"] == 1 and summary["config"]["setting"] == "C" and len(summary["history"]) == 1
-    assert summary["selection"]["target_clean_acc"] == 0.985 and summary["selection"]["n_examples"] == 8
+    selection = summary["selection"]  # the demo has no target now: the head is chosen by its gain
+    assert selection["rule"] == "gain" and selection["target_clean_acc"] is None and selection["n_examples"] == 8
+    assert summary["head"] == selection["head"] and (summary["head"]["alpha_min"], summary["head"]["alpha_max"]) != (
+        0,
+        1,
+    )
+    assert selection["frontier"]["mixer"] and selection["frontier"]["tempered_fixed"]
+    assert "Head choice frontier" in out and "head: " in out and (tmp_path / "run" / "head_frontier.png").is_file()
     for verdict in (summary["verdict"], summary["comparison"]):
         assert verdict["n_examples"] == 8 and verdict["line"] in out
         assert verdict["square_queries"] == 7 and "(Square 7 queries)" in verdict["line"]
         assert verdict["gain_points"] == pytest.approx(
             100 * (verdict["mixer"]["attacked_acc"] - verdict["fixed"]["attacked_acc"])
         )
-        assert verdict["fixed"]["clean_correct"] >= verdict["mixer"]["clean_correct"] or verdict["fixed"]["alpha"] == 0
+        for baseline in ("fixed", "plain"):  # the tempered and the plain fixed alpha of equal clean accuracy
+            fixed = verdict[baseline]
+            assert fixed["clean_correct"] >= verdict["mixer"]["clean_correct"] or fixed["alpha"] == 0
+        assert (verdict["plain"]["std_scale"], verdict["plain"]["rob_scale"]) == (1.0, 1.0)
+        tempered = selection["tempered_fixed"]
+        assert (verdict["fixed"]["std_scale"], verdict["fixed"]["rob_scale"]) == (
+            tempered["std_scale"],
+            tempered["rob_scale"],
+        )
     card = (tmp_path / "run" / "README.md").read_text()  # the model card beside the weights
     stored = json.loads((tmp_path / "run" / "mixer.json").read_text())
     assert stored["base_weights"]["rob"] in card and stored["verdict"]["line"] in card
@@ -387,15 +408,17 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
 def test_verdict_line_says_gain_or_no_gain():
     from asmix.experiments.train import NO_GAIN, JudgedModel, Verdict
 
-    mixer = JudgedModel("mixer", None, 0.99, 0.85, 99, 85, 0.6, 0.9)
-    fixed = JudgedModel("fixed alpha 0.7", 0.7, 0.99, 0.80, 99, 80, 0.7, 0.7)
-    gained = Verdict(100, 0.3, "linf", mixer, fixed).line
-    assert gained.startswith("gain: +5.00 points over fixed alpha 0.7 (85/100 vs 80/100 under adaptive AutoAttack-lite")
-    assert "(Square 300 queries)" in gained
-    assert gained.endswith("confirm it with asmix evaluate --attack aa,aa-adaptive")
-    lost = Verdict(
-        100, 0.3, "linf", fixed.__class__(**{**mixer.__dict__, "attacked_acc": 0.8, "attacked_correct": 80}), fixed
+    mixer = JudgedModel("mixer", None, 1.2, 0.3, 0.99, 0.85, 99, 85, 0.6, 0.9)
+    fixed = JudgedModel("fixed alpha 0.9 (g 1.2 / h 0.3)", 0.9, 1.2, 0.3, 0.99, 0.80, 99, 80, 0.9, 0.9)
+    plain = JudgedModel("fixed alpha 0.7", 0.7, 1.0, 1.0, 0.99, 0.78, 99, 78, 0.7, 0.7)
+    gained = Verdict(100, 0.3, "linf", mixer, fixed, plain).line
+    assert gained.startswith(
+        "gain: +5.00 points over tempered fixed alpha 0.9 (scales g 1.2 / h 0.3) (85/100 vs 80/100 under adaptive "
+        "AutoAttack-lite"
     )
+    assert "(Square 300 queries)" in gained and "plain fixed alpha 0.7: 78/100" in gained
+    assert gained.endswith("confirm it with asmix evaluate --attack aa,aa-adaptive")
+    lost = Verdict(100, 0.3, "linf", replace(mixer, attacked_acc=0.8, attacked_correct=80), fixed, plain)
     assert lost.line.startswith(NO_GAIN) and "+0.00 points" in lost.line
 
 
@@ -428,3 +451,36 @@ def test_lite_square_queries_must_be_positive(monkeypatch, capsys, tmp_path, com
     code, out, err = run_cli(monkeypatch, capsys, command, "--lite-square-queries", "0", "--out", str(tmp_path / "o"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
     assert "square" in err.lower() and not (tmp_path / "o").exists()
+
+
+def test_the_head_search_finds_a_planted_optimum_with_a_non_unit_scale():
+    """Synthetic cached logits, 3 classes, true class 0. Clean: g right but unsure (2, 0, 0), h wrong and sure
+    (0, 3, 0); attacked: g wrong (0, 4, 0), h right (10, 0, 0). At scales 1 no alpha keeps both (clean needs alpha <
+    0.44, attacked alpha > 0.49); with h's logits scaled by 0.3 every alpha in (0.52, 0.67) does."""
+    from asmix.experiments.train.selection import PoolCache, choose_from_caches, fixed_grid, score_heads
+
+    n = 4
+    y = torch.zeros(n, dtype=torch.long)
+    uninformative = torch.zeros(n)  # the mixer's score is the same everywhere: only the scales can help
+    clean = PoolCache(torch.tensor([[2.0, 0, 0]] * n), torch.tensor([[0, 3.0, 0]] * n), uninformative)
+    attacked = PoolCache(torch.tensor([[0, 4.0, 0]] * n), torch.tensor([[10.0, 0, 0]] * n), uninformative)
+    mixed = MixedClassifier(nn.Identity(), nn.Identity(), 0.5)
+    scales = ((1.0, 1.0), (1.2, 0.3), (1.0, 0.3), (2.0, 1.0))
+    plain = score_heads(mixed, [clean, attacked], y, fixed_grid(((1.0, 1.0),)))
+    assert max(c.estimated_attacked_acc for c in plain) == 0.0  # no plain fixed alpha gets any example
+    for target in (None, 1.0):
+        chosen = choose_from_caches(mixed, [clean, attacked], y, target, min_alpha=0.5, max_width=0.2, scales=scales)
+        assert (chosen.clean_acc, chosen.estimated_attacked_acc) == (1.0, 1.0)
+        assert chosen.head.rob_scale == 0.3 and chosen.head.alpha_min > 0.52
+        assert chosen.baseline.head.rob_scale == 0.3 and chosen.baseline.estimated_attacked_acc == 1.0
+
+
+def test_train_mixer_without_a_target_never_ends_with_the_training_head(tmp_path):
+    std, rob = _pair()
+    x, y = _data(16)
+    x_val, y_val = _data(12, seed=2)
+    result = train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=1), out_dir=tmp_path)
+    assert result.selection is not None and result.selection.rule == "gain" and not result.head.is_training_head
+    assert load_mixer(tmp_path)[1].head == result.head
+    given = train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=1, choose_head=False), judge_mixer=False)
+    assert given.selection is None and given.head.is_training_head  # only when asked for, and the CLI says so

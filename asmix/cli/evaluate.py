@@ -44,12 +44,6 @@ AlphaWeight = Annotated[
     typer.Option("--alpha-weight", help="w of the adaptive attacks' loss (1 - w) * loss + w * BCE(mixer logit, 1)."),
 ]
 SquareQueries = Annotated[int, typer.Option("--square-queries", help="Square's query budget (standard: 5000).")]
-StdScale = Annotated[
-    Optional[float], typer.Option("--std-scale", help="Scale of g's logits (default: the mixer's, else 1).")
-]
-RobScale = Annotated[
-    Optional[float], typer.Option("--rob-scale", help="Scale of h's logits (default: the mixer's, else 1).")
-]
 SaveAdv = Annotated[bool, typer.Option("--save-adv/--no-save-adv", help="Also save the adversarial examples in --out.")]
 Out = Annotated[
     Optional[Path],
@@ -103,8 +97,6 @@ ModelName = Annotated[
     OUTPUT_OPTIONS,
     n_examples=100,
     batch_size=100,
-    std_scale=own(StdScale, None),
-    rob_scale=own(RobScale, None),
     out=own(Out, None),
 )
 def evaluate_command(

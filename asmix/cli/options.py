@@ -135,10 +135,18 @@ class SharedOptions:
     mix_space: str = _shared(
         "prob", "--mix-space", panel=MIX_PANEL, metavar="prob|logit", help="prob (eq. 3.4) or logit (ablation)."
     )
-    std_scale: float = _shared(
-        1.0, "--std-scale", panel=MIX_PANEL, help="Multiply g's logits before the softmax (App. D.1)."
+    std_scale: Optional[float] = _shared(
+        None,
+        "--std-scale",
+        panel=MIX_PANEL,
+        help="Multiply g's logits before the softmax (App. D.1; default: the mixer head's, else 1).",
     )
-    rob_scale: float = _shared(1.0, "--rob-scale", panel=MIX_PANEL, help="Multiply h's logits before the softmax.")
+    rob_scale: Optional[float] = _shared(
+        None,
+        "--rob-scale",
+        panel=MIX_PANEL,
+        help="Multiply h's logits before the softmax (default: the mixer head's, else 1).",
+    )
     rob_map: Optional[str] = _shared(
         None,
         "--rob-map",
@@ -209,13 +217,21 @@ class SharedOptions:
         return RunSettings(**({"batch_size": self.batch_size, "seed": self.seed} | overrides))
 
     def mix_settings(self, choice=None, card=None):
-        """The ``MixSettings`` of ``--mix-space`` and the logit scales (each: the option, else the scale the mixer
-        ``card`` was trained with, else 1), with g's temperature and h's map from ``choice`` (``mix_choice``; None:
-        softmax of g, raw h)."""
+        """The ``MixSettings`` of ``--mix-space`` and the logit scales (each: the option, else the scale of the mixer
+        ``card``'s evaluation head, else 1; an option that overrides the head says so), with g's temperature and h's
+        map from ``choice`` (``mix_choice``; None: softmax of g, raw h)."""
         from asmix.mixing import MixSettings
 
         def scale(name: str) -> float:
-            return next(value for value in (getattr(self, name), getattr(card, name, None), 1.0) if value is not None)
+            given, head = getattr(self, name), getattr(card, name, None)
+            if head is None and choice is not None and choice.mixer is None:  # a calibrated fixed alpha's scales
+                head = choice.scales[0 if name == "std_scale" else 1]
+            if given is not None and head is not None and float(given) != float(head):
+                console.print(
+                    f"note: --{name.replace('_', '-')} {given:g} overrides the {name} {head:g} of the head chosen",
+                    highlight=False,
+                )
+            return next(value for value in (given, head, 1.0) if value is not None)
 
         return MixSettings(
             mix_space=self.mix_space or "prob",

@@ -170,20 +170,28 @@ def train_mixer_command(
         Optional[bool],
         _option("--bf16/--no-bf16", "bf16 autocast for the base models' work in training (default: on CUDA only)."),
     ] = None,
+    head_choice: Annotated[
+        bool,
+        _option(
+            "--head-choice/--no-head-choice",
+            "Choose the evaluation head (range, bias, logit scales of g and h) on the first half of the held-out "
+            "examples: by its AutoAttack-lite gain over the tempered fixed alpha of equal clean accuracy, or for "
+            "--target-clean-acc. Without it the head is --alpha-range and --alpha-bias with --std-scale/--rob-scale.",
+        ),
+    ] = True,
     alpha_range: Annotated[
         str,
-        _option("--alpha-range", "Evaluation range MIN:MAX of alpha without --target-clean-acc (training uses 0:1)."),
+        _option("--alpha-range", "Evaluation range MIN:MAX of alpha with --no-head-choice (training uses 0:1)."),
     ] = "0:1",
     alpha_bias: Annotated[
         float,
-        _option("--alpha-bias", "Evaluation bias on the mixer logit without --target-clean-acc (training uses 0)."),
+        _option("--alpha-bias", "Evaluation bias on the mixer logit with --no-head-choice (training uses 0)."),
     ] = 0.0,
     target_clean_acc: Annotated[
         Optional[float],
         _option(
             "--target-clean-acc",
-            "Choose range and bias on held-out data for this clean accuracy (fraction or percent; default 98.5 on "
-            "demo).",
+            "Choose the head for this clean accuracy (fraction or percent) instead of by its gain.",
         ),
     ] = None,
     range_min_alpha: Annotated[
@@ -221,13 +229,20 @@ def train_mixer_command(
     from asmix.io import atomic_write_json
     from asmix.mixer import parse_layers
     from asmix.report.card import write_mixer_card
-    from asmix.report.train import epoch_line, history_table, selection_line, verdict_table, write_train_outputs
+    from asmix.report.train import (
+        epoch_line,
+        frontier_table,
+        head_line,
+        history_table,
+        verdict_table,
+        write_train_outputs,
+    )
     from asmix.runtime import resolve_device
 
     check_outputs(json_path=shared.json_path, out_dir=out, report=shared.report)
     source = shared.pair_source()
     size = default_run_size(shared.dataset)
-    target = size.target_clean_acc if target_clean_acc is None else target_clean_acc
+    target = target_clean_acc
     if target is not None and target > 1:
         target /= 100
     device = distributed.local_device(resolve_device(shared.device))
@@ -268,6 +283,7 @@ def train_mixer_command(
         bf16=device.type == "cuda" if bf16 is None else bf16,
         alpha_range=parse_range(alpha_range, name="--alpha-range"),
         alpha_bias=alpha_bias,
+        choose_head=head_choice,
         target_clean_acc=target,
         range_min_alpha=range_min_alpha,
         range_max_width=range_max_width,
@@ -301,10 +317,12 @@ def train_mixer_command(
         if compare:
             n_compare = shared.n_examples or size.n_compare
             mixed = result.mixed_classifier(pair.std, pair.rob).to(device)
+            baseline = result.selection.baseline.head if result.selection is not None else None
             comparison = judge(
                 mixed,
                 split.x_test[:n_compare],
                 split.y_test[:n_compare],
+                baseline_scales=(baseline.std_scale, baseline.rob_scale) if baseline else (1.0, 1.0),
                 eps=config.validation_threat.eps,
                 norm=config.threat.norm,
                 batch_size=config.run.batch_size,
@@ -317,7 +335,8 @@ def train_mixer_command(
         return
     stdout.print(history_table(result))
     if result.selection is not None:
-        stdout.print(selection_line(result.selection), soft_wrap=True)
+        stdout.print(frontier_table(result.selection))
+    stdout.print(head_line(result), soft_wrap=True)
     for title, judged in (("held-out", result.verdict), ("evaluation", comparison)):
         if judged is not None:
             stdout.print(verdict_table(judged, title))

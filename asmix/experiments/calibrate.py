@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +32,9 @@ from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
 from asmix.experiments.settings import config_dict
-from asmix.experiments.train.selection import attack_pools, cache_pool, head_grid, pick_head, score_heads
+from asmix.experiments.train.selection import SCALES, attack_pools, cache_pool, choose_from_caches
 from asmix.identity import weights_digest
-from asmix.mixing import MixedClassifier, check_alpha, freeze
+from asmix.mixing import HEAD_KEYS, MixedClassifier, check_alpha, freeze
 from asmix.nuts import NutsMap
 from asmix.runtime import ProgressFn, RunSettings, batch_slices, predict_logits
 
@@ -108,8 +108,9 @@ class MixerInput:
 
 
 def load_calibrated_mixer(choice: MixChoice, *, std: str, rob: str, source: str):
-    """The mixing network a calibration's mixer family names, with the chosen head set, and its ``MixerCard``:
-    trained for ``std``/``rob`` and holding the weights (sha256) the calibration was made with, or one line."""
+    """The mixing network a calibration's mixer family names, with the chosen head set, and its ``MixerCard`` with
+    that head (range, bias and logit scales): trained for ``std``/``rob`` and holding the weights (sha256) the
+    calibration was made with, or one line."""
     from asmix.mixer import load_mixer
     from asmix.models import canonical_spec
 
@@ -124,9 +125,8 @@ def load_calibrated_mixer(choice: MixChoice, *, std: str, rob: str, source: str)
             f"{source}: the mixer in {head.folder} has other weights than the one calibrated (sha256 "
             f"{digest[:12]}..., calibrated {head.weights[:12]}...): calibrate it again"
         )
-    mixer.set_alpha_range(*head.alpha_range)
-    mixer.set_alpha_bias(head.alpha_bias)
-    return mixer, card
+    mixer.set_head(head.head)
+    return mixer, replace(card, head=head.head)
 
 
 @dataclass(frozen=True)
@@ -250,6 +250,43 @@ def choose_linear(cached: CachedLogits, config: CalibrateConfig) -> tuple[Family
         seconds,
         {"candidates": int(len(alphas))},
     ), _curve(alphas, clean, robust)
+
+
+def choose_tempered(
+    cached: CachedLogits, config: CalibrateConfig, scales: tuple[tuple[float, float], ...] = SCALES
+) -> tuple[FamilyChoice, dict]:
+    """The tempered fixed alpha: for each (g, h) logit scale pair of ``scales`` the best alpha at the target (exact,
+    as ``choose_linear``), then the pair with the best robust estimate (ties: more accurate, scales nearer 1). The
+    baseline with the same freedoms as a mixer's head."""
+    start = time.perf_counter()
+    found = []
+    for std_scale, rob_scale in scales:
+        scaled = CachedLogits(
+            cached.std_clean * std_scale, cached.rob_clean * rob_scale, cached.rob_attacked * rob_scale, cached.y
+        )
+        curve = family_curve(scaled, None, 1.0)
+        point, meets = best_alpha(*curve, config.target_clean_acc)
+        nearness = -abs(std_scale - 1) - abs(rob_scale - 1)
+        found.append(
+            (
+                (meets, point.robust_estimate if meets else point.clean, point.clean, nearness),
+                point,
+                meets,
+                (std_scale, rob_scale),
+                curve,
+            )
+        )
+    _, point, meets, (std_scale, rob_scale), curve = max(found, key=lambda entry: entry[0])
+    seconds = time.perf_counter() - start
+    return FamilyChoice(
+        "tempered",
+        MixChoice(point.alpha, std_scale=std_scale, rob_scale=rob_scale),
+        point.clean,
+        point.robust_estimate,
+        meets,
+        seconds,
+        {"candidates": int(sum(len(entry[4][0]) for entry in found)), "scale_pairs": len(scales)},
+    ), _curve(*curve)
 
 
 def grid(config: CalibrateConfig) -> list[tuple[float, float, float]]:
@@ -383,40 +420,42 @@ def choose_mixer(
     caches = [cache_pool(mixed, points, **settings) for points in pools]
     forward = time.perf_counter() - start - attack
     with one_thread():
-        heads = head_grid(config.range_min_alpha, config.range_max_width)
-        candidates = score_heads(mixed, caches, y, heads)
-        best, meets = pick_head(candidates, config.target_clean_acc)
+        selection = choose_from_caches(
+            mixed,
+            caches,
+            y,
+            config.target_clean_acc,
+            min_alpha=config.range_min_alpha,
+            max_width=config.range_max_width,
+        )
     search = time.perf_counter() - start - attack - forward
-    head = MixerHead(mixer.folder, weights, (best.alpha_min, best.alpha_max), best.alpha_bias)
+    best = selection.chosen
     details = {
-        "candidates": len(heads),
+        "candidates": selection.n_candidates,
         "estimate": "adaptive AutoAttack-lite through the mixer and the fixed alpha range_min_alpha (pooled)",
         "inputs_cached": sum(len(points) for points in pools),
+        "tempered_fixed": selection.baseline.to_dict(),
     }
     choice = FamilyChoice(
         "mixer",
-        MixChoice(best.alpha_min, mixer=head),
+        MixChoice(best.head.alpha_min, mixer=MixerHead(mixer.folder, weights, best.head)),
         best.clean_acc,
         best.estimated_attacked_acc,
-        meets,
+        selection.met,
         search,
         details,
     )
-    return choice, _frontier(candidates), {"attack_mixer": attack, "forward_mixer": forward, "search_mixer": search}
+    return (
+        choice,
+        _frontier(selection.frontier),
+        {"attack_mixer": attack, "forward_mixer": forward, "search_mixer": search},
+    )
 
 
-def _frontier(candidates) -> dict[str, list[float]]:
-    """The candidates no other beats on both clean accuracy and the estimate, by clean accuracy."""
-    points, best = [], -1.0
-    for c in sorted(candidates, key=lambda c: (-c.clean_acc, -c.estimated_attacked_acc)):
-        if c.estimated_attacked_acc > best:
-            points.append(c)
-            best = c.estimated_attacked_acc
-    points.reverse()
-    return {
-        "alpha_min": [c.alpha_min for c in points],
-        "alpha_max": [c.alpha_max for c in points],
-        "alpha_bias": [c.alpha_bias for c in points],
+def _frontier(points) -> dict[str, list[float]]:
+    """A frontier of heads (``selection.frontier``) as columns, by clean accuracy."""
+    columns = {name: [getattr(c.head, name) for c in points] for name in HEAD_KEYS}
+    return columns | {
         "clean": [c.clean_acc for c in points],
         "robust_estimate": [c.estimated_attacked_acc for c in points],
     }
@@ -502,12 +541,21 @@ def _family_classifier(std: nn.Module, rob: nn.Module, choice: MixChoice, mixer:
     """The mix a family's choice names: the mixer with the chosen head, or a fixed alpha with g's temperature and
     h's map."""
     if choice.mixer is None:
-        return MixedClassifier(std, rob, choice.alpha, std_temperature=choice.std_temperature, rob_map=choice.rob_map)
+        std_scale, rob_scale = choice.scales
+        return MixedClassifier(
+            std,
+            rob,
+            choice.alpha,
+            std_temperature=choice.std_temperature,
+            rob_map=choice.rob_map,
+            std_scale=std_scale,
+            rob_scale=rob_scale,
+        )
     if mixer is None:
         raise AsmixError("verifying the mixer family needs its mixing network")
-    mixer.network.set_alpha_range(*choice.mixer.alpha_range)
-    mixer.network.set_alpha_bias(choice.mixer.alpha_bias)
-    return MixedClassifier(std, rob, mixer.network, std_scale=mixer.std_scale, rob_scale=mixer.rob_scale)
+    head = choice.mixer.head
+    mixer.network.set_head(head)
+    return MixedClassifier(std, rob, mixer.network, std_scale=head.std_scale, rob_scale=head.rob_scale)
 
 
 def calibrate(
@@ -533,8 +581,9 @@ def calibrate(
     cached, timing = cache_logits(std, rob, x, y, config, device=device, progress=progress)
     with one_thread():
         linear, linear_curve = choose_linear(cached, config)
+        tempered, tempered_curve = choose_tempered(cached, config)
         nuts, nuts_curve = choose_nuts(cached, config, progress=progress)
-    timing |= {"search_linear": linear.seconds, "search_nuts": nuts.seconds}
+    timing |= {"search_linear": linear.seconds, "search_tempered": tempered.seconds, "search_nuts": nuts.seconds}
     y_cpu = cached.y
     h_attacked = (cached.rob_attacked.argmax(1) == y_cpu).double().mean().item()
     base = {
@@ -542,8 +591,8 @@ def calibrate(
         "rob_clean": (cached.rob_clean.argmax(1) == y_cpu).double().mean().item(),
         "rob_attacked": h_attacked,
     }
-    families = {"linear": linear, "nuts": nuts}
-    curves = {"linear": linear_curve, "nuts": nuts_curve}
+    families = {"linear": linear, "tempered": tempered, "nuts": nuts}
+    curves = {"linear": linear_curve, "tempered": tempered_curve, "nuts": nuts_curve}
     if mixer is not None:
         families["mixer"], curves["mixer"], mixer_timing = choose_mixer(
             std, rob, x, y, mixer, config, device=device, progress=progress

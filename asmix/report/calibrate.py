@@ -16,14 +16,18 @@ PLOT_FILE = "calibration_tradeoff.png"
 def _map_text(family) -> str:
     choice = family.choice
     if choice.mixer is not None:
-        low, high = choice.mixer.alpha_range
-        return f"mixer range ({low:.2f}, {high:.2f}) bias {choice.mixer.alpha_bias:g}"
+        head = choice.mixer.head
+        return (
+            f"mixer range ({head.alpha_min:.2f}, {head.alpha_max:.2f}) bias {head.alpha_bias:g}, "
+            f"scales g {head.std_scale:g} / h {head.rob_scale:g}"
+        )
     rob = (
         "h"
         if choice.rob_map is None
         else (f"s={choice.rob_map.scale:.3g} p={choice.rob_map.power:.3g} c={choice.rob_map.clamp_bias:.3g}")
     )
-    return ("hard-max g, " if choice.std_temperature == 0 else "") + rob
+    scales = "" if choice.scales == (1.0, 1.0) else f", scales g {choice.std_scale:g} / h {choice.rob_scale:g}"
+    return ("hard-max g, " if choice.std_temperature == 0 else "") + rob + scales
 
 
 def calibrate_table(result) -> Table:
@@ -98,6 +102,7 @@ def plot_calibration(result, path: str | Path) -> Path:
     figure, axes = new_figure()
     labels = {
         "linear": "fixed alpha (eq. 3.4)",
+        "tempered": "tempered fixed alpha (best logit scales)",
         "nuts": "MixedNUTS map",
         "mixer": "trained mixer, heads (AutoAttack-lite estimate)",
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 from asmix.io import atomic_write_text
 from asmix.mixer import MixerCard
 from asmix.report import alpha_text, percent
+from asmix.report.train import head_text
 
 CARD = "README.md"
 
@@ -17,7 +18,6 @@ def mixer_card(card: MixerCard) -> str:
     fingerprint and the verdict, all read from a mixer's ``card`` (its mixer.json)."""
     models, weights, architecture = card.models, card.base_weights or {}, card.architecture
     training = card.training_settings
-    low, high = architecture.get("alpha_range", [None, None])
     lines = [
         "# asmix mixing network",
         "",
@@ -36,16 +36,20 @@ def mixer_card(card: MixerCard) -> str:
         "",
         "## Evaluation head",
         "",
-        f"alpha range ({low}, {high}), bias {architecture.get('alpha_bias')}, sigmoid scale "
-        f"{architecture.get('scale')}; taps g {architecture.get('std_layers') or 'none (reads h alone)'}, "
-        f"h {architecture.get('rob_layers')}.",
+        f"{head_text(card.head)}; sigmoid scale {architecture.get('scale')}; taps g "
+        f"{architecture.get('std_layers') or 'none (reads h alone)'}, h {architecture.get('rob_layers')}.",
     ]
     selection = card.selection
     if selection:
+        target = selection.get("target_clean_acc")
+        rule = (
+            f"for clean accuracy >= {percent(target)}%"
+            if target is not None
+            else "by its gain over the tempered fixed alpha of equal clean accuracy"
+        )
         lines += [
             "",
-            f"Chosen for clean accuracy >= {percent(selection['target_clean_acc'])}% on "
-            f"{selection['n_examples']} held-out examples by adaptive AutoAttack-lite "
+            f"Chosen {rule} on {selection['n_examples']} held-out examples by adaptive AutoAttack-lite "
             f"(clean {percent(selection['clean_acc'])}%).",
         ]
     lines += [
@@ -80,14 +84,15 @@ def mixer_card(card: MixerCard) -> str:
             "| model | clean | AutoAttack-lite (worst case) | mean alpha clean | mean alpha attacked |",
             "|---|---|---|---|---|",
         ]
-        for row in (verdict["mixer"], verdict["fixed"]):
+        plain = verdict.get("plain")
+        for row in [verdict["mixer"], verdict["fixed"]] + ([plain] if plain and plain != verdict["fixed"] else []):
             lines.append(
                 f"| {row['name']} | {row['clean_correct']}/{verdict['n_examples']} | "
                 f"{row['attacked_correct']}/{verdict['n_examples']} | {alpha_text(row.get('alpha_clean'))} | "
                 f"{alpha_text(row.get('alpha_attacked'))} |"
             )
     else:
-        lines.append("Not measured (trained with --no-verdict or without --target-clean-acc).")
+        lines.append("Not measured (trained with --no-verdict).")
     provenance = card.provenance or {}
     if provenance:
         lines += [

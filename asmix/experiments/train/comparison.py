@@ -1,9 +1,10 @@
-"""The verdict on a trained mixer: against the fixed alpha of equal clean accuracy, under the same quick
-worst-case attack (``autoattack_lite``: adaptive APGD-CE, APGD-T, alpha-first and Square, end to end)."""
+"""The verdict on a trained mixer: against the tempered fixed alpha of equal clean accuracy (the same freedom of logit
+scales as the mixer's head) and the plain one (scales 1), under the same quick worst-case attack (``autoattack_lite``:
+adaptive APGD-CE, APGD-T, alpha-first and Square, end to end)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -22,6 +23,8 @@ class JudgedModel:
 
     name: str
     alpha: float | None
+    std_scale: float
+    rob_scale: float
     clean_acc: float
     attacked_acc: float
     clean_correct: int
@@ -32,18 +35,22 @@ class JudgedModel:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The mixer against the most robust fixed alpha whose clean accuracy is at least the mixer's."""
+    """The mixer against the tempered fixed alpha (``fixed``: the most robust fixed alpha with the head search's
+    logit scales whose clean accuracy is at least the mixer's; scales chosen on held-out examples) and the plain one
+    (``plain``: scales 1). The gain is over the tempered one, the baseline with the mixer's freedoms."""
 
     n_examples: int
     eps: float
     norm: str
     mixer: JudgedModel
     fixed: JudgedModel
+    plain: JudgedModel
     square_queries: int = LITE_BUDGET.square_queries
+    detector_profile: tuple = ()
 
     @property
     def gain(self) -> float:
-        """Robust accuracy of the mixer minus that of the fixed alpha, in points."""
+        """Robust accuracy of the mixer minus that of the tempered fixed alpha, in points."""
         return 100 * (self.mixer.attacked_acc - self.fixed.attacked_acc)
 
     @property
@@ -52,17 +59,21 @@ class Verdict:
         counts = (
             f"{self.mixer.attacked_correct}/{self.n_examples} vs {self.fixed.attacked_correct}/{self.n_examples} "
             f"under adaptive AutoAttack-lite (Square {self.square_queries} queries), "
-            f"clean {self.mixer.clean_correct} vs {self.fixed.clean_correct}"
+            f"clean {self.mixer.clean_correct} vs {self.fixed.clean_correct}; plain fixed alpha {self.plain.alpha:g}: "
+            f"{self.plain.attacked_correct}/{self.n_examples}"
         )
+        fixed = self.fixed
+        baseline = f"tempered fixed alpha {fixed.alpha:g} (scales g {fixed.std_scale:g} / h {fixed.rob_scale:g})"
         if self.gain > 0:
             return (
-                f"gain: {self.gain:+.2f} points over fixed alpha {self.fixed.alpha:g} ({counts}); "
-                f"confirm it with asmix evaluate --attack aa,aa-adaptive"
+                f"gain: {self.gain:+.2f} points over {baseline} ({counts}); "
+                "confirm it with asmix evaluate --attack aa,aa-adaptive"
             )
-        return f"{NO_GAIN} ({self.gain:+.2f} points against fixed alpha {self.fixed.alpha:g}; {counts})"
+        return f"{NO_GAIN} ({self.gain:+.2f} points against {baseline}; {counts})"
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"gain_points": self.gain, "line": self.line}
+        profile = [row.to_dict() if hasattr(row, "to_dict") else row for row in self.detector_profile]
+        return asdict(self) | {"gain_points": self.gain, "line": self.line, "detector_profile": profile}
 
 
 def clean_logits(mixed: MixedClassifier, x: torch.Tensor, batch_size: int, device: torch.device):
@@ -116,6 +127,8 @@ def attack_accuracy(
     return JudgedModel(
         name,
         alpha,
+        mixed.settings.std_scale,
+        mixed.settings.rob_scale,
         sums[0].item() / n,
         sums[1].item() / n,
         int(sums[0]),
@@ -125,11 +138,18 @@ def attack_accuracy(
     )
 
 
+def with_scales(mixed: MixedClassifier, alpha: float, scales: tuple[float, float]) -> MixedClassifier:
+    """The fixed alpha ``alpha`` on ``mixed``'s g and h with logit ``scales`` (g, h) and its other settings."""
+    settings = replace(mixed.settings, std_scale=float(scales[0]), rob_scale=float(scales[1]))
+    return settings.classifier(mixed.std, mixed.rob, alpha).eval()
+
+
 def judge(
     mixed: MixedClassifier,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    baseline_scales: tuple[float, float] = (1.0, 1.0),
     eps: float,
     norm: str = "linf",
     batch_size: int = 256,
@@ -138,7 +158,9 @@ def judge(
     budget: AttackBudget = LITE_BUDGET,
     progress: ProgressFn | None = None,
 ) -> Verdict:
-    """The mixer and the fixed alpha of equal clean accuracy on ``(x, y)``, under the same adaptive
+    """The mixer against the fixed alphas of equal clean accuracy on ``(x, y)``, with ``baseline_scales`` (the
+    tempered one, scales chosen on other held-out examples: ``HeadSelection.baseline``) and with scales 1 (plain),
+    each the largest alpha whose clean count on ``x`` reaches the mixer's, all under the same adaptive
     AutoAttack-lite; the verdict says whether the mixer gains anything an adaptive attacker cannot undo."""
     if not mixed.adaptive:
         raise AsmixError("the verdict needs a mixing network")
@@ -149,6 +171,15 @@ def judge(
     )
     adaptive = attack_accuracy(mixed, x, y, name="mixer", **settings)
     std_logits, rob_logits = clean_logits(mixed, x, batch_size, device)
-    alpha = equal_accuracy_alpha(mixed, std_logits, rob_logits, y.to(device), adaptive.clean_correct)
-    fixed = attack_accuracy(mixed.with_alpha(alpha), x, y, name=f"fixed alpha {alpha:g}", **settings)
-    return Verdict(len(x), eps, norm, adaptive, fixed, budget.square_queries)
+    judged: dict[tuple, JudgedModel] = {}
+    for scales in (tuple(baseline_scales), (1.0, 1.0)):
+        probe = with_scales(mixed, 0.5, scales)
+        alpha = equal_accuracy_alpha(probe, std_logits, rob_logits, y.to(device), adaptive.clean_correct)
+        key = (alpha, *scales)
+        if key not in judged:
+            name = f"fixed alpha {alpha:g}" + ("" if scales == (1.0, 1.0) else f" (g {scales[0]:g} / h {scales[1]:g})")
+            judged[key] = attack_accuracy(with_scales(mixed, alpha, scales), x, y, name=name, **settings)
+        judged[scales] = judged[key]
+    return Verdict(
+        len(x), eps, norm, adaptive, judged[tuple(baseline_scales)], judged[(1.0, 1.0)], budget.square_queries
+    )

@@ -69,6 +69,7 @@ class TrainConfig:
     bf16: bool = False
     alpha_range: tuple[float, float] = (0.0, 1.0)
     alpha_bias: float = 0.0
+    choose_head: bool = True
     target_clean_acc: float | None = None
     range_min_alpha: float = 0.5
     range_max_width: float = 0.2
@@ -132,6 +133,8 @@ class TrainConfig:
         check_alpha(self.alpha_range[0]), check_alpha(self.alpha_range[1])
         if self.alpha_range[0] > self.alpha_range[1]:
             raise AsmixError(f"alpha range must be MIN:MAX with MIN <= MAX, got {self.alpha_range}")
+        if self.target_clean_acc is not None and not self.choose_head:
+            raise AsmixError("a target clean accuracy chooses the head: it needs the head choice")
         if self.target_clean_acc is not None and not 0.0 < self.target_clean_acc <= 1.0:
             raise AsmixError(f"target clean accuracy must be a fraction in (0, 1], got {self.target_clean_acc}")
         check_alpha(self.range_min_alpha)
@@ -183,7 +186,6 @@ class RunSize:
     target_classes: int = 9
     val_steps: int = 20
     n_compare: int = 1000
-    target_clean_acc: float | None = None
 
 
 def default_run_size(dataset: str) -> RunSize:
@@ -198,6 +200,5 @@ def default_run_size(dataset: str) -> RunSize:
             apgd_steps_df=10,
             target_classes=2,
             val_steps=10,
-            target_clean_acc=0.985,
         )
     return RunSize()

@@ -28,7 +28,7 @@ from asmix.experiments.train.validation import validate
 from asmix.identity import base_weights
 from asmix.io import atomic_write_text
 from asmix.mixer import MixingNetwork, save_mixer
-from asmix.mixing import MixedClassifier
+from asmix.mixing import EvaluationHead, MixedClassifier, MixSettings
 from asmix.runtime import ProgressFn, batch_generator
 
 
@@ -50,13 +50,12 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """A finished run: its settings, per-epoch history, the evaluation head (range and bias), the head choice
-    and the verdict against a fixed alpha (when asked for), and the trained mixer itself."""
+    """A finished run: its settings, per-epoch history, the evaluation head (range, bias and logit scales), the head
+    choice and the verdict against the fixed alphas (when asked for), and the trained mixer itself."""
 
     config: TrainConfig
     history: tuple[EpochRecord, ...]
-    alpha_range: tuple[float, float]
-    alpha_bias: float
+    head: EvaluationHead
     n_train: int
     n_val: int
     selection: HeadSelection | None = None
@@ -69,16 +68,25 @@ class TrainResult:
         return {
             "config": self.config.to_dict() | {"n_train": self.n_train, "n_val": self.n_val, "models": self.models},
             "alpha_range": list(self.alpha_range),
-            "alpha_bias": self.alpha_bias,
+            "alpha_bias": self.head.alpha_bias,
+            "head": self.head.to_dict(),
             "history": [asdict(record) for record in self.history],
             "selection": self.selection.to_dict() if self.selection else None,
             "verdict": self.verdict.to_dict() if self.verdict else None,
             "out_dir": self.out_dir,
         }
 
+    @property
+    def alpha_range(self) -> tuple[float, float]:
+        return self.head.alpha_range
+
+    @property
+    def alpha_bias(self) -> float:
+        return self.head.alpha_bias
+
     def mixed_classifier(self, std: nn.Module, rob: nn.Module) -> MixedClassifier:
-        """h_alpha with the trained mixer and its evaluation head, and this run's logit scales."""
-        return self.config.mix.classifier(std, rob, self.mixer).eval()
+        """h_alpha with the trained mixer and its whole evaluation head (range, bias, logit scales)."""
+        return head_classifier(std, rob, self.mixer, self.head)
 
 
 @dataclass
@@ -123,11 +131,12 @@ def train_mixer(
     on_step: Callable[[int, int], None] | None = None,
     models: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Train alpha_theta for the frozen pair (g, h), choose its evaluation head for ``target_clean_acc`` and judge it
-    against the fixed alpha of equal clean accuracy; return the EMA mixer with its history.
+    """Train alpha_theta for the frozen pair (g, h), choose its evaluation head (by its gain over the tempered fixed
+    alpha, or for ``target_clean_acc``; ``config.choose_head``) and judge it against the fixed alphas of equal clean
+    accuracy; return the EMA mixer with its history.
 
-    Held-out examples serve validation (all of them), the head choice (the first half, with a target) and the verdict
-    (the rest, or all without a target). Under torchrun the mixer is wrapped in DistributedDataParallel and each global
+    Held-out examples serve validation (all of them), the head choice (the first half) and the verdict (the rest, or
+    all without a head choice). Under torchrun the mixer is wrapped in DistributedDataParallel and each global
     batch split across ranks; rank 0 writes ``checkpoint.pt`` (every epoch), ``train_log.jsonl`` and the mixer to
     ``out_dir``. ``resume`` continues from the checkpoint; ``on_step(epoch, step)`` runs after each batch."""
     n_train, n_val = len(x_train), len(x_val)
@@ -138,7 +147,7 @@ def train_mixer(
         )
     if config.run.batch_size % world:
         raise AsmixError(f"batch size {config.run.batch_size} must be divisible by the number of processes ({world})")
-    if n_val < (2 if config.target_clean_acc is not None and judge_mixer else 1):
+    if n_val < (2 if config.choose_head and judge_mixer else 1):
         raise AsmixError(f"too few held-out examples ({n_val})")
     out_dir = Path(out_dir) if out_dir is not None else None
     writer = out_dir is not None and distributed.is_main_process()
@@ -237,11 +246,11 @@ def train_mixer(
         distributed.barrier()
 
     final = ema.model.eval()
-    final.set_alpha_range(*config.alpha_range)
-    final.set_alpha_bias(config.alpha_bias)
-    choose, check = _held_out_halves(n_val, config.target_clean_acc is not None and judge_mixer)
+    head = EvaluationHead(*config.alpha_range, config.alpha_bias, config.mix.std_scale, config.mix.rob_scale)
+    choose, check = _held_out_halves(n_val, config.choose_head and judge_mixer)
     selection = verdict = None
-    if config.target_clean_acc is not None:
+    baseline_scales = (1.0, 1.0)
+    if config.choose_head:
         selection = select_head(
             ema_mixed,
             x_val[choose],
@@ -252,10 +261,18 @@ def train_mixer(
             budget=config.lite_budget,
             **settings,
         )
-        final.set_alpha_range(selection.alpha_min, selection.alpha_max)
-        final.set_alpha_bias(selection.alpha_bias)
+        head = selection.head
+        baseline_scales = (selection.baseline.head.std_scale, selection.baseline.head.rob_scale)
+    final.set_head(head)
     if judge_mixer:
-        verdict = judge(ema_mixed, x_val[check], y_val[check], budget=config.lite_budget, **settings)
+        verdict = judge(
+            head_classifier(mixed.std, mixed.rob, final, head),
+            x_val[check],
+            y_val[check],
+            baseline_scales=baseline_scales,
+            budget=config.lite_budget,
+            **settings,
+        )
     if writer:
         save_mixer(
             final,
@@ -271,13 +288,13 @@ def train_mixer(
                 "history": [asdict(r) for r in history],
                 "base_weights": weights,  # hashed once, for the checkpoint identity above
             },
+            scales=(head.std_scale, head.rob_scale),
         )
     distributed.barrier()
     return TrainResult(
         config,
         tuple(history),
-        (final.alpha_min, final.alpha_max),
-        final.alpha_bias,
+        head,
         n_train,
         n_val,
         selection,
@@ -286,6 +303,12 @@ def train_mixer(
         str(out_dir) if out_dir is not None else None,
         final,
     )
+
+
+def head_classifier(std: nn.Module, rob: nn.Module, mixer: MixingNetwork, head: EvaluationHead) -> MixedClassifier:
+    """h_alpha of ``mixer`` with ``head`` set: its range and bias on the network, its logit scales on the mix."""
+    mixer.set_head(head)
+    return MixSettings(std_scale=head.std_scale, rob_scale=head.rob_scale).classifier(std, rob, mixer).eval()
 
 
 def _held_out_halves(n: int, split: bool) -> tuple[slice, slice]:
