@@ -44,6 +44,7 @@ class DetectorProfile:
         return [asdict(row) for row in self.rows]
 
     def row(self, points: str) -> DetectorRow:
+        """The row of the kind of point ``points``."""
         for row in self.rows:
             if row.points == points:
                 return row
@@ -70,9 +71,9 @@ def auc(attacked: torch.Tensor, clean: torch.Tensor) -> float:
         raise AsmixError("an AUC needs at least one attacked and one clean point")
     if attacked.isnan().any() or clean.isnan().any():
         raise AsmixError("the mixer logit is NaN at some points: no AUC")
-    ordered = clean.sort().values
-    below = torch.searchsorted(ordered, attacked, right=False)  # clean logits < each attacked one
-    at_or_below = torch.searchsorted(ordered, attacked, right=True)  # clean logits <= each attacked one
+    clean = clean.sort().values
+    below = torch.searchsorted(clean, attacked, right=False)  # clean logits < each attacked one
+    at_or_below = torch.searchsorted(clean, attacked, right=True)  # clean logits <= each attacked one
     return (below + at_or_below).sum().item() / (2 * len(attacked) * len(clean))
 
 
