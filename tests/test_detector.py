@@ -12,6 +12,7 @@ from asmix.attacks.pgd import PGD
 from asmix.errors import AsmixError
 from asmix.experiments.detector import PROFILE_POINTS, MixerScores, auc, detector_profile, profile_from_scores
 from asmix.mixing import MixedClassifier
+from asmix.report.evaluate import detector_table
 
 CPU = torch.device("cpu")
 QUICK = AttackBudget(apgd_steps=5, target_classes=2, square_queries=20)
@@ -46,6 +47,7 @@ def test_profile_rows_count_mean_alpha_and_auc():
         {"points": "pgd", "n": 3, "mean_alpha": pytest.approx(0.5), "auc": 3 / 6},
     ]
     assert profile.row("pgd").n == 3
+    assert detector_table(profile, "lite").row_count == 2 and detector_table(None) is None
 
 
 SIDE, EPS = 16, 0.1
