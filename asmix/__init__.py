@@ -36,6 +36,8 @@ _EXPORTS = {
     "EvalConfig": "asmix.experiments.evaluate",
     "EvalResult": "asmix.experiments.evaluate",
     "evaluate": "asmix.experiments.evaluate",
+    "DetectorProfile": "asmix.experiments.detector",
+    "detector_profile": "asmix.experiments.detector",
     "MarginsConfig": "asmix.experiments.margins",
     "MarginsResult": "asmix.experiments.margins",
     "margins": "asmix.experiments.margins",

@@ -14,6 +14,7 @@ from asmix.attacks.adaptive import (
     AttackBudget,
     adaptive_autoattack,
     autoattack_lite,
+    stage_points,
 )
 from asmix.attacks.autoattack import accuracy_trail, potentially_unreliable, standard_autoattack
 from asmix.attacks.objectives import alpha_down_term
@@ -222,6 +223,24 @@ def test_adaptive_autoattack_is_at_least_as_strong_and_reports_alpha_per_stage(d
     assert set(means) == set(adaptive.stages) and 0 < means["clean"] < 1
     attacked = ~adaptive.alpha[:, -1].isnan()  # Square-alpha ran on the examples still robust before it
     assert torch.equal(attacked, adaptive.robust[:, -2])
+
+
+def test_stage_points_give_every_example_a_perturbed_point_in_the_ball(data):
+    x, _ = data
+    mixed = adaptive_mix()
+    y = predicted(mixed, x)
+    budget = AttackBudget(apgd_steps=5, target_classes=2, square_queries=10)
+    points = stage_points(mixed, x, y, eps=0.02, seed=3, budget=budget)
+    assert list(points) == list(ADAPTIVE_STAGES)
+    for name, point in points.items():
+        assert point.shape == x.shape and (point - x).abs().max() <= 0.02 + 1e-6, name
+        assert ((point - x).flatten(1).abs().amax(1) > 0).all(), name  # where it failed too: not the clean input
+        fooled = predicted(mixed, point) != y
+        assert not fooled.all(), name  # a small radius: some examples keep the stage's closest point
+    again = stage_points(mixed, x, y, eps=0.02, seed=3, budget=budget, stages=("square-alpha",))
+    assert list(again) == ["square-alpha"] and torch.equal(again["square-alpha"], points["square-alpha"])
+    with pytest.raises(AsmixError, match="unknown adaptive stage"):
+        stage_points(mixed, x, y, eps=0.02, stages=("fab",))
 
 
 class MagnitudeDetector(StandInMixer):

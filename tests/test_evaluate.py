@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from conftest import StandInMixer, kill_after, run_cli, run_in_gloo_processes
 from torch import nn
 
-from asmix.attacks.pgd import ThreatModel
+from asmix.attacks.adaptive import AttackBudget
+from asmix.attacks.pgd import PGD, ThreatModel
 from asmix.errors import AsmixError
 from asmix.experiments import evaluate as evaluate_module
+from asmix.experiments.detector import PROFILE_POINTS, detector_profile
 from asmix.experiments.evaluate import EvalConfig, evaluate, load_examples, parse_attacks
 from asmix.mixing import MixedClassifier, MixSettings
 from asmix.models import load_model
@@ -508,3 +510,79 @@ def test_out_is_a_folder_and_the_old_file_form_still_works(monkeypatch, capsys, 
     code, _, err = run_cli(monkeypatch, capsys, *clean_on_four, str(tmp_path / "old.npz"))
     assert code in (0, None) and (tmp_path / "old.npz").is_file()
     assert "--out" in err and "as a file is deprecated: give a folder" in err
+
+
+def test_the_detector_profile_is_the_library_s_and_reuses_the_pgd_column(monkeypatch):
+    std, rob, mixer, x, y = tiny_problem(n=12, adaptive=True)
+    threat = ThreatModel(eps=0.05, steps=4)
+    config = EvalConfig(attacks=("clean", "pgd"), threat=threat, run=RunSettings(batch_size=8), square_queries=20)
+    pgd_runs, perturb = [], PGD.perturb
+
+    def counting(self, *args, **kwargs):
+        pgd_runs.append(self.steps)
+        return perturb(self, *args, **kwargs)
+
+    monkeypatch.setattr(PGD, "perturb", counting)
+    result = evaluate(std, rob, x, y, config, mixer=mixer)
+    assert sorted(pgd_runs) == [0, 0, 4, 4]  # per batch the uniform start and the pgd column: no second PGD
+    assert config.detector_attack_budget == AttackBudget(apgd_steps=25, target_classes=3, square_queries=20)
+    alone = detector_profile(
+        MixedClassifier(std, rob, mixer).eval(),
+        x,
+        y,
+        eps=0.05,
+        norm="linf",
+        batch_size=8,
+        seed=0,
+        device=torch.device("cpu"),
+        budget=config.detector_attack_budget,
+        pgd=threat.pgd(),
+    )
+    assert result.detector == alone and result.to_dict()["detector_profile"] == alone.to_dict()
+    assert [row.points for row in alone.rows] == list(PROFILE_POINTS) and alone.row("pgd").n == 12
+    assert alone.row("pgd").mean_alpha == pytest.approx(result.rows["mixed"]["pgd"].mean_alpha)
+    assert torch.equal(result.examples["detector/clean/alpha"], result.examples["mixed/clean/alpha"])
+
+
+def test_no_detector_profile_at_a_fixed_alpha_or_when_off():
+    std, rob, mixer, x, y = tiny_problem(n=4, adaptive=True)
+    fixed = evaluate(std, rob, x, y, EvalConfig(attacks=("clean",)))
+    off = evaluate(std, rob, x, y, EvalConfig(attacks=("clean",), detector_budget="off"), mixer=mixer)
+    for result in (fixed, off):
+        assert result.detector is None and "detector_profile" not in result.to_dict()
+        assert not any(key.startswith("detector/") for key in result.examples)
+    with pytest.raises(AsmixError, match="detector budget"):
+        EvalConfig(detector_budget="huge")
+
+
+@pytest.mark.slow
+def test_cli_with_a_mixer_writes_the_detector_profile(monkeypatch, capsys, tmp_path):
+    import json
+
+    from asmix.mixer import MixingNetwork, save_mixer
+
+    mixer_dir = save_mixer(
+        MixingNetwork([16, 32], [16, 32], width=8, blocks=1, stages=0),
+        tmp_path / "mixer",
+        config={"models": {"std": "demo-std", "rob": "demo-std"}},
+        std=load_model("demo-std"),
+        rob=load_model("demo-std"),
+    )
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        *("--rob", "demo-std", "--mixer", str(mixer_dir), "--n-examples", "6", "--batch-size", "3"),
+        *("--attack", "clean,pgd", "--steps", "2", "--square-queries", "5", "--device", "cpu"),
+        *("--out", str(tmp_path / "run")),
+    )
+    assert code in (0, None), err
+    assert "Detector profile (lite budget)" in out and "APGD-T" in out
+    document = json.loads((tmp_path / "run" / "evaluate.json").read_text())
+    rows = document["detector_profile"]
+    assert [row["points"] for row in rows] == list(PROFILE_POINTS)
+    assert all(set(row) == {"points", "n", "mean_alpha", "auc"} and row["n"] == 6 for row in rows)
+    assert rows[0]["auc"] == 0.5 and all(0 <= row["auc"] <= 1 and 0 < row["mean_alpha"] < 1 for row in rows)
+    assert document["config"]["detector_budget"] == "lite"
+    examples = load_examples(tmp_path / "run" / "examples.npz")
+    assert examples["detector/square-alpha/alpha_logit"].shape == (6,)

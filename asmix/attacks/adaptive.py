@@ -233,6 +233,32 @@ def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudg
     return {"apgd-ce-alpha": apgd_ce, "apgd-t-alpha": apgd_t, "alpha-first": alpha_first, "square-alpha": square}
 
 
+def stage_points(
+    mixed: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    seed: int = 0,
+    budget: AttackBudget = FULL_BUDGET,
+    stages: tuple[str, ...] = ADAPTIVE_STAGES,
+) -> dict[str, torch.Tensor]:
+    """Each of ``stages`` run on every example of ``x`` from the clean input (not on the survivors of the one before,
+    as in ``adaptive_attack``), with the same seeds: per example the stage's point, its adversarial example where it
+    succeeded, else its closest point (APGD's highest-loss iterate, Square's best query, APGD-T's first target's)."""
+    unknown = set(stages) - set(ADAPTIVE_STAGES)
+    if unknown:
+        raise AsmixError(f"unknown adaptive stage(s) {', '.join(sorted(unknown))}: choose from {ADAPTIVE_STAGES}")
+    functions = _stage_functions(mixed, eps, norm, budget)
+    x, y = x.detach(), y.to(x.device)
+    points = {}
+    for name in stages:
+        with restored_rng(x.device):
+            points[name] = functions[name](x, y, seed + 1000 * (ADAPTIVE_STAGES.index(name) + 1))
+    return points
+
+
 def adaptive_attack(
     mixed: nn.Module,
     x: torch.Tensor,

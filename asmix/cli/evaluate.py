@@ -44,6 +44,18 @@ AlphaWeight = Annotated[
     typer.Option("--alpha-weight", help="w of the adaptive attacks' loss (1 - w) * loss + w * BCE(mixer logit, 1)."),
 ]
 SquareQueries = Annotated[int, typer.Option("--square-queries", help="Square's query budget (standard: 5000).")]
+DetectorBudget = Annotated[
+    str,
+    typer.Option(
+        "--detector-budget",
+        metavar="lite|full|off",
+        help="With --mixer, the detector profile: per kind of point (clean, uniform start, PGD, APGD-CE, APGD-T, "
+        "alpha-first, Square) the mean alpha and the AUC of the mixer logit against clean inputs. Clean and PGD reuse "
+        "the clean and pgd columns (same points, no second pass); its own adaptive attacks run on every example at "
+        "lite (25 APGD steps, 3 targets, Square min(300, --square-queries)) or full (adaptive AutoAttack's) budget; "
+        "off skips it (as does --robustbench). Resumable with --out.",
+    ),
+]
 SaveAdv = Annotated[bool, typer.Option("--save-adv/--no-save-adv", help="Also save the adversarial examples in --out.")]
 Out = Annotated[
     Optional[Path],
@@ -108,15 +120,17 @@ def evaluate_command(
     alpha_weight: AlphaWeight = 0.5,
     square_queries: SquareQueries = 5000,
     save_adv: SaveAdv = False,
+    detector_budget: DetectorBudget = "lite",
     robustbench: RobustBench = None,
     model_name: ModelName = "asmix_mixed",
 ) -> None:
     """Accuracy of the mixed classifier (and, with --bases, g and h) clean and under attack: PGD white-box
-    (B) and gray-box (A), transfer from g or h, AutoAttack (C) and adaptive AutoAttack (D)."""
+    (B) and gray-box (A), transfer from g or h, AutoAttack (C) and adaptive AutoAttack (D); with --mixer, its
+    detector profile."""
     from asmix.errors import AsmixError
     from asmix.experiments.evaluate import EXAMPLE_SUFFIXES, EvalConfig, check_out_path, evaluate, parse_attacks
     from asmix.report import write_json
-    from asmix.report.evaluate import evaluate_table, trail_table
+    from asmix.report.evaluate import detector_table, evaluate_table, trail_table
 
     out, json_path, report = shared.out, shared.json_path, shared.report
     attacks = parse_attacks(attack)
@@ -133,6 +147,7 @@ def evaluate_command(
         from asmix.report.robustbench import LEADERBOARD_EXAMPLES
 
         attacks = ("clean", "aa")  # the leaderboard's protocol: clean and standard AutoAttack
+        detector_budget = "off"
         default_n_examples = LEADERBOARD_EXAMPLES.get(shared.dataset, 10**9)  # the full test set
         leaderboard_eps = standard_eps(shared.dataset, shared.norm)
         check_outputs(out_dir=robustbench)
@@ -170,6 +185,7 @@ def evaluate_command(
         alpha_weight=alpha_weight,
         square_queries=square_queries,
         save_adv=save_adv,
+        detector_budget=detector_budget,
     )
     result = run_on_pair(
         shared,
@@ -187,6 +203,9 @@ def evaluate_command(
     trail = trail_table(result)
     if trail is not None:
         stdout.print(trail)
+    detector = detector_table(result.detector, config.detector_budget)
+    if detector is not None:
+        stdout.print(detector)
     written = []
     for path in (json_path, out_folder / "evaluate.json" if out_folder is not None else None):
         if path is not None:

@@ -1,6 +1,7 @@
 """Robustness of the mixed classifier (Tables 2/3): clean, PGD white-box (B) and gray-box (A), transfer from g or h
-(Section 5.1.1), AutoAttack (C) and adaptive AutoAttack (D), with g and h alone as baseline rows. Each batch is
-seeded by (seed, attack, model, batch start) and is a unit of ``asmix.experiments.parts`` (resume, torchrun)."""
+(Section 5.1.1), AutoAttack (C) and adaptive AutoAttack (D), with g and h alone as baseline rows, and a mixing
+network's detector profile. Each batch is seeded by (seed, attack, model, batch start) and is a unit of
+``asmix.experiments.parts`` (resume, torchrun)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ import torch
 from torch import nn
 
 from asmix import distributed
-from asmix.attacks.adaptive import ADAPTIVE_STAGES, DEFAULT_ALPHA_WEIGHT, AttackBudget, adaptive_autoattack
+from asmix.attacks.adaptive import (
+    ADAPTIVE_STAGES,
+    DEFAULT_ALPHA_WEIGHT,
+    LITE_BUDGET,
+    AttackBudget,
+    adaptive_autoattack,
+    lite_budget,
+)
 from asmix.attacks.autoattack import (
     SQUARE_QUERIES,
     STANDARD_ATTACKS,
@@ -26,17 +34,30 @@ from asmix.attacks.autoattack import (
 from asmix.attacks.margin import true_class_margin
 from asmix.attacks.objectives import graybox_objective
 from asmix.attacks.pgd import AllIteratesCorrect, ThreatModel, cross_entropy_objective
-from asmix.checks import check_choices, check_finite
+from asmix.checks import check_choice, check_choices, check_finite
 from asmix.errors import AsmixError
+from asmix.experiments.detector import (
+    CLEAN,
+    PGD_POINTS,
+    DetectorProfile,
+    MixerScores,
+    batch_scores,
+    profile_from_record,
+    scores_record,
+)
 from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint, finish, run_units
 from asmix.experiments.settings import config_dict
 from asmix.io import atomic_write, check_writable_file
-from asmix.mixing import AlphaSource, MixedClassifier, MixSettings, check_alpha
+from asmix.mixing import AlphaSource, MixedClassifier, MixSettings, alpha_per_example, check_alpha
 from asmix.runtime import ProgressFn, RunSettings, batch_generator, batch_slices, fraction, top_class_correct
 
 EvalAttack = Literal["clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob", "aa", "aa-adaptive"]
 """Evaluation columns: clean, B (white-box PGD), A (gray-box PGD), transfer from g / h, C, D."""
 ATTACKS: tuple[EvalAttack, ...] = get_args(EvalAttack)
+
+DetectorBudget = Literal["lite", "full", "off"]
+"""The detector profile's own attacks (APGD-CE, APGD-T, alpha-first, Square, alpha term included): the lite budget,
+adaptive AutoAttack's, or no profile."""
 
 AUTOATTACKS = ("aa", "aa-adaptive")
 MODELS = ("mixed", "std", "rob")
@@ -60,7 +81,7 @@ class EvalConfig:
     ``alpha`` is the fixed mixing weight used when no mixing network is given; ``threat`` holds the PGD attacks'
     steps and step size (PGD-20 in the paper); ``alpha_weight`` is the w of the adaptive attacks' loss
     (1 - w) * loss + w * BCE(alpha logit, 1) (setting D); ``square_queries`` below the standard 5000 gives a
-    quicker, weaker AutoAttack.
+    quicker, weaker AutoAttack; ``detector_budget`` is the budget of a mixing network's detector profile.
     """
 
     attacks: tuple[EvalAttack, ...] = ATTACKS
@@ -72,9 +93,11 @@ class EvalConfig:
     alpha_weight: float = DEFAULT_ALPHA_WEIGHT
     square_queries: int = SQUARE_QUERIES
     save_adv: bool = False
+    detector_budget: DetectorBudget = "lite"
 
     def __post_init__(self) -> None:
         check_choices(self.attacks, EvalAttack, "attack")
+        check_choice(self.detector_budget, DetectorBudget, "detector budget")
         if not self.attacks:
             raise AsmixError(f"no attacks given: choose from {', '.join(ATTACKS)}")
         check_alpha(self.alpha)
@@ -82,6 +105,22 @@ class EvalConfig:
             raise AsmixError(f"alpha weight must be in [0, 1], got {self.alpha_weight}")
         if self.square_queries <= 0:
             raise AsmixError(f"square queries must be positive, got {self.square_queries}")
+
+    @property
+    def adaptive_budget(self) -> AttackBudget:
+        """Adaptive AutoAttack's budget: AutoAttack's iterations, ``square_queries`` and ``alpha_weight``."""
+        return AttackBudget(square_queries=self.square_queries, alpha_weight=self.alpha_weight)
+
+    @property
+    def detector_attack_budget(self) -> AttackBudget | None:
+        """The detector profile's attacks: ``lite`` is the mixer-choosing budget (25 APGD steps, 3 targets) with
+        Square's queries capped at ``square_queries``, ``full`` is ``adaptive_budget``; None for ``off``."""
+        if self.detector_budget == "off":
+            return None
+        if self.detector_budget == "full":
+            return self.adaptive_budget
+        queries = min(LITE_BUDGET.square_queries, self.square_queries)
+        return replace(lite_budget(queries), alpha_weight=self.alpha_weight)
 
 
 @dataclass(frozen=True)
@@ -99,8 +138,9 @@ class AttackAccuracy:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Table 2/3 for one (g, h, alpha) setting: ``rows[model][attack]``; ``examples`` holds the
-    per-example arrays (see ``evaluate``), kept out of ``to_dict``."""
+    """Table 2/3 for one (g, h, alpha) setting: ``rows[model][attack]``; ``detector``, a mixing network's detector
+    profile (None at a fixed alpha or with ``detector_budget`` off); ``examples`` holds the per-example arrays (see
+    ``evaluate``), kept out of ``to_dict``."""
 
     config: EvalConfig
     n_examples: int
@@ -108,6 +148,7 @@ class EvalResult:
     models: dict[str, str] = field(default_factory=dict)
     adaptive: bool = False
     examples: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    detector: DetectorProfile | None = None
 
     def to_dict(self) -> dict:
         config = config_dict(self.config) | {
@@ -116,7 +157,10 @@ class EvalResult:
             "adaptive": self.adaptive,
         }
         rows = {model: {attack: asdict(cell) for attack, cell in cells.items()} for model, cells in self.rows.items()}
-        return {"config": config, "rows": rows}
+        document = {"config": config, "rows": rows}
+        if self.detector is not None:
+            document["detector_profile"] = self.detector.to_dict()
+        return document
 
     def accuracy(self, model: str, attack: str) -> float:
         return self.rows[model][attack].accuracy
@@ -140,8 +184,10 @@ def evaluate(
 
     ``result.examples`` holds per example, for each (model, attack), ``{model}/{attack}/correct``, ``/alpha``,
     ``/margin`` (true-class probability minus the largest other), ``/robust`` for AutoAttack (flags after each attack)
-    and ``/x_adv`` with ``config.save_adv``. With ``out`` (``.npz`` or ``.pt``) the run is resumable and rank 0 writes
-    the arrays there."""
+    and ``/x_adv`` with ``config.save_adv``; with a mixer, ``detector/{points}/alpha_logit`` and ``/alpha`` for each
+    kind of point of the detector profile (``asmix.experiments.detector``; the clean and pgd columns' points and
+    forward passes serve its clean and PGD rows). With ``out`` (``.npz`` or ``.pt``) the run is resumable and rank 0
+    writes the arrays there."""
     if len(x) == 0:
         raise AsmixError("no examples to evaluate")
     if len(x) != len(y):
@@ -210,7 +256,8 @@ def load_examples(path: str | Path) -> dict[str, torch.Tensor]:
 def _evaluate_batch(
     mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, start: int, config: EvalConfig, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Every requested (model, attack) on one batch; every attack seeded by (seed, attack, model, start)."""
+    """Every requested (model, attack) on one batch, then a mixer's detector profile points; every attack seeded by
+    (seed, attack, model, start)."""
     x, y = x.to(device), y.to(device)
     targets = {"mixed": mixed} | ({"std": mixed.std, "rob": mixed.rob} if config.bases else {})
     pgd = config.threat.pgd()
@@ -262,6 +309,7 @@ def _evaluate_batch(
         return transferred[source][row]
 
     record = {"index": torch.arange(start, start + len(x))}
+    scored: dict[str, MixerScores] = {}  # the mixer at the clean and PGD points, for the detector profile
     for name, model in targets.items():
         runs: dict[str, AutoAttackRun] = {}
         for attack in config.attacks:
@@ -280,14 +328,17 @@ def _evaluate_batch(
                 if "aa" not in runs:
                     runs["aa"] = standard_autoattack(model, x, y, square_queries=config.square_queries, **threat)
                 if attack == "aa-adaptive" and name == "mixed" and mixed.adaptive:
-                    budget = AttackBudget(square_queries=config.square_queries, alpha_weight=config.alpha_weight)
-                    runs[attack] = adaptive_autoattack(model, x, y, budget=budget, standard=runs["aa"], **threat)
+                    runs[attack] = adaptive_autoattack(
+                        model, x, y, budget=config.adaptive_budget, standard=runs["aa"], **threat
+                    )
                 elif attack == "aa-adaptive":
                     runs[attack] = _with_skipped_stages(runs["aa"])
                 x_adv, robust = runs[attack].x_adv, runs[attack].robust
                 record[f"{name}/{attack}/stage_alpha"] = runs[attack].alpha.float()
             with torch.no_grad():
-                logits, alpha = _logits_and_alpha(name, model, x_adv)
+                logits, alpha, alpha_logit = _logits_and_alpha(name, model, x_adv)
+            if alpha_logit is not None and attack in (CLEAN, PGD_POINTS):
+                scored[attack] = MixerScores(alpha_logit.float().cpu(), alpha.float().cpu())
             key = f"{name}/{attack}"
             correct = top_class_correct(logits, y)
             if robust is not None:
@@ -298,7 +349,24 @@ def _evaluate_batch(
             record[f"{key}/margin"] = true_class_margin(logits, y).cpu()
             if config.save_adv and attack != "clean":
                 record[f"{key}/x_adv"] = x_adv.detach().float().cpu()
+    if mixed.adaptive and config.detector_attack_budget is not None:
+        record |= _detector_record(mixed, x, y, start, config, scored)
     return record
+
+
+def _detector_record(
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    start: int,
+    config: EvalConfig,
+    scored: dict[str, MixerScores],
+) -> dict[str, torch.Tensor]:
+    """The mixer logit and alpha at each kind of detector-profile point of one batch; ``scored`` holds those the
+    clean and pgd columns computed (the same points: ``craft_points`` seeds PGD as ``craft`` does)."""
+    threat, budget, seed = config.threat, config.detector_attack_budget, config.run.seed
+    settings = dict(eps=threat.eps, norm=threat.norm, budget=budget, seed=seed, start=start, pgd=threat.pgd())
+    return scores_record(batch_scores(mixed, x, y, **settings, known=scored))
 
 
 def _with_skipped_stages(run: AutoAttackRun) -> AutoAttackRun:
@@ -309,12 +377,17 @@ def _with_skipped_stages(run: AutoAttackRun) -> AutoAttackRun:
     return AutoAttackRun(run.x_adv, robust, (*run.stages, *ADAPTIVE_STAGES), alpha)
 
 
-def _logits_and_alpha(name: str, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and the alpha in effect: the mix's own, or 0 for g alone and 1 for h alone."""
+def _logits_and_alpha(
+    name: str, model: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits, the alpha in effect (the mix's own, or 0 for g alone and 1 for h alone) and a mixing network's logit
+    (None without one), from one forward pass."""
     if name == "mixed":
-        return model(x, return_alpha=True)
+        parts = model.parts(x)
+        logits = model.mix_parts(parts)
+        return logits, alpha_per_example(parts.alpha, len(x), logits), parts.alpha_logit
     logits = model(x)
-    return logits, torch.full((len(x),), 0.0 if name == "std" else 1.0, device=logits.device)
+    return logits, torch.full((len(x),), 0.0 if name == "std" else 1.0, device=logits.device), None
 
 
 def _summarize(
@@ -344,7 +417,7 @@ def _summarize(
                 trail_alpha,
             )
         rows[name] = cells
-    return EvalResult(config, n, rows, models, adaptive, examples)
+    return EvalResult(config, n, rows, models, adaptive, examples, profile_from_record(examples))
 
 
 def _fingerprint(config: EvalConfig, x: torch.Tensor, y: torch.Tensor, mixed: nn.Module, models: dict[str, str]) -> str:

@@ -1,4 +1,4 @@
-"""Rendering of ``EvalResult``: the Table-2-style accuracy table, the AutoAttack trail, JSON."""
+"""Rendering of ``EvalResult``: the Table-2-style accuracy table, the AutoAttack trail, the detector profile, JSON."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from asmix.report import percent
+from asmix.report import alpha_text, percent
 
 ATTACK_LABELS = {
     "clean": "clean",
@@ -18,6 +18,17 @@ ATTACK_LABELS = {
     "aa-adaptive": "adapt. AA D",
 }
 """Column titles, with the paper's attack settings A-D (Section 4.2)."""
+
+POINT_LABELS = {
+    "clean": "clean",
+    "uniform": "uniform start",
+    "pgd": "PGD",
+    "apgd-ce-alpha": "APGD-CE",
+    "apgd-t-alpha": "APGD-T",
+    "alpha-first": "alpha-first",
+    "square-alpha": "Square",
+}
+"""Row titles of the detector profile; other point sets (the training attack's rows) keep their own names."""
 
 SHORT_MODEL_LABELS = {"mixed": "h_alpha", "std": "g", "rob": "h"}
 
@@ -90,3 +101,19 @@ def trail_table(result) -> Table | None:
 
 def _alpha_text(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
+
+
+def detector_table(profile, budget: str | None = None) -> Table | None:
+    """The detector profile (a ``DetectorProfile``): per kind of point the count, the mean alpha and the AUC of the
+    mixer logit against clean inputs; None without one. ``budget`` names its adaptive attacks' budget in the title."""
+    if profile is None:
+        return None
+    table = Table(title="Detector profile" + (f" ({budget} budget)" if budget else ""))
+    for name in ("points", "n", "mean alpha", "AUC"):
+        table.add_column(name, justify="left" if name == "points" else "right")
+    for row in profile.rows:
+        table.add_row(
+            POINT_LABELS.get(row.points, row.points), str(row.n), alpha_text(row.mean_alpha), f"{row.auc:.3f}"
+        )
+    table.caption = "AUC: P(mixer logit there > at a clean input); 0.5 is chance"
+    return table
