@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,10 +15,12 @@ from asmix.attacks.objectives import mixed_objective
 from asmix.attacks.pgd import ThreatModel
 from asmix.errors import AsmixError
 from asmix.experiments.train import (
+    TRAIN_ATTACKS,
     TrainConfig,
     attack_rows,
     composite_loss,
     judge,
+    parse_train_attacks,
     pseudo_labels,
     select_head,
     train_mixer,
@@ -428,3 +431,137 @@ def test_lite_square_queries_must_be_positive(monkeypatch, capsys, tmp_path, com
     code, out, err = run_cli(monkeypatch, capsys, command, "--lite-square-queries", "0", "--out", str(tmp_path / "o"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
     assert "square" in err.lower() and not (tmp_path / "o").exists()
+
+
+def _mixed_pair(n: int = 8):
+    std, rob = _pair()
+    x, y = _data(n)
+    mixer = MixingNetwork.build(std, rob, x, **TINY)
+    return MixedClassifier(std, rob, alpha=mixer), x, y
+
+
+def test_added_train_attacks_leave_setting_c_copies_as_they_were():
+    mixed, x, y = _mixed_pair()
+    config = _config(threat=ThreatModel(eps=0.1, steps=1), target_classes=2, apgd_steps_df=3)
+    assert config.train_attacks == ("apgd-ce", "apgd-t") and config.copies == 3
+    rows = attack_rows(mixed, x, y, config, batch_generator(0, "c"))
+    every = replace(config, train_attacks=TRAIN_ATTACKS, train_square_queries=5)
+    assert every.copies == 5  # apgd-ce, two apgd-t, alpha-first, square
+    more = attack_rows(mixed, x, y, every, batch_generator(0, "c"))
+    assert more.shape == (5 * 8, 1, 28, 28) and torch.equal(more[: 3 * 8], rows)  # the default copies come first
+    assert parse_train_attacks("square, apgd-ce,square") == ("apgd-ce", "square")  # the table's order, once each
+
+
+@pytest.mark.parametrize("attack", ["alpha-first", "square"])
+def test_alpha_first_and_square_rows_are_attacked_in_the_ball_and_shard(attack):
+    mixed, x, _ = _mixed_pair()
+    with torch.no_grad():
+        y = mixed(x).argmax(1)  # every image starts classified right, so Square searches
+    config = _config(
+        threat=ThreatModel(eps=0.1, steps=1),
+        train_attacks=("apgd-ce", attack),
+        apgd_steps_df=3,
+        train_square_queries=20,
+    )
+    assert config.copies == 2
+    state = torch.get_rng_state()
+    rows = attack_rows(mixed, x, y, config, batch_generator(0, attack))
+    assert torch.equal(torch.get_rng_state(), state)  # the package's own draws leave torch's generator as it was
+    assert rows.shape == (2 * 8, 1, 28, 28)
+    added = rows[8:]
+    distance = (added - x).abs().flatten(1).amax(1)
+    assert distance.max() <= 0.1 * 1.1 + 1e-6 and distance.min() > 0  # inside eps * U(0.4, 1.1), never the clean image
+    assert distance.std() > 0.005 and added.min() >= 0 and added.max() <= 1  # a radius per example
+    assert torch.equal(rows, attack_rows(mixed, x, y, config, batch_generator(0, attack)))
+    shard = attack_rows(mixed, x[4:], y[4:], config, batch_generator(0, attack), offset=4, total=8)
+    assert torch.allclose(shard, rows.view(2, 8, 1, 28, 28)[:, 4:].reshape(-1, 1, 28, 28), atol=1e-6)
+
+
+def test_square_rows_are_the_packages_square_at_each_radius():
+    from asmix.attacks.adaptive import AlphaSquare
+    from asmix.experiments.train.adversary import _uniform
+
+    mixed, x, _ = _mixed_pair()
+    with torch.no_grad():
+        y = mixed(x).argmax(1)
+    config = _config(
+        threat=ThreatModel(eps=0.1, steps=1),
+        train_attacks=("square",),
+        eps_range=(1.0, 1.0),
+        attack_bce_max=0.0,
+        train_square_queries=30,
+    )
+    rows = attack_rows(mixed, x, y, config, batch_generator(0, "s"))
+    generator = batch_generator(0, "s")  # the copy's draws: radius and weight per image, then the package's seed
+    _uniform(generator, (8,)), _uniform(generator, (8,))
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+    with mixed.alpha_source.full_range():
+        square = AlphaSquare(mixed.eval(), eps=0.1, n_queries=30, alpha_weight=0.0)
+        square.init_hyperparam(x)
+        torch.manual_seed(seed)
+        queries, expected = square.attack_single_run(x, y)
+    assert queries.max() > 10  # the search ran
+    assert torch.allclose(rows, expected, atol=1e-6)  # the package rounds x +- eps its own way
+
+
+def test_training_bias_moves_the_training_alpha_and_the_head_is_restored():
+    std, rob = _pair()
+    x, y = _data(16)
+    mixer = MixingNetwork.build(std, rob, x, **TINY)
+    mixer.set_alpha_range(0.9, 1.0)
+    mixer.set_alpha_bias(1.2)
+    mixed = MixedClassifier(std, rob, alpha=mixer)
+    config = _config(setting="B", threat=ThreatModel(eps=0.1, steps=1), attack_bce_max=1.0, steps_range=(3, 3))
+    plain = attack_rows(mixed, x, y, config, batch_generator(0, "b"))
+    biased = attack_rows(mixed, x, y, replace(config, train_bias=2.0), batch_generator(0, "b"))
+    assert (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias) == (0.9, 1.0, 1.2)
+    assert not torch.equal(plain, biased)  # the alpha term of the attack sees the bias
+    means = []  # of alpha over the balanced clean and attacked rows: sigmoid(score + bias), score batch-normalised
+    for bias in (0.0, 0.4):
+        first = train_mixer(
+            std, rob, x, y, x[:8], y[:8], _config(epochs=1, lr=1e-9, train_bias=bias), judge_mixer=False
+        )
+        means.append((first.history[0].train_alpha_clean + first.history[0].train_alpha_attacked) / 2)
+    assert abs(means[0] - 0.5) < 0.03 and means[1] > means[0] + 0.03
+
+
+def test_resume_with_square_rows_gives_identical_weights_and_other_attacks_are_refused(tmp_path):
+    std, rob = _pair()
+    x, y = _data(16)
+    x_val, y_val = _data(8, seed=1)
+    config = _config(epochs=2, train_attacks=("apgd-ce", "square"), train_square_queries=5)
+    full = train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "full", judge_mixer=False)
+
+    def interrupt(epoch, step):
+        if epoch == 1 and step == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_mixer(
+            std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", on_step=interrupt, judge_mixer=False
+        )
+    with pytest.raises(AsmixError, match=r"other settings \(config.train_attacks, config.train_square_queries\)"):
+        train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=2), out_dir=tmp_path / "cut", resume=True)
+    resumed = train_mixer(
+        std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", resume=True, judge_mixer=False
+    )
+    expected, got = _state(full.mixer), _state(resumed.mixer)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert resumed.history == tuple(replace(r, seconds=s.seconds) for r, s in zip(full.history, resumed.history))
+
+
+def test_train_attack_choices_are_checked():
+    with pytest.raises(AsmixError, match="unknown train attack"):
+        TrainConfig(train_attacks=("apgd-ce", "fab"))
+    with pytest.raises(AsmixError, match="one at least"):
+        TrainConfig(train_attacks=())
+    with pytest.raises(AsmixError, match="at most once"):
+        TrainConfig(train_attacks=("square", "square"))
+    with pytest.raises(AsmixError, match="setting C's; setting B runs PGD"):
+        TrainConfig(setting="B", train_attacks=("square",))
+    assert TrainConfig(setting="B").copies == 1
+    with pytest.raises(AsmixError, match="needs norm linf"):
+        TrainConfig(train_attacks=("square",), threat=ThreatModel(norm="l2", eps=0.5))
+    with pytest.raises(AsmixError, match="train-square-queries"):
+        TrainConfig(train_square_queries=0)

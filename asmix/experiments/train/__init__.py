@@ -9,10 +9,12 @@ from asmix.experiments.train.comparison import NO_GAIN, JudgedModel, Verdict, ju
 from asmix.experiments.train.config import (
     PSEUDO_LABEL_RULES,
     SETTINGS,
+    TRAIN_ATTACKS,
     RunSize,
     TrainConfig,
     default_run_size,
     parse_range,
+    parse_train_attacks,
 )
 from asmix.experiments.train.data import VAL_SPLITS, TrainData, load_train_data
 from asmix.experiments.train.loop import EpochRecord, TrainResult, train_mixer
@@ -28,6 +30,7 @@ __all__ = [
     "PSEUDO_LABEL_RULES",
     "RunSize",
     "SETTINGS",
+    "TRAIN_ATTACKS",
     "TrainConfig",
     "TrainData",
     "TrainResult",
@@ -41,6 +44,7 @@ __all__ = [
     "judge",
     "load_train_data",
     "parse_range",
+    "parse_train_attacks",
     "pseudo_labels",
     "select_head",
     "train_mixer",

@@ -372,7 +372,7 @@ def _chunk_loss(
     std_logits, rob_logits = std_logits.float(), rob_logits.float()
     std_features = tuple(feature.float() for feature in std_features)
     rob_features = tuple(feature.float() for feature in rob_features)
-    logit = trained(std_features, rob_features)
+    logit = trained(std_features, rob_features) + config.train_bias
     alpha = torch.sigmoid(logit)
     pseudo = pseudo_labels(std_logits, rob_logits, y, attacked, config.pseudo_labels)
     loss = composite_loss(
