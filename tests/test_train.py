@@ -15,13 +15,16 @@ from asmix.attacks.objectives import mixed_objective
 from asmix.attacks.pgd import ThreatModel
 from asmix.errors import AsmixError
 from asmix.experiments.train import (
+    RECIPES,
     TRAIN_ATTACKS,
     TrainConfig,
     attack_rows,
     composite_loss,
+    default_run_size,
     judge,
     parse_train_attacks,
     pseudo_labels,
+    recipe_settings,
     select_head,
     train_mixer,
     training_rows,
@@ -565,3 +568,123 @@ def test_train_attack_choices_are_checked():
         TrainConfig(train_attacks=("square",), threat=ThreatModel(norm="l2", eps=0.5))
     with pytest.raises(AsmixError, match="train-square-queries"):
         TrainConfig(train_square_queries=0)
+
+
+def test_paper_recipe_sets_the_authors_settings_and_given_ones_stay():
+    cifar10 = TrainConfig.from_recipe("paper", "cifar10")
+    assert (cifar10.setting, cifar10.train_attacks, cifar10.pseudo_labels) == ("C", ("apgd-ce", "apgd-t"), "paper")
+    assert (cifar10.epochs, cifar10.target_classes, cifar10.apgd_steps_df) == (3, 9, 75)
+    assert (cifar10.lr, cifar10.weight_decay, cifar10.grad_clip, cifar10.ema_decay) == (5e-5, 1e-5, 10.0, 0.0)
+    assert (cifar10.c_ce, cifar10.c_bce, cifar10.c_prod, cifar10.train_bias) == (0.0, 1.5, 0.3, 0.4)
+    assert (cifar10.eps_range, cifar10.attack_bce_max, cifar10.recipe) == ((0.4, 1.1), 0.4, "paper")
+    assert TrainConfig.from_recipe("paper", "cifar100").c_prod == 0.2
+    kept = TrainConfig.from_recipe("paper", "cifar10", given={"lr", "epochs"}, lr=1e-3, epochs=1, c_prod=0.7)
+    assert (kept.lr, kept.epochs, kept.c_prod) == (1e-3, 1, 0.3)  # given values stay, the others are the recipe's
+    assert TrainConfig.from_recipe("default", "cifar10", lr=0.5) == TrainConfig(lr=0.5)
+    size = default_run_size("demo", "paper")
+    assert (size.n_train, size.epochs, size.target_classes, size.apgd_steps_df) == (None, 3, 9, 75)
+    assert size.n_val == default_run_size("demo").n_val  # what the recipe does not set is the dataset's
+    with pytest.raises(AsmixError, match="recipe must be one of default, paper"):
+        recipe_settings("mine", "cifar10")
+
+
+def test_recipe_help_lists_every_value_and_each_is_an_option():
+    import typer.main
+
+    from asmix.cli import app
+
+    command = typer.main.get_command(app).commands["train-mixer"]
+    text = " ".join(next(parameter for parameter in command.params if parameter.name == "recipe").help.split())
+    names = {parameter.name for parameter in command.params}
+    for name, value in RECIPES["paper"].items():
+        spelled = (
+            "all"
+            if value is None
+            else ":".join(map(str, value))
+            if name.endswith("_range")
+            else ",".join(value)
+            if isinstance(value, tuple)
+            else format(value, "g")
+            if isinstance(value, float)
+            else str(value)
+        )
+        assert f"{name.replace('_', '-')} {spelled}" in text, name
+        assert name in names, name  # an option, so that the command line can override it
+    assert "c-prod 0.3 (0.2 on cifar100)" in text and "override the recipe" in text and "warm-up" in text
+
+
+class _Captured(AsmixError):
+    pass
+
+
+def _train_config_of(monkeypatch, capsys, *args):
+    """The TrainConfig and the number of training images ``asmix train-mixer ARGS`` would train with."""
+    import asmix.experiments.train
+
+    seen = {}
+
+    def capture(std, rob, x_train, *rest, **settings):
+        seen.update(config=rest[3], n_train=len(x_train))
+        raise _Captured("captured")
+
+    monkeypatch.setattr(asmix.experiments.train, "train_mixer", capture)
+    code, _, err = run_cli(monkeypatch, capsys, "train-mixer", "--device", "cpu", *args)
+    assert code == 2 and "captured" in err, err
+    return seen["config"], seen["n_train"]
+
+
+def test_cli_recipe_paper_and_explicit_options_override_it(monkeypatch, capsys, tmp_path):
+    from asmix.data import load_data
+
+    config, n_train = _train_config_of(monkeypatch, capsys, "--recipe", "paper", "--out", str(tmp_path / "a"))
+    dataset = dict(threat=config.threat, run=config.run, steps_range=(5, 10), target_clean_acc=0.985)  # demo's own
+    assert config == TrainConfig.from_recipe("paper", "demo", **dataset)  # every value of the recipe
+    assert n_train == len(load_data("demo", split="train")[0])  # all training images
+    config, n_train = _train_config_of(
+        monkeypatch,
+        capsys,
+        "--recipe",
+        "paper",
+        "--lr",
+        "1e-4",
+        "--epochs",
+        "1",
+        "--n-train",
+        "64",
+        "--train-attacks",
+        "apgd-ce,square",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert (config.lr, config.epochs, n_train, config.train_attacks) == (1e-4, 1, 64, ("apgd-ce", "square"))
+    assert (config.weight_decay, config.train_bias, config.ema_decay, config.target_classes) == (1e-5, 0.4, 0.0, 9)
+    (tmp_path / "settings.yaml").write_text("lr: 2.0e-4\nrecipe: paper\n")  # --config too overrides the recipe
+    config, _ = _train_config_of(monkeypatch, capsys, "--config", str(tmp_path / "settings.yaml"))
+    assert (config.recipe, config.lr, config.weight_decay) == ("paper", 2e-4, 1e-5)
+    config, n_train = _train_config_of(monkeypatch, capsys, "--out", str(tmp_path / "c"))
+    assert (config.recipe, config.lr, config.train_bias, config.train_attacks, n_train) == (
+        "default",
+        1e-3,
+        0.0,
+        ("apgd-ce", "apgd-t"),
+        2048,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train-attacks", "foo"], "unknown train attack(s) foo"),
+        (["--train-attacks", ""], "one at least"),
+        (["--train-attacks", " , "], "one at least"),
+        (["--setting", "B", "--train-attacks", "square"], "setting C's"),
+        (["--recipe", "mine"], "recipe must be one of default, paper"),
+    ],
+)
+def test_bad_train_attacks_and_recipes_are_one_line(monkeypatch, capsys, tmp_path, args, message):
+    import asmix.experiments.inputs
+
+    monkeypatch.setattr(asmix.experiments.inputs, "load_pair", lambda *a, **k: pytest.fail("work started"))
+    code, out, err = run_cli(monkeypatch, capsys, "train-mixer", *args, "--out", str(tmp_path / "o"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+    assert message in err

@@ -8,6 +8,7 @@ from asmix.experiments.train.adversary import TrainingRows, attack_rows, trainin
 from asmix.experiments.train.comparison import NO_GAIN, JudgedModel, Verdict, judge
 from asmix.experiments.train.config import (
     PSEUDO_LABEL_RULES,
+    RECIPES,
     SETTINGS,
     TRAIN_ATTACKS,
     RunSize,
@@ -15,6 +16,7 @@ from asmix.experiments.train.config import (
     default_run_size,
     parse_range,
     parse_train_attacks,
+    recipe_settings,
 )
 from asmix.experiments.train.data import VAL_SPLITS, TrainData, load_train_data
 from asmix.experiments.train.loop import EpochRecord, TrainResult, train_mixer
@@ -28,6 +30,7 @@ __all__ = [
     "JudgedModel",
     "NO_GAIN",
     "PSEUDO_LABEL_RULES",
+    "RECIPES",
     "RunSize",
     "SETTINGS",
     "TRAIN_ATTACKS",
@@ -46,6 +49,7 @@ __all__ = [
     "parse_range",
     "parse_train_attacks",
     "pseudo_labels",
+    "recipe_settings",
     "select_head",
     "train_mixer",
     "training_rows",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget, lite_budget
@@ -45,7 +47,8 @@ class TrainConfig:
     (AutoAttack's standard is 5000; the lite 300 let Square-vulnerable heads through on the demo pair).
     ``train_attacks``: setting C's attacks (``TRAIN_ATTACKS``), each copy with ``train_square_queries`` for
     Square; ``train_bias``: added to the mixer's logit in training and in the training attacks (the authors'
-    code: 0.4; the evaluation head's ``alpha_bias`` replaces it)."""
+    code: 0.4; the evaluation head's ``alpha_bias`` replaces it); ``recipe``: the ``RECIPES`` entry the
+    settings started from (a record; ``from_recipe`` applies it)."""
 
     setting: Setting = "C"
     train_attacks: tuple[TrainAttack, ...] = DEFAULT_TRAIN_ATTACKS
@@ -86,9 +89,11 @@ class TrainConfig:
     range_min_alpha: float = 0.5
     range_max_width: float = 0.2
     lite_square_queries: int = LITE_BUDGET.square_queries
+    recipe: Recipe = "default"
 
     def __post_init__(self) -> None:
         check_choice(self.setting, Setting, "setting")
+        check_choice(self.recipe, Recipe, "recipe")
         check_train_attacks(self.train_attacks)
         if self.setting != "C" and tuple(self.train_attacks) != DEFAULT_TRAIN_ATTACKS:
             raise AsmixError(
@@ -190,6 +195,14 @@ class TrainConfig:
         one APGD-T per target class), else one."""
         return sum(map(self.attack_copies, self.train_attacks)) if self.setting == "C" else 1
 
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, dataset: str, *, given: Collection[str] = (), **settings) -> TrainConfig:
+        """A config of ``settings`` where ``recipe``'s values (``recipe_settings``) replace those not named in
+        ``given`` (the ones a user set: they override the recipe)."""
+        names = {field.name for field in fields(cls)}
+        chosen = {name: value for name, value in recipe_settings(recipe, dataset).items() if name in names}
+        return cls(**(settings | {name: value for name, value in chosen.items() if name not in given}), recipe=recipe)
+
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(config_dict(self)))
 
@@ -223,6 +236,53 @@ def parse_range(text: str, *, kind: type = float, name: str = "range") -> tuple:
         raise AsmixError(f"{name} must look like LOW:HIGH, got {text!r}") from error
 
 
+Recipe = Literal["default", "paper"]
+"""Named sets of settings: default (asmix's: ``TrainConfig``'s defaults and the dataset's ``RunSize``) and paper (the
+authors' public code, ``RECIPES["paper"]``)."""
+
+RECIPES: Mapping[Recipe, Mapping[str, Any]] = MappingProxyType(
+    {
+        "default": MappingProxyType({}),
+        "paper": MappingProxyType(
+            {
+                "setting": "C",
+                "train_attacks": DEFAULT_TRAIN_ATTACKS,
+                "n_train": None,
+                "epochs": 3,
+                "target_classes": 9,
+                "apgd_steps_df": 75,
+                "pseudo_labels": "paper",
+                "lr": 5e-5,
+                "weight_decay": 1e-5,
+                "grad_clip": 10.0,
+                "c_ce": 0.0,
+                "c_bce": 1.5,
+                "c_prod": 0.3,
+                "train_bias": 0.4,
+                "ema_decay": 0.0,
+                "eps_range": (0.4, 1.1),
+                "attack_bce_max": 0.4,
+            }
+        ),
+    }
+)
+"""Each recipe's settings by ``TrainConfig`` or ``RunSize`` field (``n_train`` None: all training images). paper is
+METHOD.md section 8 (CIFAR-10's loss weights; ``DATASET_RECIPES`` has CIFAR-100's); it leaves out the authors'
+exponential learning-rate warm-up over the first 1/25 of the steps (asmix's cosine schedule has none) and AMP
+(``bf16``, on by default on CUDA)."""
+
+DATASET_RECIPES: Mapping[tuple[Recipe, str], Mapping[str, Any]] = MappingProxyType(
+    {("paper", "cifar100"): MappingProxyType({"c_prod": 0.2})}
+)
+"""A recipe's settings that differ on one dataset."""
+
+
+def recipe_settings(recipe: Recipe, dataset: str) -> dict[str, Any]:
+    """The settings ``recipe`` fixes on ``dataset``, by ``TrainConfig`` or ``RunSize`` field."""
+    check_choice(recipe, Recipe, "recipe")
+    return dict(RECIPES[recipe]) | dict(DATASET_RECIPES.get((recipe, dataset), {}))
+
+
 @dataclass(frozen=True)
 class RunSize:
     """How much data and work a run gets by default: smaller on the demo data (a few CPU minutes)."""
@@ -239,8 +299,15 @@ class RunSize:
     target_clean_acc: float | None = None
 
 
-def default_run_size(dataset: str) -> RunSize:
-    """Defaults per dataset; every value can be overridden from the CLI."""
+def default_run_size(dataset: str, recipe: Recipe = "default") -> RunSize:
+    """Defaults per dataset, with ``recipe``'s budget (data, epochs, attack iterations) where it sets one; every
+    value can be overridden from the CLI."""
+    names = {field.name for field in fields(RunSize)}
+    chosen = {name: value for name, value in recipe_settings(recipe, dataset).items() if name in names}
+    return replace(_dataset_run_size(dataset), **chosen)
+
+
+def _dataset_run_size(dataset: str) -> RunSize:
     if dataset == "demo":
         return RunSize(
             n_train=2048,
