@@ -16,11 +16,16 @@ from asmix.attacks.objectives import mixed_objective
 from asmix.attacks.pgd import ThreatModel
 from asmix.errors import AsmixError
 from asmix.experiments.train import (
+    RECIPES,
+    TRAIN_ATTACKS,
     TrainConfig,
     attack_rows,
     composite_loss,
+    default_run_size,
     judge,
+    parse_train_attacks,
     pseudo_labels,
+    recipe_settings,
     select_head,
     train_mixer,
     training_rows,
@@ -392,11 +397,20 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
             fixed = verdict[baseline]
             assert fixed["clean_correct"] >= verdict["mixer"]["clean_correct"] or fixed["alpha"] == 0
         assert (verdict["plain"]["std_scale"], verdict["plain"]["rob_scale"]) == (1.0, 1.0)
+        profile = {row["points"]: row for row in verdict["detector_profile"]}
+        assert {"clean", "uniform", "pgd", "apgd-ce-alpha", "apgd-t-alpha", "alpha-first", "square-alpha"} <= set(
+            profile
+        )
+        assert profile["clean"]["auc"] == 0.5 and all(row["n"] == 8 for row in verdict["detector_profile"][:2])
+        assert all(0 <= row["auc"] <= 1 and 0 <= row["mean_alpha"] <= 1 for row in verdict["detector_profile"])
         tempered = selection["tempered_fixed"]
         assert (verdict["fixed"]["std_scale"], verdict["fixed"]["rob_scale"]) == (
             tempered["std_scale"],
             tempered["rob_scale"],
         )
+    held_out = {row["points"]: row for row in summary["verdict"]["detector_profile"]}
+    assert held_out["training attack"]["n"] == 8 * 2  # the training attack's own rows: APGD-CE and one APGD-T copy
+    assert "Detector profile" in out
     card = (tmp_path / "run" / "README.md").read_text()  # the model card beside the weights
     stored = json.loads((tmp_path / "run" / "mixer.json").read_text())
     assert stored["base_weights"]["rob"] in card and stored["verdict"]["line"] in card
@@ -484,3 +498,257 @@ def test_train_mixer_without_a_target_never_ends_with_the_training_head(tmp_path
     assert load_mixer(tmp_path)[1].head == result.head
     given = train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=1, choose_head=False), judge_mixer=False)
     assert given.selection is None and given.head.is_training_head  # only when asked for, and the CLI says so
+
+
+def _mixed_pair(n: int = 8):
+    std, rob = _pair()
+    x, y = _data(n)
+    mixer = MixingNetwork.build(std, rob, x, **TINY)
+    return MixedClassifier(std, rob, alpha=mixer), x, y
+
+
+def test_added_train_attacks_leave_setting_c_copies_as_they_were():
+    mixed, x, y = _mixed_pair()
+    config = _config(threat=ThreatModel(eps=0.1, steps=1), target_classes=2, apgd_steps_df=3)
+    assert config.train_attacks == ("apgd-ce", "apgd-t") and config.copies == 3
+    rows = attack_rows(mixed, x, y, config, batch_generator(0, "c"))
+    every = replace(config, train_attacks=TRAIN_ATTACKS, train_square_queries=5)
+    assert every.copies == 5  # apgd-ce, two apgd-t, alpha-first, square
+    more = attack_rows(mixed, x, y, every, batch_generator(0, "c"))
+    assert more.shape == (5 * 8, 1, 28, 28) and torch.equal(more[: 3 * 8], rows)  # the default copies come first
+    assert parse_train_attacks("square, apgd-ce,square") == ("apgd-ce", "square")  # the table's order, once each
+
+
+@pytest.mark.parametrize("attack", ["alpha-first", "square"])
+def test_alpha_first_and_square_rows_are_attacked_in_the_ball_and_shard(attack):
+    mixed, x, _ = _mixed_pair()
+    with torch.no_grad():
+        y = mixed(x).argmax(1)  # every image starts classified right, so Square searches
+    config = _config(
+        threat=ThreatModel(eps=0.1, steps=1),
+        train_attacks=("apgd-ce", attack),
+        apgd_steps_df=3,
+        train_square_queries=20,
+    )
+    assert config.copies == 2
+    state = torch.get_rng_state()
+    rows = attack_rows(mixed, x, y, config, batch_generator(0, attack))
+    assert torch.equal(torch.get_rng_state(), state)  # the package's own draws leave torch's generator as it was
+    assert rows.shape == (2 * 8, 1, 28, 28)
+    added = rows[8:]
+    distance = (added - x).abs().flatten(1).amax(1)
+    assert distance.max() <= 0.1 * 1.1 + 1e-6 and distance.min() > 0  # inside eps * U(0.4, 1.1), never the clean image
+    assert distance.std() > 0.005 and added.min() >= 0 and added.max() <= 1  # a radius per example
+    assert torch.equal(rows, attack_rows(mixed, x, y, config, batch_generator(0, attack)))
+    shard = attack_rows(mixed, x[4:], y[4:], config, batch_generator(0, attack), offset=4, total=8)
+    assert torch.allclose(shard, rows.view(2, 8, 1, 28, 28)[:, 4:].reshape(-1, 1, 28, 28), atol=1e-6)
+
+
+def test_square_rows_are_the_packages_square_at_each_radius():
+    from asmix.attacks.adaptive import AlphaSquare
+    from asmix.experiments.train.adversary import _uniform
+
+    mixed, x, _ = _mixed_pair()
+    with torch.no_grad():
+        y = mixed(x).argmax(1)
+    config = _config(
+        threat=ThreatModel(eps=0.1, steps=1),
+        train_attacks=("square",),
+        eps_range=(1.0, 1.0),
+        attack_bce_max=0.0,
+        train_square_queries=30,
+    )
+    rows = attack_rows(mixed, x, y, config, batch_generator(0, "s"))
+    generator = batch_generator(0, "s")  # the copy's draws: radius and weight per image, then the package's seed
+    _uniform(generator, (8,)), _uniform(generator, (8,))
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+    with mixed.alpha_source.full_range():
+        square = AlphaSquare(mixed.eval(), eps=0.1, n_queries=30, alpha_weight=0.0)
+        square.init_hyperparam(x)
+        torch.manual_seed(seed)
+        queries, expected = square.attack_single_run(x, y)
+    assert queries.max() > 10  # the search ran
+    assert torch.allclose(rows, expected, atol=1e-6)  # the package rounds x +- eps its own way
+
+
+def test_training_bias_moves_the_training_alpha_and_the_head_is_restored():
+    std, rob = _pair()
+    x, y = _data(16)
+    mixer = MixingNetwork.build(std, rob, x, **TINY)
+    mixer.set_alpha_range(0.9, 1.0)
+    mixer.set_alpha_bias(1.2)
+    mixed = MixedClassifier(std, rob, alpha=mixer)
+    config = _config(setting="B", threat=ThreatModel(eps=0.1, steps=1), attack_bce_max=1.0, steps_range=(3, 3))
+    plain = attack_rows(mixed, x, y, config, batch_generator(0, "b"))
+    biased = attack_rows(mixed, x, y, replace(config, train_bias=2.0), batch_generator(0, "b"))
+    assert (mixer.alpha_min, mixer.alpha_max, mixer.alpha_bias) == (0.9, 1.0, 1.2)
+    assert not torch.equal(plain, biased)  # the alpha term of the attack sees the bias
+    means = []  # of alpha over the balanced clean and attacked rows: sigmoid(score + bias), score batch-normalised
+    for bias in (0.0, 0.4):
+        first = train_mixer(
+            std, rob, x, y, x[:8], y[:8], _config(epochs=1, lr=1e-9, train_bias=bias), judge_mixer=False
+        )
+        means.append((first.history[0].train_alpha_clean + first.history[0].train_alpha_attacked) / 2)
+    assert abs(means[0] - 0.5) < 0.03 and means[1] > means[0] + 0.03
+
+
+def test_resume_with_square_rows_gives_identical_weights_and_other_attacks_are_refused(tmp_path):
+    std, rob = _pair()
+    x, y = _data(16)
+    x_val, y_val = _data(8, seed=1)
+    config = _config(epochs=2, train_attacks=("apgd-ce", "square"), train_square_queries=5)
+    full = train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "full", judge_mixer=False)
+
+    def interrupt(epoch, step):
+        if epoch == 1 and step == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_mixer(
+            std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", on_step=interrupt, judge_mixer=False
+        )
+    with pytest.raises(AsmixError, match=r"other settings \(config.train_attacks, config.train_square_queries\)"):
+        train_mixer(std, rob, x, y, x_val, y_val, _config(epochs=2), out_dir=tmp_path / "cut", resume=True)
+    resumed = train_mixer(
+        std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", resume=True, judge_mixer=False
+    )
+    expected, got = _state(full.mixer), _state(resumed.mixer)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert resumed.history == tuple(replace(r, seconds=s.seconds) for r, s in zip(full.history, resumed.history))
+
+
+def test_train_attack_choices_are_checked():
+    with pytest.raises(AsmixError, match="unknown train attack"):
+        TrainConfig(train_attacks=("apgd-ce", "fab"))
+    with pytest.raises(AsmixError, match="one at least"):
+        TrainConfig(train_attacks=())
+    with pytest.raises(AsmixError, match="at most once"):
+        TrainConfig(train_attacks=("square", "square"))
+    with pytest.raises(AsmixError, match="setting C's; setting B runs PGD"):
+        TrainConfig(setting="B", train_attacks=("square",))
+    assert TrainConfig(setting="B").copies == 1
+    with pytest.raises(AsmixError, match="needs norm linf"):
+        TrainConfig(train_attacks=("square",), threat=ThreatModel(norm="l2", eps=0.5))
+    with pytest.raises(AsmixError, match="train-square-queries"):
+        TrainConfig(train_square_queries=0)
+
+
+def test_paper_recipe_sets_the_authors_settings_and_given_ones_stay():
+    cifar10 = TrainConfig.from_recipe("paper", "cifar10")
+    assert (cifar10.setting, cifar10.train_attacks, cifar10.pseudo_labels) == ("C", ("apgd-ce", "apgd-t"), "paper")
+    assert (cifar10.epochs, cifar10.target_classes, cifar10.apgd_steps_df) == (3, 9, 75)
+    assert (cifar10.lr, cifar10.weight_decay, cifar10.grad_clip, cifar10.ema_decay) == (5e-5, 1e-5, 10.0, 0.0)
+    assert (cifar10.c_ce, cifar10.c_bce, cifar10.c_prod, cifar10.train_bias) == (0.0, 1.5, 0.3, 0.4)
+    assert (cifar10.eps_range, cifar10.attack_bce_max, cifar10.recipe) == ((0.4, 1.1), 0.4, "paper")
+    assert TrainConfig.from_recipe("paper", "cifar100").c_prod == 0.2
+    kept = TrainConfig.from_recipe("paper", "cifar10", given={"lr", "epochs"}, lr=1e-3, epochs=1, c_prod=0.7)
+    assert (kept.lr, kept.epochs, kept.c_prod) == (1e-3, 1, 0.3)  # given values stay, the others are the recipe's
+    assert TrainConfig.from_recipe("default", "cifar10", lr=0.5) == TrainConfig(lr=0.5)
+    size = default_run_size("demo", "paper")
+    assert (size.n_train, size.epochs, size.target_classes, size.apgd_steps_df) == (None, 3, 9, 75)
+    assert size.n_val == default_run_size("demo").n_val  # what the recipe does not set is the dataset's
+    with pytest.raises(AsmixError, match="recipe must be one of default, paper"):
+        recipe_settings("mine", "cifar10")
+
+
+def test_recipe_help_lists_every_value_and_each_is_an_option():
+    import typer.main
+
+    from asmix.cli import app
+
+    command = typer.main.get_command(app).commands["train-mixer"]
+    text = " ".join(next(parameter for parameter in command.params if parameter.name == "recipe").help.split())
+    names = {parameter.name for parameter in command.params}
+    for name, value in RECIPES["paper"].items():
+        spelled = (
+            "all"
+            if value is None
+            else ":".join(map(str, value))
+            if name.endswith("_range")
+            else ",".join(value)
+            if isinstance(value, tuple)
+            else format(value, "g")
+            if isinstance(value, float)
+            else str(value)
+        )
+        assert f"{name.replace('_', '-')} {spelled}" in text, name
+        assert name in names, name  # an option, so that the command line can override it
+    assert "c-prod 0.3 (0.2 on cifar100)" in text and "override the recipe" in text and "warm-up" in text
+
+
+class _Captured(AsmixError):
+    pass
+
+
+def _train_config_of(monkeypatch, capsys, *args):
+    """The TrainConfig and the number of training images ``asmix train-mixer ARGS`` would train with."""
+    import asmix.experiments.train
+
+    seen = {}
+
+    def capture(std, rob, x_train, *rest, **settings):
+        seen.update(config=rest[3], n_train=len(x_train))
+        raise _Captured("captured")
+
+    monkeypatch.setattr(asmix.experiments.train, "train_mixer", capture)
+    code, _, err = run_cli(monkeypatch, capsys, "train-mixer", "--device", "cpu", *args)
+    assert code == 2 and "captured" in err, err
+    return seen["config"], seen["n_train"]
+
+
+def test_cli_recipe_paper_and_explicit_options_override_it(monkeypatch, capsys, tmp_path):
+    from asmix.data import load_data
+
+    config, n_train = _train_config_of(monkeypatch, capsys, "--recipe", "paper", "--out", str(tmp_path / "a"))
+    dataset = dict(threat=config.threat, run=config.run, steps_range=(5, 10))  # demo's own
+    assert config == TrainConfig.from_recipe("paper", "demo", **dataset)  # every value of the recipe
+    assert n_train == len(load_data("demo", split="train")[0])  # all training images
+    config, n_train = _train_config_of(
+        monkeypatch,
+        capsys,
+        "--recipe",
+        "paper",
+        "--lr",
+        "1e-4",
+        "--epochs",
+        "1",
+        "--n-train",
+        "64",
+        "--train-attacks",
+        "apgd-ce,square",
+        "--out",
+        str(tmp_path / "b"),
+    )
+    assert (config.lr, config.epochs, n_train, config.train_attacks) == (1e-4, 1, 64, ("apgd-ce", "square"))
+    assert (config.weight_decay, config.train_bias, config.ema_decay, config.target_classes) == (1e-5, 0.4, 0.0, 9)
+    (tmp_path / "settings.yaml").write_text("lr: 2.0e-4\nrecipe: paper\n")  # --config too overrides the recipe
+    config, _ = _train_config_of(monkeypatch, capsys, "--config", str(tmp_path / "settings.yaml"))
+    assert (config.recipe, config.lr, config.weight_decay) == ("paper", 2e-4, 1e-5)
+    config, n_train = _train_config_of(monkeypatch, capsys, "--out", str(tmp_path / "c"))
+    assert (config.recipe, config.lr, config.train_bias, config.train_attacks, n_train) == (
+        "default",
+        1e-3,
+        0.0,
+        ("apgd-ce", "apgd-t"),
+        2048,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train-attacks", "foo"], "unknown train attack(s) foo"),
+        (["--train-attacks", ""], "one at least"),
+        (["--train-attacks", " , "], "one at least"),
+        (["--setting", "B", "--train-attacks", "square"], "setting C's"),
+        (["--recipe", "mine"], "recipe must be one of default, paper"),
+    ],
+)
+def test_bad_train_attacks_and_recipes_are_one_line(monkeypatch, capsys, tmp_path, args, message):
+    import asmix.experiments.inputs
+
+    monkeypatch.setattr(asmix.experiments.inputs, "load_pair", lambda *a, **k: pytest.fail("work started"))
+    code, out, err = run_cli(monkeypatch, capsys, "train-mixer", *args, "--out", str(tmp_path / "o"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
+    assert message in err

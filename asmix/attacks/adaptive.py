@@ -133,15 +133,23 @@ class AlphaSquare(_Tapped, _AA.square.SquareAttack):
         )
 
     def margin_and_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.blended_margin(x, y, self.alpha_weight)
+
+    def blended_margin(
+        self, x: torch.Tensor, y: torch.Tensor, weight: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(margin, loss to minimise) of ``x``: the true margin, and it blended with the alpha term by ``weight``
+        (a float, or one per example)."""
         logits = self.predict(x)
         u = torch.arange(len(x), device=logits.device)
         correct = logits[u, y].clone()
         others = logits.clone()
         others[u, y] = -float("inf")
         margin = correct - others.max(dim=-1)[0]
-        if self.alpha_weight == 0 or self.predict.parts.alpha_logit is None:
+        fixed = not isinstance(weight, torch.Tensor) and weight == 0
+        if fixed or self.predict.parts.alpha_logit is None:
             return margin, margin
-        return margin, (1 - self.alpha_weight) * margin - self.alpha_weight * alpha_down_term(self.predict.parts)
+        return margin, (1 - weight) * margin - weight * alpha_down_term(self.predict.parts)
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,18 @@ def _apgd_point(
     return torch.where(robust.view(-1, *([1] * (x.ndim - 1))).bool(), x_best, x_best_adv).detach()
 
 
+def alpha_first_point(
+    mixed: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, *, x_init: torch.Tensor | None = None, **settings
+) -> torch.Tensor:
+    """The alpha-first stage: APGD on minus the mixer's logit (from ``x_init``, else a random start), then APGD on CE
+    blended with the hinge on the logit from the point it reached; ``settings`` are ``AlphaAPGD``'s (eps,
+    norm, alpha_weight, n_iter: floats, or one per example). Per example its final point (``_apgd_point``)."""
+    down = _apgd_point(AlphaAPGD(mixed, loss="alpha", seed=seed, device=x.device, **settings), x, y, seed, x_init)
+    return _apgd_point(
+        AlphaAPGD(mixed, loss="ce-hinge", seed=seed + 1, device=x.device, **settings), x, y, seed + 1, x_init=down
+    )
+
+
 def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudget) -> dict[str, StageFn]:
     settings = dict(eps=float(eps), norm=norm, alpha_weight=budget.alpha_weight, n_iter=budget.apgd_steps)
 
@@ -211,10 +231,7 @@ def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudg
         return point
 
     def alpha_first(x, y, seed):
-        down = _apgd_point(AlphaAPGD(mixed, loss="alpha", seed=seed, device=x.device, **settings), x, y, seed)
-        return _apgd_point(
-            AlphaAPGD(mixed, loss="ce-hinge", seed=seed + 1, device=x.device, **settings), x, y, seed + 1, x_init=down
-        )
+        return alpha_first_point(mixed, x, y, seed, **settings)
 
     def square(x, y, seed):
         attack = AlphaSquare(

@@ -360,6 +360,14 @@ def shared_options(*groups: tuple[str, ...] | str, **overrides):
     return decorate
 
 
+def given_options(context: typer.Context) -> set[str]:
+    """The command's options that were set, on the command line or by ``--config``, rather than left at their
+    default (a recipe fills only the others). Sources are compared by name: Typer may bring its own copy of Click."""
+    return {
+        name for name in context.params if getattr(context.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+    }
+
+
 def progress_callback():
     """The progress display on stderr: rich bars on a terminal, plain timed lines in a batch log."""
     from asmix.cli.progress import progress_display

@@ -13,6 +13,7 @@ from asmix.cli.options import (
     SharedOptions,
     check_outputs,
     console,
+    given_options,
     number_parser,
     print_notes,
     progress_callback,
@@ -37,6 +38,7 @@ def _option(name: str, text: str, **settings):
 @shared_options(PAIR_OPTIONS, "norm", "std_scale", "rob_scale", "device", "seed", "report", "json_path")
 def train_mixer_command(
     shared: SharedOptions,
+    ctx: typer.Context,
     setting: Annotated[
         str,
         _option(
@@ -45,6 +47,32 @@ def train_mixer_command(
             text="Training attacks: C APGD-CE + APGD-T copies (the paper's recipe), B white-box PGD, A gray-box PGD.",
         ),
     ] = "C",
+    recipe: Annotated[
+        str,
+        _option(
+            "--recipe",
+            metavar="default|paper",
+            text="paper: the authors' settings (their public code): setting C, train-attacks apgd-ce,apgd-t, n-train "
+            "all, epochs 3, target-classes 9, apgd-steps-df 75, pseudo-labels paper, lr 5e-05, weight-decay 1e-05, "
+            "grad-clip 10, c-ce 0, c-bce 1.5, c-prod 0.3 (0.2 on cifar100), train-bias 0.4, ema-decay 0, eps-range "
+            "0.4:1.1, attack-bce-max 0.4; not their learning-rate warm-up (exponential over the first 1/25 of the "
+            "steps; asmix's cosine schedule has none) nor AMP (see --bf16). default: each option's default. Options "
+            "given on the command line (or by --config) override the recipe.",
+        ),
+    ] = "default",
+    train_attacks: Annotated[
+        str,
+        _option(
+            "--train-attacks",
+            metavar="LIST",
+            text="Setting C: the attacks whose iterates become attacked rows, comma-separated: apgd-ce (one copy per "
+            "image), apgd-t (one per target class), alpha-first (drives the mixer's logit down, then attacks the "
+            "class; twice an APGD copy's iterations), square (a short Square run, linf).",
+        ),
+    ] = "apgd-ce,apgd-t",
+    train_square_queries: Annotated[
+        int, _option("--train-square-queries", "Queries of the square training attack per batch.")
+    ] = 100,
     epochs: Annotated[Optional[int], _option("--epochs", "Epochs (default 4 on demo, 3 otherwise).")] = None,
     batch_size: Annotated[
         Optional[int],
@@ -138,6 +166,13 @@ def train_mixer_command(
         ),
     ] = "test",
     scale: Annotated[float, _option("--scale", "Sigmoid scale s of the mixer output (Table 7).")] = 2.0,
+    train_bias: Annotated[
+        float,
+        _option(
+            "--train-bias",
+            "Bias on the mixer logit in training and its attacks (the authors': 0.4; evaluation uses --alpha-bias).",
+        ),
+    ] = 0.0,
     mixer_width: Annotated[
         Optional[int],
         _option(
@@ -226,9 +261,11 @@ def train_mixer_command(
     from asmix import distributed
     from asmix.experiments.inputs import load_pair
     from asmix.experiments.train import TrainConfig, default_run_size, judge, load_train_data, parse_range, train_mixer
+    from asmix.experiments.train.config import parse_train_attacks
     from asmix.io import atomic_write_json
     from asmix.mixer import parse_layers
     from asmix.report.card import write_mixer_card
+    from asmix.report.evaluate import detector_table
     from asmix.report.train import (
         epoch_line,
         frontier_table,
@@ -241,13 +278,18 @@ def train_mixer_command(
 
     check_outputs(json_path=shared.json_path, out_dir=out, report=shared.report)
     source = shared.pair_source()
-    size = default_run_size(shared.dataset)
+    size = default_run_size(shared.dataset, recipe)
     target = target_clean_acc
     if target is not None and target > 1:
         target /= 100
     device = distributed.local_device(resolve_device(shared.device))
-    config = TrainConfig(
+    config = TrainConfig.from_recipe(
+        recipe,
+        shared.dataset,
+        given=given_options(ctx),
         setting=setting.upper(),
+        train_attacks=parse_train_attacks(train_attacks),
+        train_square_queries=train_square_queries,
         epochs=size.epochs if epochs is None else epochs,
         threat=shared.threat_model(
             source,
@@ -272,6 +314,7 @@ def train_mixer_command(
         attack_bce_max=attack_bce_max,
         val_eps=val_eps,
         scale=scale,
+        train_bias=train_bias,
         width=mixer_width,
         blocks=mixer_blocks,
         stages=mixer_stages,
@@ -340,6 +383,9 @@ def train_mixer_command(
     for title, judged in (("held-out", result.verdict), ("evaluation", comparison)):
         if judged is not None:
             stdout.print(verdict_table(judged, title))
+            profile = detector_table(judged.detector_profile, f"AutoAttack-lite, {title}")
+            if profile is not None:
+                stdout.print(profile)
             stdout.print(judged.line, soft_wrap=True)
     summary = {**result.to_dict(), "comparison": comparison.to_dict() if comparison is not None else None}
     for path in write_train_outputs(result, out, comparison) + (

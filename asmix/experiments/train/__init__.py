@@ -8,11 +8,15 @@ from asmix.experiments.train.adversary import TrainingRows, attack_rows, trainin
 from asmix.experiments.train.comparison import NO_GAIN, JudgedModel, Verdict, judge
 from asmix.experiments.train.config import (
     PSEUDO_LABEL_RULES,
+    RECIPES,
     SETTINGS,
+    TRAIN_ATTACKS,
     RunSize,
     TrainConfig,
     default_run_size,
     parse_range,
+    parse_train_attacks,
+    recipe_settings,
 )
 from asmix.experiments.train.data import VAL_SPLITS, TrainData, load_train_data
 from asmix.experiments.train.loop import EpochRecord, TrainResult, train_mixer
@@ -26,8 +30,10 @@ __all__ = [
     "JudgedModel",
     "NO_GAIN",
     "PSEUDO_LABEL_RULES",
+    "RECIPES",
     "RunSize",
     "SETTINGS",
+    "TRAIN_ATTACKS",
     "TrainConfig",
     "TrainData",
     "TrainResult",
@@ -41,7 +47,9 @@ __all__ = [
     "judge",
     "load_train_data",
     "parse_range",
+    "parse_train_attacks",
     "pseudo_labels",
+    "recipe_settings",
     "select_head",
     "train_mixer",
     "training_rows",

@@ -10,6 +10,7 @@ import torch
 
 from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget
 from asmix.errors import AsmixError
+from asmix.experiments.detector import DetectorProfile, detector_profile
 from asmix.experiments.train.selection import lite_runs
 from asmix.mixing import MixedClassifier
 from asmix.runtime import ProgressFn, batch_slices
@@ -46,7 +47,7 @@ class Verdict:
     fixed: JudgedModel
     plain: JudgedModel
     square_queries: int = LITE_BUDGET.square_queries
-    detector_profile: tuple = ()
+    detector_profile: DetectorProfile | None = None
 
     @property
     def gain(self) -> float:
@@ -72,7 +73,7 @@ class Verdict:
         return f"{NO_GAIN} ({self.gain:+.2f} points against {baseline}; {counts})"
 
     def to_dict(self) -> dict:
-        profile = [row.to_dict() if hasattr(row, "to_dict") else row for row in self.detector_profile]
+        profile = None if self.detector_profile is None else self.detector_profile.to_dict()
         return asdict(self) | {"gain_points": self.gain, "line": self.line, "detector_profile": profile}
 
 
@@ -157,11 +158,14 @@ def judge(
     device: torch.device = torch.device("cpu"),
     budget: AttackBudget = LITE_BUDGET,
     progress: ProgressFn | None = None,
+    profile_points: dict[str, torch.Tensor] | None = None,
 ) -> Verdict:
     """The mixer against the fixed alphas of equal clean accuracy on ``(x, y)``, with ``baseline_scales`` (the
     tempered one, scales chosen on other held-out examples: ``HeadSelection.baseline``) and with scales 1 (plain),
     each the largest alpha whose clean count on ``x`` reaches the mixer's, all under the same adaptive
-    AutoAttack-lite; the verdict says whether the mixer gains anything an adaptive attacker cannot undo."""
+    AutoAttack-lite; the verdict says whether the mixer gains anything an adaptive attacker cannot undo. Its detector
+    profile (``asmix.experiments.detector``, at ``budget``, with ``profile_points`` such as the training attack's
+    rows) says what the mixer's logit sees."""
     if not mixed.adaptive:
         raise AsmixError("the verdict needs a mixing network")
     if len(x) == 0:
@@ -180,6 +184,7 @@ def judge(
             name = f"fixed alpha {alpha:g}" + ("" if scales == (1.0, 1.0) else f" (g {scales[0]:g} / h {scales[1]:g})")
             judged[key] = attack_accuracy(with_scales(mixed, alpha, scales), x, y, name=name, **settings)
         judged[scales] = judged[key]
+    profile = detector_profile(mixed, x, y, extra_points=profile_points, **settings)
     return Verdict(
-        len(x), eps, norm, adaptive, judged[tuple(baseline_scales)], judged[(1.0, 1.0)], budget.square_queries
+        len(x), eps, norm, adaptive, judged[tuple(baseline_scales)], judged[(1.0, 1.0)], budget.square_queries, profile
     )

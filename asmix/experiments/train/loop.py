@@ -18,7 +18,7 @@ from torch import nn
 
 from asmix import distributed
 from asmix.errors import AsmixError
-from asmix.experiments.train.adversary import TrainingRows, training_rows
+from asmix.experiments.train.adversary import TrainingRows, attack_rows, training_rows
 from asmix.experiments.train.checkpoint import CHECKPOINT, LOG, Ema, data_fingerprint, load_checkpoint, save_checkpoint
 from asmix.experiments.train.comparison import Verdict, judge
 from asmix.experiments.train.config import TrainConfig
@@ -29,7 +29,7 @@ from asmix.identity import base_weights
 from asmix.io import atomic_write_text
 from asmix.mixer import MixingNetwork, save_mixer
 from asmix.mixing import EvaluationHead, MixedClassifier, MixSettings
-from asmix.runtime import ProgressFn, batch_generator
+from asmix.runtime import ProgressFn, batch_generator, batch_slices
 
 
 @dataclass(frozen=True)
@@ -265,12 +265,14 @@ def train_mixer(
         baseline_scales = (selection.baseline.head.std_scale, selection.baseline.head.rob_scale)
     final.set_head(head)
     if judge_mixer:
+        training_attack = _training_attack_points(mixed.with_alpha(final), x_val[check], y_val[check], config, device)
         verdict = judge(
             head_classifier(mixed.std, mixed.rob, final, head),
             x_val[check],
             y_val[check],
             baseline_scales=baseline_scales,
             budget=config.lite_budget,
+            profile_points={TRAINING_ATTACK_POINTS: training_attack},
             **settings,
         )
     if writer:
@@ -309,6 +311,22 @@ def head_classifier(std: nn.Module, rob: nn.Module, mixer: MixingNetwork, head: 
     """h_alpha of ``mixer`` with ``head`` set: its range and bias on the network, its logit scales on the mix."""
     mixer.set_head(head)
     return MixSettings(std_scale=head.std_scale, rob_scale=head.rob_scale).classifier(std, rob, mixer).eval()
+
+
+TRAINING_ATTACK_POINTS = "training attack"
+"""The detector profile's row of the training attack's own rows."""
+
+
+def _training_attack_points(
+    mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, device: torch.device
+) -> torch.Tensor:
+    """The training attack's attacked rows (``attack_rows``, the training head) for the held-out ``(x, y)``, batch
+    by batch, each keyed by the seed and its start: the points the mixer learnt to flag, for the detector profile."""
+    rows = []
+    for part in batch_slices(len(x), config.run.batch_size):
+        generator = batch_generator(config.run.seed, "profile", part.start)
+        rows.append(attack_rows(mixed, x[part].to(device), y[part].to(device), config, generator).cpu())
+    return torch.cat(rows)
 
 
 def _held_out_halves(n: int, split: bool) -> tuple[slice, slice]:
@@ -395,7 +413,7 @@ def _chunk_loss(
     std_logits, rob_logits = std_logits.float(), rob_logits.float()
     std_features = tuple(feature.float() for feature in std_features)
     rob_features = tuple(feature.float() for feature in rob_features)
-    logit = trained(std_features, rob_features)
+    logit = trained(std_features, rob_features) + config.train_bias
     alpha = torch.sigmoid(logit)
     pseudo = pseudo_labels(std_logits, rob_logits, y, attacked, config.pseudo_labels)
     loss = composite_loss(
