@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -586,3 +587,27 @@ def test_cli_with_a_mixer_writes_the_detector_profile(monkeypatch, capsys, tmp_p
     assert document["config"]["detector_budget"] == "lite"
     examples = load_examples(tmp_path / "run" / "examples.npz")
     assert examples["detector/square-alpha/alpha_logit"].shape == (6,)
+
+
+def test_the_mixer_head_scales_apply_and_an_explicit_scale_overrides_them_saying_so(monkeypatch, capsys, tmp_path):
+    from asmix.mixer import MixingNetwork, save_mixer
+
+    std, rob = load_model("demo-std"), load_model("demo-rob")
+    x = torch.rand(2, 1, 28, 28)
+    mixer = MixingNetwork.build(std, rob, x, width=8, blocks=1, stages=0, alpha_range=(0.9, 0.95)).eval()
+    folder = save_mixer(
+        mixer,
+        tmp_path / "mixer",
+        config={"models": {"std": "demo-std", "rob": "demo-rob"}},
+        std=std,
+        rob=rob,
+        scales=(1.2, 0.3),
+    )
+    args = ("evaluate", "--mixer", str(folder), "--attack", "clean", "--n-examples", "4", "--device", "cpu")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--json", str(tmp_path / "head.json"))
+    mix = json.loads((tmp_path / "head.json").read_text())["config"]["mix"]
+    assert code in (0, None) and (mix["std_scale"], mix["rob_scale"]) == (1.2, 0.3) and "overrides" not in err
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--rob-scale", "0.5", "--json", str(tmp_path / "given.json"))
+    mix = json.loads((tmp_path / "given.json").read_text())["config"]["mix"]
+    assert code in (0, None) and (mix["std_scale"], mix["rob_scale"]) == (1.2, 0.5)
+    assert "note: --rob-scale 0.5 overrides the rob_scale 0.3 of the head chosen" in err
