@@ -233,14 +233,14 @@ def test_verify_runs_standard_autoattack_on_unseen_examples(monkeypatch, capsys,
         ("certify", ["--n-samples", "8"]),
     ],
 )
-@pytest.mark.parametrize("family", ["nuts", "linear"])
+@pytest.mark.parametrize("family", ["nuts", "linear", "tempered"])
 def test_calibration_round_trip_through_every_command(
     monkeypatch, capsys, tmp_path, calibration_dir, command, extra, family
 ):
     data = json.loads((calibration_dir / "calibration.json").read_text())
     chosen = data["families"][family]
     family_args = [] if command == "certify" else ["--family", family]
-    if command == "certify" and family == "nuts":
+    if command == "certify" and family != "linear":
         pytest.skip("certify reads the linear family only")
     code, out, err = run_cli(
         monkeypatch,
@@ -269,6 +269,7 @@ def test_calibration_round_trip_through_every_command(
         assert config["alpha"] == chosen["alpha"]
     assert config["mix"]["std_temperature"] == chosen["std_temperature"]
     assert config["mix"]["rob_map"] == chosen["rob_map"]
+    assert (config["mix"]["std_scale"], config["mix"]["rob_scale"]) == (chosen["std_scale"], chosen["rob_scale"])
 
 
 def test_rob_map_option_builds_the_same_mix(monkeypatch, capsys, tmp_path):
@@ -729,3 +730,11 @@ def test_tempered_family_finds_the_logit_scales_the_plain_fixed_alpha_lacks(tmp_
         choice.scales == (tempered.choice.std_scale, tempered.choice.rob_scale)
         and choice.alpha == tempered.choice.alpha
     )
+
+
+def test_certify_refuses_a_mixer_head_that_scales_h(monkeypatch, capsys, tmp_path, mixer_calibration):
+    scaled = _edited(mixer_calibration, tmp_path / "scaled.json", rob_scale=0.3)
+    code, _, err = run_cli(
+        monkeypatch, capsys, "certify", "--n-examples", "4", "--calibration", str(scaled), "--family", "mixer"
+    )
+    assert code == 2 and "scales h's logits by 0.3" in err and len(err.strip().splitlines()) == 1

@@ -148,6 +148,11 @@ def certify_command(
         choice = shared.mix_choice()
         _, card = shared.calibrated_mixer(choice)  # a mixer is certified at its alpha_min: radii grow with alpha
         alpha, std_hardmax, head = choice.alpha, std_hardmax or choice.std_temperature == 0, choice.mixer
+        if choice.scales[1] != 1.0:  # g's scale does not matter: the theorems hold whatever g outputs
+            raise AsmixError(
+                f"the chosen head scales h's logits by {choice.scales[1]:g}; Thm 3.5 and A.2 certify eq. 3.4 with "
+                "h's own probabilities: certify a head with h's scale 1"
+            )
     config = CertifyConfig(
         sigma=sigma,
         n_samples=n_samples,
