@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 import warnings
@@ -57,6 +58,18 @@ def import_robustbench() -> types.ModuleType:
         raise AsmixError(
             f"RobustBench cannot be imported ({error}); pip install robustbench 'setuptools<81'"
         ) from error
+
+
+def torch_load_unpickles() -> str | None:
+    """Why ``torch.load`` without ``weights_only``, as RobustBench 1.1.1 calls it, would unpickle arbitrary objects
+    here (torch before 2.6, or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` set); None where it reads only tensors."""
+    import torch
+
+    if torch.__version__ < "2.6":
+        return f"torch {torch.__version__} unpickles by default (weights_only is the default from torch 2.6)"
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").strip().lower() in ("1", "y", "yes", "true"):
+        return "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, so torch.load unpickles by default"
+    return None
 
 
 def silence_dependency_warnings() -> None:

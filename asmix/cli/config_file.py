@@ -1,5 +1,6 @@
 """``--config FILE``: rerun an experiment from the ``config`` block of any asmix JSON output (or a YAML file with
-the same keys); options given on the command line override it."""
+the same keys); options given on the command line override it. A file replays settings, never consent or output
+paths."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ BLOCK_ALIASES = {
     "train-mixer": {"threat.eps": "eps_max", "threat.steps": "val_steps"},
 }
 """Per command, block settings whose command-line option has another name."""
+
+NOT_REPLAYED = ("trust_code", "out", "json", "json_path", "report", "robustbench")
+"""Keys a config file never sets: consent to run code (only the person at the keyboard gives it) and output paths
+(a file must not choose what gets written or overwritten)."""
 
 
 def read_config_block(path: Path) -> dict[str, Any]:
@@ -54,11 +59,9 @@ def as_option_value(name: str, value: Any) -> Any:
     return value
 
 
-def config_defaults(block: dict[str, Any], parameters: set[str], command: str | None = None) -> dict[str, Any]:
-    """The block's settings that name an option of this command: the settings blocks (``threat``, ``mix``,
-    ``run``) spread into their options, as are the flat settings of earlier asmix outputs, and base-model specs
-    from ``models``; keys the command does not take (computed values, another command's settings) are left
-    out."""
+def _flat_settings(block: dict[str, Any], command: str | None) -> dict[str, Any]:
+    """The block's settings by option name: the settings blocks (``threat``, ``mix``, ``run``) spread, as are the
+    flat settings of earlier asmix outputs."""
     flat = {key: value for key, value in block.items() if key not in BLOCKS or not isinstance(value, dict)}
     renames = BLOCK_ALIASES.get(command or "", {})
     for group in BLOCKS:
@@ -66,6 +69,21 @@ def config_defaults(block: dict[str, Any], parameters: set[str], command: str | 
         if isinstance(settings, dict):
             for key, value in settings.items():
                 flat[renames.get(f"{group}.{key}", key)] = value
+    return flat
+
+
+def ignored_settings(block: dict[str, Any], command: str | None = None) -> list[str]:
+    """The keys of ``NOT_REPLAYED`` that the block sets, which ``config_defaults`` leaves out."""
+    flat = _flat_settings(block, command)
+    return [key for key in NOT_REPLAYED if flat.get(key) is not None]
+
+
+def config_defaults(block: dict[str, Any], parameters: set[str], command: str | None = None) -> dict[str, Any]:
+    """The block's settings that name an option of this command: the settings blocks (``threat``, ``mix``,
+    ``run``) spread into their options, as are the flat settings of earlier asmix outputs, and base-model specs
+    from ``models``; keys the command does not take (computed values, another command's settings) are left
+    out, as are consent and output paths (``NOT_REPLAYED``)."""
+    flat = _flat_settings(block, command)
     models = flat.pop("models", None)
     if isinstance(models, dict):
         for role in ("std", "rob", "mixer"):
@@ -74,7 +92,7 @@ def config_defaults(block: dict[str, Any], parameters: set[str], command: str | 
     defaults = {}
     for key, value in flat.items():
         name = ALIASES.get(key, key) if ALIASES.get(key) in parameters else key
-        if name in parameters and name != "config_file" and value is not None:
+        if name in parameters and name not in (*NOT_REPLAYED, "config_file") and value is not None:
             defaults[name] = as_option_value(name, value)
     return defaults
 
@@ -85,6 +103,18 @@ def _load(ctx: click.Context, parameter: click.Parameter, value: Optional[Path])
     block = read_config_block(Path(value))
     names = {param.name for param in ctx.command.params}
     ctx.default_map = {**(ctx.default_map or {}), **config_defaults(block, names, ctx.command.name)}
+    ignored = ignored_settings(block, ctx.command.name)
+    if ignored:
+        from asmix.cli.options import console
+        from asmix.distributed import is_main_process
+
+        if is_main_process():
+            console.print(
+                f"note: --config {value}: ignored {', '.join(ignored)} (consent and output paths come only from the "
+                "command line: --trust-code, --out, --json, --report, --robustbench)",
+                highlight=False,
+                soft_wrap=True,
+            )
     return value
 
 
@@ -95,6 +125,7 @@ ConfigOption = Annotated[
         callback=_load,
         is_eager=True,
         help="Take every setting from this file: the config block of an asmix JSON output, or a YAML of the same keys. "
-        "Options given on the command line override it.",
+        "Options given on the command line override it. Consent (--trust-code) and output paths (--out, --json, "
+        "--report, --robustbench) are never taken from it.",
     ),
 ]

@@ -144,7 +144,9 @@ def evaluate_command(
     default_n_examples = shared.default_n_examples
     if robustbench is not None:
         from asmix.data import standard_eps
-        from asmix.report.robustbench import LEADERBOARD_EXAMPLES
+        from asmix.report.robustbench import LEADERBOARD_EXAMPLES, check_model_name
+
+        check_model_name(model_name)
 
         attacks = ("clean", "aa")  # the leaderboard's protocol: clean and standard AutoAttack
         detector_budget = "off"

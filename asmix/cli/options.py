@@ -98,11 +98,16 @@ class SharedOptions:
     rob_weights: Optional[Path] = _shared(
         None, "--rob-weights", panel=MODELS, help="State dict for h (safetensors or .pt)."
     )
-    trust_code: bool = _shared(
-        False,
+    trust_code: Optional[bool] = _shared(
+        None,
         "--trust-code/--no-trust-code",
         panel=MODELS,
-        help="Allow file: and py: models, which can run code when loaded (or set ASMIX_TRUST_CODE=1).",
+        show_default=False,
+        help=(
+            "Allow models that can run code when loaded: file:, py: and timm tags whose weights timm unpickles "
+            "(open_clip and others). Default: ASMIX_TRUST_CODE=1 allows them; --no-trust-code refuses even then. "
+            "Never taken from --config."
+        ),
     )
     norm: str = _shared(
         "linf",
@@ -191,7 +196,7 @@ class SharedOptions:
 
     def pair_source(self, **overrides):
         """The library's ``PairSource`` from the model and data options and ``--norm``, with ``overrides``
-        (``n_examples``, ``default_n_examples``). It refuses ``file:``/``py:`` models without ``--trust-code`` and
+        (``n_examples``, ``default_n_examples``). It refuses models that can run code without consent and
         ``--n-examples`` below 1."""
         from asmix.experiments.inputs import PairSource
 

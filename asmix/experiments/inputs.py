@@ -18,8 +18,9 @@ from asmix.models.registry import check_code_consent
 class PairSource:
     """The models and data a user names (defaults: the embedded demo pair and data). ``n_examples`` takes the first N
     (``from_end``: the last N; more than there are is an error); without it N is ``default_n_examples`` (a command's
-    default), else the dataset's (500 on ``demo``, else all). ``trust_code`` is the user's consent to load ``file:``
-    and ``py:`` specs, which can run code; without it (or ``$ASMIX_TRUST_CODE=1``) they are refused here."""
+    default), else the dataset's (500 on ``demo``, else all). ``trust_code`` is the user's consent to load models that
+    can run code (``file:``, ``py:``, timm tags timm unpickles); None asks ``$ASMIX_TRUST_CODE``, False refuses even
+    with it. Without consent they are refused here, before anything is opened."""
 
     std: str = "demo-std"
     rob: str = "demo-rob"
@@ -31,7 +32,7 @@ class PairSource:
     std_weights: str | None = None
     rob_weights: str | None = None
     norm: str = "linf"
-    trust_code: bool = False
+    trust_code: bool | None = None
     default_n_examples: int | None = None
     from_end: bool = False
     """Take the last N examples of the split (held-out ones, as train-mixer's) instead of the first N."""
@@ -40,8 +41,8 @@ class PairSource:
         object.__setattr__(self, "norm", check_norm(self.norm))
         check_n_examples(self.n_examples)
         check_n_examples(self.default_n_examples)
-        for spec in (self.std, self.rob):
-            check_code_consent(spec, self.trust_code)
+        for spec, weights in ((self.std, self.std_weights), (self.rob, self.rob_weights)):
+            check_code_consent(spec, self.trust_code, dataset=self.dataset, norm=self.norm, weights=weights)
 
     @property
     def default_eps(self) -> float:

@@ -8,6 +8,7 @@ import difflib
 import importlib
 import importlib.util
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,13 @@ ALIASES = {
 }
 
 
-CODE_KINDS = {
-    "file": "loading it can run code (torch.export unpickles weights, TorchScript carries code)",
-    "py": "it imports and runs Python code",
-}
-"""Spec kinds that can run code when loaded: asmix opens them only with the user's consent."""
-
 TRUST_CODE_ENV = "ASMIX_TRUST_CODE"
+
+ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")
+"""Datasets with a RobustBench zoo."""
+
+SAFE_WEIGHT_SUFFIXES = (".safetensors", ".npz")
+"""Weights files timm reads without unpickling (safetensors; ``.npz`` with numpy's ``allow_pickle=False``)."""
 
 
 def default_model_dir() -> Path:
@@ -95,18 +96,46 @@ def canonical_spec(text: str) -> str:
         return text.strip()
 
 
-def trusts_code(trust_code: bool = False) -> bool:
-    """The user's consent to run code from a model spec: ``trust_code`` or ``$ASMIX_TRUST_CODE=1``."""
-    return bool(trust_code) or os.environ.get(TRUST_CODE_ENV, "").strip() == "1"
+def trusts_code(trust_code: bool | None = None) -> bool:
+    """The user's consent to load a model that can run code: ``trust_code`` where given (``--trust-code``, or
+    ``--no-trust-code``, which wins over the environment), else ``$ASMIX_TRUST_CODE=1``."""
+    if trust_code is not None:
+        return bool(trust_code)
+    return os.environ.get(TRUST_CODE_ENV, "").strip() == "1"
 
 
-def check_code_consent(spec: str | ModelSpec, trust_code: bool = False) -> ModelSpec:
-    """Stop before a ``file:`` or ``py:`` spec is opened unless the user consented to run its code."""
+def code_risk(
+    spec: str | ModelSpec, *, dataset: str = "demo", norm: str = "linf", weights: str | Path | None = None
+) -> str | None:
+    """Why loading ``spec`` can run code, or None where only tensors are read: ``file:`` and ``py:`` specs, timm
+    tags whose weights timm unpickles, RobustBench checkpoints where ``torch.load`` unpickles by default. With
+    ``weights`` (a state dict asmix reads itself with ``weights_only=True``) only the first two remain."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
-    if spec.kind in CODE_KINDS and not trusts_code(trust_code):
-        raise AsmixError(
-            f"refusing {spec}: {CODE_KINDS[spec.kind]}; pass --trust-code (or set {TRUST_CODE_ENV}=1) if you trust it"
+    risk = _CODE_RISKS.get(spec.kind)
+    return risk(spec.name, _context(dataset, norm, None, weights)) if risk is not None else None
+
+
+def check_code_consent(
+    spec: str | ModelSpec,
+    trust_code: bool | None = None,
+    *,
+    dataset: str = "demo",
+    norm: str = "linf",
+    weights: str | Path | None = None,
+) -> ModelSpec:
+    """Stop before a model that can run code (``code_risk``) is opened, unless the user consented (``trusts_code``):
+    one line that says why."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if trusts_code(trust_code):
+        return spec
+    reason = code_risk(spec, dataset=dataset, norm=norm, weights=weights)
+    if reason is not None:
+        consent = (
+            f"pass --trust-code (or set {TRUST_CODE_ENV}=1) if you trust it"
+            if trust_code is None
+            else "pass --trust-code instead of --no-trust-code if you trust it"
         )
+        raise AsmixError(f"refusing {spec}: {reason}; {consent}")
     return spec
 
 
@@ -117,15 +146,15 @@ def load_model(
     norm: str = "linf",
     model_dir: str | Path | None = None,
     weights: str | Path | None = None,
-    trust_code: bool = False,
+    trust_code: bool | None = None,
 ) -> nn.Module:
     """Build the model a spec names, in eval mode, taking images in [0, 1].
 
     ``weights`` loads a state dict (safetensors or ``.pt`` read with ``weights_only=True``) into
-    the resolved architecture instead of its default weights. ``file:`` and ``py:`` specs can run
-    code, so they load only with ``trust_code`` (or ``$ASMIX_TRUST_CODE=1``).
+    the resolved architecture instead of its default weights. Specs that can run code (``code_risk``:
+    ``file:``, ``py:``, timm tags timm unpickles) load only with the user's consent (``trusts_code``).
     """
-    spec = check_code_consent(spec, trust_code)
+    spec = check_code_consent(spec, trust_code, dataset=dataset, norm=norm, weights=weights)
     context = _context(dataset, norm, model_dir, weights)
     return _LOADERS[spec.kind](spec.name, context).eval()
 
@@ -251,6 +280,12 @@ def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
             model = rb_load_model(
                 name, model_dir=str(context.model_dir), dataset=context.dataset, threat_model=context.threat_model
             )
+    except pickle.UnpicklingError as error:  # torch.load's weights_only default refused the checkpoint
+        raise AsmixError(
+            f"cannot load RobustBench model {name}: its checkpoint in {folder} holds objects other than tensors, "
+            f"which torch.load(weights_only=True) refuses to unpickle; pass its state dict (safetensors) with "
+            f"--std-weights/--rob-weights"
+        ) from error
     except Exception as error:
         raise AsmixError(
             f"cannot load RobustBench model {name}: put {name}.pt in {folder} (download failed: {type(error).__name__})"
@@ -266,7 +301,7 @@ def _zoo_entry(name: str, context: LoadContext) -> tuple[dict, str]:
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    if context.dataset not in ("cifar10", "cifar100", "imagenet"):
+    if context.dataset not in ROBUSTBENCH_DATASETS:
         raise AsmixError(
             f"unknown model {name!r}: not demo-std/demo-rob, an alias ({', '.join(ALIASES)}) or a spec "
             f"(timm:, bit:, rb:, file:, py:); RobustBench names need --dataset cifar10, cifar100 or imagenet"
@@ -297,13 +332,18 @@ def _robustbench_preprocessing(name: str, context: LoadContext) -> Preprocessing
         return from_torchvision(PREPROCESSINGS[key], source=f"RobustBench {key}")
     import timm
 
-    timm_name = f"{name.lower().replace('-', '_')}_{context.dataset}_{context.threat_model.lower()}"
+    timm_name = _robustbench_timm_name(name, context)
     if not timm.is_model(timm_name):
         raise AsmixError(
             f"RobustBench model {name} has no preprocessing entry and timm has no model {timm_name} "
             f"to read it from: this timm version cannot build it; use another model"
         )
     return from_timm_config(timm.models.get_pretrained_cfg(timm_name), source=f"timm data config of {timm_name}")
+
+
+def _robustbench_timm_name(name: str, context: LoadContext) -> str:
+    """The timm model RobustBench builds instead of a zoo entry where timm registers one under this name."""
+    return f"{name.lower().replace('-', '_')}_{context.dataset}_{context.threat_model.lower()}"
 
 
 def _adapt_robustbench(model: nn.Module, preprocessing: Preprocessing | None) -> nn.Module:
@@ -388,6 +428,58 @@ def _load_python(name: str, context: LoadContext) -> nn.Module:
         raise AsmixError(f"py:{name} returned {type(model).__name__}, not a torch.nn.Module")
     return load_weights(model, context.weights) if context.weights else model
 
+
+def _timm_risk(name: str, context: LoadContext) -> str | None:
+    """timm 1.0.9 reads a hub file a pretrained config names itself (``hf_hub_filename``: the open_clip, MetaCLIP
+    and SAM2 tags) with ``torch.load(weights_only=False)`` unless it finds a safetensors copy; other tags are read as
+    safetensors or with ``weights_only=True``. With ``--*-weights`` timm loads no weights."""
+    if context.weights is not None:
+        return None
+    import timm
+
+    name = name.partition("@")[0]
+    try:
+        config = timm.models.get_pretrained_cfg(name)
+    except RuntimeError as error:  # a timm architecture with a tag it does not have
+        raise AsmixError(f"timm:{name}: {first_line(error)}") from error
+    filename = getattr(config, "hf_hub_filename", None)
+    if not filename or filename.endswith(SAFE_WEIGHT_SUFFIXES):
+        return None
+    return (
+        f"timm reads its weights ({config.hf_hub_id} {filename}) with torch.load(weights_only=False), which runs any "
+        f"code pickled in the file (or give a safetensors state dict with --std-weights/--rob-weights)"
+    )
+
+
+def _robustbench_risk(name: str, context: LoadContext) -> str | None:
+    """RobustBench 1.1.1 calls ``torch.load`` without ``weights_only``: safe only where that reads tensors alone
+    (torch >= 2.6); an entry that timm provides loads as timm's. With ``--*-weights`` asmix reads the state dict."""
+    if context.weights is not None:
+        return None
+    from asmix.compat import torch_load_unpickles
+
+    unpickles = torch_load_unpickles()
+    if unpickles is not None:
+        return (
+            f"RobustBench reads its checkpoint with torch.load and no weights_only, and {unpickles} (or give a "
+            f"safetensors state dict with --std-weights/--rob-weights)"
+        )
+    if context.dataset not in ROBUSTBENCH_DATASETS:
+        return None  # not a RobustBench dataset: the loader refuses the name
+    _, name = _zoo_entry(name, context)
+    import timm
+
+    timm_name = _robustbench_timm_name(name, context)
+    return _timm_risk(timm_name, context) if timm.is_model(timm_name) else None
+
+
+_CODE_RISKS: dict[str, Callable[[str, LoadContext], str | None]] = {
+    "file": lambda name, context: "loading it can run code (torch.export unpickles weights, TorchScript carries code)",
+    "py": lambda name, context: "it imports and runs Python code",
+    "timm": _timm_risk,
+    "rb": _robustbench_risk,
+}
+"""Spec kinds whose loading can run code, and why for this spec: asmix opens them only with the user's consent."""
 
 _PREPROCESSINGS: dict[str, Callable[[str, LoadContext], Preprocessing | None]] = {
     "timm": _timm_preprocessing,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from asmix.checks import threat_model_name
+from asmix.errors import AsmixError
 from asmix.io import atomic_write_json, atomic_write_text
 
 LEADERBOARD_EXAMPLES = {"cifar10": 10000, "cifar100": 10000, "imagenet": 5000}
@@ -102,12 +103,19 @@ def claim_markdown(
     return "\n".join(lines)
 
 
+def check_model_name(model_name: str) -> None:
+    """``model_name`` names files in the ``--robustbench`` folder: a plain file name, not a path out of it."""
+    if not model_name or Path(model_name).name != model_name or model_name in (".", "..") or "\\" in model_name:
+        raise AsmixError(f"--model-name {model_name!r} must be a file name (no folders), e.g. Bai2023Improving")
+
+
 def write_robustbench(
     result, directory: str | Path, *, dataset: str, model_name: str, deviations: list[str]
 ) -> list[Path]:
     """``DIR/<model_name>.json`` (RobustBench's schema, no asmix keys) and ``DIR/<model_name>.md`` (the claim)."""
     from asmix.provenance import provenance
 
+    check_model_name(model_name)
     directory = Path(directory)
     info = model_info(result, dataset)
     return [
