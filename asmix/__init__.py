@@ -2,8 +2,7 @@
 
 The names below load on first use, so ``import asmix`` imports no experiment, no attack package and changes
 nothing in ``sys.modules`` beyond asmix itself. The certify experiment is ``asmix.experiments.certify.certify``;
-the certified-radius formulas are ``asmix.radii`` (``asmix.certify``, their old name, still imports for one
-release, with a deprecation warning).
+the certified-radius formulas are ``asmix.radii``.
 """
 
 from __future__ import annotations

@@ -420,15 +420,3 @@ def test_skip_certifies_every_kth_example_with_its_own_numbers(tmp_path):
     assert skipped.to_dict()["indices"] == [0, 3, 6] and skipped.to_dict()["config"]["skip"] == 3
     with pytest.raises(AsmixError, match="skip must be >= 1"):
         CertifyConfig(skip=0)
-
-
-def test_the_old_module_name_still_imports_with_a_warning():
-    import importlib
-    import sys
-
-    import asmix.radii
-
-    sys.modules.pop("asmix.certify", None)
-    with pytest.warns(DeprecationWarning, match="asmix.radii"):
-        old = importlib.import_module("asmix.certify")
-    assert old.lipschitz_radius is asmix.radii.lipschitz_radius

@@ -1,0 +1,67 @@
+"""The mixing network alpha_theta(x) of Section 4.3 and a trained mixer's files, one job per module: ``taps`` (the base
+models' feature maps, captured in their one forward pass), ``network`` (``MixingNetwork``) and ``card`` (reading,
+checking and writing mixer.json and mixer.safetensors)."""
+
+from asmix.mixer.card import (
+    MIXER_CONFIG,
+    MIXER_FORMAT,
+    MIXER_FORMAT_VERSION,
+    MIXER_WEIGHTS,
+    MixerCard,
+    load_mixer,
+    resolve_mixer_dir,
+    save_mixer,
+)
+from asmix.mixer.network import (
+    CONFIDENCE_TOP_K,
+    LOG_PROB_FLOOR,
+    MixerInputs,
+    MixingNetwork,
+    PreActBlock,
+    SyncedBatchNorm,
+    resize_to,
+    sorted_log_probs,
+)
+from asmix.mixer.taps import (
+    DEFAULT_TAPS,
+    FALLBACK_TAPS,
+    Features,
+    candidate_layers,
+    capture_features,
+    check_layout,
+    default_layers,
+    parse_layers,
+    resolve_layers,
+    run_with_features,
+    tap_root,
+)
+
+__all__ = [
+    "CONFIDENCE_TOP_K",
+    "DEFAULT_TAPS",
+    "FALLBACK_TAPS",
+    "LOG_PROB_FLOOR",
+    "MIXER_CONFIG",
+    "MIXER_FORMAT",
+    "MIXER_FORMAT_VERSION",
+    "MIXER_WEIGHTS",
+    "Features",
+    "MixerCard",
+    "MixerInputs",
+    "MixingNetwork",
+    "PreActBlock",
+    "SyncedBatchNorm",
+    "candidate_layers",
+    "capture_features",
+    "check_layout",
+    "default_layers",
+    "load_mixer",
+    "parse_layers",
+    "resize_to",
+    "resolve_layers",
+    "resolve_mixer_dir",
+    "run_with_features",
+    "save_mixer",
+    "sorted_log_probs",
+    "tap_root",
+]

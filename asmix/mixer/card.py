@@ -1,0 +1,234 @@
+"""A trained mixer's files: ``mixer.safetensors`` (weights) and ``mixer.json`` (its card: base models, weight
+hashes, architecture, evaluation head, training settings, verdict), written, read and checked here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from asmix.errors import AsmixError, first_line
+from asmix.identity import base_weights, describe_roles, differing_models
+from asmix.io import atomic_write, atomic_write_json
+from asmix.mixer.network import MixingNetwork
+from asmix.mixing import EvaluationHead
+
+MIXER_WEIGHTS = "mixer.safetensors"
+MIXER_CONFIG = "mixer.json"
+MIXER_FORMAT = "asmix-mixer"
+MIXER_FORMAT_VERSION = 3
+
+
+def save_mixer(
+    mixer: MixingNetwork,
+    directory: str | Path,
+    *,
+    config: dict[str, Any],
+    std: nn.Module | None = None,
+    rob: nn.Module | None = None,
+    scales: tuple[float, float] = (1.0, 1.0),
+) -> Path:
+    """Write ``mixer.safetensors`` (weights and BN buffers) and ``mixer.json`` (architecture, the evaluation ``head``
+    block: the network's range and bias with the logit ``scales`` of g and h, plus ``config``: base model specs under
+    ``models``, training settings, data fingerprint) atomically. Given the base models ``std`` and ``rob``, the sha256
+    of their weights goes under ``base_weights``, and loading the mixer against other weights is refused."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in mixer.state_dict().items()}
+    atomic_write(directory / MIXER_WEIGHTS, lambda path: save_file(state, str(path)))
+    document = {
+        "format": MIXER_FORMAT,
+        "version": MIXER_FORMAT_VERSION,
+        **config,
+        "architecture": mixer.architecture(),
+        "head": mixer.head(*scales).to_dict(),
+    }
+    if std is not None and rob is not None:
+        document["base_weights"] = base_weights(std, rob)
+    atomic_write_json(directory / MIXER_CONFIG, document)
+    return directory
+
+
+TRAINING_BLOCK_KEYS = {"threat": {"norm": "norm", "eps": "eps_max", "steps": "val_steps"}, "mix": None, "run": None}
+"""How a mixer.json's grouped training settings map to the flat names of earlier asmix (None: same names)."""
+
+
+HF_PREFIX = "hf:"
+
+
+def resolve_mixer_dir(directory: str | Path) -> Path:
+    """A mixer folder, or ``hf:ORG/NAME[@REVISION]``: that Hugging Face repository's snapshot in the local cache
+    (``$HF_HOME``/``$HF_HUB_CACHE``, default ~/.cache/huggingface/hub), never downloaded by asmix."""
+    text = str(directory)
+    if not text.startswith(HF_PREFIX):
+        return Path(directory)
+    repo_id, _, revision = text[len(HF_PREFIX) :].partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise AsmixError(f"mixer {text!r}: use hf:ORG/NAME or hf:ORG/NAME@REVISION")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=True))
+    except Exception as error:  # huggingface_hub raises several kinds for "not in the cache"
+        raise AsmixError(
+            f"mixer {text} is not in the local Hugging Face cache {HF_HUB_CACHE}: on a machine with "
+            f"internet run `huggingface-cli download {repo_id}` and copy the cache here, or pass the "
+            f"folder that holds mixer.json and mixer.safetensors ({type(error).__name__})"
+        ) from error
+
+
+CARD_AS_WRITTEN = ("base_weights", "n_train", "n_val", "data_fingerprint", "selection", "verdict", "provenance")
+"""The ``MixerCard`` fields read from mixer.json as they are (None where missing)."""
+
+
+@dataclass(frozen=True)
+class MixerCard:
+    """What a mixer.json records beside the weights: the base models' specs and weight hashes, the architecture
+    and evaluation head, the training settings as written, the training data, the head choice, the verdict, the
+    history and the provenance."""
+
+    directory: Path
+    version: int
+    models: dict[str, str]
+    architecture: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    base_weights: dict[str, str] | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    data_fingerprint: str | None = None
+    selection: dict[str, Any] | None = None
+    verdict: dict[str, Any] | None = None
+    history: tuple[dict[str, Any], ...] = ()
+    provenance: dict[str, Any] | None = None
+    head: EvaluationHead = EvaluationHead()
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "MixerCard":
+        """The card in ``directory/mixer.json``; a missing, unreadable or foreign file is one ``AsmixError``."""
+        directory = Path(directory)
+        path = directory / MIXER_CONFIG
+        if not path.is_file():
+            raise AsmixError(f"mixer directory {directory} has no {path.name} (train one with asmix train-mixer)")
+        try:
+            document = json.loads(path.read_text())
+            if not isinstance(document, dict) or document.get("format") != MIXER_FORMAT:
+                raise ValueError("not an asmix mixer config")
+            card = cls(
+                directory=directory,
+                version=int(document.get("version", 1)),
+                models=dict(document.get("models") or {}),
+                architecture=dict(document["architecture"]),
+                training=dict(document.get("training") or {}),
+                history=tuple(document.get("history") or ()),
+                **{name: document.get(name) for name in CARD_AS_WRITTEN},
+            )
+            return replace(card, head=EvaluationHead.from_dict(document.get("head", {}), card.head_before_scales))
+        except (ValueError, KeyError, TypeError, AsmixError) as error:
+            raise AsmixError(f"corrupt mixer config {path}: {first_line(error)}") from error
+
+    @property
+    def head_before_scales(self) -> EvaluationHead:
+        """The head of a mixer.json written before the ``head`` block: the architecture's range and bias with the
+        logit scales the mixer was trained with (1 and 1 where none was recorded)."""
+        low, high = self.architecture.get("alpha_range", (0.0, 1.0))
+        settings = self.training_settings
+        return EvaluationHead(
+            low,
+            high,
+            self.architecture.get("alpha_bias", 0.0),
+            settings.get("std_scale", 1.0),
+            settings.get("rob_scale", 1.0),
+        )
+
+    @property
+    def training_settings(self) -> dict[str, Any]:
+        """The training settings under the flat names earlier asmix wrote (``norm``, ``eps_max``, ``val_steps``,
+        ``std_scale``, ``batch_size``...), whichever form was written: the ``threat``, ``mix`` and ``run`` groups
+        are spread into them."""
+        flat = {key: value for key, value in self.training.items() if key not in TRAINING_BLOCK_KEYS}
+        for block, names in TRAINING_BLOCK_KEYS.items():
+            group = self.training.get(block)
+            if isinstance(group, dict):
+                for key, value in group.items():
+                    if names is None or key in names:
+                        flat[key if names is None else names[key]] = value
+        return flat
+
+    @property
+    def std_scale(self) -> float:
+        """The scale of g's logits in the evaluation head."""
+        return self.head.std_scale
+
+    @property
+    def rob_scale(self) -> float:
+        """The scale of h's logits in the evaluation head."""
+        return self.head.rob_scale
+
+    def check_models(self, std: str | None, rob: str | None, canonical: Callable[[str], str] = str.strip) -> None:
+        """Refuse base-model specs other than those the mixer was trained with, compared after ``canonical``."""
+        for role, given in (("std", std), ("rob", rob)):
+            stored = self.models.get(role)
+            if given is not None and stored is not None and canonical(given) != canonical(stored):
+                raise AsmixError(f"mixer in {self.directory} was trained with --{role} {stored}, not {given}")
+
+    def check_base_weights(self, std: nn.Module, rob: nn.Module) -> None:
+        """Refuse base models whose weights differ from those the mixer was trained with (``base_weights``),
+        naming the model that differs; a card without them cannot be checked and is refused too (retrain it, or
+        save it again with ``save_mixer(..., std=, rob=)``)."""
+        stored = self.base_weights
+        if not isinstance(stored, dict):
+            raise AsmixError(
+                f"mixer in {self.directory} records no base-model weight hashes (made by an older asmix): "
+                f"cannot check it was trained with these models; retrain it with asmix train-mixer"
+            )
+        differing = differing_models(stored, base_weights(std, rob))
+        if differing:
+            raise AsmixError(
+                f"mixer in {self.directory} was trained with other weights for {describe_roles(differing)} "
+                f"(sha256 {stored.get(differing[0], 'none')[:12]}...): load the models it was trained with"
+            )
+
+
+def load_mixer(
+    directory: str | Path,
+    *,
+    std: str | None = None,
+    rob: str | None = None,
+    std_model: nn.Module | None = None,
+    rob_model: nn.Module | None = None,
+    canonical: Callable[[str], str] = str.strip,
+) -> tuple[MixingNetwork, MixerCard]:
+    """Read a saved mixer (eval mode, on CPU) from a folder or ``hf:ORG/NAME`` (``resolve_mixer_dir``) and its
+    card; if ``std``/``rob`` specs are given they must match the base models it was trained with, compared after
+    ``canonical`` (pass ``asmix.models.canonical_spec`` to resolve aliases; the mixer layer does not import
+    models), and if ``std_model``/``rob_model`` are given their weights must be the ones it was trained with
+    (``MixerCard.check_base_weights``)."""
+    from safetensors.torch import load_file
+
+    directory = resolve_mixer_dir(directory)
+    weights_path = directory / MIXER_WEIGHTS
+    if not directory.is_dir():
+        raise AsmixError(f"mixer directory not found: {directory}")
+    card = MixerCard.read(directory)
+    if not weights_path.is_file():
+        raise AsmixError(f"mixer directory {directory} has no {weights_path.name} (train one with asmix train-mixer)")
+    try:
+        mixer = MixingNetwork(**card.architecture)
+    except (ValueError, TypeError) as error:
+        raise AsmixError(f"corrupt mixer config {directory / MIXER_CONFIG}: {error}") from error
+    card.check_models(std, rob, canonical)
+    try:
+        state = load_file(str(weights_path))
+        mixer.load_state_dict(state, strict=True)
+    except Exception as error:  # safetensors' own errors, shape/key mismatches, I/O
+        raise AsmixError(f"corrupt mixer weights {weights_path}: {first_line(error)}") from error
+    mixer.set_head(card.head)
+    if std_model is not None and rob_model is not None:
+        card.check_base_weights(std_model, rob_model)
+    return mixer.eval(), card
