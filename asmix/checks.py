@@ -28,6 +28,38 @@ def check_finite(value: float, name: str) -> float:
     return value
 
 
+def check_finite_tensors(tensors: Any, source: str) -> None:
+    """Refuse NaN or infinite values in the float tensors of ``tensors`` (name -> tensor), naming the first bad one:
+    one such weight turns every output into NaN, and accuracies near chance would be reported as results."""
+    import torch
+
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise AsmixError(f"{source}: tensor {name} has {bad} NaN or infinite values (of {tensor.numel()})")
+
+
+def schema_problem(error: Any, model: Any = None) -> str:
+    """The first problem of a pydantic ``ValidationError`` in one line: where (``architecture.width``), what was
+    expected (the field's ``description`` in ``model`` where it has one, else pydantic's words) and what was found."""
+    first = error.errors(include_url=False)[0]
+    where = ".".join(map(str, first["loc"])) or "the document"
+    found = repr(first.get("input"))
+    found = found if len(found) <= 60 else found[:57] + "..."
+    expected, annotation = None, model
+    for key in first["loc"]:
+        fields = getattr(annotation, "model_fields", {})
+        if key not in fields:
+            expected = None
+            break
+        expected, annotation = fields[key].description, fields[key].annotation
+    if expected:
+        return f"{where} must be {expected}, got {found}"
+    message = first["msg"][:1].lower() + first["msg"][1:]
+    return f"{where}: {message}, got {found}"
+
+
 def parse_number(text: str, name: str = "value") -> float:
     """``0.5``, ``8/255`` or ``1e-3`` as a float (a fraction is how radii are usually written)."""
     text = str(text).strip()

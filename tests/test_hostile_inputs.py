@@ -4,6 +4,12 @@ one warning line. Every file is built here: nothing binary is shipped."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
 from conftest import run_cli
 
 EVALUATE = ("evaluate", "--attack", "clean", "--n-examples", "4", "--detector-budget", "off")
@@ -15,6 +21,137 @@ def one_line(code: int, err: str) -> str:
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("asmix: error: "), err
     return lines[0]
+
+
+def refused(monkeypatch, capfd, tmp_path: Path, *args: str) -> str:
+    """Run ``asmix ARGS --out DIR``: it must stop with one line and write nothing; that line."""
+    out = tmp_path / "out"
+    code, _, err = run_cli(monkeypatch, capfd, *args, "--out", str(out))
+    line = one_line(code, err)
+    assert not out.exists()
+    return line
+
+
+@pytest.fixture(scope="module")
+def demo_mixer(tmp_path_factory) -> Path:
+    """A mixer for the demo pair, saved as train-mixer saves one (its weights are random: only its files matter)."""
+    from asmix.mixer import MixingNetwork, save_mixer
+    from asmix.models import load_model
+
+    std, rob = load_model("demo-std"), load_model("demo-rob")
+    mixer = MixingNetwork.build(std, rob, torch.rand(1, 1, 28, 28), width=8, blocks=1, stages=0).eval()
+    folder = tmp_path_factory.mktemp("demo") / "mixer"
+    return save_mixer(mixer, folder, config={"models": {"std": "demo-std", "rob": "demo-rob"}}, std=std, rob=rob)
+
+
+def crafted_mixer(demo_mixer: Path, folder: Path, card=None, weights=None, raw: bytes | None = None) -> Path:
+    """A copy of ``demo_mixer`` whose mixer.json went through ``card(document)`` (or is ``raw``) and whose tensors
+    went through ``weights(state)``."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(demo_mixer, folder)
+    if card is not None:
+        document = json.loads((folder / "mixer.json").read_text())
+        card(document)
+        (folder / "mixer.json").write_text(json.dumps(document))
+    if raw is not None:
+        (folder / "mixer.json").write_bytes(raw)
+    if weights is not None:
+        state = load_file(str(folder / "mixer.safetensors"))
+        weights(state)
+        save_file(state, str(folder / "mixer.safetensors"))
+    return folder
+
+
+def _set(block: str | None, key: str, value):
+    return lambda document: (document[block] if block else document).__setitem__(key, value)
+
+
+def _mixer_for_other_taps(folder: Path) -> Path:
+    """A consistent mixer.json and mixer.safetensors whose channel counts are not those of the demo pair's taps."""
+    from asmix.mixer import MixingNetwork, save_mixer
+    from asmix.models import load_model
+
+    mixer = MixingNetwork([16, 16], [32, 64], width=8, blocks=1, stages=0)
+    models = {"models": {"std": "demo-std", "rob": "demo-rob"}}
+    return save_mixer(mixer, folder, config=models, std=load_model("demo-std"), rob=load_model("demo-rob"))
+
+
+def test_the_demo_mixer_as_saved_runs(monkeypatch, capfd, tmp_path, demo_mixer):
+    """The control: the files the cases below edit pass every check."""
+    code, out, err = run_cli(monkeypatch, capfd, *EVALUATE, "--mixer", str(demo_mixer), "--out", str(tmp_path / "out"))
+    assert code in (0, None) and "h_alpha (mixer)" in out and (tmp_path / "out" / "evaluate.json").is_file(), err
+
+
+# Why 3: crafted numbers ran and reported accuracies near chance with exit 0
+CRAFTED_NUMBERS = {
+    "mixer.json architecture.scale NaN": (
+        dict(card=_set("architecture", "scale", float("nan"))),
+        "architecture.scale must be a finite number in (0, 1000], got nan",
+    ),
+    "mixer weights with a NaN tensor": (
+        dict(weights=lambda state: state["linear.weight"].fill_(float("nan"))),
+        "mixer.safetensors: its weights: tensor linear.weight has 8 NaN or infinite values",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED_NUMBERS)
+def test_crafted_numbers_are_refused_before_any_result(monkeypatch, capfd, tmp_path, demo_mixer, case):
+    crafted, message = CRAFTED_NUMBERS[case]
+    folder = crafted_mixer(demo_mixer, tmp_path / "mixer", **crafted)
+    assert message in refused(monkeypatch, capfd, tmp_path, *EVALUATE, "--mixer", str(folder))
+
+
+# Why 4: malformed files gave tracebacks or hung
+MALFORMED_MIXERS = {
+    "an integer where a string is expected": (
+        dict(card=lambda document: document["models"].__setitem__("std", 5)),
+        "models.std: input should be a valid string, got 5",
+    ),
+    "integer base_weights": (dict(card=_set(None, "base_weights", 5)), "base_weights must be an object of std and rob"),
+    "an integer weight hash": (
+        dict(card=lambda document: document["base_weights"].__setitem__("rob", 5)),
+        "base_weights.rob: input should be a valid string, got 5",
+    ),
+    "a string training.std_scale": (
+        dict(card=_set(None, "training", {"mix": {"std_scale": "2"}})),
+        "training.std_scale must be a finite number in (0, 1000], got '2'",
+    ),
+    "channel counts that do not match the weights": (
+        dict(card=_set("architecture", "std_channels", [32, 64])),
+        "tensor upstream.0.bn1.weight has shape (24,), mixer.json's architecture gives (40,)",
+    ),
+    "width 1e6": (
+        dict(card=_set("architecture", "width", 1e6)),
+        "width must be an integer from 1 to 4096, got 1000000.0",
+    ),
+    "stages 1e7 (hung)": (
+        dict(card=_set("architecture", "stages", 10**7)),
+        "architecture.stages must be an integer from 0 to 16, got 10000000",
+    ),
+    "blocks 1e7": (dict(card=_set("architecture", "blocks", 10**7)), "blocks must be an integer from 1 to 16"),
+    "an unknown version": (dict(card=_set(None, "version", 99)), "version must be a version this asmix reads, 1 to 3"),
+    "an unknown architecture key": (
+        dict(card=_set("architecture", "depth", 3)),
+        "architecture.depth: extra inputs are not permitted",
+    ),
+    "a non-UTF-8 mixer.json": (dict(raw=b'{"format": "asmix-mixer", "\xff": 1}'), "not a UTF-8 JSON file"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_MIXERS)
+def test_a_malformed_mixer_is_one_line(monkeypatch, capfd, tmp_path, demo_mixer, case):
+    crafted, message = MALFORMED_MIXERS[case]
+    folder = crafted_mixer(demo_mixer, tmp_path / "mixer", **crafted)
+    line = refused(monkeypatch, capfd, tmp_path, *EVALUATE, "--mixer", str(folder))
+    assert line.startswith("asmix: error: corrupt mixer ") and message in line
+
+
+def test_a_mixer_whose_channels_do_not_match_the_taps_is_one_line(monkeypatch, capfd, tmp_path):
+    folder = _mixer_for_other_taps(tmp_path / "mixer")  # its files agree; the demo pair's taps do not
+    line = refused(monkeypatch, capfd, tmp_path, *EVALUATE, "--mixer", str(folder))
+    assert f"mixer in {folder}: g's tap layer2 gives 32 channels, the mixer reads 16" in line
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(monkeypatch, capfd, tmp_path):

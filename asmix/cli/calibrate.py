@@ -186,7 +186,7 @@ def calibrate_command(
     pair = load_pair(source)
     print_notes(pair.notes)
     if mixer is not None:
-        card.check_base_weights(pair.std, pair.rob)
+        card.check_pair(mixer_net, pair.std, pair.rob, pair.x)
         mixer_input = MixerInput.from_card(mixer_net, card, mixer)
     if from_end:  # the calibration examples are the split's last ones, the verified ones just before them
         calibration, verification = slice(verify, None), slice(0, verify)

@@ -139,14 +139,15 @@ def certify_command(
 
     shared.check_outputs()
     source = shared.pair_source()
-    head = card = None
+    head = card = mixer_net = None
     if shared.calibration is not None:  # Thm 3.5 and A.2 certify eq. 3.4 with h's own probabilities: no map
         if alpha is not None or match_clean_acc:
             raise AsmixError("give either --calibration or --alpha/--match-clean-acc, not both")
         if shared.family not in ("linear", "mixer"):
             raise AsmixError(f"certify reads the linear or mixer family of --calibration, not {shared.family!r}")
         choice = shared.mix_choice()
-        _, card = shared.calibrated_mixer(choice)  # a mixer is certified at its alpha_min: radii grow with alpha
+        # a mixer is certified at its alpha_min: radii grow with alpha
+        mixer_net, card = shared.calibrated_mixer(choice)
         alpha, std_hardmax, head = choice.alpha, std_hardmax or choice.std_temperature == 0, choice.mixer
         if choice.scales[1] != 1.0:  # g's scale does not matter: the theorems hold whatever g outputs
             raise AsmixError(
@@ -171,6 +172,7 @@ def certify_command(
     if head is not None:
         check_pair = mixer_pair_check(
             card,
+            mixer_net,
             f"note: the mixer's alpha stays in [{head.alpha_range[0]:g}, {head.alpha_range[1]:g}]: "
             "Thm 3.5 and A.2 at alpha_min hold for every larger alpha, so they hold for the mixer's alpha too",
         )

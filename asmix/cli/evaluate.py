@@ -194,7 +194,7 @@ def evaluate_command(
         source,
         evaluate,
         config,
-        check_pair=mixer_pair_check(card) if card is not None else None,
+        check_pair=mixer_pair_check(card, mixer_net) if card is not None else None,
         extra_models={"mixer": str(mixer)} if mixer is not None else None,
         mixer=mixer_net,
         out=out,

@@ -97,7 +97,7 @@ def margins_command(
     )
     check_pair, extra = None, {}
     if mixer_net is not None:
-        check_pair = mixer_pair_check(card)
+        check_pair = mixer_pair_check(card, mixer_net)
         extra = {"mixer": mixer_net, "extra_models": {"mixer": choice.mixer.folder}}
     result = run_on_pair(shared, source, margins, config, check_pair=check_pair, **extra)
     if result is None:

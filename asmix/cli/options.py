@@ -469,12 +469,12 @@ def print_notes(notes) -> None:
         console.print(f"note: {note}", highlight=False)
 
 
-def mixer_pair_check(card, note: str | None = None):
-    """A ``run_on_pair`` check for a mixer: refuse base models with other weights than its ``card``'s, then print
-    ``note`` on stderr."""
+def mixer_pair_check(card, mixer, note: str | None = None):
+    """A ``run_on_pair`` check for a mixer: refuse base models with other weights than its ``card``'s and a ``mixer``
+    that does not fit them on one input (``MixerCard.check_pair``), then print ``note`` on stderr."""
 
     def check_pair(pair) -> None:
-        card.check_base_weights(pair.std, pair.rob)
+        card.check_pair(mixer, pair.std, pair.rob, pair.x)
         if note:
             console.print(note, highlight=False, soft_wrap=True)
 

@@ -59,6 +59,7 @@ def sweep_alpha_command(
         low, high = choice.mixer.alpha_range
         check_pair = mixer_pair_check(
             card,
+            mixer_net,
             f"note: sweep-alpha sweeps fixed alphas: the grid gains the mixer's range ends {low:g} and {high:g}, "
             "between which its alpha stays; asmix evaluate --calibration FILE --family mixer attacks the mixer",
         )

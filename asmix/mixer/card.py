@@ -7,20 +7,95 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from asmix.checks import check_finite_tensors, schema_problem
 from asmix.errors import AsmixError, first_line
 from asmix.identity import base_weights, describe_roles, differing_models
 from asmix.io import atomic_write, atomic_write_json
-from asmix.mixer.network import MixingNetwork
+from asmix.mixer.network import MAX_BLOCKS, MAX_CHANNELS, MAX_STAGES, MAX_WIDTH, MixerInputs, MixingNetwork
 from asmix.mixing import EvaluationHead
 
 MIXER_WEIGHTS = "mixer.safetensors"
 MIXER_CONFIG = "mixer.json"
 MIXER_FORMAT = "asmix-mixer"
 MIXER_FORMAT_VERSION = 3
+MAX_SCALE = 1000.0
+"""The largest sigmoid scale a mixer.json may hold (asmix trains with 2)."""
+
+
+def _field(kind, description: str, **bounds):
+    """A schema field: values of ``kind`` within ``bounds``, ``description`` saying so in an error."""
+    return Annotated[kind, Field(description=description, **bounds)]
+
+
+def _pair(item, description: str):
+    return _field(list[item], description, min_length=2, max_length=2)
+
+
+_Fraction = _field(float, "a number in [0, 1]", ge=0, le=1)
+_Channels = _field(int, f"a channel count from 0 to {MAX_CHANNELS}", ge=0, le=MAX_CHANNELS)
+_Layer = _field(str, "a module name", min_length=1, max_length=256)
+_Sha256 = _field(str, "a sha256 hex digest", pattern="^[0-9a-f]{64}$")
+_Count = _field(int, "an integer >= 0", ge=0)
+
+
+class _Schema(BaseModel):
+    """Strict types (no "5" for 5, no 1e6 for an integer), no unknown keys."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ArchitectureSchema(_Schema):
+    """mixer.json's ``architecture``: ``MixingNetwork``'s keywords, typed and bounded before anything is built."""
+
+    std_channels: _pair(_Channels, f"two channel counts from 0 to {MAX_CHANNELS}")
+    rob_channels: _pair(_Channels, f"two channel counts from 0 to {MAX_CHANNELS}")
+    std_layers: _field(list[_Layer], "no or two module names", max_length=2) = ["layer1", "layer2"]
+    rob_layers: _field(list[_Layer], "no or two module names", max_length=2) = ["layer1", "layer2"]
+    width: _field(int | None, f"an integer from 1 to {MAX_WIDTH}", ge=1, le=MAX_WIDTH) = None
+    blocks: _field(int, f"an integer from 1 to {MAX_BLOCKS}", ge=1, le=MAX_BLOCKS) = 2
+    stages: _field(int, f"an integer from 0 to {MAX_STAGES}", ge=0, le=MAX_STAGES) = 2
+    scale: _field(float, f"a finite number in (0, {MAX_SCALE:g}]", gt=0, le=MAX_SCALE, allow_inf_nan=False) = 2.0
+    alpha_range: _pair(_Fraction, "[alpha_min, alpha_max] within [0, 1]") = [0.0, 1.0]
+    alpha_bias: _field(float, "a finite number", allow_inf_nan=False) = 0.0
+    clamp_std: _field(float, "a finite number >= 0", ge=0, allow_inf_nan=False) = 0.6
+    bn_momentum: _field(float, "a number in (0, 1]", gt=0, le=1) = 0.01
+    inputs: MixerInputs = "both"
+
+
+class TrainingScalesSchema(_Schema):
+    """The training settings asmix reads back from mixer.json: the logit scales of g and h (the head of a mixer.json
+    written before the ``head`` block), wherever ``MixerCard.training_settings`` finds them."""
+
+    model_config = ConfigDict(extra="ignore")
+    std_scale: _field(float, "a finite number in (0, 1000]", gt=0, le=1000, allow_inf_nan=False) = 1.0
+    rob_scale: _field(float, "a finite number in (0, 1000]", gt=0, le=1000, allow_inf_nan=False) = 1.0
+
+
+class MixerSchema(_Schema):
+    """A whole mixer.json: the fields asmix reads are typed and bounded; ``head`` is ``EvaluationHead``'s to check,
+    the records (training settings, selection, verdict, history, provenance) need only be objects."""
+
+    model_config = ConfigDict(extra="ignore")
+    format: Literal["asmix-mixer"]
+    version: _field(int, f"a version this asmix reads, 1 to {MIXER_FORMAT_VERSION}", ge=1, le=MIXER_FORMAT_VERSION) = 1
+    models: _field(dict[str, str] | None, "an object of base-model specs (strings)") = None
+    architecture: ArchitectureSchema
+    head: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    base_weights: _field(dict[Literal["std", "rob"], _Sha256] | None, "an object of std and rob sha256 digests") = None
+    n_train: _Count | None = None
+    n_val: _Count | None = None
+    data_fingerprint: str | None = None
+    selection: dict[str, Any] | None = None
+    verdict: dict[str, Any] | None = None
+    history: list[dict[str, Any]] | None = None
+    provenance: dict[str, Any] | None = None
 
 
 def save_mixer(
@@ -110,27 +185,40 @@ class MixerCard:
 
     @classmethod
     def read(cls, directory: str | Path) -> "MixerCard":
-        """The card in ``directory/mixer.json``; a missing, unreadable or foreign file is one ``AsmixError``."""
+        """The card in ``directory/mixer.json``, checked against ``MixerSchema`` (types, ranges, finite numbers,
+        bounded sizes, a known version) and its head and training scales by ``EvaluationHead``; a missing,
+        unreadable, foreign or malformed file is one ``AsmixError`` naming the first problem."""
         directory = Path(directory)
         path = directory / MIXER_CONFIG
         if not path.is_file():
             raise AsmixError(f"mixer directory {directory} has no {path.name} (train one with asmix train-mixer)")
         try:
-            document = json.loads(path.read_text())
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError) as error:  # unreadable, not UTF-8, not JSON, too deep
+                raise AsmixError(f"not a UTF-8 JSON file ({first_line(error)})") from error
             if not isinstance(document, dict) or document.get("format") != MIXER_FORMAT:
-                raise ValueError("not an asmix mixer config")
+                raise AsmixError(f'not an asmix mixer config (no "format": "{MIXER_FORMAT}")')
+            try:
+                checked = MixerSchema.model_validate(document)
+            except ValidationError as error:
+                raise AsmixError(schema_problem(error, MixerSchema)) from error
             card = cls(
                 directory=directory,
-                version=int(document.get("version", 1)),
-                models=dict(document.get("models") or {}),
-                architecture=dict(document["architecture"]),
-                training=dict(document.get("training") or {}),
-                history=tuple(document.get("history") or ()),
-                **{name: document.get(name) for name in CARD_AS_WRITTEN},
+                version=checked.version,
+                models=checked.models or {},
+                architecture=checked.architecture.model_dump(),
+                training=checked.training or {},
+                history=tuple(checked.history or ()),
+                **{name: getattr(checked, name) for name in CARD_AS_WRITTEN},
             )
-            return replace(card, head=EvaluationHead.from_dict(document.get("head", {}), card.head_before_scales))
-        except (ValueError, KeyError, TypeError, AsmixError) as error:
-            raise AsmixError(f"corrupt mixer config {path}: {first_line(error)}") from error
+            try:
+                TrainingScalesSchema.model_validate(card.training_settings)
+            except ValidationError as error:
+                raise AsmixError(f"training.{schema_problem(error, TrainingScalesSchema)}") from error
+            return replace(card, head=EvaluationHead.from_dict(checked.head or {}, card.head_before_scales))
+        except AsmixError as error:
+            raise AsmixError(f"corrupt mixer config {path}: {error}") from error
 
     @property
     def head_before_scales(self) -> EvaluationHead:
@@ -177,6 +265,15 @@ class MixerCard:
             if given is not None and stored is not None and canonical(given) != canonical(stored):
                 raise AsmixError(f"mixer in {self.directory} was trained with --{role} {stored}, not {given}")
 
+    def check_pair(self, mixer: MixingNetwork, std: nn.Module, rob: nn.Module, x: torch.Tensor) -> None:
+        """Before any work with ``mixer`` (read from this card) on g and h: their weights must be those it was trained
+        with (``check_base_weights``), and one forward on ``x[:1]`` must fit (``MixingNetwork.check_forward``)."""
+        self.check_base_weights(std, rob)
+        try:
+            mixer.check_forward(x[:1], std, rob)
+        except AsmixError as error:
+            raise AsmixError(f"mixer in {self.directory}: {error}") from error
+
     def check_base_weights(self, std: nn.Module, rob: nn.Module) -> None:
         """Refuse base models whose weights differ from those the mixer was trained with (``base_weights``),
         naming the model that differs; a card without them cannot be checked and is refused too (retrain it, or
@@ -205,12 +302,11 @@ def load_mixer(
     canonical: Callable[[str], str] = str.strip,
 ) -> tuple[MixingNetwork, MixerCard]:
     """Read a saved mixer (eval mode, on CPU) from a folder or ``hf:ORG/NAME`` (``resolve_mixer_dir``) and its
-    card; if ``std``/``rob`` specs are given they must match the base models it was trained with, compared after
-    ``canonical`` (pass ``asmix.models.canonical_spec`` to resolve aliases; the mixer layer does not import
-    models), and if ``std_model``/``rob_model`` are given their weights must be the ones it was trained with
-    (``MixerCard.check_base_weights``)."""
-    from safetensors.torch import load_file
-
+    card (``MixerCard.read``); the weights' names and shapes must be those of the card's architecture (compared
+    before it is built) and every weight finite. If ``std``/``rob`` specs are given they must match the base models
+    it was trained with, compared after ``canonical`` (pass ``asmix.models.canonical_spec`` to resolve aliases; the
+    mixer layer does not import models), and if ``std_model``/``rob_model`` are given their weights must be the
+    ones it was trained with (``MixerCard.check_base_weights``)."""
     directory = resolve_mixer_dir(directory)
     weights_path = directory / MIXER_WEIGHTS
     if not directory.is_dir():
@@ -219,16 +315,42 @@ def load_mixer(
     if not weights_path.is_file():
         raise AsmixError(f"mixer directory {directory} has no {weights_path.name} (train one with asmix train-mixer)")
     try:
-        mixer = MixingNetwork(**card.architecture)
-    except (ValueError, TypeError) as error:
+        with torch.device("meta"):  # names and shapes without allocating a weight
+            expected = {
+                name: tuple(value.shape) for name, value in MixingNetwork(**card.architecture).state_dict().items()
+            }
+    except AsmixError as error:
         raise AsmixError(f"corrupt mixer config {directory / MIXER_CONFIG}: {error}") from error
     card.check_models(std, rob, canonical)
-    try:
-        state = load_file(str(weights_path))
-        mixer.load_state_dict(state, strict=True)
-    except Exception as error:  # safetensors' own errors, shape/key mismatches, I/O
-        raise AsmixError(f"corrupt mixer weights {weights_path}: {first_line(error)}") from error
+    state = _read_weights(weights_path, expected)
+    mixer = MixingNetwork(**card.architecture)
+    mixer.load_state_dict(state, strict=True)
     mixer.set_head(card.head)
     if std_model is not None and rob_model is not None:
         card.check_base_weights(std_model, rob_model)
     return mixer.eval(), card
+
+
+def _read_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The tensors of ``mixer.safetensors`` once its header lists exactly the ``expected`` names and shapes (read
+    before any tensor is) and every tensor is finite; else one ``AsmixError`` naming the first difference."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+        missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+        if missing or unexpected:
+            raise AsmixError(
+                f"its tensors do not match mixer.json's architecture (missing {', '.join(missing[:3]) or 'none'}, "
+                f"unexpected {', '.join(unexpected[:3]) or 'none'})"
+            )
+        for name, shape in expected.items():
+            if shapes[name] != shape:
+                raise AsmixError(f"tensor {name} has shape {shapes[name]}, mixer.json's architecture gives {shape}")
+        state = load_file(str(path))
+        check_finite_tensors(state, "its weights")
+    except Exception as error:  # safetensors' own errors, I/O, and the checks above
+        raise AsmixError(f"corrupt mixer weights {path}: {first_line(error)}") from error
+    return state

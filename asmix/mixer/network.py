@@ -29,6 +29,10 @@ CONFIDENCE_TOP_K = 10
 LOG_PROB_FLOOR = -30.0
 """Log-probabilities below this are clamped, so the mixer's input stays bounded."""
 
+MAX_WIDTH, MAX_BLOCKS, MAX_STAGES, MAX_CHANNELS = 4096, 16, 16, 16384
+"""Bounds on a mixing network's size, generous for real base models (the paper's pair taps 256 to 1024 channels; the
+default width is half the middle taps' channels, 2 blocks, 2 stages); a mixer.json beyond them is refused unbuilt."""
+
 
 class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics span all ranks of a process group (gloo or nccl).
@@ -154,10 +158,15 @@ class MixingNetwork(nn.Module):
             raise AsmixError("std_channels and rob_channels must be (upstream, middle) pairs")
         up_channels = self.std_channels[0] + self.rob_channels[0]
         mid_channels = self.std_channels[1] + self.rob_channels[1]
-        self.width = int(width) if width else max(16, mid_channels // 2)
-        if blocks < 1 or stages < 0 or self.width < 1:
+        if not all(0 <= channels <= MAX_CHANNELS for channels in self.std_channels + self.rob_channels):
             raise AsmixError(
-                f"mixer needs blocks >= 1, stages >= 0 and width >= 1, got {blocks}, {stages}, {self.width}"
+                f"mixer taps need 0 to {MAX_CHANNELS} channels, got {self.std_channels + self.rob_channels}"
+            )
+        self.width = int(width) if width else min(MAX_WIDTH, max(16, mid_channels // 2))
+        if not (1 <= blocks <= MAX_BLOCKS and 0 <= stages <= MAX_STAGES and 1 <= self.width <= MAX_WIDTH):
+            raise AsmixError(
+                f"mixer needs 1 <= blocks <= {MAX_BLOCKS}, 0 <= stages <= {MAX_STAGES} and 1 <= width <= {MAX_WIDTH}, "
+                f"got {blocks}, {stages}, {self.width}"
             )
         self.blocks, self.stages = int(blocks), int(stages)
         self.scale = float(scale)
@@ -307,6 +316,29 @@ class MixingNetwork(nn.Module):
         if not self.evaluation_head:
             return alpha
         return self.alpha_min + (self.alpha_max - self.alpha_min) * alpha
+
+    def check_forward(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> None:
+        """Refuse a network that does not fit g and h: one forward on ``x`` (one example is enough) must find taps with
+        the channels it reads, and give finite logits and an alpha within its range."""
+        with torch.no_grad():
+            std_logits, rob_logits, std_features, rob_features = self.features(x, std, rob)
+            taps = [("g", *tap) for tap in zip(self.std_layers, self.std_channels, std_features)]
+            taps += [("h", *tap) for tap in zip(self.rob_layers, self.rob_channels, rob_features)]
+            for role, layer, channels, feature in taps:
+                if feature.shape[1] != channels:
+                    raise AsmixError(
+                        f"{role}'s tap {layer} gives {feature.shape[1]} channels, the mixer reads {channels}: "
+                        "it was built for other base models or taps"
+                    )
+            logit = self.alpha_logit(self(std_features, rob_features))
+            alpha = self.alpha_from_logit(logit)
+        low, high = (self.alpha_min, self.alpha_max) if self.evaluation_head else (0.0, 1.0)
+        if not all(torch.isfinite(t).all() for t in (std_logits, rob_logits, logit)):
+            raise AsmixError("the mixer gives non-finite logits on one input")
+        if not bool(((alpha >= low) & (alpha <= high)).all()):
+            raise AsmixError(
+                f"the mixer gives alpha {alpha.flatten()[0].item():g} outside its range [{low:g}, {high:g}]"
+            )
 
     def run(self, x: torch.Tensor, std: nn.Module, rob: nn.Module) -> MixParts:
         """``AlphaSource.run``: each base model runs once; alpha (N,) and its pre-range logit."""
