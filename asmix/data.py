@@ -119,7 +119,7 @@ def load_array_file(path: str | Path, x_key: str = "x", y_key: str = "y") -> tup
 
 def to_image_tensor(x: np.ndarray | torch.Tensor, *, source: str = "data") -> torch.Tensor:
     """Images as float32 (N, C, H, W) in [0, 1], from uint8 or float and any usual layout."""
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    x = _numeric(x, "images", source)
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     elif x.is_floating_point():
@@ -160,10 +160,20 @@ def check_labels(y: torch.Tensor, num_classes: int, *, source: str = "data") -> 
 
 def to_label_tensor(y: np.ndarray | torch.Tensor, n: int, *, source: str = "data") -> torch.Tensor:
     """Labels as int64 of length ``n``."""
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    y = _numeric(y, "labels", source)
     if y.ndim != 1 or len(y) != n or y.is_floating_point():
         raise AsmixError(f"{source}: labels must be {n} integers, got shape {tuple(y.shape)} {y.dtype}")
     return y.long()
+
+
+def _numeric(values: object, what: str, source: str) -> torch.Tensor:
+    """``values`` (an array, a tensor) as a tensor; strings, bytes and objects are refused, not a traceback."""
+    if isinstance(values, torch.Tensor):
+        return values
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        raise AsmixError(f"{source}: {what} must be numbers, got an array of {array.dtype}")
+    return torch.as_tensor(array)
 
 
 def demo_data_file() -> Path:

@@ -97,10 +97,27 @@ CRAFTED_NUMBERS = {
 
 
 @pytest.mark.parametrize("case", CRAFTED_NUMBERS)
-def test_crafted_numbers_are_refused_before_any_result(monkeypatch, capfd, tmp_path, demo_mixer, case):
+def test_crafted_mixer_numbers_are_refused_before_any_result(monkeypatch, capfd, tmp_path, demo_mixer, case):
     crafted, message = CRAFTED_NUMBERS[case]
     folder = crafted_mixer(demo_mixer, tmp_path / "mixer", **crafted)
     assert message in refused(monkeypatch, capfd, tmp_path, *EVALUATE, "--mixer", str(folder))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_base_model_weights_with_a_nan_tensor_are_refused(monkeypatch, capfd, tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    from asmix.models import load_model
+
+    state = {name: value.clone() for name, value in load_model("demo-std").state_dict().items()}
+    name = next(name for name, value in state.items() if value.is_floating_point())
+    state[name].view(-1)[3] = float("nan")
+    path = tmp_path / f"std{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    line = refused(monkeypatch, capfd, tmp_path, *EVALUATE, "--alpha", "0.5", "--std-weights", str(path))
+    assert (
+        line == f"asmix: error: weights {path}: tensor {name} has 1 NaN or infinite values (of {state[name].numel()})"
+    )
 
 
 # Why 4: malformed files gave tracebacks or hung
@@ -152,6 +169,62 @@ def test_a_mixer_whose_channels_do_not_match_the_taps_is_one_line(monkeypatch, c
     folder = _mixer_for_other_taps(tmp_path / "mixer")  # its files agree; the demo pair's taps do not
     line = refused(monkeypatch, capfd, tmp_path, *EVALUATE, "--mixer", str(folder))
     assert f"mixer in {folder}: g's tap layer2 gives 32 channels, the mixer reads 16" in line
+
+
+def _npz_with_strings(tmp_path: Path) -> list[str]:
+    import numpy as np
+
+    np.savez(tmp_path / "data.npz", x=np.array(["a", "b"]), y=np.array([0, 1]))
+    return ["--data", str(tmp_path / "data.npz")]
+
+
+def _bit_with_an_unknown_key(tmp_path: Path) -> list[str]:
+    torch.save({"body.block1.unit01.gn9.weight": torch.ones(2)}, tmp_path / "bit.pt")
+    return ["--std", "bit:resnetv2_50x1_bit", "--std-weights", str(tmp_path / "bit.pt")]
+
+
+def _python_model(source: str, factory: str = "build"):
+    def craft(tmp_path: Path) -> list[str]:
+        (tmp_path / "model.py").write_text(source)
+        return ["--std", f"py:{tmp_path / 'model.py'}:{factory}", "--trust-code"]
+
+    return craft
+
+
+def _garbage_export(tmp_path: Path) -> list[str]:
+    (tmp_path / "model.pt2").write_bytes(b"PK\x03\x04 not an archive" * 8)
+    return ["--std", f"file:{tmp_path / 'model.pt2'}", "--trust-code"]
+
+
+def _non_utf8_config(tmp_path: Path) -> list[str]:
+    (tmp_path / "config.json").write_bytes(b'{"config": {"alpha": 0.5, "note": "\xff"}}')
+    return ["--config", str(tmp_path / "config.json")]
+
+
+MALFORMED_INPUTS = {
+    "an .npz with string arrays": (_npz_with_strings, "data.npz: images must be numbers, got an array of <U1"),
+    "a BiT state dict with an unknown key": (
+        _bit_with_an_unknown_key,
+        "unexpected key in a BiT checkpoint: body.block1.unit01.gn9.weight",
+    ),
+    "a py: module with a syntax error": (
+        _python_model("def build(:\n"),
+        "model.py: SyntaxError: invalid syntax",
+    ),
+    "a py: factory that raises": (
+        _python_model("def build():\n    raise ValueError('no weights here')\n"),
+        "model.py:build: build() raised ValueError: no weights here",
+    ),
+    "a garbage .pt2 (torch logged a traceback first)": (_garbage_export, "cannot load model file"),
+    "a non-UTF-8 config": (_non_utf8_config, "utf-8"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_INPUTS)
+def test_a_malformed_model_data_or_config_file_is_one_line(monkeypatch, capfd, tmp_path, case):
+    craft, message = MALFORMED_INPUTS[case]
+    line = refused(monkeypatch, capfd, tmp_path, *EVALUATE, "--alpha", "0.5", *craft(tmp_path))
+    assert message in line or message in line.lower(), line
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(monkeypatch, capfd, tmp_path):

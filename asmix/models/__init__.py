@@ -32,7 +32,7 @@ __all__ = [
 
 def check_model_fits(model: nn.Module, x_probe: torch.Tensor, num_classes: int, *, role: str) -> None:
     """Run one example through ``model`` and fail clearly if it rejects the input shape or
-    returns the wrong number of classes: caught before any long job starts."""
+    returns the wrong number of classes or non-finite logits: caught before any long job starts."""
     try:
         with torch.no_grad():
             logits = model(x_probe[:1])
@@ -46,3 +46,5 @@ def check_model_fits(model: nn.Module, x_probe: torch.Tensor, num_classes: int, 
         )
     if logits.shape[1] != num_classes:
         raise AsmixError(f"{role} model returns {logits.shape[1]} classes, the data has {num_classes}")
+    if not torch.isfinite(logits).all():
+        raise AsmixError(f"{role} model returns NaN or infinite logits on one input: check its weights")

@@ -48,7 +48,8 @@ def bit_to_timm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
             converted[_FIXED[key]] = value
             continue
         match = _UNIT.match(key)
-        if match is None:
+        part = match.group(3).partition(".")[0] if match else None
+        if part not in _UNIT_PARTS:
             raise AsmixError(f"unexpected key in a BiT checkpoint: {key}")
         block, unit, rest = match.groups()
         part, _, leaf = rest.partition(".")

@@ -7,6 +7,7 @@ import contextlib
 import difflib
 import importlib
 import importlib.util
+import logging
 import os
 import pickle
 import sys
@@ -383,10 +384,23 @@ def _load_file(name: str, context: LoadContext) -> nn.Module:
         raise AsmixError("--std-weights/--rob-weights do not apply to file: models (the file holds its weights)")
     try:
         if path.suffix == ".pt2":
-            return _Exported(torch.export.load(str(path)).module())
+            with _quiet_logger("torch.export"):  # it logs a traceback before raising on a file it cannot read
+                return _Exported(torch.export.load(str(path)).module())
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as error:
         raise AsmixError(f"cannot load model file {path}: {first_line(error)}") from error
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Within the block, the logger ``name`` passes on errors only (asmix reports the failure as one line)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _Exported(nn.Module):
@@ -421,9 +435,14 @@ def _load_python(name: str, context: LoadContext) -> nn.Module:
         factory = getattr(module, attribute)
     except AsmixError:
         raise
-    except (ImportError, AttributeError) as error:
-        raise AsmixError(f"cannot import {attribute} from {target}: {error}") from error
-    model = factory()
+    except Exception as error:  # ImportError, AttributeError, and whatever the module raises (a SyntaxError...)
+        raise AsmixError(
+            f"cannot import {attribute} from {target}: {type(error).__name__}: {first_line(error)}"
+        ) from error
+    try:
+        model = factory()
+    except Exception as error:
+        raise AsmixError(f"py:{name}: {attribute}() raised {type(error).__name__}: {first_line(error)}") from error
     if not isinstance(model, nn.Module):
         raise AsmixError(f"py:{name} returned {type(model).__name__}, not a torch.nn.Module")
     return load_weights(model, context.weights) if context.weights else model

@@ -7,13 +7,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from asmix.checks import check_finite_tensors
 from asmix.errors import AsmixError, first_line
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file; unwraps ``{"state_dict": ...}`` and strips DataParallel's ``module.``."""
+    """Tensors of a weights file, every one finite (the first bad one named); unwraps ``{"state_dict": ...}`` and
+    strips DataParallel's ``module.``."""
     path = Path(path)
     if not path.is_file():
         raise AsmixError(f"weights file not found: {path}")
@@ -32,6 +34,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise AsmixError(f"{path} does not hold a state dict of tensors")
+    check_finite_tensors(state, f"weights {path}")
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
