@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from asmix.errors import AsmixError
-from asmix.mixing import EvaluationHead, check_alpha, std_log_probs
+from asmix.mixing import EvaluationHead, check_alpha, check_temperature, std_log_probs
 from asmix.nuts import DEFAULT_LN_K, NutsMap, layer_norm
 
 FORMAT = "asmix-calibration"
@@ -54,6 +54,8 @@ class MixerHead:
         if missing:
             raise AsmixError(f"mixer entry lacks {', '.join(missing)}")
         folder, weights = data.pop("folder"), data.pop("weights")
+        if not isinstance(folder, str) or not isinstance(weights, str):
+            raise AsmixError(f"mixer folder and weights (its sha256) must be strings, got {folder!r}, {weights!r}")
         if "alpha_range" in data:
             rng = data.pop("alpha_range")
             if not (isinstance(rng, list) and len(rng) == 2):
@@ -62,7 +64,7 @@ class MixerHead:
         missing = sorted({"alpha_min", "alpha_max", "alpha_bias"} - set(data))
         if missing:
             raise AsmixError(f"mixer entry lacks {', '.join(missing)}")
-        return cls(str(folder), str(weights), EvaluationHead.from_dict(data))
+        return cls(folder, weights, EvaluationHead.from_dict(data))
 
 
 @dataclass(frozen=True)
@@ -83,12 +85,7 @@ class MixChoice:
         EvaluationHead(self.alpha, self.alpha, 0.0, self.std_scale, self.rob_scale)  # finite, positive scales
         if self.mixer is not None and self.alpha != self.mixer.alpha_range[0]:
             raise AsmixError(f"a mixer's alpha is its alpha_min {self.mixer.alpha_range[0]}, got {self.alpha}")
-        if not (
-            isinstance(self.std_temperature, (int, float))
-            and math.isfinite(self.std_temperature)
-            and self.std_temperature >= 0
-        ):
-            raise AsmixError(f"std temperature must be a number >= 0, got {self.std_temperature!r}")
+        check_temperature(self.std_temperature)
 
     def to_dict(self) -> dict:
         return {
@@ -303,6 +300,8 @@ def load_calibration(path: str | Path) -> Calibration:
         models, raw = data.get("models"), data.get("families")
         if not isinstance(models, dict) or not isinstance(raw, dict) or not raw:
             raise AsmixError('needs "models" and a non-empty "families" object')
+        if not all(isinstance(spec, str) for spec in models.values()):
+            raise AsmixError(f"models must name each base model by a string, got {models!r}")
         families = {}
         for name, entry in raw.items():
             if name not in FAMILIES:
@@ -324,7 +323,7 @@ def load_calibration(path: str | Path) -> Calibration:
                 entry.get("rob_scale", 1.0),
             )
         target = data.get("config", {}).get("target_clean_acc") if isinstance(data.get("config"), dict) else None
-        return Calibration({k: str(v) for k, v in models.items()}, families, target, f"calibration {path}")
+        return Calibration(dict(models), families, target, f"calibration {path}")
     except AsmixError as error:
         raise AsmixError(f"calibration {path}: {error}") from error
 

@@ -58,6 +58,18 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+TEMPERATURE_RANGE = (1e-3, 1e3)
+"""g's temperature, where not 0 (hard-max): outside this range logits / T overflow or vanish."""
+
+
+def check_temperature(value: object) -> float:
+    """g's temperature: 0 (hard-max, App. A.2) or a number in ``TEMPERATURE_RANGE``."""
+    low, high = TEMPERATURE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value == 0 or low <= value <= high):
+        raise AsmixError(f"std temperature must be 0 (hard-max) or in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
 def check_alpha(alpha: float) -> float:
     """Validate a fixed mixing weight."""
     alpha = float(alpha)
@@ -81,8 +93,7 @@ class MixSettings:
         check_finite(self.std_scale, "std scale")
         check_finite(self.rob_scale, "rob scale")
         check_choice(self.mix_space, MixSpace, "mix space")
-        if not self.std_temperature >= 0:
-            raise AsmixError(f"std temperature must be >= 0, got {self.std_temperature}")
+        check_temperature(self.std_temperature)
         if self.rob_map is not None and (self.mix_space != "prob" or float(self.rob_scale) != 1.0):
             raise AsmixError("the nuts rob map needs mix space prob and rob scale 1 (its layer norm cancels a scale)")
 
@@ -120,6 +131,8 @@ class EvaluationHead:
             )
         if not (0 < self.std_scale <= 1e3 and 0 < self.rob_scale <= 1e3):
             raise AsmixError(f"head logit scales must be in (0, 1000], got {self.std_scale}, {self.rob_scale}")
+        if abs(self.alpha_bias) > 100:  # the sigmoid saturates long before
+            raise AsmixError(f"head alpha_bias must be within +-100, got {self.alpha_bias}")
 
     @property
     def alpha_range(self) -> tuple[float, float]:

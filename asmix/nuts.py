@@ -19,11 +19,15 @@ from asmix.errors import AsmixError
 DEFAULT_LN_K = 250
 _LOGIT_BOUND = 1e15
 _LN_EPS = 1e-8
+SCALE_MAX, POWER_MAX, CLAMP_BIAS_MAX = 1e3, 16.0, 100.0
+"""Bounds on (s, p, |c|), wide around the authors' grid (s 0.05 to 5, p 1 to 4, c -1.1 to 0): within them the map of
+a thousand layer-normed logits stays finite in float32, beyond them it overflows and the mix reports chance."""
 
 
 @dataclass(frozen=True)
 class NutsMap:
-    """MixedNUTS's map of h's logits with scale s > 0, power p >= 1 and clamp bias c (eq. above).
+    """MixedNUTS's map of h's logits with scale s > 0, power p >= 1 and clamp bias c (eq. above), each bounded
+    (``SCALE_MAX``, ``POWER_MAX``, ``CLAMP_BIAS_MAX``).
 
     Where asmix differs from the authors' code: p is kept >= 1 (below 1, |u|^p has an infinite slope
     at u = 0 and attacks would get infinite gradients); the map runs in float64 like theirs but returns
@@ -42,10 +46,14 @@ class NutsMap:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise AsmixError(f"nuts {name.replace('_', ' ')} must be a finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
-        if self.scale <= 0:
-            raise AsmixError(f"nuts scale must be > 0, got {self.scale}")
-        if self.power < 1:
-            raise AsmixError(f"nuts power must be >= 1, got {self.power}")
+        if not 0 < self.scale <= SCALE_MAX:
+            raise AsmixError(f"nuts scale must be in (0, {SCALE_MAX:g}], got {self.scale:g}")
+        if not 1 <= self.power <= POWER_MAX:
+            raise AsmixError(f"nuts power must be in [1, {POWER_MAX:g}], got {self.power:g}")
+        if abs(self.clamp_bias) > CLAMP_BIAS_MAX:
+            raise AsmixError(
+                f"nuts clamp bias must be in [-{CLAMP_BIAS_MAX:g}, {CLAMP_BIAS_MAX:g}], got {self.clamp_bias:g}"
+            )
         if isinstance(self.ln_k, bool) or not isinstance(self.ln_k, int) or self.ln_k < 2:
             raise AsmixError(f"nuts ln_k must be an integer >= 2, got {self.ln_k!r}")
 

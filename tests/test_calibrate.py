@@ -323,7 +323,7 @@ GOOD = {
         (GOOD | {"families": {"linear": {"alpha": "high"}}}, "alpha must be a number"),
         (
             GOOD | {"families": {"nuts": {"alpha": 0.9, "rob_map": {"scale": -1, "power": 2, "clamp_bias": 0}}}},
-            "nuts scale must be > 0",
+            "nuts scale must be in (0, 1000], got -1",
         ),
         (GOOD | {"families": {"nuts": {"alpha": 0.9, "rob_map": {"scale": 1}}}}, "nuts map lacks clamp_bias, power"),
         (GOOD | {"families": {"cubic": {"alpha": 0.9}}}, "unknown family 'cubic'"),

@@ -103,6 +103,47 @@ def test_crafted_mixer_numbers_are_refused_before_any_result(monkeypatch, capfd,
     assert message in refused(monkeypatch, capfd, tmp_path, *EVALUATE, "--mixer", str(folder))
 
 
+def calibration(tmp_path: Path, family: str, **entry) -> list[str]:
+    """``--calibration FILE --family FAMILY`` for a calibration of the demo pair holding one family's ``entry``."""
+    document = {
+        "format": "asmix-calibration",
+        "version": 1,
+        "models": {"std": "demo-std", "rob": "demo-rob"},
+        "families": {family: {"alpha": 0.5, "std_temperature": 1.0} | entry},
+    }
+    (tmp_path / "calibration.json").write_text(json.dumps(document))
+    return ["--calibration", str(tmp_path / "calibration.json"), "--family", family]
+
+
+def test_a_calibration_as_calibrate_writes_it_runs(monkeypatch, capfd, tmp_path):
+    """The control: the calibration the cases below edit passes every check."""
+    args = calibration(tmp_path, "nuts", std_temperature=0, rob_map={"scale": 2, "power": 3, "clamp_bias": -0.5})
+    code, out, err = run_cli(monkeypatch, capfd, *EVALUATE, *args, "--out", str(tmp_path / "out"))
+    assert code in (0, None) and (tmp_path / "out" / "evaluate.json").is_file(), err
+
+
+CRAFTED_CALIBRATIONS = {
+    "a nuts scale of 1e300": (
+        ("nuts", dict(rob_map={"scale": 1e300, "power": 3, "clamp_bias": -0.5})),
+        "nuts scale must be in (0, 1000], got 1e+300",
+    ),
+    "a nuts power of 1e4": (("nuts", dict(rob_map={"scale": 2, "power": 1e4, "clamp_bias": 0})), "power must be in"),
+    "a temperature of 1e-320": (
+        ("linear", dict(std_temperature=1e-320)),
+        "std temperature must be 0 (hard-max) or in [0.001, 1000], got 1e-320",
+    ),
+    "a logit scale of 1e300": (("tempered", dict(std_scale=1e300)), "head logit scales must be in (0, 1000]"),
+    "an alpha of NaN": (("linear", dict(alpha=float("nan"))), "alpha must be in [0, 1], got nan"),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED_CALIBRATIONS)
+def test_crafted_calibration_numbers_are_refused_before_any_result(monkeypatch, capfd, tmp_path, case):
+    (family, entry), message = CRAFTED_CALIBRATIONS[case]
+    line = refused(monkeypatch, capfd, tmp_path, *EVALUATE, *calibration(tmp_path, family, **entry))
+    assert line.startswith(f"asmix: error: calibration {tmp_path / 'calibration.json'}: ") and message in line
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_base_model_weights_with_a_nan_tensor_are_refused(monkeypatch, capfd, tmp_path, suffix):
     from safetensors.torch import save_file

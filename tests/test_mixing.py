@@ -208,8 +208,11 @@ def test_nuts_with_alpha_keeps_the_map_and_bad_settings_are_refused():
     mixed = MixedClassifier(LinearImageModel(4, 3), LinearImageModel(4, 3), 0.5, rob_map=nuts)
     assert mixed.with_alpha(0.9).settings.rob_map == nuts
     for text, message in (
-        ("nuts:0,1,0", "scale must be > 0"),
-        ("nuts:1,0.5,0", "power must be >= 1"),
+        ("nuts:0,1,0", r"scale must be in \(0, 1000\], got 0"),
+        ("nuts:1e300,1,0", r"scale must be in \(0, 1000\], got 1e\+300"),
+        ("nuts:1,0.5,0", r"power must be in \[1, 16\], got 0.5"),
+        ("nuts:1,17,0", r"power must be in \[1, 16\], got 17"),
+        ("nuts:1,2,-101", r"clamp bias must be in \[-100, 100\], got -101"),
         ("nuts:1,2", "needs 3 numbers"),
         ("gelu:1,2,3", "use nuts:S,P,C"),
         ("nuts:1,x,0", "must be numbers"),

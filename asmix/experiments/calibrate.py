@@ -35,7 +35,7 @@ from asmix.experiments.settings import config_dict
 from asmix.experiments.train.selection import SCALES, attack_pools, cache_pool, choose_from_caches
 from asmix.identity import weights_digest
 from asmix.mixing import HEAD_KEYS, MixedClassifier, check_alpha, freeze
-from asmix.nuts import NutsMap
+from asmix.nuts import CLAMP_BIAS_MAX, POWER_MAX, SCALE_MAX, NutsMap
 from asmix.runtime import ProgressFn, RunSettings, batch_slices, predict_logits
 
 CURVE_POINTS = 200
@@ -358,6 +358,8 @@ def _refine(search: SearchCache, config: CalibrateConfig, best):
         if not np.all(np.isfinite(v)) or abs(v[0]) > 20 or abs(v[1]) > 50 or abs(v[2]) > 50:
             return 10.0
         s, p, c = params(v)
+        if s > SCALE_MAX or p > POWER_MAX or abs(c) > CLAMP_BIAS_MAX:  # a map a calibration file may not hold
+            return 10.0
         value, point, meets = search.score(NutsMap(s, p, c), target)
         found["count"] += 1
         if value > found["best"][0]:
