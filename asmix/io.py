@@ -1,8 +1,11 @@
 """Atomic file writes: a crash mid-write leaves the old file, never a torn one. Output paths are checked
-before the work that fills them, and a failed write is one ``AsmixError`` naming the path."""
+before the work that fills them, and a failed write is one ``AsmixError`` naming the path. Files asmix reads back
+(resume parts, checkpoints) are sealed with the sha256 of their payload."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -10,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from asmix.errors import AsmixError
+from asmix.errors import AsmixError, first_line
+
+SEALED_FORMAT = "asmix-sealed"
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -79,3 +84,40 @@ def _check_creatable(folder: Path, target: Path) -> None:
         raise AsmixError(f"cannot write {target}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise AsmixError(f"cannot write {target}: {existing} is not writable")
+
+
+def save_sealed(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` (tensors, numbers and strings in dicts and lists) atomically with the sha256 of its serialized
+    bytes, so that ``load_sealed`` tells an edited or damaged file from the one asmix wrote."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    sealed = {"format": SEALED_FORMAT, "sha256": hashlib.sha256(data).hexdigest(), "payload": data}
+    return atomic_write(path, lambda temporary: torch.save(sealed, temporary))
+
+
+def load_sealed(path: str | Path) -> Any:
+    """The payload ``save_sealed`` wrote (read with ``weights_only``), or an ``AsmixError`` saying what is wrong: the
+    file is unreadable, not sealed by asmix, or its bytes no longer match their sha256. The checksum finds edits and
+    damage; it is no signature: whoever can write the file can recompute it."""
+    import torch
+
+    try:
+        sealed = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torn, garbage, or holding objects weights_only refuses
+        raise AsmixError(f"unreadable ({first_line(error)})") from error
+    if not (
+        isinstance(sealed, dict)
+        and sealed.get("format") == SEALED_FORMAT
+        and isinstance(sealed.get("payload"), bytes)
+        and isinstance(sealed.get("sha256"), str)
+    ):
+        raise AsmixError("not a checksummed asmix file (an older asmix wrote it, or it was edited)")
+    if hashlib.sha256(sealed["payload"]).hexdigest() != sealed["sha256"]:
+        raise AsmixError("its payload does not match its checksum (edited or damaged)")
+    try:
+        return torch.load(io.BytesIO(sealed["payload"]), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise AsmixError(f"unreadable payload ({first_line(error)})") from error

@@ -268,6 +268,183 @@ def test_a_malformed_model_data_or_config_file_is_one_line(monkeypatch, capfd, t
     assert message in line or message in line.lower(), line
 
 
+def _checkpoint(tmp_path: Path, edit=None, sealed: bool = True, raw: bytes | None = None) -> list[str]:
+    """``train-mixer --resume`` on a crafted checkpoint.pt: the state ``save_checkpoint`` writes, through
+    ``edit(state)``, sealed with a correct checksum (what a deliberate edit would do) or, not ``sealed``, as an earlier
+    asmix saved it; or the bytes ``raw``."""
+    from asmix.io import save_sealed
+
+    state = {
+        "identity": json.dumps({"config": {}}),
+        "epoch": 1,
+        "mixer": {},
+        "ema": {},
+        "optimizer": {},
+        "scheduler": {},
+        "history": json.dumps([]),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": [],
+    }
+    if edit is not None:
+        edit(state)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if raw is not None:
+        (folder / "checkpoint.pt").write_bytes(raw)
+    elif sealed:
+        save_sealed(folder / "checkpoint.pt", state)
+    else:
+        torch.save(state, folder / "checkpoint.pt")
+    return [*TRAIN, "--resume", "--out", str(folder)]
+
+
+TRAIN = (
+    "train-mixer",
+    "--n-train",
+    "32",
+    "--n-val",
+    "8",
+    "--batch-size",
+    "16",
+    "--mixer-width",
+    "8",
+    "--device",
+    "cpu",
+)
+
+
+CRAFTED_CHECKPOINTS = {
+    "an identity that is not a dict": (
+        dict(edit=lambda state: state.__setitem__("identity", json.dumps([1, 2]))),
+        "its identity is not an object: list",
+    ),
+    "an epoch that is a string": (dict(edit=lambda state: state.__setitem__("epoch", "2")), "its epoch is not a count"),
+    "a history of 3 records for 1 epoch": (
+        dict(edit=lambda state: state.__setitem__("history", json.dumps([{}, {}, {}]))),
+        "its history is not one EpochRecord of numbers per epoch (1)",
+    ),
+    "mixer weights of another network": (
+        dict(edit=lambda state: state.__setitem__("epoch", 0) or state.__setitem__("history", "[]")),
+        "its mixer weights are not those of this run's mixer",
+    ),
+    "a checkpoint as an earlier asmix wrote it (no checksum)": (dict(sealed=False), "not a checksummed asmix file"),
+    "garbage": (dict(raw=b"PK\x03\x04" + b"\x00" * 64), "unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED_CHECKPOINTS)
+def test_a_malformed_checkpoint_is_one_line_with_resumes_alternatives(monkeypatch, capfd, tmp_path, case):
+    crafted, message = CRAFTED_CHECKPOINTS[case]
+    args = _checkpoint(tmp_path, **crafted)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    code, _, err = run_cli(monkeypatch, capfd, *args)
+    line = one_line(code, err)
+    assert line.startswith(f"asmix: error: checkpoint {tmp_path / 'run' / 'checkpoint.pt'} cannot be resumed: ")
+    assert message in line and line.endswith("delete it to train from the start in this --out, or pass another --out")
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["checkpoint.pt"]  # nothing written
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_an_edited_checkpoint_fails_its_checksum(monkeypatch, capfd, tmp_path):
+    _checkpoint(tmp_path)
+    path = tmp_path / "run" / "checkpoint.pt"
+    sealed = torch.load(path, weights_only=True)
+    payload = bytearray(sealed["payload"])
+    payload[-30] ^= 1  # one bit of the payload, checksum left as it was
+    torch.save(sealed | {"payload": bytes(payload)}, path)
+    code, _, err = run_cli(monkeypatch, capfd, *TRAIN, "--resume", "--out", str(tmp_path / "run"))
+    assert "its payload does not match its checksum (edited or damaged)" in one_line(code, err)
+
+
+SWEEP = (
+    "sweep-alpha",
+    "--attacks",
+    "rob",
+    "--alphas",
+    "0,1",
+    "--n-examples",
+    "64",
+    "--batch-size",
+    "16",
+    "--steps",
+    "3",
+)
+"""4 resume parts of 16 examples: their clean logits and ROB attack (the issue's 0.531 for g under it)."""
+
+
+@pytest.fixture(scope="module")
+def sweep_parts(tmp_path_factory) -> tuple[dict, Path]:
+    """The rows of one uninterrupted sweep, and the parts folder of a run killed once its 4 parts were saved."""
+    import contextlib
+    import sys
+
+    from conftest import kill_after
+
+    from asmix.cli import main
+
+    def sweep(out: Path) -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", ["asmix", *SWEEP, "--out", str(out)])
+            with pytest.raises(SystemExit):
+                main()
+
+    root = tmp_path_factory.mktemp("sweep")
+    sweep(root / "reference")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("asmix.cli.options.progress_callback", lambda: contextlib.nullcontext(kill_after(4)))
+        sweep(root / "killed")
+    assert len(list((root / "killed" / "parts").iterdir())) == 4
+    return json.loads((root / "reference" / "sweep.json").read_text())["rows"], root / "killed"
+
+
+def _edited_record(record: dict) -> dict:
+    """The issue's edit: every ROB-attack iterate of g and h counted as classified right."""
+    return record | {"rob/robust": torch.ones_like(record["rob/robust"])}
+
+
+def _tamper(part: Path, case: str) -> None:
+    from asmix.io import load_sealed, save_sealed
+
+    if case == "garbage":
+        part.write_bytes(b"not a part")
+        return
+    saved = load_sealed(part)
+    if case == "edited, its fingerprint and checksum copied over":
+        sealed = torch.load(part, weights_only=True)
+        save_sealed(part, saved | {"record": _edited_record(saved["record"])})
+        torch.save(torch.load(part, weights_only=True) | {"sha256": sealed["sha256"]}, part)
+    elif case == "3 of its 16 rows, checksum recomputed":
+        save_sealed(part, saved | {"record": {name: value[:3] for name, value in saved["record"].items()}})
+    elif case == "a string where a tensor belongs, checksum recomputed":
+        save_sealed(part, saved | {"record": saved["record"] | {"clean/std": "0.9"}})
+
+
+TAMPERED_PARTS = {
+    "edited, its fingerprint and checksum copied over": "its payload does not match its checksum",
+    "3 of its 16 rows, checksum recomputed": "its clean/std has 3 rows, the unit has 16 examples",
+    "a string where a tensor belongs, checksum recomputed": "its entry 'clean/std' is not a tensor",
+    "garbage": "unreadable",
+}
+
+
+@pytest.mark.parametrize("case", TAMPERED_PARTS)
+def test_a_resume_part_that_fails_its_checks_is_recomputed_with_one_warning(
+    monkeypatch, capfd, tmp_path, sweep_parts, case
+):
+    reference, killed = sweep_parts
+    out = tmp_path / "run"
+    shutil.copytree(killed, out)
+    part = out / "parts" / "batch-000000016-000000032.pt"
+    _tamper(part, case)
+    code, _, err = run_cli(monkeypatch, capfd, *SWEEP, "--out", str(out))
+    warnings = [line for line in err.splitlines() if line.startswith("asmix: warning:")]
+    assert code in (0, None) and "error" not in err and len(warnings) == 1, err
+    assert warnings[0].startswith(f"asmix: warning: resume part {part} is not used: {TAMPERED_PARTS[case]}")
+    assert warnings[0].endswith("; recomputing it")
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert rows == reference and rows[0]["rob_attack"] == 0.53125  # as if the part had never been touched
+
+
 def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(monkeypatch, capfd, tmp_path):
     def broken(*args, **kwargs):
         raise RuntimeError("boom\nmore detail")

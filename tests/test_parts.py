@@ -11,6 +11,7 @@ import torch
 from conftest import LinearImageModel, run_in_gloo_processes
 
 from asmix.attacks.pgd import ThreatModel
+from asmix.errors import AsmixWarning
 from asmix.experiments.certify import CertifyConfig, certify
 from asmix.experiments.margins import MarginsConfig, margins
 from asmix.experiments.parts import Parts, fingerprint
@@ -32,8 +33,10 @@ def test_parts_load_only_their_own_fingerprint(tmp_path):
     Parts(tmp_path, "a").save("batch-1", record)
     torch.testing.assert_close(Parts(tmp_path, "a").load("batch-1"), record)
     assert Parts(tmp_path, "b").load("batch-1") is None
-    (tmp_path / "batch-2.pt").write_bytes(b"torn")  # a part cut short: recomputed, not an error
-    assert Parts(tmp_path, "a").load("batch-2") is None and Parts(tmp_path, "a").load("batch-3") is None
+    (tmp_path / "batch-2.pt").write_bytes(b"torn")  # a part cut short: recomputed with a warning, not an error
+    with pytest.warns(AsmixWarning, match="batch-2.pt is not used: unreadable"):
+        assert Parts(tmp_path, "a").load("batch-2") is None
+    assert Parts(tmp_path, "a").load("batch-3") is None
 
 
 def _problem():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 
 from asmix import distributed
-from asmix.io import atomic_write
+from asmix.errors import AsmixError, AsmixWarning
+from asmix.io import load_sealed, save_sealed
 from asmix.runtime import ProgressFn
 
 RESULTS_VERSION = 2
@@ -23,6 +25,7 @@ RESULTS_VERSION = 2
 so saved parts of an older asmix are recomputed."""
 
 Record = dict[str, torch.Tensor]
+"""A unit's numbers: per-example tensors (the unit's examples along the first dimension) and per-unit scalars."""
 Unit = TypeVar("Unit")
 
 
@@ -56,7 +59,8 @@ def batch_key(part: slice) -> str:
 
 
 class Parts:
-    """Finished units saved atomically in ``folder``, one ``<key>.pt`` each, for resuming."""
+    """Finished units saved atomically in ``folder``, one ``<key>.pt`` each (sealed with the sha256 of its payload:
+    ``asmix.io.save_sealed``), for resuming."""
 
     def __init__(self, folder: str | Path, fingerprint: str) -> None:
         self.folder = Path(folder)
@@ -65,22 +69,43 @@ class Parts:
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.pt"
 
-    def load(self, key: str) -> Record | None:
+    def load(self, key: str, rows: int | None = None) -> Record | None:
+        """The saved record of unit ``key``; None (recompute it) where there is none or it was saved under another
+        fingerprint, and None with one ``AsmixWarning`` where it fails its checks: its checksum, its structure (tensors
+        by name), and, given ``rows`` (the unit's examples), each tensor's first dimension. Never merged then."""
         path = self._path(key)
         if not path.is_file():
             return None
         try:
-            saved = torch.load(path, weights_only=True)
-        except Exception:  # a torn or incompatible part: recompute it
+            saved = load_sealed(path)
+            if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), str):
+                raise AsmixError("not an asmix resume part")
+            if saved["fingerprint"] != self.fingerprint:
+                return None  # another run's (other settings, models or data): not this run's to use
+            check_record(saved.get("record"), rows)
+        except AsmixError as error:
+            warnings.warn(f"resume part {path} is not used: {error}; recomputing it", AsmixWarning, stacklevel=2)
             return None
-        return saved["record"] if saved.get("fingerprint") == self.fingerprint else None
+        return saved["record"]
 
     def save(self, key: str, record: Record) -> None:
-        payload = {"fingerprint": self.fingerprint, "record": record}
-        atomic_write(self._path(key), lambda temporary: torch.save(payload, temporary))
+        save_sealed(self._path(key), {"fingerprint": self.fingerprint, "record": record})
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def check_record(record: object, rows: int | None) -> Record:
+    """``record`` if it is a ``Record``: tensors by name, each a scalar or, given ``rows``, ``rows`` long along its
+    first dimension; else an ``AsmixError`` naming the first that is not."""
+    if not isinstance(record, dict) or not record:
+        raise AsmixError("its record is not a set of named tensors")
+    for name, value in record.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise AsmixError(f"its entry {name!r} is not a tensor")
+        if rows is not None and value.ndim > 0 and value.shape[0] != rows:
+            raise AsmixError(f"its {name} has {value.shape[0]} rows, the unit has {rows} examples")
+    return record
 
 
 def run_units(
@@ -90,13 +115,15 @@ def run_units(
     key: Callable[[Unit], str],
     parts: Parts | None = None,
     finished: Callable[[Unit, Record], None] | None = None,
+    size: Callable[[Unit], int] | None = None,
 ) -> list[Record]:
     """Every unit's record, in the order of ``units``: this rank computes its contiguous share (or loads it
-    from ``parts``), saves each new record at once and calls ``finished(unit, record)``; then all ranks'
-    records are gathered."""
+    from ``parts``; a saved record must have ``size(unit)`` rows, by default ``example_count`` of a slice unit),
+    saves each new record at once and calls ``finished(unit, record)``; then all ranks' records are gathered."""
+    size = size or (lambda unit: example_count(unit) if isinstance(unit, slice) else None)
     records = []
     for unit in units[distributed.shard_slice(len(units))]:
-        record = parts.load(key(unit)) if parts else None
+        record = parts.load(key(unit), size(unit)) if parts else None
         if record is None:
             record = compute(unit)
             if parts:

@@ -145,20 +145,20 @@ def sweep_alpha(
             source = mixed.std if name == "std" else mixed.rob
             record[f"{name}/robust"] = _robust_flags(
                 transfer, source, _base_judge(mixed, name, config.alphas), x_batch, y_batch, unit.part.start, config
-            )
+            ).T.contiguous()  # (n, J): a part's rows are its examples
         return record
 
     shown = ShareProgress(
         units,
         lambda unit: "MIX attack" if unit.kind == "mix" else "base logits and attacks",
         progress,
-        size=lambda unit: example_count(unit.part),
+        size=_Unit.size,
     )
-    records = run_units(units, compute, key=_Unit.key, parts=parts, finished=shown)
+    records = run_units(units, compute, key=_Unit.key, parts=parts, finished=shown, size=_Unit.size)
     n = len(batches)
     clean = tuple(torch.cat([record[f"clean/{model}"] for record in records[:n]]) for model in ("std", "rob"))
     # per base attack, (2 + len(alphas), N): g, h and each h_alpha classified every iterate correctly
-    robust = {name: torch.cat([record[f"{name}/robust"] for record in records[:n]], dim=1) for name in base_attacks}
+    robust = {name: torch.cat([record[f"{name}/robust"] for record in records[:n]]).T for name in base_attacks}
     mix_robust = {
         alpha: torch.cat([record["mix"] for record in records[n * (1 + index) : n * (2 + index)]])
         for index, alpha in enumerate(mix_alphas)
@@ -205,6 +205,9 @@ class _Unit:
 
     def key(self) -> str:
         return batch_key(self.part) if self.kind == "base" else f"mix-alpha{self.alpha!r}-{batch_key(self.part)}"
+
+    def size(self) -> int:
+        return example_count(self.part)
 
 
 def _same_as_base_attack(alpha: float, config: SweepConfig) -> str | None:

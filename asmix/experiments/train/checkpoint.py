@@ -5,19 +5,22 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from asmix.checks import check_finite_tensors
 from asmix.errors import AsmixError, first_line
 from asmix.identity import describe_roles, differing_models
-from asmix.io import atomic_write
+from asmix.io import load_sealed, save_sealed
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
+START_AGAIN = "delete it to train from the start in this --out, or pass another --out"
+"""What a user can do instead of ``--resume`` when the checkpoint cannot be used."""
 
 
 class Ema:
@@ -50,6 +53,7 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 def save_checkpoint(
     path: Path, identity: dict, epoch: int, mixer: nn.Module, ema: Ema, optimizer, scheduler, history: list
 ) -> None:
+    """The run's state after ``epoch`` epochs, sealed with the sha256 of its payload (``asmix.io.save_sealed``)."""
     state = {
         "identity": json.dumps(identity, sort_keys=True),
         "epoch": epoch,
@@ -61,36 +65,86 @@ def save_checkpoint(
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    atomic_write(path, lambda temporary: torch.save(state, temporary))
+    save_sealed(path, state)
 
 
-def load_checkpoint(path: Path, identity: dict, mixer: nn.Module, ema: Ema, optimizer, scheduler):
+def load_checkpoint(path: Path, identity: dict, mixer: nn.Module, ema: Ema, optimizer, scheduler, record_type):
+    """Restore the run saved in ``path`` into ``mixer``, ``ema``, ``optimizer``, ``scheduler`` and the random
+    generators; return its epoch and history (``record_type`` per epoch). A checkpoint that is unreadable, edited (its
+    checksum), malformed or does not fit this run is one ``AsmixError`` naming the file and ``START_AGAIN``; one
+    written with other settings or base-model weights names what differs."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        stored = json.loads(state["identity"])
-    except Exception as error:
-        raise AsmixError(f"cannot read checkpoint {path}: {first_line(error)}") from error
+        state = load_sealed(path)
+        stored, epoch, history = _checked(state, mixer, record_type)
+    except AsmixError as error:
+        raise AsmixError(f"checkpoint {path} cannot be resumed: {error}; {START_AGAIN}") from error
     current = json.loads(json.dumps(identity, sort_keys=True))
-    differing = differing_models(stored.get("base_weights") or {}, current.get("base_weights") or {})
+    stored_weights = stored.get("base_weights") if isinstance(stored.get("base_weights"), dict) else {}
+    differing = differing_models(stored_weights, current.get("base_weights") or {})
     if differing:
         raise AsmixError(
             f"checkpoint {path} was made with other weights for {describe_roles(differing)}: "
-            f"resume with the models it was made with, or start again without --resume"
+            f"resume with the models it was made with, or {START_AGAIN}"
         )
     if stored != current:
         changed = sorted(_differences(stored, current))
         raise AsmixError(
             f"checkpoint {path} was written with other settings ({', '.join(changed[:6])}): "
-            f"rerun with the same options or without --resume"
+            f"rerun with the same options, or {START_AGAIN}"
         )
-    mixer.load_state_dict(state["mixer"])
-    ema.model.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return int(state["epoch"]), json.loads(state["history"])
+    try:
+        mixer.load_state_dict(state["mixer"])
+        ema.model.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+    except Exception as error:  # an optimizer or generator state of another shape: torch raises several kinds
+        raise AsmixError(
+            f"checkpoint {path} cannot be resumed: it does not fit this run ({first_line(error)}); {START_AGAIN}"
+        ) from error
+    return epoch, history
+
+
+CHECKPOINT_KEYS = ("identity", "epoch", "mixer", "ema", "optimizer", "scheduler", "history", "rng_cpu", "rng_cuda")
+
+
+def _checked(state: Any, mixer: nn.Module, record_type) -> tuple[dict, int, list]:
+    """A checkpoint's identity, epoch and history, once its structure is the one ``save_checkpoint`` writes: every
+    key, an identity object, an epoch count with one history record (``record_type``'s fields, numbers) per epoch,
+    and mixer and EMA weights with ``mixer``'s names and shapes, all finite."""
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise AsmixError(f"it is not a train-mixer checkpoint (keys {', '.join(CHECKPOINT_KEYS)})")
+    try:
+        stored, history = json.loads(state["identity"]), json.loads(state["history"])
+    except (TypeError, ValueError, RecursionError) as error:
+        raise AsmixError(f"its identity or history is not JSON ({first_line(error)})") from error
+    if not isinstance(stored, dict):
+        raise AsmixError(f"its identity is not an object: {type(stored).__name__}")
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise AsmixError(f"its epoch is not a count: {epoch!r}")
+    names = {field.name for field in fields(record_type)}
+    number = (int, float, type(None))
+    if not (
+        isinstance(history, list)
+        and len(history) == epoch
+        and all(isinstance(record, dict) and set(record) == names for record in history)
+        and all(isinstance(v, number) and not isinstance(v, bool) for record in history for v in record.values())
+    ):
+        raise AsmixError(f"its history is not one {record_type.__name__} of numbers per epoch ({epoch})")
+    expected = {name: tuple(value.shape) for name, value in mixer.state_dict().items()}
+    for part in ("mixer", "ema"):
+        weights = state[part]
+        if (
+            not isinstance(weights, dict)
+            or not all(isinstance(value, torch.Tensor) for value in weights.values())
+            or {name: tuple(value.shape) for name, value in weights.items()} != expected
+        ):
+            raise AsmixError(f"its {part} weights are not those of this run's mixer (names or shapes)")
+        check_finite_tensors(weights, f"its {part} weights")
+    return stored, epoch, [record_type(**record) for record in history]
 
 
 def _differences(stored: Any, current: Any, prefix: str = "") -> list[str]:

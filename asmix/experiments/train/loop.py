@@ -180,8 +180,7 @@ def train_mixer(
     if resume:
         if checkpoint_path is None or not checkpoint_path.is_file():
             raise AsmixError(f"--resume: no checkpoint at {checkpoint_path}")
-        start_epoch, records = load_checkpoint(checkpoint_path, identity, mixer, ema, optimizer, scheduler)
-        history = [EpochRecord(**record) for record in records]
+        start_epoch, history = load_checkpoint(checkpoint_path, identity, mixer, ema, optimizer, scheduler, EpochRecord)
 
     trained = mixer
     if world > 1:
