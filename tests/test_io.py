@@ -6,7 +6,7 @@ import pytest
 
 import asmix.io
 from asmix import AsmixError
-from asmix.io import atomic_write, atomic_write_text, check_writable_dir, check_writable_file
+from asmix.io import atomic_write, atomic_write_text, check_writable_dir, check_writable_file, load_sealed, save_sealed
 
 
 def test_writable_paths_are_accepted_and_nothing_is_created(tmp_path):
@@ -46,3 +46,24 @@ def test_a_failed_write_is_one_error_naming_the_path_and_leaves_no_temporary(tmp
     with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'r.json'}: No space left on device$"):
         atomic_write(tmp_path / "r.json", disk_full)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_sealed_file_reads_back_and_an_edited_byte_or_an_unsealed_file_is_refused(tmp_path):
+    import torch
+
+    payload = {"fingerprint": "abc", "record": {"x": torch.arange(4.0)}, "epoch": 3}
+    save_sealed(tmp_path / "part.pt", payload)
+    loaded = load_sealed(tmp_path / "part.pt")
+    assert loaded["epoch"] == 3 and torch.equal(loaded["record"]["x"], payload["record"]["x"])
+    sealed = torch.load(tmp_path / "part.pt", weights_only=True)
+    edited = bytearray(sealed["payload"])
+    edited[len(edited) // 2] ^= 1
+    torch.save(sealed | {"payload": bytes(edited)}, tmp_path / "part.pt")
+    with pytest.raises(AsmixError, match=r"^its payload does not match its checksum \(edited or damaged\)$"):
+        load_sealed(tmp_path / "part.pt")
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(AsmixError, match="not a checksummed asmix file"):
+        load_sealed(tmp_path / "old.pt")
+    (tmp_path / "torn.pt").write_bytes(b"torn")
+    with pytest.raises(AsmixError, match="unreadable"):
+        load_sealed(tmp_path / "torn.pt")
