@@ -28,16 +28,17 @@ def check_finite(value: float, name: str) -> float:
     return value
 
 
-def check_finite_tensors(tensors: Any, source: str) -> None:
-    """Refuse NaN or infinite values in the float tensors of ``tensors`` (name -> tensor), naming the first bad one:
-    one such weight turns every output into NaN, and accuracies near chance would be reported as results."""
+def check_finite_tensors(tensors: Any, source: str | None = None) -> None:
+    """Refuse NaN or infinite values in the float tensors of ``tensors`` (name -> tensor), naming the first bad one
+    (and ``source``): one such weight turns every output into NaN, and accuracies near chance would be reported."""
     import torch
 
     for name, tensor in tensors.items():
         if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
             bad = int((~torch.isfinite(tensor)).sum())
             if bad:
-                raise AsmixError(f"{source}: tensor {name} has {bad} NaN or infinite values (of {tensor.numel()})")
+                where = f"{source}: " if source else ""
+                raise AsmixError(f"{where}tensor {name} has {bad} NaN or infinite values (of {tensor.numel()})")
 
 
 def schema_problem(error: Any, model: Any = None) -> str:

@@ -91,7 +91,7 @@ CRAFTED_NUMBERS = {
     ),
     "mixer weights with a NaN tensor": (
         dict(weights=lambda state: state["linear.weight"].fill_(float("nan"))),
-        "mixer.safetensors: its weights: tensor linear.weight has 8 NaN or infinite values",
+        "mixer.safetensors: tensor linear.weight has 8 NaN or infinite values (of 8)",
     ),
 }
 

@@ -350,7 +350,7 @@ def _read_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str,
             if shapes[name] != shape:
                 raise AsmixError(f"tensor {name} has shape {shapes[name]}, mixer.json's architecture gives {shape}")
         state = load_file(str(path))
-        check_finite_tensors(state, "its weights")
+        check_finite_tensors(state)
     except Exception as error:  # safetensors' own errors, I/O, and the checks above
         raise AsmixError(f"corrupt mixer weights {path}: {first_line(error)}") from error
     return state
