@@ -398,15 +398,8 @@ def test_cli_with_a_mixer_writes_table_json_and_examples(monkeypatch, capsys, tm
     import json
 
     from asmix.cli import main
-    from asmix.mixer import MixingNetwork, save_mixer
 
-    mixer_dir = save_mixer(
-        MixingNetwork([16, 32], [16, 32], width=8, blocks=1, stages=0),
-        tmp_path / "mixer",
-        config={"models": {"std": "demo-std", "rob": "demo-std"}},
-        std=load_model("demo-std"),
-        rob=load_model("demo-std"),
-    )
+    mixer_dir = _mixer_for_demo_std_twice(tmp_path)
     out, json_path = tmp_path / "examples.npz", tmp_path / "result.json"
     monkeypatch.setattr(
         sys,
@@ -560,15 +553,7 @@ def test_no_detector_profile_at_a_fixed_alpha_or_when_off():
 def test_cli_with_a_mixer_writes_the_detector_profile(monkeypatch, capsys, tmp_path):
     import json
 
-    from asmix.mixer import MixingNetwork, save_mixer
-
-    mixer_dir = save_mixer(
-        MixingNetwork([16, 32], [16, 32], width=8, blocks=1, stages=0),
-        tmp_path / "mixer",
-        config={"models": {"std": "demo-std", "rob": "demo-std"}},
-        std=load_model("demo-std"),
-        rob=load_model("demo-std"),
-    )
+    mixer_dir = _mixer_for_demo_std_twice(tmp_path)
     code, out, err = run_cli(
         monkeypatch,
         capsys,
@@ -611,3 +596,16 @@ def test_the_mixer_head_scales_apply_and_an_explicit_scale_overrides_them_saying
     mix = json.loads((tmp_path / "given.json").read_text())["config"]["mix"]
     assert code in (0, None) and (mix["std_scale"], mix["rob_scale"]) == (1.2, 0.5)
     assert "note: --rob-scale 0.5 overrides the rob_scale 0.3 of the head chosen" in err
+
+
+def _mixer_for_demo_std_twice(tmp_path):
+    """A (random) mixing network saved as trained with demo-std as both g and h (taps of the same width)."""
+    from asmix.mixer import MixingNetwork, save_mixer
+
+    return save_mixer(
+        MixingNetwork([16, 32], [16, 32], width=8, blocks=1, stages=0),
+        tmp_path / "mixer",
+        config={"models": {"std": "demo-std", "rob": "demo-std"}},
+        std=load_model("demo-std"),
+        rob=load_model("demo-std"),
+    )

@@ -313,7 +313,7 @@ def test_target_clean_acc_sets_saved_range(tmp_path):
     assert result.head == selection.head
     assert result.verdict is not None and result.verdict.n_examples == 6  # judged on the other half
     loaded, stored = load_mixer(tmp_path)
-    assert (loaded.alpha_min, loaded.alpha_max, loaded.alpha_bias) == (*result.alpha_range, result.alpha_bias)
+    assert (loaded.alpha_min, loaded.alpha_max, loaded.alpha_bias) == (*result.head.alpha_range, result.head.alpha_bias)
     assert stored.head == result.head and stored.selection["head"] == result.head.to_dict()
     assert stored.selection["target_clean_acc"] == 1.0
     assert stored.verdict["gain_points"] == pytest.approx(result.verdict.gain)

@@ -67,7 +67,7 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict() | {"n_train": self.n_train, "n_val": self.n_val, "models": self.models},
-            "alpha_range": list(self.alpha_range),
+            "alpha_range": list(self.head.alpha_range),
             "alpha_bias": self.head.alpha_bias,
             "head": self.head.to_dict(),
             "history": [asdict(record) for record in self.history],
@@ -75,14 +75,6 @@ class TrainResult:
             "verdict": self.verdict.to_dict() if self.verdict else None,
             "out_dir": self.out_dir,
         }
-
-    @property
-    def alpha_range(self) -> tuple[float, float]:
-        return self.head.alpha_range
-
-    @property
-    def alpha_bias(self) -> float:
-        return self.head.alpha_bias
 
     def mixed_classifier(self, std: nn.Module, rob: nn.Module) -> MixedClassifier:
         """h_alpha with the trained mixer and its whole evaluation head (range, bias, logit scales)."""
