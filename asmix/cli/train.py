@@ -383,7 +383,7 @@ def train_mixer_command(
     for title, judged in (("held-out", result.verdict), ("evaluation", comparison)):
         if judged is not None:
             stdout.print(verdict_table(judged, title))
-            profile = detector_table(judged.detector_profile, f"AutoAttack-lite, {title}")
+            profile = detector_table(judged.detector_profile, "AutoAttack-lite")
             if profile is not None:
                 stdout.print(profile)
             stdout.print(judged.line, soft_wrap=True)

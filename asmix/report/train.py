@@ -133,12 +133,12 @@ def verdict_table(verdict, title: str = "held-out") -> Table:
     )
     for column in ("model", "clean", "AA-lite", "mean alpha clean", "mean alpha attacked"):
         table.add_column(column, justify="right")
-    rows = [("mixer", verdict.mixer), ("tempered fixed", verdict.fixed)]
+    rows = [("", verdict.mixer), ("tempered ", verdict.fixed)]
     if verdict.plain != verdict.fixed:
-        rows.append(("plain fixed", verdict.plain))
+        rows.append(("plain ", verdict.plain))
     for kind, row in rows:
         table.add_row(
-            f"{kind}: {row.name}",
+            f"{kind}{row.name}",
             f"{percent(row.clean_acc)}% ({row.clean_correct})",
             f"{percent(row.attacked_acc)}% ({row.attacked_correct})",
             alpha_text(row.alpha_clean),
