@@ -12,8 +12,18 @@ from safetensors.torch import save_file
 
 from asmix import AsmixError, load_data, load_model
 from asmix.models import check_model_fits, parse_spec
-from asmix.models.bit import BAI2023_STD_FILE, bit_to_timm_state_dict
+from asmix.models.bit import BAI2023_STD_FILE, BAI2023_STD_FILE_OLD, bit_to_timm_state_dict, bit_weights_path
+from asmix.models.cache import model_dirs
 from asmix.models.registry import resolve_zoo_name
+
+
+@pytest.fixture(autouse=True)
+def no_model_folders(tmp_path, monkeypatch):
+    """No test sees the checkpoints of the machine it runs on: ./models and ~ are empty folders of its own."""
+    monkeypatch.delenv("ASMIX_MODEL_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
 
 
 def random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -125,9 +135,65 @@ def test_bit_loads_the_bai2023_std_checkpoint_and_resizes_to_128(tmp_path):
         assert torch.allclose(model(x), expected, atol=1e-4)
 
 
-def test_bit_without_weights_names_file_and_folder(tmp_path):
-    with pytest.raises(AsmixError, match=f"put {BAI2023_STD_FILE}.*in {tmp_path / 'cifar10' / 'Linf'}"):
+def test_bit_without_weights_names_every_path_tried(tmp_path):
+    linf = Path("cifar10") / "Linf"
+    tried = [
+        folder / linf / file
+        for folder in (tmp_path, Path("models"), tmp_path / "home" / ".cache" / "asmix" / "models")
+        for file in (BAI2023_STD_FILE, BAI2023_STD_FILE_OLD)
+    ]
+    with pytest.raises(AsmixError) as refused:
         load_model("bit-r152", dataset="cifar10", model_dir=tmp_path)
+    message = str(refused.value)
+    assert f"(tried {', '.join(map(str, tried))}): put {BAI2023_STD_FILE}" in message
+    assert f"in {tmp_path / linf}," in message and len(message.splitlines()) == 1
+
+
+def put(folder: Path, file: str, content: bytes = b"") -> Path:
+    path = folder / "cifar10" / "Linf" / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def test_model_folders_are_searched_in_order(tmp_path, monkeypatch):
+    cache = tmp_path / "home" / ".cache" / "asmix" / "models"
+    assert model_dirs() == (Path("models"), cache)
+    assert model_dirs(cache) == (cache, Path("models"))  # no folder twice
+    monkeypatch.setenv("ASMIX_MODEL_DIR", str(tmp_path / "env"))
+    assert model_dirs(tmp_path / "cli") == (tmp_path / "cli", tmp_path / "env", Path("models"), cache)
+
+    in_cache = put(cache, BAI2023_STD_FILE)
+    monkeypatch.delenv("ASMIX_MODEL_DIR")
+    assert bit_weights_path(None, model_dirs(), "cifar10") == in_cache
+    in_models = put(Path("models"), BAI2023_STD_FILE_OLD)  # RobustBench's ./models, under asmix's old name
+    assert bit_weights_path(None, model_dirs(), "cifar10") == in_models
+    in_env = put(tmp_path / "env", BAI2023_STD_FILE)
+    monkeypatch.setenv("ASMIX_MODEL_DIR", str(tmp_path / "env"))
+    assert bit_weights_path(None, model_dirs(), "cifar10") == in_env
+    in_cli = put(tmp_path / "cli", BAI2023_STD_FILE_OLD)
+    assert bit_weights_path(None, model_dirs(tmp_path / "cli"), "cifar10") == in_cli
+    both = put(tmp_path / "cli", BAI2023_STD_FILE)  # RobustBench's name first within a folder
+    assert bit_weights_path(None, model_dirs(tmp_path / "cli"), "cifar10") == both
+    assert BAI2023_STD_FILE == "Bai2023Improving_edm.pt_m0.pt"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a checkpoint", "cannot read weights .*_m0.pt: "),
+        ({"stem.conv.weight": torch.zeros(1)}, "BiT weights .*_m0.pt do not fit resnetv2_50x1_bit: "),
+    ],
+)
+def test_bit_corrupt_and_misfit_files_are_told_apart(tmp_path, content, message):
+    path = put(Path("models"), BAI2023_STD_FILE)
+    if isinstance(content, dict):
+        torch.save(content, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(AsmixError, match=message) as refused:
+        load_model("bit-r50", dataset="cifar10")
+    assert len(str(refused.value).splitlines()) == 1
 
 
 def test_robustbench_model_from_local_checkpoint(tmp_path):
@@ -164,12 +230,53 @@ def test_robustbench_threat_model_without_models_is_one_line(tmp_path, dataset):
     assert len(str(refused.value).splitlines()) == 1
 
 
-def test_robustbench_missing_checkpoint_names_the_file(tmp_path, monkeypatch):
+def test_robustbench_missing_checkpoint_names_every_path_tried(tmp_path, monkeypatch):
     import robustbench.utils
 
-    monkeypatch.setattr(robustbench.utils, "download_gdrive_new", mock.Mock(side_effect=ConnectionError("offline")))
-    with pytest.raises(AsmixError, match=f"put Ding2020MMA.pt in {tmp_path / 'cifar10' / 'Linf'}"):
+    download = mock.Mock(side_effect=ConnectionError("offline"))
+    monkeypatch.setattr(robustbench.utils, "download_gdrive_new", download)
+    monkeypatch.setenv("ASMIX_MODEL_DIR", str(tmp_path / "env"))
+    linf = Path("cifar10") / "Linf" / "Ding2020MMA.pt"
+    tried = [tmp_path / linf, tmp_path / "env" / linf, "models" / linf, tmp_path / "home/.cache/asmix/models" / linf]
+    with pytest.raises(AsmixError) as refused:
         load_model("rb:Ding2020MMA", dataset="cifar10", model_dir=tmp_path)
+    assert str(refused.value) == (
+        f"cannot load RobustBench model Ding2020MMA: not found (tried {', '.join(map(str, tried))}) and the "
+        f"download failed (ConnectionError); put Ding2020MMA.pt in {tmp_path / linf.parent}"
+    )
+    assert download.call_args.args[1] == tmp_path / linf  # downloads go to the first folder
+    with pytest.raises(AsmixError, match=r"tried .*Bai2023Improving_edm\.pt_m0\.pt, .*Bai2023Improving_edm\.pt_m1"):
+        load_model("rb:Bai2023Improving_edm", dataset="cifar10")
+
+
+def test_robustbench_checkpoint_in_models_folder_and_its_failures(tmp_path):
+    from asmix.compat import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    reference = model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf]["Ding2020MMA"]["model"]().eval()
+    state = random_state(reference, seed=4)
+    reference.load_state_dict(state)
+    path = put(Path("models"), "Ding2020MMA.pt")  # RobustBench's default folder, no --model-dir
+    torch.save({"state_dict": state}, path)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(load_model("rb:Ding2020MMA", dataset="cifar10")(x), reference(x), atol=1e-5)
+    failures = []
+    for content in ({"conv1.weight": torch.zeros(1)}, b"not a checkpoint"):
+        if isinstance(content, dict):
+            torch.save(content, path)
+        else:
+            path.write_bytes(content)
+        with pytest.raises(AsmixError) as refused:
+            load_model("rb:Ding2020MMA", dataset="cifar10")
+        failures.append(str(refused.value))
+    misfit, corrupt = failures
+    assert misfit.startswith(f"RobustBench checkpoint {path} does not fit Ding2020MMA: Error(s) in loading state_dict")
+    assert corrupt == f"cannot read RobustBench checkpoint {path} (corrupt or truncated?)"
+    assert all(len(message.splitlines()) == 1 for message in failures)
 
 
 def test_exported_and_torchscript_files(tmp_path):

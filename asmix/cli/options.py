@@ -90,7 +90,10 @@ class SharedOptions:
         help="Use the first N examples, N > 0 and at most the data's size (default: 500 on demo, else all).",
     )
     model_dir: Optional[Path] = _shared(
-        None, "--model-dir", panel=MODELS, help="Checkpoint folder (default $ASMIX_MODEL_DIR or ~/.cache/asmix/models)."
+        None,
+        "--model-dir",
+        panel=MODELS,
+        help="Checkpoint folder, searched before $ASMIX_MODEL_DIR, ./models and ~/.cache/asmix/models.",
     )
     std_weights: Optional[Path] = _shared(
         None, "--std-weights", panel=MODELS, help="State dict for g (safetensors or .pt)."

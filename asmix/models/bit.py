@@ -9,14 +9,17 @@ from pathlib import Path
 import torch
 
 from asmix.errors import AsmixError
+from asmix.models.cache import find_checkpoint, tried_paths
 from asmix.models.weights import read_state_dict
 
 BIT_MEAN = (0.5, 0.5, 0.5)
 BIT_STD = (0.5, 0.5, 0.5)
 # The reference runs BiT on CIFAR images upsampled to 128x128 (Bai et al., App. D.1).
 BIT_INPUT_SIZE = {"cifar10": 128, "cifar100": 128}
-# RobustBench stores the mixed model of the paper as three files; ``_m0`` is the BiT STD model.
-BAI2023_STD_FILE = "Bai2023Improving_edm_m0.pt"
+# RobustBench stores the mixed model of the paper as three files ``<name>.pt_m<i>.pt``; ``m0`` is the BiT STD model.
+BAI2023_STD_FILE = "Bai2023Improving_edm.pt_m0.pt"
+BAI2023_STD_FILE_OLD = "Bai2023Improving_edm_m0.pt"
+"""The name asmix looked for before it followed RobustBench's; still accepted."""
 
 _UNIT = re.compile(r"^body\.block(\d+)\.unit(\d+)\.(.+)$")
 _UNIT_PARTS = {
@@ -57,17 +60,19 @@ def bit_to_timm_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return converted
 
 
-def bit_weights_path(explicit: str | Path | None, model_dir: Path, dataset: str) -> Path:
-    """The weights file to use: ``explicit`` if given, else RobustBench's Bai2023 STD file."""
+def bit_weights_path(explicit: str | Path | None, model_dirs: tuple[Path, ...], dataset: str) -> Path:
+    """The weights file to use: ``explicit`` if given, else RobustBench's Bai2023 STD file in the first
+    model folder that holds it (under either name)."""
     if explicit is not None:
         return Path(explicit)
-    path = model_dir / dataset / "Linf" / BAI2023_STD_FILE
-    if not path.is_file():
+    found, tried = find_checkpoint(model_dirs, dataset, "Linf", [[BAI2023_STD_FILE], [BAI2023_STD_FILE_OLD]])
+    if found is None:
         raise AsmixError(
-            f"BiT weights not found: put {BAI2023_STD_FILE} (the STD part of RobustBench's "
-            f"Bai2023Improving_edm) in {path.parent}, or pass a fine-tuned state dict with --std-weights"
+            f"BiT weights not found (tried {tried_paths(tried)}): put {BAI2023_STD_FILE} (the STD part of "
+            f"RobustBench's Bai2023Improving_edm) in {tried[0].parent}, or pass a fine-tuned state dict with "
+            f"--std-weights"
         )
-    return path
+    return found[0]
 
 
 def load_bit_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from asmix.data import dataset_info
 from asmix.errors import AsmixError, first_line
 from asmix.models import bit
 from asmix.models.adapters import InputAdapter
+from asmix.models.cache import find_checkpoint, model_dirs, tried_paths
 from asmix.models.demo import DEMO_WIDTHS, build_demo_model
 from asmix.models.weights import load_weights
 from asmix.preprocessing import Preprocessing, from_timm_config, from_torchvision
@@ -44,8 +45,8 @@ SAFE_WEIGHT_SUFFIXES = (".safetensors", ".npz")
 
 
 def default_model_dir() -> Path:
-    """Where downloaded or hand-placed checkpoints live (``$ASMIX_MODEL_DIR`` or a cache folder)."""
-    return Path(os.environ.get("ASMIX_MODEL_DIR", Path.home() / ".cache" / "asmix" / "models"))
+    """Where downloads go without ``--model-dir``: ``$ASMIX_MODEL_DIR``, else RobustBench's ``./models``."""
+    return model_dirs()[0]
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class LoadContext:
 
     dataset: str
     threat_model: str
-    model_dir: Path
+    model_dirs: tuple[Path, ...]
     weights: Path | None
 
     @property
@@ -194,7 +195,7 @@ def _context(dataset: str, norm: str, model_dir: str | Path | None, weights: str
     return LoadContext(
         dataset=dataset,
         threat_model=threat_model_name(norm),
-        model_dir=Path(model_dir) if model_dir is not None else default_model_dir(),
+        model_dirs=model_dirs(model_dir),
         weights=Path(weights) if weights is not None else None,
     )
 
@@ -254,7 +255,7 @@ def _load_bit(name: str, context: LoadContext) -> nn.Module:
     import timm
 
     network = timm.create_model(name, pretrained=False, num_classes=context.num_classes)
-    path = bit.bit_weights_path(context.weights, context.model_dir, context.dataset)
+    path = bit.bit_weights_path(context.weights, context.model_dirs, context.dataset)
     state = bit.load_bit_state_dict(path)
     try:
         network.load_state_dict(state)
@@ -275,23 +276,44 @@ def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
     preprocessing = _robustbench_preprocessing(name, context)
     if context.weights is not None:
         return _adapt_robustbench(load_weights(zoo[name]["model"](), context.weights), preprocessing)
-    folder = context.model_dir / context.dataset / context.threat_model
+    parts = zoo[name].get("gdrive_id")
+    files = [f"{name}.pt_m{i}.pt" for i in range(len(parts))] if isinstance(parts, list) else [f"{name}.pt"]
+    found, tried = find_checkpoint(context.model_dirs, context.dataset, context.threat_model, [files])
+    # not on disk anywhere: RobustBench downloads into the first folder
+    paths = found if found is not None else [path for path in tried if path.parent == tried[0].parent]
+    model_dir = paths[0].parent.parent.parent
     try:
         with contextlib.redirect_stdout(sys.stderr):  # RobustBench prints download notices
             model = rb_load_model(
-                name, model_dir=str(context.model_dir), dataset=context.dataset, threat_model=context.threat_model
+                name, model_dir=str(model_dir), dataset=context.dataset, threat_model=context.threat_model
             )
-    except pickle.UnpicklingError as error:  # torch.load's weights_only default refused the checkpoint
-        raise AsmixError(
-            f"cannot load RobustBench model {name}: its checkpoint in {folder} holds objects other than tensors, "
-            f"which torch.load(weights_only=True) refuses to unpickle; pass its state dict (safetensors) with "
-            f"--std-weights/--rob-weights"
-        ) from error
     except Exception as error:
-        raise AsmixError(
-            f"cannot load RobustBench model {name}: put {name}.pt in {folder} (download failed: {type(error).__name__})"
-        ) from error
+        raise _robustbench_error(name, error, paths, tried) from error
     return _adapt_robustbench(model, preprocessing)
+
+
+def _robustbench_error(name: str, error: Exception, paths: list[Path], tried: list[Path]) -> AsmixError:
+    """One line that tells apart a checkpoint not found (and not downloaded), one that cannot be read, one
+    that holds objects other than tensors and one whose tensors do not fit the architecture."""
+    message = first_line(error)
+    if isinstance(error, RuntimeError) and "loading state_dict" in message:
+        detail = " ".join(line.strip() for line in str(error).splitlines()[:2])  # the header, then the first key
+        return AsmixError(f"RobustBench checkpoint {tried_paths(paths)} does not fit {name}: {detail}")
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        return AsmixError(
+            f"cannot load RobustBench model {name}: not found (tried {tried_paths(tried)}) and the download "
+            f"failed ({type(error).__name__}); put {', '.join(path.name for path in paths)} in {paths[0].parent}"
+        )
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+        # torch.load's weights_only default refused the checkpoint
+        return AsmixError(
+            f"cannot load RobustBench model {name}: its checkpoint {tried_paths(paths)} holds objects other than "
+            f"tensors, which torch.load(weights_only=True) refuses to unpickle; pass its state dict (safetensors) "
+            f"with --std-weights/--rob-weights"
+        )
+    detail = "" if message.startswith("Weights only load failed") else f": {message}"  # torch's preamble, no cause
+    return AsmixError(f"cannot read RobustBench checkpoint {tried_paths(paths)} (corrupt or truncated?){detail}")
 
 
 def _zoo_entry(name: str, context: LoadContext) -> tuple[dict, str]:
