@@ -188,7 +188,8 @@ def test_robustbench_checkpoints_are_read_with_weights_only(
     args, marker = planted_robustbench_checkpoint
     before = files(tmp_path)
     line = refusal(*run_cli(monkeypatch, capsys, "sweep-alpha", *args, "--trust-code"))
-    assert "cannot load RobustBench model Ding2020MMA: its checkpoint in" in line
+    checkpoint = tmp_path / "models" / "cifar10" / "Linf" / "Ding2020MMA.pt"
+    assert f"cannot load RobustBench model Ding2020MMA: its checkpoint {checkpoint} holds" in line
     assert "holds objects other than tensors, which torch.load(weights_only=True) refuses to unpickle" in line
     assert not marker.exists() and files(tmp_path) == before
 
