@@ -163,12 +163,6 @@ class EvaluationHead:
         base = (defaults or cls()).to_dict()
         return cls(**(base | data))
 
-    def describe(self) -> str:
-        """``(0.96, 1) bias 1.1, scales g 1.2 / h 0.3``: the head in one phrase."""
-        alpha = f"alpha {self.alpha_min:g}" if self.is_fixed else f"({self.alpha_min:g}, {self.alpha_max:g})"
-        bias = "" if self.is_fixed else f" bias {self.alpha_bias:g}"
-        return f"{alpha}{bias}, scales g {self.std_scale:g} / h {self.rob_scale:g}"
-
 
 def std_log_probs(std_logits: torch.Tensor, *, scale: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(scale * g / temperature); temperature 0 is the hard-max of g (App. A.2).

@@ -259,24 +259,20 @@ def choose_tempered(
     as ``choose_linear``), then the pair with the best robust estimate (ties: more accurate, scales nearer 1). The
     baseline with the same freedoms as a mixer's head."""
     start = time.perf_counter()
-    found = []
+    results = {}
     for std_scale, rob_scale in scales:
         scaled = CachedLogits(
             cached.std_clean * std_scale, cached.rob_clean * rob_scale, cached.rob_attacked * rob_scale, cached.y
         )
         curve = family_curve(scaled, None, 1.0)
-        point, meets = best_alpha(*curve, config.target_clean_acc)
-        nearness = -abs(std_scale - 1) - abs(rob_scale - 1)
-        found.append(
-            (
-                (meets, point.robust_estimate if meets else point.clean, point.clean, nearness),
-                point,
-                meets,
-                (std_scale, rob_scale),
-                curve,
-            )
-        )
-    _, point, meets, (std_scale, rob_scale), curve = max(found, key=lambda entry: entry[0])
+        results[(std_scale, rob_scale)] = (*best_alpha(*curve, config.target_clean_acc), curve)
+
+    def rank(pair: tuple[float, float]) -> tuple:
+        point, meets, _ = results[pair]
+        return meets, point.robust_estimate if meets else point.clean, point.clean, -abs(pair[0] - 1) - abs(pair[1] - 1)
+
+    (std_scale, rob_scale) = best = max(results, key=rank)
+    point, meets, curve = results[best]
     seconds = time.perf_counter() - start
     return FamilyChoice(
         "tempered",
@@ -285,7 +281,7 @@ def choose_tempered(
         point.robust_estimate,
         meets,
         seconds,
-        {"candidates": int(sum(len(entry[4][0]) for entry in found)), "scale_pairs": len(scales)},
+        {"candidates": sum(len(alphas) for _, _, (alphas, *_) in results.values()), "scale_pairs": len(scales)},
     ), _curve(*curve)
 
 

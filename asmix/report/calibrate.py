@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from asmix.report import new_figure, percent, save_figure, write_json
+from asmix.report.train import head_text
 
 CALIBRATION_FILE = "calibration.json"
 PLOT_FILE = "calibration_tradeoff.png"
@@ -16,11 +17,7 @@ PLOT_FILE = "calibration_tradeoff.png"
 def _map_text(family) -> str:
     choice = family.choice
     if choice.mixer is not None:
-        head = choice.mixer.head
-        return (
-            f"mixer range ({head.alpha_min:.2f}, {head.alpha_max:.2f}) bias {head.alpha_bias:g}, "
-            f"scales g {head.std_scale:g} / h {head.rob_scale:g}"
-        )
+        return f"mixer {head_text(choice.mixer.head)}"
     rob = (
         "h"
         if choice.rob_map is None

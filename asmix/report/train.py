@@ -51,12 +51,14 @@ def history_table(result) -> Table:
     return table
 
 
-def head_text(head: dict | object) -> str:
-    """An evaluation head (``EvaluationHead`` or its dict) in one phrase."""
-    values = head if isinstance(head, dict) else head.to_dict()
-    low, high, bias = values["alpha_min"], values["alpha_max"], values["alpha_bias"]
-    alpha = f"alpha {low:g}" if low == high else f"range ({low:.2f}, {high:.2f}), bias {bias:g}"
-    return f"{alpha}, scales g {values['std_scale']:g} / h {values['rob_scale']:g}"
+def head_text(head) -> str:
+    """An ``EvaluationHead`` in one phrase: ``range (0.96, 1.00), bias 1.1, scales g 1.2 / h 0.3``, or ``alpha 0.8,
+    scales ...`` for a fixed alpha."""
+    if head.is_fixed:
+        alpha = f"alpha {head.alpha_min:g}"
+    else:
+        alpha = f"range ({head.alpha_min:.2f}, {head.alpha_max:.2f}), bias {head.alpha_bias:g}"
+    return f"{alpha}, scales g {head.std_scale:g} / h {head.rob_scale:g}"
 
 
 def head_line(result) -> str:

@@ -175,16 +175,16 @@ def judge(
     )
     adaptive = attack_accuracy(mixed, x, y, name="mixer", **settings)
     std_logits, rob_logits = clean_logits(mixed, x, batch_size, device)
-    judged: dict[tuple, JudgedModel] = {}
-    for scales in (tuple(baseline_scales), (1.0, 1.0)):
+    runs: dict[tuple, JudgedModel] = {}  # (alpha, g scale, h scale) -> its run: the same mix is attacked once
+    rows = []
+    for scales in ((*baseline_scales,), (1.0, 1.0)):
         probe = with_scales(mixed, 0.5, scales)
         alpha = equal_accuracy_alpha(probe, std_logits, rob_logits, y.to(device), adaptive.clean_correct)
         key = (alpha, *scales)
-        if key not in judged:
+        if key not in runs:
             name = f"fixed alpha {alpha:g}" + ("" if scales == (1.0, 1.0) else f" (g {scales[0]:g} / h {scales[1]:g})")
-            judged[key] = attack_accuracy(with_scales(mixed, alpha, scales), x, y, name=name, **settings)
-        judged[scales] = judged[key]
+            runs[key] = attack_accuracy(with_scales(mixed, alpha, scales), x, y, name=name, **settings)
+        rows.append(runs[key])
+    tempered, plain = rows
     profile = detector_profile(mixed, x, y, extra_points=profile_points, **settings)
-    return Verdict(
-        len(x), eps, norm, adaptive, judged[tuple(baseline_scales)], judged[(1.0, 1.0)], budget.square_queries, profile
-    )
+    return Verdict(len(x), eps, norm, adaptive, tempered, plain, budget.square_queries, profile)

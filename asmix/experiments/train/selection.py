@@ -5,6 +5,7 @@ fixed alpha of equal clean accuracy, or for a clean-accuracy target. No model ru
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -252,7 +253,7 @@ def _preference(candidate: HeadCandidate) -> tuple:
     )
 
 
-def tempered_baseline(fixed: list[HeadCandidate], clean_acc: float) -> HeadCandidate:
+def tempered_baseline(fixed: Sequence[HeadCandidate], clean_acc: float) -> HeadCandidate:
     """The most robust fixed alpha of ``fixed`` whose clean accuracy is at least ``clean_acc`` (ties: see
     ``_preference``); where none is, the most accurate one."""
     meeting = [c for c in fixed if c.clean_acc >= clean_acc - 1e-9]
@@ -281,9 +282,7 @@ def pick_head(
         frontier_fixed = frontier(fixed)
 
         def gain(c: HeadCandidate) -> float:
-            return (
-                c.estimated_attacked_acc - tempered_baseline(list(frontier_fixed), c.clean_acc).estimated_attacked_acc
-            )
+            return c.estimated_attacked_acc - tempered_baseline(frontier_fixed, c.clean_acc).estimated_attacked_acc
 
         best = max(frontier(candidates), key=lambda c: (round(gain(c), 12), *_preference(c)))
         return best, tempered_baseline(fixed, best.clean_acc), True
