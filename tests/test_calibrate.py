@@ -738,3 +738,71 @@ def test_certify_refuses_a_mixer_head_that_scales_h(monkeypatch, capsys, tmp_pat
         monkeypatch, capsys, "certify", "--n-examples", "4", "--calibration", str(scaled), "--family", "mixer"
     )
     assert code == 2 and "scales h's logits by 0.3" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- the target without --target-clean-acc: chosen by gain, dataset-free ------------------------------------
+
+
+def test_the_target_is_the_level_where_nuts_gains_most_over_the_tempered_fixed_alpha():
+    from asmix.experiments.calibrate import choose_nuts, choose_target, choose_tempered, target_levels
+
+    cached = synthetic(n=80)
+    config = CalibrateConfig(grid_size=3, refine=False)
+    levels = target_levels(cached)
+    std = (cached.std_clean.argmax(1) == cached.y).sum().item()
+    rob = (cached.rob_clean.argmax(1) == cached.y).sum().item()
+    assert rob / 80 not in levels and std / 80 in levels and len(levels) == len(set(levels)) > 1
+    assert all(min(std, rob) / 80 <= level <= max(std, rob) / 80 for level in levels)
+    choice = choose_target(cached, config)
+    assert choice.rule == "nuts-gain" and [level.target for level in choice.levels] == levels
+    gains = {}
+    for level in levels:  # every level again, from the family searches themselves
+        at_level = CalibrateConfig(target_clean_acc=level, grid_size=3, refine=False)
+        gains[level] = (
+            choose_nuts(cached, at_level)[0].robust_estimate - choose_tempered(cached, at_level)[0].robust_estimate
+        )
+    best = max(gains.values())
+    assert choice.target == max(level for level, gain in gains.items() if abs(gain - best) < 1e-12)
+    assert f"{100 * best:+.2f} points" in choice.why and "no --target-clean-acc" in choice.why
+    assert choice.target != 0.985
+
+
+def test_calibrate_without_a_target_prints_its_rule_and_never_uses_the_demo_target(monkeypatch, capsys, tmp_path):
+    x, y = load_data("demo", n_examples=30)
+    np.savez(tmp_path / "own.npz", x=x.numpy(), y=y.numpy())  # "another dataset": no demo default may apply
+    args = ["calibrate", "--data", str(tmp_path / "own.npz"), "--n-examples", "30", "--aa-steps", "1"]
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        *args,
+        "--target-classes",
+        "0",
+        "--grid-size",
+        "2",
+        "--no-refine",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code in (0, None), err
+    data = json.loads((tmp_path / "o" / "calibration.json").read_text())
+    choice = data["target_choice"]
+    assert choice["rule"] == "nuts-gain" and data["config"]["target_clean_acc"] == choice["target"]
+    assert choice["target"] in [level["target"] for level in choice["levels"]]
+    assert choice["target"] * 30 == round(choice["target"] * 30)  # a count of the 30 examples
+    assert "target: no --target-clean-acc" in err and "Target chosen by gain" in out
+    for family in ("linear", "tempered"):  # chosen at that target
+        assert data["families"][family]["clean"] >= choice["target"] - 1e-12
+
+
+def test_with_a_mixer_and_no_target_the_fixed_families_meet_the_mixer_head(
+    monkeypatch, capsys, tmp_path, demo_mixer_dir
+):
+    args = ["calibrate", "--n-examples", "8", "--aa-steps", "2", "--target-classes", "0", "--grid-size", "2"]
+    args += ["--no-refine", "--range-min-alpha", "0.7", "--range-max-width", "0.1", "--mixer", str(demo_mixer_dir)]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", str(tmp_path / "o"))
+    assert code in (0, None), err
+    data = json.loads((tmp_path / "o" / "calibration.json").read_text())
+    mixer = data["families"]["mixer"]
+    assert data["target_choice"]["rule"] == "mixer-gain" and data["target_choice"]["target"] == mixer["clean"]
+    assert data["config"]["target_clean_acc"] == mixer["clean"]
+    assert data["families"]["tempered"]["clean"] >= mixer["clean"] and "largest estimated gain" in err

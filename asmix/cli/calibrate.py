@@ -62,14 +62,17 @@ def _range(text: str, option: str) -> tuple[float, float]:
 def calibrate_command(
     shared: SharedOptions,
     target_clean_acc: Annotated[
-        float,
+        Optional[float],
         typer.Option(
             "--target-clean-acc",
             parser=number_parser("--target-clean-acc"),
             metavar="PCT",
-            help="Clean accuracy to keep, in percent (99) or as a fraction (0.99).",
+            help="Clean accuracy to keep, in percent (99) or as a fraction (0.99). Default: chosen by gain, as "
+            "train-mixer's head (with --mixer: the mixer head that gains most over the tempered fixed alpha of equal "
+            "clean accuracy; without: the level between h's and g's clean accuracy where MixedNUTS gains most); the "
+            "run prints which and why.",
         ),
-    ] = 98.5,
+    ] = None,
     from_end: Annotated[
         bool,
         typer.Option(
@@ -151,11 +154,16 @@ def calibrate_command(
     each choice with AutoAttack on the N before them."""
     from asmix.experiments.calibrate import CalibrateConfig, MixerInput, calibrate
     from asmix.experiments.inputs import load_pair
-    from asmix.report.calibrate import calibrate_table, verify_table, write_calibration_outputs
+    from asmix.report.calibrate import (
+        calibrate_table,
+        target_levels_table,
+        verify_table,
+        write_calibration_outputs,
+    )
     from asmix.runtime import resolve_device
 
     shared.check_outputs()
-    target = target_clean_acc / 100 if target_clean_acc > 1 else target_clean_acc
+    target = None if target_clean_acc is None else target_clean_acc / 100 if target_clean_acc > 1 else target_clean_acc
     n_calibration = shared.default_n_examples if shared.n_examples is None else shared.n_examples
     source = shared.pair_source(n_examples=n_calibration + verify, from_end=from_end)
     config = CalibrateConfig(
@@ -209,6 +217,10 @@ def calibrate_command(
             models=pair.names,
             parts_dir=shared.out / "verify.parts" if verify and shared.out is not None else None,
         )
+    if result.target_choice.rule != "given":
+        console.print(f"target: {result.target_choice.why}")
+        if result.target_choice.levels:
+            stdout.print(target_levels_table(result.target_choice))
     stdout.print(calibrate_table(result))
     table = verify_table(result)
     if table is not None:

@@ -43,13 +43,14 @@ CURVE_POINTS = 200
 
 @dataclass(frozen=True)
 class CalibrateConfig:
-    """Settings of ``calibrate``. ``threat.steps`` are the iterations of h's min-margin APGD. Ranges are
+    """Settings of ``calibrate``. ``target_clean_acc``: the clean accuracy to keep; None chooses it by gain
+    (``choose_target``). ``threat.steps`` are the iterations of h's min-margin APGD. Ranges are
     (low, high) of the MixedNUTS grid: s log-spaced, p and c linear, ``grid_size`` values each (the authors'
     CIFAR-10 initial guess and 8 per axis by default). ``from_end``: the examples were the split's last ones, the
     verified ones just before them. ``lite_square_queries``: Square's queries in the mixer family's AutoAttack-lite
     pool (300, as ``train-mixer``'s head choice)."""
 
-    target_clean_acc: float = 0.985
+    target_clean_acc: float | None = None
     threat: ThreatModel = ThreatModel()
     target_classes: int = 2
     grid_size: int = 8
@@ -67,7 +68,10 @@ class CalibrateConfig:
     run: RunSettings = RunSettings(batch_size=250)
 
     def __post_init__(self) -> None:
-        if not 0.0 < check_finite(self.target_clean_acc, "target clean accuracy") <= 1.0:
+        if (
+            self.target_clean_acc is not None
+            and not 0.0 < check_finite(self.target_clean_acc, "target clean accuracy") <= 1.0
+        ):
             raise AsmixError(f"target clean accuracy must be in (0, 1] (a fraction), got {self.target_clean_acc}")
         if (
             self.grid_size < 1
@@ -146,6 +150,72 @@ class Verification:
     seconds: float
 
 
+TARGET_LEVELS = 8
+"""Clean-accuracy levels, between h's and g's on the calibration examples, at which ``choose_target`` compares
+MixedNUTS with the tempered fixed alpha when no mixer and no target are given."""
+
+
+@dataclass(frozen=True)
+class LevelGain:
+    """One clean-accuracy level of ``choose_target``'s frontier: the tempered fixed alpha's and MixedNUTS's robust
+    estimates there, and MixedNUTS's gain over the tempered one."""
+
+    target: float
+    tempered: float
+    nuts: float
+
+    @property
+    def gain(self) -> float:
+        return self.nuts - self.tempered
+
+
+@dataclass(frozen=True)
+class TargetChoice:
+    """How the clean-accuracy target was set. ``rule``: "given" (``--target-clean-acc``), "mixer-gain" (the mixer
+    head with the largest estimated gain over the tempered fixed alpha of equal clean accuracy, as train-mixer
+    chooses; the fixed families are then chosen at its clean accuracy) or "nuts-gain" (the level of ``levels``
+    where MixedNUTS gains most over the tempered fixed alpha; ties: the more accurate). ``why``: one sentence."""
+
+    rule: str
+    target: float
+    why: str
+    levels: tuple[LevelGain, ...] = ()
+
+    def to_dict(self) -> dict:
+        levels = [asdict(level) | {"gain": level.gain} for level in self.levels]
+        return {"rule": self.rule, "target": self.target, "why": self.why, "levels": levels}
+
+
+def target_levels(cached: CachedLogits, n: int = TARGET_LEVELS) -> list[float]:
+    """Up to ``n`` clean accuracies evenly spaced from h's to g's on the cached examples, h's own left out (there
+    alpha = 1 serves every family, so nothing can gain), each a multiple of 1/N so a family can meet it exactly."""
+    total = len(cached.y)
+    std = (cached.std_clean.argmax(1) == cached.y).sum().item()
+    rob = (cached.rob_clean.argmax(1) == cached.y).sum().item()
+    counts = np.unique(np.round(np.linspace(rob, std, n + 1)).astype(int))
+    kept = [int(count) for count in counts if count != rob and count > 0] or [max(std, rob, 1)]
+    return [count / total for count in kept]
+
+
+def choose_target(cached: CachedLogits, config: CalibrateConfig) -> TargetChoice:
+    """The target without a mixer, chosen by gain as train-mixer's head choice is: at each level of
+    ``target_levels``, the tempered fixed alpha's and MixedNUTS's (grid only) robust estimates; the level where
+    MixedNUTS gains most, ties to the more accurate. Dataset-free: the levels come from the pair itself."""
+    levels = []
+    for level in target_levels(cached):
+        at_level = replace(config, target_clean_acc=level, refine=False)
+        tempered, _ = choose_tempered(cached, at_level)
+        nuts, _ = choose_nuts(cached, at_level)
+        levels.append(LevelGain(level, tempered.robust_estimate, nuts.robust_estimate))
+    best = max(levels, key=lambda level: (round(level.gain, 12), level.target))
+    why = (
+        f"no --target-clean-acc: of {len(levels)} clean levels from h's accuracy to g's on these examples, "
+        f"MixedNUTS gains most over the tempered fixed alpha at {100 * best.target:.2f}% "
+        f"({100 * best.gain:+.2f} points of robust estimate)"
+    )
+    return TargetChoice("nuts-gain", best.target, why, tuple(levels))
+
+
 @dataclass(frozen=True)
 class CalibrateResult:
     """The choices, their trade-off curves on the calibration examples, and the timing.
@@ -162,6 +232,7 @@ class CalibrateResult:
     timing: dict[str, float]
     verification: tuple[Verification, ...] = ()
     models: dict[str, str] = field(default_factory=dict)
+    target_choice: TargetChoice | None = None
 
     def to_dict(self) -> dict:
         config = config_dict(self.config) | {"n_examples": self.n_examples}
@@ -170,6 +241,7 @@ class CalibrateResult:
             config,
             self.families,
             {
+                "target_choice": None if self.target_choice is None else self.target_choice.to_dict(),
                 "base": self.base,
                 "timing": self.timing,
                 "curves": self.curves,
@@ -577,6 +649,14 @@ def calibrate(
         raise AsmixError("no calibration examples")
     std, rob = freeze(std).to(device), freeze(rob).to(device)
     cached, timing = cache_logits(std, rob, x, y, config, device=device, progress=progress)
+    families, curves = {}, {}
+    if mixer is not None:  # first: without a target, the mixer's head sets it
+        families["mixer"], curves["mixer"], mixer_timing = choose_mixer(
+            std, rob, x, y, mixer, config, device=device, progress=progress
+        )
+        timing |= mixer_timing
+    target_choice = _target_choice(cached, config, families.get("mixer"))
+    config = replace(config, target_clean_acc=target_choice.target)
     with one_thread():
         linear, linear_curve = choose_linear(cached, config)
         tempered, tempered_curve = choose_tempered(cached, config)
@@ -589,13 +669,8 @@ def calibrate(
         "rob_clean": (cached.rob_clean.argmax(1) == y_cpu).double().mean().item(),
         "rob_attacked": h_attacked,
     }
-    families = {"linear": linear, "tempered": tempered, "nuts": nuts}
-    curves = {"linear": linear_curve, "tempered": tempered_curve, "nuts": nuts_curve}
-    if mixer is not None:
-        families["mixer"], curves["mixer"], mixer_timing = choose_mixer(
-            std, rob, x, y, mixer, config, device=device, progress=progress
-        )
-        timing |= mixer_timing
+    families = {"linear": linear, "tempered": tempered, "nuts": nuts} | families
+    curves = {"linear": linear_curve, "tempered": tempered_curve, "nuts": nuts_curve} | curves
     verification = ()
     if x_verify is not None and len(x_verify):
         verification = verify(
@@ -610,4 +685,20 @@ def calibrate(
             progress=progress,
             parts_dir=parts_dir,
         )
-    return CalibrateResult(config, len(x), families, curves, base, timing, verification, models or {})
+    return CalibrateResult(config, len(x), families, curves, base, timing, verification, models or {}, target_choice)
+
+
+def _target_choice(cached: CachedLogits, config: CalibrateConfig, mixer: FamilyChoice | None) -> TargetChoice:
+    """The target as given, else the mixer's chosen clean accuracy (gain rule), else ``choose_target``'s."""
+    if config.target_clean_acc is not None:
+        return TargetChoice("given", config.target_clean_acc, "--target-clean-acc")
+    if mixer is not None:
+        gain = 100 * (mixer.robust_estimate - mixer.details["tempered_fixed"]["estimated_attacked_acc"])
+        why = (
+            f"no --target-clean-acc: the mixer head with the largest estimated gain over the tempered fixed alpha "
+            f"of equal clean accuracy ({gain:+.2f} points) keeps {100 * mixer.clean:.2f}% clean; the fixed families "
+            "are chosen at that accuracy"
+        )
+        return TargetChoice("mixer-gain", mixer.clean, why)
+    with one_thread():
+        return choose_target(cached, config)

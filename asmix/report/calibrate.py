@@ -27,6 +27,20 @@ def _map_text(family) -> str:
     return ("hard-max g, " if choice.std_temperature == 0 else "") + rob + scales
 
 
+def target_levels_table(choice) -> Table:
+    """``calibrate``'s frontier without a target: per clean level, the tempered fixed alpha's and MixedNUTS's robust
+    estimates and the gain, the chosen level marked."""
+    table = Table(title="Target chosen by gain: MixedNUTS against the tempered fixed alpha of equal clean accuracy")
+    for column in ("clean target", "tempered fixed", "MixedNUTS", "gain (points)", ""):
+        table.add_column(column, justify="right")
+    for level in choice.levels:
+        mark = "chosen" if level.target == choice.target else ""
+        table.add_row(
+            percent(level.target), percent(level.tempered), percent(level.nuts), f"{100 * level.gain:+.2f}", mark
+        )
+    return table
+
+
 def calibrate_table(result) -> Table:
     """Each family's choice with its clean accuracy and robust estimate on the calibration examples."""
     config = result.config
