@@ -9,6 +9,7 @@ from asmix.errors import AsmixError, first_line
 from asmix.models.registry import (
     ALIASES,
     ModelSpec,
+    architecture_name,
     canonical_spec,
     default_model_dir,
     load_model,
@@ -20,6 +21,7 @@ from asmix.models.registry import (
 __all__ = [
     "ALIASES",
     "ModelSpec",
+    "architecture_name",
     "canonical_spec",
     "check_model_fits",
     "default_model_dir",
