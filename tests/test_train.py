@@ -218,7 +218,7 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
 
     with pytest.raises(Stop):
         train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", on_step=interrupt)
-    assert json.loads((tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()[0])["epoch"] == 1
+    assert json.loads((tmp_path / "cut" / "train" / "train_log.jsonl").read_text().splitlines()[0])["epoch"] == 1
     assert not (tmp_path / "cut" / "mixer.json").exists()
     with pytest.raises(AsmixError, match="unfinished run: pass --resume"):
         train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut")
@@ -247,6 +247,37 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         train_mixer(std, other_rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", resume=True)
     with pytest.raises(AsmixError, match="no checkpoint"):
         train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "none", resume=True)
+
+
+def test_resume_finds_the_checkpoint_of_the_older_layout_and_moves_it_into_train(tmp_path):
+    std, rob = _pair()
+    x, y = _data(16)
+    x_val, y_val = _data(8, seed=1)
+    config = _config(epochs=2)
+    full = train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "full")
+    assert sorted(path.name for path in (tmp_path / "full" / "train").iterdir()) == ["checkpoint.pt", "train_log.jsonl"]
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(epoch, step):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "old", on_step=interrupt)
+    for name in ("checkpoint.pt", "train_log.jsonl"):  # where asmix wrote them before train/
+        (tmp_path / "old" / "train" / name).rename(tmp_path / "old" / name)
+    (tmp_path / "old" / "train").rmdir()
+    with pytest.raises(AsmixError, match="unfinished run: pass --resume"):
+        train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "old")
+    resumed = train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "old", resume=True)
+    assert [r.epoch for r in resumed.history] == [1, 2]
+    for name, value in _state(full.mixer).items():
+        assert torch.equal(value, resumed.mixer.state_dict()[name]), name
+    assert sorted(path.name for path in (tmp_path / "old").iterdir()) == ["mixer.json", "mixer.safetensors", "train"]
+    log = (tmp_path / "old" / "train" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
 def test_select_head_meets_target_within_the_grid_and_restores_the_head():
