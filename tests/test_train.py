@@ -443,6 +443,16 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
     assert held_out["training attack"]["n"] == 8 * 2  # the training attack's own rows: APGD-CE and one APGD-T copy
     assert "Detector profile" in out
     card = (tmp_path / "run" / "README.md").read_text()  # the model card beside the weights
+    # the folder's top holds what one uploads to the Hub; the training state is in train/
+    published = {"README.md", "mixer.json", "mixer.safetensors", "train_result.json", "head_frontier.png"}
+    assert {path.name for path in (tmp_path / "run").iterdir()} == published | {"comparison.json", "train"}
+    assert {path.name for path in (tmp_path / "run" / "train").iterdir()} == {"checkpoint.pt", "train_log.jsonl"}
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(tmp_path / "run" / "README.md").data
+    assert data.library_name == "asmix" and data.datasets == ["ylecun/mnist"] and data.base_model is None
+    attacked = data.eval_results[1]
+    assert attacked.metric_value == round(100 * summary["verdict"]["mixer"]["attacked_acc"], 2)
     stored = json.loads((tmp_path / "run" / "mixer.json").read_text())
     assert stored["base_weights"]["rob"] in card and stored["verdict"]["line"] in card
     written = json.loads((tmp_path / "run" / "comparison.json").read_text())

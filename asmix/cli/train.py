@@ -363,6 +363,7 @@ def train_mixer_command(
             device=device,
             progress=progress if main else None,
             models=pair.names,
+            dataset=shared.dataset,
             on_epoch=lambda record: console.print(epoch_line(record, config.epochs)),
         )
         comparison = None

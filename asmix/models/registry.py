@@ -180,6 +180,20 @@ def architecture_name(spec: str | ModelSpec, model: nn.Module) -> str:
     return namer(spec.name) if namer is not None else module_architecture(model)
 
 
+def hub_model_id(spec: str | ModelSpec) -> str | None:
+    """The Hugging Face Hub repository a spec's weights come from (``timm/resnet18.a1_in1k`` for a timm: spec), or
+    None where they come from elsewhere (RobustBench, a file, the demo)."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind != "timm":
+        return None
+    import timm
+
+    try:
+        return getattr(timm.models.get_pretrained_cfg(spec.name.partition("@")[0]), "hf_hub_id", None) or None
+    except RuntimeError:  # a timm name with a tag it does not have: not a Hub repository
+        return None
+
+
 def module_architecture(model: nn.Module) -> str:
     """A built module's architecture: a wide ResNet as ``WideResNet-DEPTH-WIDTH`` (read from its 3x3 convolutions
     and its classifier's width), anything else as its class name; asmix's input adapter is looked through."""

@@ -132,10 +132,12 @@ def train_mixer(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     models: dict[str, str] | None = None,
+    dataset: str | None = None,
 ) -> TrainResult:
     """Train alpha_theta for the frozen pair (g, h), choose its evaluation head (by its gain over the tempered fixed
     alpha, or for ``target_clean_acc``; ``config.choose_head``) and judge it against the fixed alphas of equal clean
-    accuracy; return the EMA mixer with its history.
+    accuracy; return the EMA mixer with its history. ``models`` (g's and h's specs) and ``dataset`` name them in
+    mixer.json.
 
     Held-out examples serve validation (all of them), the head choice (the first half) and the verdict (the rest, or
     all without a head choice). Under torchrun the mixer is wrapped in DistributedDataParallel and each global
@@ -287,6 +289,7 @@ def train_mixer(
             out_dir,
             config={
                 "models": models,
+                "dataset": dataset,
                 "training": config.to_dict(),
                 "n_train": n_train,
                 "n_val": n_val,
