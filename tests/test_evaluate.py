@@ -451,9 +451,7 @@ def test_robustbench_writes_the_leaderboard_model_info_and_a_claim(monkeypatch, 
     from asmix.data import load_data
 
     # g alone (alpha 0) falls to APGD-CE at once, so the protocol's AutoAttack is quick here
-    code, out, err = run_cli(
-        monkeypatch,
-        capsys,
+    rerun = (
         "evaluate",
         "--alpha",
         "0",
@@ -470,19 +468,80 @@ def test_robustbench_writes_the_leaderboard_model_info_and_a_claim(monkeypatch, 
         "--device",
         "cpu",
     )
+    code, out, err = run_cli(monkeypatch, capsys, *rerun)
     assert code in (0, None), err
     info = json.loads((tmp_path / "rb" / "Demo2026Mixed.json").read_text())
     x, y = load_data("demo", n_examples=6)
     with torch.no_grad():
         clean = (load_model("demo-std")(x).argmax(1) == y).float().mean().item()
-    assert info["clean_acc"] == f"{100 * clean:.2f}" and info["autoattack_acc"] == info["reported"] == "0.00"
+    assert info["clean_acc"] == f"{100 * clean:.2f}" and info["autoattack_acc"] == "0.00"
+    assert info["reported"] is None  # the paper's claim: asmix's AutoAttack number is not it
     assert info["eps"] == "0.3" and info["dataset"] == "demo" and info["number_forward_passes"] == 1
-    assert info["architecture"] == "demo-std + demo-rob" and info["unreliable"] is False
+    assert info["architecture"] == "DemoCNN-16 + DemoCNN-8" and info["unreliable"] is False
     assert info["link"] is None and info["additional_data"] is None and "provenance" not in info
+    assert "external" not in info and info["footnote"] is None  # no mixing network, nothing adaptive
     claim = (tmp_path / "rb" / "Demo2026Mixed.md").read_text()
     assert "## NOT the leaderboard protocol" in claim and "Square with 10 queries, not 5000" in claim
     assert "demo has no RobustBench leaderboard" in claim and f"({round(clean * 6)}/6)" in claim
     assert "note: not the leaderboard protocol: Square with 10 queries, not 5000" in err
+
+    # the user fills in what asmix cannot know; a stale number is overwritten by the rerun, the rest is kept
+    user = {"link": "https://arxiv.org/abs/2301.12554", "name": "Mixed", "venue": "SIMODS 2024", "reported": "68.06"}
+    user |= {"footnote": "Uses 50M synthetic images.", "clean_acc": "99.99", "leaderboard_note": "kept"}
+    (tmp_path / "rb" / "Demo2026Mixed.json").write_text(json.dumps(info | user))
+    code, _, err = run_cli(monkeypatch, capsys, *rerun)
+    assert code in (0, None), err
+    merged = json.loads((tmp_path / "rb" / "Demo2026Mixed.json").read_text())
+    assert merged == info | user | {"clean_acc": info["clean_acc"]}
+    assert list(merged)[:3] == ["link", "name", "authors"]  # RobustBench's field order
+    claim = (tmp_path / "rb" / "Demo2026Mixed.md").read_text()
+    assert "| reported (the paper's claim) | 68.06% |" in claim and "`name`" not in claim and "`authors`" in claim
+    # --reported is the user's claim: it replaces the one in the file
+    code, _, err = run_cli(monkeypatch, capsys, *rerun, "--reported", "55.5")
+    assert code in (0, None), err
+    assert json.loads((tmp_path / "rb" / "Demo2026Mixed.json").read_text())["reported"] == "55.50"
+    code, _, err = run_cli(monkeypatch, capsys, *rerun, "--reported", "555")
+    assert code == 2 and "--reported 555 must be a percentage between 0 and 100" in err
+    (tmp_path / "rb" / "Demo2026Mixed.json").write_text("[1, 2]")
+    code, _, err = run_cli(monkeypatch, capsys, *rerun)
+    assert code == 2 and "holds a list, not a model_info object" in err
+
+
+def _leaderboard_result(adaptive: bool, aa: float = 0.6, aa_adaptive: float = 0.55):
+    from asmix.experiments.evaluate import AttackAccuracy, EvalResult
+
+    config = EvalConfig(attacks=("clean", "aa", "aa-adaptive"), threat=ThreatModel(eps=8 / 255))
+    rows = {"clean": AttackAccuracy(0.9, 0.4), "aa": AttackAccuracy(aa, 0.5, unreliable=False)}
+    rows["aa-adaptive"] = AttackAccuracy(aa_adaptive, 0.3, unreliable=False)
+    models = {"std": "bit-r152", "rob": "Wang2023", "mixer": "runs/mixer"}
+    return EvalResult(config, 10000, {"mixed": rows}, models, adaptive)
+
+
+def test_robustbench_external_is_the_adaptive_worst_case_and_the_footnote_names_its_attack():
+    from asmix.report.robustbench import ADAPTIVE_NOTE, merge_model_info, model_info
+
+    names = {"std": "BiT-R152x2", "rob": "WideResNet-70-16"}
+    info = model_info(_leaderboard_result(True), "cifar10", architectures=names, reported=68.06)
+    assert info["architecture"] == "BiT-R152x2 + WideResNet-70-16 + mixing network"
+    assert (info["clean_acc"], info["autoattack_acc"], info["external"], info["reported"]) == (
+        "90.00",
+        "60.00",
+        "55.00",
+        "68.06",
+    )
+    assert info["footnote"] == ADAPTIVE_NOTE and "aa-adaptive" in ADAPTIVE_NOTE and info["number_forward_passes"] == 2
+    assert info["eps"] == "8/255" and list(info).index("external") == list(info).index("autoattack_acc") + 1
+    # at a fixed alpha aa-adaptive is standard AutoAttack: no external, and specs stand in for unknown architectures
+    fixed = model_info(_leaderboard_result(False), "cifar10")
+    assert "external" not in fixed and fixed["footnote"] is None and fixed["reported"] is None
+    assert fixed["architecture"] == "bit-r152 + Wang2023"
+    # the user's footnote keeps its text, gains the note once, and loses it when external goes
+    user = {"footnote": "Uses 50M synthetic images.", "external": "12.00"}
+    merged = merge_model_info(info | user, info)
+    assert merged["footnote"] == f"Uses 50M synthetic images.<br>{ADAPTIVE_NOTE}" and merged["external"] == "55.00"
+    assert merge_model_info(merged, info)["footnote"] == merged["footnote"]
+    assert merge_model_info(merged, fixed)["footnote"] == "Uses 50M synthetic images."
+    assert "external" not in merge_model_info(merged, fixed)
 
 
 def test_robustbench_radius_is_written_as_robustbench_does():
@@ -609,3 +668,18 @@ def _mixer_for_demo_std_twice(tmp_path):
         std=load_model("demo-std"),
         rob=load_model("demo-std"),
     )
+
+
+def test_robustbench_with_a_mixer_runs_aa_adaptive_for_external(monkeypatch, capsys, tmp_path):
+    from asmix.report.robustbench import ADAPTIVE_NOTE
+
+    mixer_dir = _mixer_for_demo_std_twice(tmp_path)
+    args = ["evaluate", "--rob", "demo-std", "--mixer", str(mixer_dir), "--robustbench", str(tmp_path / "rb")]
+    args += ["--n-examples", "4", "--batch-size", "4", "--square-queries", "5", "--device", "cpu"]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code in (0, None), err
+    info = json.loads((tmp_path / "rb" / "asmix_mixed.json").read_text())
+    assert info["architecture"] == "DemoCNN-16 + DemoCNN-16 + mixing network" and info["footnote"] == ADAPTIVE_NOTE
+    assert float(info["external"]) <= float(info["autoattack_acc"]) and info["number_forward_passes"] == 2
+    claim = (tmp_path / "rb" / "asmix_mixed.md").read_text()
+    assert f"| adaptive AutoAttack (aa-adaptive, `external`) accuracy | {info['external']}% |" in claim

@@ -486,7 +486,8 @@ def test_mixer_card_names_the_weights_head_recipe_and_verdict(tmp_path):
         std=std,
         rob=rob,
         config={
-            "models": {"std": "demo-std", "rob": "demo-rob"},
+            "models": {"std": "timm:resnet18.a1_in1k", "rob": "demo-rob"},
+            "dataset": "cifar10",
             "training": {"setting": "C", "epochs": 4, "eps_max": 0.3},
             "n_train": 2048,
             "n_val": 500,
@@ -502,6 +503,23 @@ def test_mixer_card_names_the_weights_head_recipe_and_verdict(tmp_path):
     assert head in card and "Setting C, 4 epochs" in card and "f" * 64 in card
     assert verdict["line"] in card and "| fixed alpha 0.8 | 9/10 | 8/10 | 0.800 | 0.800 |" in card
     assert "| mixer | 9/10 | 7/10 | 0.550 | 0.610 |" in card
+
+    # the front matter the Hub reads, parsed back by huggingface_hub
+    from huggingface_hub import ModelCard, metadata_load
+
+    assert card.startswith("---\n") and "# asmix mixing network" in ModelCard.load(directory / "README.md").text
+    data = ModelCard.load(directory / "README.md").data
+    assert data.library_name == "asmix" and {"adaptive-smoothing", "adversarial-robustness", "robustbench"} <= set(
+        data.tags
+    )
+    assert data.datasets == ["uoft-cs/cifar10"] and data.base_model == ["timm/resnet18.a1_in1k"]  # demo-rob: no repo
+    results = {result.metric_name: result for result in data.eval_results}
+    clean, attacked = results["clean accuracy"], results["adaptive AutoAttack-lite accuracy (worst case)"]
+    assert (clean.metric_value, attacked.metric_value) == (90.0, 70.0) and attacked.dataset_type == "uoft-cs/cifar10"
+    assert attacked.metric_args == {"norm": "linf", "eps": 0.3, "n_examples": 10}
+    metadata = metadata_load(directory / "README.md")
+    assert {"library_name", "tags", "datasets", "metrics", "base_model", "model-index"} <= set(metadata)
+    assert metadata["model-index"][0]["results"][0]["task"]["type"] == "image-classification"
 
 
 def test_a_mixer_that_reads_h_alone_ignores_g_and_round_trips(tmp_path):

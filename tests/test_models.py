@@ -441,3 +441,23 @@ def test_g_with_another_imagenet_pipeline_gets_a_note():
     )
     assert "the images as they are" in preprocessing_note(None, rob, dataset="imagenet")
     assert preprocessing_note(None, None, dataset="cifar10") is None
+
+
+def test_architecture_names_as_robustbench_writes_them():
+    from asmix.compat import import_robustbench
+    from asmix.models import architecture_name
+    from asmix.models.adapters import InputAdapter
+
+    import_robustbench()
+    from robustbench.model_zoo.architectures.dm_wide_resnet import DMWideResNet
+    from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+    demo = load_model("demo-std")
+    assert architecture_name("demo-std", demo) == "DemoCNN-16" and architecture_name("demo-rob", demo) == "DemoCNN-8"
+    # the name says it: no module is read
+    assert architecture_name("bit-r152", demo) == "BiT-R152x2" and architecture_name("bit-r50", demo) == "BiT-R50x1"
+    assert architecture_name("timm:resnet18.a1_in1k@64", demo) == "resnet18"
+    # RobustBench's zoo holds builders, not names: depth and width are read from the built network
+    assert architecture_name("rb:Some2026Name", DMWideResNet(depth=16, width=2)) == "WideResNet-16-2"
+    assert architecture_name("rb:Some2026Name", InputAdapter(WideResNet(depth=10, widen_factor=3))) == "WideResNet-10-3"
+    assert architecture_name("py:zoo.py:make", LinearImageModel(4, 10)) == "LinearImageModel"

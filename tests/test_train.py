@@ -218,7 +218,7 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
 
     with pytest.raises(Stop):
         train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", on_step=interrupt)
-    assert json.loads((tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()[0])["epoch"] == 1
+    assert json.loads((tmp_path / "cut" / "train" / "train_log.jsonl").read_text().splitlines()[0])["epoch"] == 1
     assert not (tmp_path / "cut" / "mixer.json").exists()
     with pytest.raises(AsmixError, match="unfinished run: pass --resume"):
         train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut")
@@ -247,6 +247,37 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         train_mixer(std, other_rob, x, y, x_val, y_val, config, out_dir=tmp_path / "cut", resume=True)
     with pytest.raises(AsmixError, match="no checkpoint"):
         train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "none", resume=True)
+
+
+def test_resume_finds_the_checkpoint_of_the_older_layout_and_moves_it_into_train(tmp_path):
+    std, rob = _pair()
+    x, y = _data(16)
+    x_val, y_val = _data(8, seed=1)
+    config = _config(epochs=2)
+    full = train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "full")
+    assert sorted(path.name for path in (tmp_path / "full" / "train").iterdir()) == ["checkpoint.pt", "train_log.jsonl"]
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(epoch, step):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "old", on_step=interrupt)
+    for name in ("checkpoint.pt", "train_log.jsonl"):  # where asmix wrote them before train/
+        (tmp_path / "old" / "train" / name).rename(tmp_path / "old" / name)
+    (tmp_path / "old" / "train").rmdir()
+    with pytest.raises(AsmixError, match="unfinished run: pass --resume"):
+        train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "old")
+    resumed = train_mixer(std, rob, x, y, x_val, y_val, config, out_dir=tmp_path / "old", resume=True)
+    assert [r.epoch for r in resumed.history] == [1, 2]
+    for name, value in _state(full.mixer).items():
+        assert torch.equal(value, resumed.mixer.state_dict()[name]), name
+    assert sorted(path.name for path in (tmp_path / "old").iterdir()) == ["mixer.json", "mixer.safetensors", "train"]
+    log = (tmp_path / "old" / "train" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
 def test_select_head_meets_target_within_the_grid_and_restores_the_head():
@@ -412,6 +443,16 @@ def test_cli_json_holds_the_training_result_and_the_verdicts(tmp_path, monkeypat
     assert held_out["training attack"]["n"] == 8 * 2  # the training attack's own rows: APGD-CE and one APGD-T copy
     assert "Detector profile" in out
     card = (tmp_path / "run" / "README.md").read_text()  # the model card beside the weights
+    # the folder's top holds what one uploads to the Hub; the training state is in train/
+    published = {"README.md", "mixer.json", "mixer.safetensors", "train_result.json", "head_frontier.png"}
+    assert {path.name for path in (tmp_path / "run").iterdir()} == published | {"comparison.json", "train"}
+    assert {path.name for path in (tmp_path / "run" / "train").iterdir()} == {"checkpoint.pt", "train_log.jsonl"}
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(tmp_path / "run" / "README.md").data
+    assert data.library_name == "asmix" and data.datasets == ["ylecun/mnist"] and data.base_model is None
+    attacked = data.eval_results[1]
+    assert attacked.metric_value == round(100 * summary["verdict"]["mixer"]["attacked_acc"], 2)
     stored = json.loads((tmp_path / "run" / "mixer.json").read_text())
     assert stored["base_weights"]["rob"] in card and stored["verdict"]["line"] in card
     written = json.loads((tmp_path / "run" / "comparison.json").read_text())

@@ -78,7 +78,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     for name, value in expected.items():
         assert torch.allclose(value.float(), got[name].float(), atol=1e-5, rtol=1e-4), name
     assert expected["head_norm.running_mean"].abs().max() > 1e-3  # training did move the statistics
-    logs = [(tmp_path / run / "train_log.jsonl").read_text().splitlines() for run in ("single", "ddp")]
+    logs = [(tmp_path / run / "train" / "train_log.jsonl").read_text().splitlines() for run in ("single", "ddp")]
     assert len(logs[0]) == len(logs[1]) == 2
     from asmix.mixer import load_mixer
 

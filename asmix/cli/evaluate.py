@@ -71,8 +71,9 @@ RobustBench = Annotated[
     typer.Option(
         "--robustbench",
         help=(
-            "Run the leaderboard protocol (the full test set, clean and standard AutoAttack at the standard radius) "
-            "and write RobustBench's model_info JSON and a claim summary (.md) into this folder."
+            "Run the leaderboard protocol (the full test set, clean and standard AutoAttack at the standard radius; "
+            "with a mixer also aa-adaptive, RobustBench's external) and write RobustBench's model_info JSON and a "
+            "claim summary (.md) into this folder; a rerun updates the numbers and keeps the fields you filled in."
         ),
     ),
 ]
@@ -84,6 +85,15 @@ ModelName = Annotated[
             "File name of the --robustbench outputs, in RobustBench's style: author, year, first word of the title "
             "(Bai2023Improving)."
         ),
+    ),
+]
+
+Reported = Annotated[
+    Optional[float],
+    typer.Option(
+        "--reported",
+        help="With --robustbench: the robust accuracy your paper reports, in percent (model_info's reported; "
+        "null without it, and a rerun keeps what the file holds).",
     ),
 ]
 
@@ -123,6 +133,7 @@ def evaluate_command(
     detector_budget: DetectorBudget = "lite",
     robustbench: RobustBench = None,
     model_name: ModelName = "asmix_mixed",
+    reported: Reported = None,
 ) -> None:
     """Accuracy of the mixed classifier (and, with --bases, g and h) clean and under attack: PGD white-box
     (B) and gray-box (A), transfer from g or h, AutoAttack (C) and adaptive AutoAttack (D); with --mixer, its
@@ -144,15 +155,20 @@ def evaluate_command(
     default_n_examples = shared.default_n_examples
     if robustbench is not None:
         from asmix.data import standard_eps
-        from asmix.report.robustbench import LEADERBOARD_EXAMPLES, check_model_name
+        from asmix.report.robustbench import LEADERBOARD_EXAMPLES, check_model_name, check_reported, read_model_info
 
         check_model_name(model_name)
+        if reported is not None:
+            check_reported(reported)
 
         attacks = ("clean", "aa")  # the leaderboard's protocol: clean and standard AutoAttack
         detector_budget = "off"
         default_n_examples = LEADERBOARD_EXAMPLES.get(shared.dataset, 10**9)  # the full test set
         leaderboard_eps = standard_eps(shared.dataset, shared.norm)
         check_outputs(out_dir=robustbench)
+        read_model_info(robustbench / f"{model_name}.json")  # a file the rerun cannot merge into fails now
+    elif reported is not None:
+        raise AsmixError("--reported goes with --robustbench (it fills model_info's reported)")
     out_folder = None
     if out is not None and out.suffix in EXAMPLE_SUFFIXES:  # the old form: --out FILE.npz
         console.print(
@@ -177,6 +193,15 @@ def evaluate_command(
         from asmix.models import canonical_spec
 
         mixer_net, card = load_mixer(mixer, std=shared.std, rob=shared.rob, canonical=canonical_spec)
+    if robustbench is not None and mixer_net is not None:
+        attacks += ("aa-adaptive",)  # its worst case is model_info's external
+    architectures: dict[str, str] = {}
+
+    def check_pair(pair) -> None:
+        architectures.update(pair.architectures)
+        if card is not None:
+            mixer_pair_check(card, mixer_net)(pair)
+
     config = EvalConfig(
         attacks=attacks,
         bases=bases,
@@ -194,7 +219,7 @@ def evaluate_command(
         source,
         evaluate,
         config,
-        check_pair=mixer_pair_check(card, mixer_net) if card is not None else None,
+        check_pair=check_pair,
         extra_models={"mixer": str(mixer)} if mixer is not None else None,
         mixer=mixer_net,
         out=out,
@@ -220,7 +245,13 @@ def evaluate_command(
 
         deviations = protocol_deviations(result, shared.dataset, leaderboard_eps)
         for path in write_robustbench(
-            result, robustbench, dataset=shared.dataset, model_name=model_name, deviations=deviations
+            result,
+            robustbench,
+            dataset=shared.dataset,
+            model_name=model_name,
+            deviations=deviations,
+            architectures=architectures,
+            reported=reported,
         ):
             written.append(path)
             console.print(f"wrote {path}")

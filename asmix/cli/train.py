@@ -254,8 +254,17 @@ def train_mixer_command(
         bool,
         _option("--compare/--no-compare", "Also judge on the first --n-examples evaluation examples (default 1000)."),
     ] = False,
-    out: Annotated[Path, _option("--out", "Folder for the mixer, checkpoint and log.")] = Path("asmix-mixer"),
-    resume: Annotated[bool, _option("--resume/--no-resume", "Continue from the checkpoint in --out.")] = False,
+    out: Annotated[
+        Path,
+        _option(
+            "--out",
+            "Folder for the mixer, its model card and results, ready to upload; the checkpoint and log go to its "
+            "train/ subfolder.",
+        ),
+    ] = Path("asmix-mixer"),
+    resume: Annotated[
+        bool, _option("--resume/--no-resume", "Continue from the checkpoint in --out (train/checkpoint.pt).")
+    ] = False,
 ) -> None:
     """Train the mixing network on clean and attacked images; launch with torchrun for several GPUs."""
     from asmix import distributed
@@ -354,6 +363,7 @@ def train_mixer_command(
             device=device,
             progress=progress if main else None,
             models=pair.names,
+            dataset=shared.dataset,
             on_epoch=lambda record: console.print(epoch_line(record, config.epochs)),
         )
         comparison = None

@@ -10,7 +10,7 @@ from torch import nn
 from asmix.checks import check_norm
 from asmix.data import check_labels, check_n_examples, dataset_info, load_data, standard_eps
 from asmix.errors import AsmixError
-from asmix.models import check_model_fits, load_model, model_preprocessing, preprocessing_note
+from asmix.models import architecture_name, check_model_fits, load_model, model_preprocessing, preprocessing_note
 from asmix.models.registry import check_code_consent
 
 
@@ -61,6 +61,13 @@ class LoadedPair:
     y: torch.Tensor
     names: dict[str, str]
     notes: tuple[str, ...] = ()
+
+    @property
+    def architectures(self) -> dict[str, str]:
+        """g's and h's architectures as RobustBench names them (``models.architecture_name``)."""
+        return {
+            role: architecture_name(self.names[role], model) for role, model in (("std", self.std), ("rob", self.rob))
+        }
 
 
 def load_pair(source: PairSource) -> LoadedPair:

@@ -88,6 +88,7 @@ class MixerSchema(_Schema):
     architecture: ArchitectureSchema
     head: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    dataset: _field(str | None, "a dataset name", max_length=256) = None
     base_weights: _field(dict[Literal["std", "rob"], _Sha256] | None, "an object of std and rob sha256 digests") = None
     n_train: _Count | None = None
     n_val: _Count | None = None
@@ -158,7 +159,16 @@ def resolve_mixer_dir(directory: str | Path) -> Path:
         ) from error
 
 
-CARD_AS_WRITTEN = ("base_weights", "n_train", "n_val", "data_fingerprint", "selection", "verdict", "provenance")
+CARD_AS_WRITTEN = (
+    "dataset",
+    "base_weights",
+    "n_train",
+    "n_val",
+    "data_fingerprint",
+    "selection",
+    "verdict",
+    "provenance",
+)
 """The ``MixerCard`` fields read from mixer.json as they are (None where missing)."""
 
 
@@ -174,6 +184,7 @@ class MixerCard:
     architecture: dict[str, Any]
     training: dict[str, Any] = field(default_factory=dict)
     base_weights: dict[str, str] | None = None
+    dataset: str | None = None
     n_train: int | None = None
     n_val: int | None = None
     data_fingerprint: str | None = None

@@ -9,8 +9,10 @@ from asmix.errors import AsmixError, first_line
 from asmix.models.registry import (
     ALIASES,
     ModelSpec,
+    architecture_name,
     canonical_spec,
     default_model_dir,
+    hub_model_id,
     load_model,
     model_preprocessing,
     parse_spec,
@@ -20,9 +22,11 @@ from asmix.models.registry import (
 __all__ = [
     "ALIASES",
     "ModelSpec",
+    "architecture_name",
     "canonical_spec",
     "check_model_fits",
     "default_model_dir",
+    "hub_model_id",
     "load_model",
     "model_preprocessing",
     "parse_spec",

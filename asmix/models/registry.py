@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import pickle
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,50 @@ def model_preprocessing(spec: str | ModelSpec, *, dataset: str = "demo", norm: s
     context = _context(dataset, norm, None, None)
     finder = _PREPROCESSINGS.get(spec.kind)
     return finder(spec.name, context) if finder is not None else None
+
+
+def architecture_name(spec: str | ModelSpec, model: nn.Module) -> str:
+    """The architecture of a loaded model as RobustBench's ``model_info`` names it (``WideResNet-70-16``,
+    ``BiT-R152x2``): from the spec where it names one (bit:, timm:, demo), else from the built module."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    namer = _ARCHITECTURE_NAMES.get(spec.kind)
+    return namer(spec.name) if namer is not None else module_architecture(model)
+
+
+def hub_model_id(spec: str | ModelSpec) -> str | None:
+    """The Hugging Face Hub repository a spec's weights come from (``timm/resnet18.a1_in1k`` for a timm: spec), or
+    None where they come from elsewhere (RobustBench, a file, the demo)."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind != "timm":
+        return None
+    import timm
+
+    try:
+        return getattr(timm.models.get_pretrained_cfg(spec.name.partition("@")[0]), "hf_hub_id", None) or None
+    except RuntimeError:  # a timm name with a tag it does not have: not a Hub repository
+        return None
+
+
+def module_architecture(model: nn.Module) -> str:
+    """A built module's architecture: a wide ResNet as ``WideResNet-DEPTH-WIDTH`` (read from its 3x3 convolutions
+    and its classifier's width), anything else as its class name; asmix's input adapter is looked through."""
+    while isinstance(model, (InputAdapter, _Exported)):
+        model = model.model if isinstance(model, InputAdapter) else model.module
+    name = type(model).__name__
+    if "WideResNet" not in name:
+        return name
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    depth = len(convs) + 3  # a stem convolution and two per block in 3 groups of (depth - 4) / 6 blocks
+    if not linears or (depth - 4) % 6 or linears[-1].in_features % 64:
+        return name
+    return f"WideResNet-{depth}-{linears[-1].in_features // 64}"
+
+
+def _bit_architecture(name: str) -> str:
+    """timm's ``resnetv2_152x2_bit`` as BiT-R152x2."""
+    match = re.fullmatch(r"resnetv2_(\d+)x(\d+)_bit(?:\..*)?", name)
+    return f"BiT-R{match[1]}x{match[2]}" if match else name
 
 
 def preprocessing_note(std: Preprocessing | None, rob: Preprocessing | None, *, dataset: str) -> str | None:
@@ -528,6 +573,13 @@ _PREPROCESSINGS: dict[str, Callable[[str, LoadContext], Preprocessing | None]] =
     "rb": _robustbench_preprocessing,
 }
 """Spec kinds whose models carry a preprocessing of their own (the others take images as they are)."""
+
+_ARCHITECTURE_NAMES: dict[str, Callable[[str], str]] = {
+    "demo": lambda name: f"DemoCNN-{DEMO_WIDTHS[name]}",
+    "timm": lambda name: name.partition("@")[0].split(".")[0],
+    "bit": _bit_architecture,
+}
+"""Spec kinds whose name says the architecture (the others are named from the built module)."""
 
 _LOADERS: dict[str, Callable[[str, LoadContext], nn.Module]] = {
     "demo": _load_demo,

@@ -1,4 +1,5 @@
-"""The model card of a trained mixer: README.md beside mixer.safetensors, rendered from its mixer.json."""
+"""The model card of a trained mixer: README.md beside mixer.safetensors, rendered from its mixer.json, with the
+YAML metadata the Hugging Face Hub reads (written with huggingface_hub's model-card tools)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,59 @@ from asmix.report import alpha_text, percent
 from asmix.report.train import head_text
 
 CARD = "README.md"
+
+TAGS = ["adaptive-smoothing", "adversarial-robustness", "robustbench", "image-classification", "mixing-network"]
+
+HUB_DATASETS = {
+    "demo": "ylecun/mnist",
+    "mnist": "ylecun/mnist",
+    "cifar10": "uoft-cs/cifar10",
+    "cifar100": "uoft-cs/cifar100",
+    "imagenet": "ILSVRC/imagenet-1k",
+}
+"""asmix's dataset names as Hub dataset repositories (the demo pair is trained on MNIST)."""
+
+
+def card_metadata(card: MixerCard):
+    """The card's YAML front matter as huggingface_hub's ``ModelCardData``: library, tags, dataset, g and h where
+    they are Hub repositories (``base_model``), and the verdict's clean and AutoAttack-lite accuracy of the mixed
+    classifier as model-index results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from asmix.models import hub_model_id
+
+    dataset = HUB_DATASETS.get(card.dataset or "", card.dataset)
+    base_models = [
+        hub for hub in (hub_model_id(card.models[role]) for role in ("std", "rob") if role in card.models) if hub
+    ]
+    verdict, results = card.verdict, []
+    if verdict and dataset:
+        n, row = verdict["n_examples"], verdict["mixer"]
+        attack = {"norm": verdict["norm"], "eps": verdict["eps"], "n_examples": n}
+        for name, correct, args in (
+            ("clean accuracy", row["clean_correct"], {"n_examples": n}),
+            ("adaptive AutoAttack-lite accuracy (worst case)", row["attacked_correct"], attack),
+        ):
+            results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    dataset_type=dataset,
+                    dataset_name=f"{card.dataset} (held-out examples)",
+                    metric_type="accuracy",
+                    metric_name=name,
+                    metric_value=round(100 * correct / n, 2),
+                    metric_args=args,
+                )
+            )
+    return ModelCardData(
+        library_name="asmix",
+        tags=list(TAGS),
+        datasets=[dataset] if dataset else None,
+        metrics=["accuracy"],
+        base_model=base_models or None,
+        model_name="asmix mixing network" if results else None,
+        eval_results=results or None,
+    )
 
 
 def mixer_card(card: MixerCard) -> str:
@@ -112,7 +166,15 @@ def mixer_card(card: MixerCard) -> str:
     return "\n".join(lines)
 
 
+def model_card(card: MixerCard) -> str:
+    """README.md: ``card_metadata`` as YAML front matter, then ``mixer_card``, checked by huggingface_hub's
+    ``ModelCard`` (which refuses metadata the Hub would not read)."""
+    from huggingface_hub import ModelCard
+
+    return str(ModelCard(f"---\n{card_metadata(card).to_yaml()}\n---\n\n{mixer_card(card)}"))
+
+
 def write_mixer_card(directory: str | Path) -> Path:
     """Render ``directory/mixer.json`` as ``directory/README.md`` (atomically)."""
     directory = Path(directory)
-    return atomic_write_text(directory / CARD, mixer_card(MixerCard.read(directory)))
+    return atomic_write_text(directory / CARD, model_card(MixerCard.read(directory)))

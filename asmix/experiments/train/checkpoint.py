@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from asmix.errors import AsmixError, first_line
 from asmix.identity import describe_roles, differing_models
 from asmix.io import load_sealed, save_sealed
 
+TRAIN_DIR = "train"
+"""The subfolder of a mixer folder that holds its training state (checkpoint, log), apart from what is published."""
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
 START_AGAIN = "delete it to train from the start in this --out, or pass another --out"
@@ -48,6 +51,29 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     digest.update(x.detach().cpu().contiguous().numpy().tobytes())
     digest.update(y.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def checkpoint_path(out_dir: Path) -> Path:
+    """Where a run in ``out_dir`` writes its checkpoint: ``out_dir/train/checkpoint.pt``."""
+    return out_dir / TRAIN_DIR / CHECKPOINT
+
+
+def find_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint of a run in ``out_dir``: ``train/checkpoint.pt``, else where asmix wrote it before the training
+    state moved to ``train/`` (``out_dir/checkpoint.pt``); None where there is none."""
+    for path in (checkpoint_path(out_dir), out_dir / CHECKPOINT):
+        if path.is_file():
+            return path
+    return None
+
+
+def adopt_train_dir(out_dir: Path) -> None:
+    """Move an older run's checkpoint and log from the top of ``out_dir`` into ``train/``, where this asmix keeps
+    them (the top holds only what is published)."""
+    for name in (CHECKPOINT, LOG):
+        if (out_dir / name).is_file():
+            (out_dir / TRAIN_DIR).mkdir(exist_ok=True)
+            os.replace(out_dir / name, out_dir / TRAIN_DIR / name)
 
 
 def save_checkpoint(

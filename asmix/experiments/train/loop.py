@@ -19,7 +19,17 @@ from torch import nn
 from asmix import distributed
 from asmix.errors import AsmixError
 from asmix.experiments.train.adversary import TrainingRows, attack_rows, training_rows
-from asmix.experiments.train.checkpoint import CHECKPOINT, LOG, Ema, data_fingerprint, load_checkpoint, save_checkpoint
+from asmix.experiments.train.checkpoint import (
+    LOG,
+    TRAIN_DIR,
+    Ema,
+    adopt_train_dir,
+    checkpoint_path,
+    data_fingerprint,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from asmix.experiments.train.comparison import Verdict, judge
 from asmix.experiments.train.config import TrainConfig
 from asmix.experiments.train.loss import composite_loss, pseudo_labels
@@ -122,15 +132,18 @@ def train_mixer(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     models: dict[str, str] | None = None,
+    dataset: str | None = None,
 ) -> TrainResult:
     """Train alpha_theta for the frozen pair (g, h), choose its evaluation head (by its gain over the tempered fixed
     alpha, or for ``target_clean_acc``; ``config.choose_head``) and judge it against the fixed alphas of equal clean
-    accuracy; return the EMA mixer with its history.
+    accuracy; return the EMA mixer with its history. ``models`` (g's and h's specs) and ``dataset`` name them in
+    mixer.json.
 
     Held-out examples serve validation (all of them), the head choice (the first half) and the verdict (the rest, or
     all without a head choice). Under torchrun the mixer is wrapped in DistributedDataParallel and each global
-    batch split across ranks; rank 0 writes ``checkpoint.pt`` (every epoch), ``train_log.jsonl`` and the mixer to
-    ``out_dir``. ``resume`` continues from the checkpoint; ``on_step(epoch, step)`` runs after each batch."""
+    batch split across ranks; rank 0 writes ``train/checkpoint.pt`` (every epoch) and ``train/train_log.jsonl`` in
+    ``out_dir``, and the mixer at its top. ``resume`` continues from the checkpoint (an older run's at the top too);
+    ``on_step(epoch, step)`` runs after each batch."""
     n_train, n_val = len(x_train), len(x_val)
     world = distributed.world_size()
     if n_train < config.run.batch_size:
@@ -161,18 +174,22 @@ def train_mixer(
         "models": models,
         "base_weights": weights,
     }
-    checkpoint_path = out_dir / CHECKPOINT if out_dir is not None else None
+    checkpoint = checkpoint_path(out_dir) if out_dir is not None else None
+    found = find_checkpoint(out_dir) if out_dir is not None else None
     history: list[EpochRecord] = []
     start_epoch = 0
-    if not resume and writer and checkpoint_path.is_file() and not (out_dir / "mixer.json").is_file():
+    if not resume and writer and found is not None and not (out_dir / "mixer.json").is_file():
         raise AsmixError(
             f"{out_dir} holds the checkpoint of an unfinished run: pass --resume to continue it, "
             f"or choose another --out"
         )
     if resume:
-        if checkpoint_path is None or not checkpoint_path.is_file():
-            raise AsmixError(f"--resume: no checkpoint at {checkpoint_path}")
-        start_epoch, history = load_checkpoint(checkpoint_path, identity, mixer, ema, optimizer, scheduler, EpochRecord)
+        if found is None:
+            raise AsmixError(f"--resume: no checkpoint at {checkpoint}")
+        start_epoch, history = load_checkpoint(found, identity, mixer, ema, optimizer, scheduler, EpochRecord)
+        distributed.barrier()  # every rank has read it before rank 0 moves an older layout's into train/
+        if writer and found != checkpoint:
+            adopt_train_dir(out_dir)
 
     trained = mixer
     if world > 1:
@@ -230,8 +247,8 @@ def train_mixer(
         )
         history.append(record)
         if writer:
-            save_checkpoint(checkpoint_path, identity, epoch + 1, mixer, ema, optimizer, scheduler, history)
-            atomic_write_text(out_dir / LOG, "".join(json.dumps(asdict(r)) + "\n" for r in history))
+            save_checkpoint(checkpoint, identity, epoch + 1, mixer, ema, optimizer, scheduler, history)
+            atomic_write_text(out_dir / TRAIN_DIR / LOG, "".join(json.dumps(asdict(r)) + "\n" for r in history))
         if on_epoch and distributed.is_main_process():
             on_epoch(record)
         distributed.barrier()
@@ -272,6 +289,7 @@ def train_mixer(
             out_dir,
             config={
                 "models": models,
+                "dataset": dataset,
                 "training": config.to_dict(),
                 "n_train": n_train,
                 "n_val": n_val,
