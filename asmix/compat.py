@@ -1,4 +1,4 @@
-"""Environment shims, in one place. Each says why it exists."""
+"""Environment shims and dependency checks, in one place. Each says why it exists."""
 
 from __future__ import annotations
 
@@ -77,3 +77,51 @@ def silence_dependency_warnings() -> None:
     ``torch.jit.interface`` and ``pkg_resources``); users cannot act on them. Called by the CLI only."""
     warnings.filterwarnings("ignore", message=".*torch.jit.interface.* is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+
+HF_HUB_REQUIREMENT = "huggingface_hub>=0.34,<2"
+"""The huggingface_hub versions timm 1.0.9 works with: 2.0 removed ``repo_type_and_id_from_hf_id``, which timm's hub
+module imports (it then treats the hub as not installed); 0.34 brought the ``hf`` command. Also in pyproject.toml."""
+
+TIMM_HUB_IMPORTS = (
+    "create_repo",
+    "get_hf_file_metadata",
+    "hf_hub_download",
+    "hf_hub_url",
+    "repo_type_and_id_from_hf_id",
+    "upload_folder",
+)
+"""What timm 1.0.9's ``timm/models/_hub.py`` imports from huggingface_hub."""
+
+
+def timm_hub_problem() -> str | None:
+    """Why timm cannot read the Hugging Face hub here (huggingface_hub missing, or a version whose names timm's
+    hub module fails to import); None where it can."""
+    from timm.models import _hub  # private: the flag timm sets when its import of huggingface_hub failed
+
+    if getattr(_hub, "_has_hf_hub", True):
+        return None
+    try:
+        import huggingface_hub
+    except ImportError:
+        return f"huggingface_hub is not installed: pip install '{HF_HUB_REQUIREMENT}'"
+    missing = [name for name in TIMM_HUB_IMPORTS if not hasattr(huggingface_hub, name)]
+    lacks = f" lacks {', '.join(missing)}, which timm imports" if missing else " does not import in timm"
+    import timm
+
+    return (
+        f"huggingface_hub {huggingface_hub.__version__}{lacks}, so timm {timm.__version__} cannot use the hub: "
+        f"pip install '{HF_HUB_REQUIREMENT}'"
+    )
+
+
+def hf_cache_dir() -> str:
+    """The local Hugging Face hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def hf_download_command(repo_id: str) -> str:
+    """The command that puts a Hugging Face repository in the local cache (huggingface_hub's ``hf`` CLI)."""
+    return f"hf download {repo_id}"

@@ -14,6 +14,8 @@ from asmix.errors import AsmixError
 
 Interpolation = Literal["bilinear", "bicubic"]
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
+TIMM_CROP_MODES: tuple[str, ...] = ("center", "squash")
+"""timm's crop modes asmix reproduces (``border`` pads with the mean colour, which it does not)."""
 
 
 @dataclass(frozen=True)
@@ -139,21 +141,20 @@ def from_torchvision(transform: Any, *, source: str = "") -> Preprocessing:
 
 
 def from_timm_config(config: Any, *, source: str = "timm data config") -> Preprocessing:
-    """timm's evaluation pipeline from a pretrained config (``input_size``, ``interpolation``,
-    ``crop_pct``): resize the short side to floor(size / crop_pct), center-crop size."""
+    """timm's evaluation pipeline from a data config (``timm.data.resolve_data_config``: ``input_size``,
+    ``interpolation``, ``crop_pct``, ``crop_mode``): crop mode ``center`` resizes the short side to
+    floor(size / crop_pct), ``squash`` resizes both sides to floor(side / crop_pct); then center-crop size."""
     get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
     _, height, width = get("input_size", (3, 224, 224))
     crop_pct = get("crop_pct", None) or 0.875
     interpolation = get("interpolation", None) or "bicubic"
     if interpolation not in INTERPOLATIONS:
         raise AsmixError(f"{source}: interpolation {interpolation!r} is not supported (only bilinear, bicubic)")
-    if get("crop_mode", "center") not in ("center", None):
-        raise AsmixError(f"{source}: crop mode {get('crop_mode')!r} is not supported (only center)")
-    scale = (
-        math.floor(height / crop_pct)
-        if height == width
-        else (math.floor(height / crop_pct), math.floor(width / crop_pct))
-    )
+    crop_mode = get("crop_mode", None) or "center"
+    if crop_mode not in TIMM_CROP_MODES:
+        raise AsmixError(f"{source}: crop mode {crop_mode!r} is not supported (only {', '.join(TIMM_CROP_MODES)})")
+    scaled = (math.floor(height / crop_pct), math.floor(width / crop_pct))
+    scale = scaled[0] if crop_mode == "center" and height == width else scaled
     return Preprocessing(resize=scale, crop=(height, width), interpolation=interpolation, source=source)
 
 

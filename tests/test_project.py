@@ -36,3 +36,53 @@ def test_import_asmix_has_no_side_effects():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_module_imports():
+    # a dependency missing from a fresh install fails here, not in a user's first run of the command that needs it
+    import importlib
+    import pkgutil
+
+    import asmix
+
+    names = [module.name for module in pkgutil.walk_packages(asmix.__path__, "asmix.")]
+    assert "asmix.models.zoo" in names and "asmix.cli.config_file" in names
+    for name in names:
+        if name != "asmix.__main__":  # runs the CLI
+            importlib.import_module(name)
+
+
+def test_every_imported_distribution_is_declared():
+    # lazy imports too (yaml, huggingface_hub): each third-party package asmix imports comes from a declared dependency
+    import ast
+    import sys
+    from importlib.metadata import packages_distributions
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~ ;\[]", requirement)[0] for requirement in project["dependencies"]}
+    declared = {name.lower().replace("_", "-") for name in declared}
+    imported = set()
+    for path in (ROOT / "asmix").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(name for name in imported if name not in sys.stdlib_module_names and name != "asmix")
+    distributions = packages_distributions()
+    undeclared = [
+        name
+        for name in third_party
+        if not {dist.lower().replace("_", "-") for dist in distributions.get(name, [name])} & declared
+    ]
+    assert "yaml" in third_party and "huggingface_hub" in third_party
+    assert undeclared == []
+
+
+def test_huggingface_hub_bound_is_the_one_asmix_names():
+    from asmix.compat import HF_HUB_REQUIREMENT
+
+    assert f'"{HF_HUB_REQUIREMENT}"' in (ROOT / "pyproject.toml").read_text()

@@ -147,14 +147,15 @@ def resolve_mixer_dir(directory: str | Path) -> Path:
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise AsmixError(f"mixer {text!r}: use hf:ORG/NAME or hf:ORG/NAME@REVISION")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE
+
+    from asmix.compat import hf_cache_dir, hf_download_command
 
     try:
         return Path(snapshot_download(repo_id, revision=revision or None, local_files_only=True))
     except Exception as error:  # huggingface_hub raises several kinds for "not in the cache"
         raise AsmixError(
-            f"mixer {text} is not in the local Hugging Face cache {HF_HUB_CACHE}: on a machine with "
-            f"internet run `huggingface-cli download {repo_id}` and copy the cache here, or pass the "
+            f"mixer {text} is not in the local Hugging Face cache {hf_cache_dir()}: on a machine with "
+            f"internet run `{hf_download_command(repo_id)}` and copy the cache here, or pass the "
             f"folder that holds mixer.json and mixer.safetensors ({type(error).__name__})"
         ) from error
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import importlib.util
 import logging
@@ -12,7 +11,8 @@ import os
 import pickle
 import re
 import sys
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,13 +21,21 @@ from torch import nn
 
 from asmix.checks import THREAT_MODEL_NAMES, check_norm, threat_model_name
 from asmix.data import dataset_info
-from asmix.errors import AsmixError, first_line
+from asmix.errors import AsmixError, AsmixWarning, first_line
 from asmix.models import bit
 from asmix.models.adapters import InputAdapter
 from asmix.models.cache import find_checkpoint, model_dirs, tried_paths
 from asmix.models.demo import DEMO_WIDTHS, build_demo_model
+from asmix.models.timm_models import (
+    data_preprocessing,
+    load_timm,
+    pretrained_config,
+    timm_preprocessing,
+    timm_risk,
+)
 from asmix.models.weights import load_weights
-from asmix.preprocessing import Preprocessing, from_timm_config, from_torchvision
+from asmix.models.zoo import leaderboard_entry, resolve_zoo_name, same_paper
+from asmix.preprocessing import Preprocessing, from_torchvision
 
 ALIASES = {
     "bit-r152": "bit:resnetv2_152x2_bit",
@@ -41,9 +49,6 @@ TRUST_CODE_ENV = "ASMIX_TRUST_CODE"
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")
 """Datasets with a RobustBench zoo."""
 
-SAFE_WEIGHT_SUFFIXES = (".safetensors", ".npz")
-"""Weights files timm reads without unpickling (safetensors; ``.npz`` with numpy's ``allow_pickle=False``)."""
-
 
 def default_model_dir() -> Path:
     """Where downloads go without ``--model-dir``: ``$ASMIX_MODEL_DIR``, else RobustBench's ``./models``."""
@@ -52,10 +57,12 @@ def default_model_dir() -> Path:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed spec: ``kind`` selects the loader, ``name`` is what it loads."""
+    """A parsed spec: ``kind`` selects the loader, ``name`` is what it loads; ``asked`` is the alias the user
+    wrote, where one was resolved (for the notice that says what it loaded)."""
 
     kind: str
     name: str
+    asked: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return self.name if self.kind == "demo" else f"{self.kind}:{self.name}"
@@ -63,12 +70,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LoadContext:
-    """What a loader needs besides the name."""
+    """What a loader needs besides the name; ``asked`` is what the user wrote, where it differs from the name."""
 
     dataset: str
     threat_model: str
     model_dirs: tuple[Path, ...]
     weights: Path | None
+    asked: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -80,15 +88,16 @@ def parse_spec(text: str) -> ModelSpec:
     text = text.strip()
     if not text:
         raise AsmixError("empty model spec")
-    text = ALIASES.get(text, text)
+    asked, text = text, ALIASES.get(text, text)
+    asked = asked if asked != text else ""
     if text in DEMO_WIDTHS:
-        return ModelSpec("demo", text)
+        return ModelSpec("demo", text, asked)
     kind, sep, name = text.partition(":")
     if sep and kind in _LOADERS:
         if not name:
             raise AsmixError(f"model spec {text!r} has no name after '{kind}:'")
-        return ModelSpec(kind, name)
-    return ModelSpec("rb", text)
+        return ModelSpec(kind, name, asked)
+    return ModelSpec("rb", text, asked)
 
 
 def canonical_spec(text: str) -> str:
@@ -156,9 +165,11 @@ def load_model(
     ``weights`` loads a state dict (safetensors or ``.pt`` read with ``weights_only=True``) into
     the resolved architecture instead of its default weights. Specs that can run code (``code_risk``:
     ``file:``, ``py:``, timm tags timm unpickles) load only with the user's consent (``trusts_code``).
+    An ``AsmixWarning`` says which zoo model a short name or alias loaded (and what else it could have meant), and
+    which pixel statistics a timm model applies to a checkpoint given as ``weights``.
     """
     spec = check_code_consent(spec, trust_code, dataset=dataset, norm=norm, weights=weights)
-    context = _context(dataset, norm, model_dir, weights)
+    context = replace(_context(dataset, norm, model_dir, weights), asked=spec.asked)
     return _LOADERS[spec.kind](spec.name, context).eval()
 
 
@@ -251,48 +262,11 @@ def _load_demo(name: str, context: LoadContext) -> nn.Module:
 
 
 def _load_timm(name: str, context: LoadContext) -> nn.Module:
-    """``timm:NAME`` or ``timm:NAME@SIZE`` (resize inputs to SIZE x SIZE first)."""
-    import timm
-
-    preprocessing = _timm_preprocessing(name, context)
-    name = name.partition("@")[0]
-    if context.weights is not None:
-        network = timm.create_model(name, pretrained=False, num_classes=context.num_classes)
-        load_weights(network, context.weights)
-    else:
-        try:
-            network = timm.create_model(name, pretrained=True)
-        except Exception as error:
-            hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None) or name
-            raise AsmixError(
-                f"cannot download timm weights {hub_id!r} (offline?): put that repository's model.safetensors "
-                f"in the Hugging Face cache (~/.cache/huggingface/hub or $HF_HOME), or pass a state dict "
-                f"with --std-weights/--rob-weights"
-            ) from error
-        if network.num_classes != context.num_classes:
-            raise AsmixError(
-                f"timm model {name!r} has {network.num_classes} classes, dataset {context.dataset!r} has "
-                f"{context.num_classes}: pass weights fine-tuned on it with --std-weights/--rob-weights"
-            )
-    config = network.pretrained_cfg
-    return InputAdapter(network, config.get("mean"), config.get("std"), preprocessing)
+    return load_timm(name, dataset=context.dataset, num_classes=context.num_classes, weights=context.weights)
 
 
 def _timm_preprocessing(name: str, context: LoadContext) -> Preprocessing | None:
-    """``NAME@SIZE``: resize to SIZE x SIZE; on ImageNet, timm's data config; elsewhere none."""
-    import timm
-
-    name, _, size = name.partition("@")
-    if not timm.is_model(name.split(".")[0]):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise AsmixError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    if size:
-        if not size.isdigit() or int(size) <= 0:
-            raise AsmixError(f"timm:{name}@{size}: the size after '@' must be a positive integer")
-        return Preprocessing(resize=(int(size), int(size)), source=f"timm:{name}@{size}")
-    if context.dataset != "imagenet":
-        return None
-    return from_timm_config(timm.models.get_pretrained_cfg(name), source=f"timm data config of {name}")
+    return timm_preprocessing(name, context.dataset)
 
 
 def _load_bit(name: str, context: LoadContext) -> nn.Module:
@@ -315,8 +289,12 @@ def _bit_preprocessing(name: str, context: LoadContext) -> Preprocessing | None:
 
 
 def _load_robustbench(name: str, context: LoadContext) -> nn.Module:
+    asked = context.asked or name
     zoo, name = _zoo_entry(name, context)  # imports RobustBench with the AutoAttack alias in place
     from robustbench.utils import load_model as rb_load_model
+
+    if asked != name:
+        warnings.warn(_zoo_notice(asked, name, list(zoo), context), AsmixWarning, stacklevel=3)
 
     preprocessing = _robustbench_preprocessing(name, context)
     if context.weights is not None:
@@ -382,7 +360,23 @@ def _zoo_entry(name: str, context: LoadContext) -> tuple[dict, str]:
             f"use --norm {' or --norm '.join(norms)}, or another spec (timm:, file:, py:)"
         )
     zoo = zoos[ThreatModel(context.threat_model)]
-    return zoo, resolve_zoo_name(name, list(zoo))
+    return zoo, resolve_zoo_name(name, list(zoo), describe=lambda entry: _zoo_model_text(entry, context))
+
+
+def _zoo_model_text(name: str, context: LoadContext) -> str:
+    """A zoo name with its leaderboard accuracies where RobustBench's ``model_info`` lists them."""
+    entry = leaderboard_entry(context.dataset, context.threat_model, name)
+    return f"{name} ({entry.describe()})" if entry is not None else name
+
+
+def _zoo_notice(asked: str, name: str, names: list[str], context: LoadContext) -> str:
+    """What a short name or alias loaded, and the other models of the same paper it could have meant."""
+    text = f"{asked!r} loads RobustBench {context.dataset} {context.threat_model} {_zoo_model_text(name, context)}"
+    others = same_paper(name, names)
+    if others:
+        listed = ", ".join(_zoo_model_text(other, context) for other in others)
+        text += f"; it could also mean {listed} (name one with rb:NAME)"
+    return text
 
 
 def _robustbench_preprocessing(name: str, context: LoadContext) -> Preprocessing | None:
@@ -406,7 +400,7 @@ def _robustbench_preprocessing(name: str, context: LoadContext) -> Preprocessing
             f"RobustBench model {name} has no preprocessing entry and timm has no model {timm_name} "
             f"to read it from: this timm version cannot build it; use another model"
         )
-    return from_timm_config(timm.models.get_pretrained_cfg(timm_name), source=f"timm data config of {timm_name}")
+    return data_preprocessing(pretrained_config(timm_name), source=f"timm data config of {timm_name}")
 
 
 def _robustbench_timm_name(name: str, context: LoadContext) -> str:
@@ -426,20 +420,6 @@ def _adapt_robustbench(model: nn.Module, preprocessing: Preprocessing | None) ->
             children["model"], normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist(), preprocessing
         )
     return InputAdapter(model, preprocessing=preprocessing)
-
-
-def resolve_zoo_name(name: str, names: list[str]) -> str:
-    """An exact zoo name, or a unique prefix of one; otherwise an error listing candidates."""
-    if name in names:
-        return name
-    matches = [candidate for candidate in names if candidate.startswith(name)]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise AsmixError(f"model name {name!r} is ambiguous: {', '.join(sorted(matches)[:8])}")
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
-    hint = f"; closest: {', '.join(close)}" if close else ""
-    raise AsmixError(f"unknown model {name!r} (not an alias, a spec kind or a RobustBench name){hint}")
 
 
 def _load_file(name: str, context: LoadContext) -> nn.Module:
@@ -516,25 +496,8 @@ def _load_python(name: str, context: LoadContext) -> nn.Module:
 
 
 def _timm_risk(name: str, context: LoadContext) -> str | None:
-    """timm 1.0.9 reads a hub file a pretrained config names itself (``hf_hub_filename``: the open_clip, MetaCLIP
-    and SAM2 tags) with ``torch.load(weights_only=False)`` unless it finds a safetensors copy; other tags are read as
-    safetensors or with ``weights_only=True``. With ``--*-weights`` timm loads no weights."""
-    if context.weights is not None:
-        return None
-    import timm
-
-    name = name.partition("@")[0]
-    try:
-        config = timm.models.get_pretrained_cfg(name)
-    except RuntimeError as error:  # a timm architecture with a tag it does not have
-        raise AsmixError(f"timm:{name}: {first_line(error)}") from error
-    filename = getattr(config, "hf_hub_filename", None)
-    if not filename or filename.endswith(SAFE_WEIGHT_SUFFIXES):
-        return None
-    return (
-        f"timm reads its weights ({config.hf_hub_id} {filename}) with torch.load(weights_only=False), which runs any "
-        f"code pickled in the file (or give a safetensors state dict with --std-weights/--rob-weights)"
-    )
+    """With ``--*-weights`` timm loads no weights; otherwise ``timm_risk``."""
+    return timm_risk(name) if context.weights is None else None
 
 
 def _robustbench_risk(name: str, context: LoadContext) -> str | None:
