@@ -20,7 +20,7 @@ from torch import nn
 
 from asmix.checks import THREAT_MODEL_NAMES, check_norm, threat_model_name
 from asmix.data import dataset_info
-from asmix.errors import AsmixError, first_line
+from asmix.errors import AsmixError, RunFailed, first_line
 from asmix.models import bit
 from asmix.models.adapters import InputAdapter
 from asmix.models.cache import find_checkpoint, model_dirs, tried_paths
@@ -219,7 +219,7 @@ def _load_timm(name: str, context: LoadContext) -> nn.Module:
             network = timm.create_model(name, pretrained=True)
         except Exception as error:
             hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None) or name
-            raise AsmixError(
+            raise RunFailed(
                 f"cannot download timm weights {hub_id!r} (offline?): put that repository's model.safetensors "
                 f"in the Hugging Face cache (~/.cache/huggingface/hub or $HF_HOME), or pass a state dict "
                 f"with --std-weights/--rob-weights"
@@ -301,7 +301,7 @@ def _robustbench_error(name: str, error: Exception, paths: list[Path], tried: li
         return AsmixError(f"RobustBench checkpoint {tried_paths(paths)} does not fit {name}: {detail}")
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        return AsmixError(
+        return RunFailed(
             f"cannot load RobustBench model {name}: not found (tried {tried_paths(tried)}) and the download "
             f"failed ({type(error).__name__}); put {', '.join(path.name for path in paths)} in {paths[0].parent}"
         )
