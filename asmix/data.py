@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from asmix.checks import check_norm
-from asmix.errors import AsmixError, first_line
+from asmix.errors import AsmixError, RunFailed, first_line
 from asmix.preprocessing import Preprocessing, from_torchvision
 
 
@@ -191,7 +191,7 @@ def _load_mnist(data_dir: Path, split: str, n_examples: int | None, preprocessin
     try:
         data = MNIST(str(data_dir), train=split == "train", download=True)
     except Exception as error:
-        raise AsmixError(
+        raise RunFailed(
             f"MNIST not found in {data_dir / 'MNIST'} and the download failed; put the raw files there"
         ) from error
     return to_image_tensor(data.data), data.targets.long()
@@ -206,7 +206,7 @@ def _load_cifar(name: str):
             data = dataset_class(str(data_dir), train=split == "train", download=True)
         except Exception as error:
             folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-            raise AsmixError(
+            raise RunFailed(
                 f"{name} not found in {data_dir / folder} and the download failed; put the extracted dataset there"
             ) from error
         return to_image_tensor(data.data[:n_examples]), torch.as_tensor(data.targets[:n_examples]).long()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from asmix.errors import AsmixError, first_line
+from asmix.errors import AsmixError, RunFailed, first_line
 
 SEALED_FORMAT = "asmix-sealed"
 
@@ -52,9 +52,9 @@ def atomic_write_json(path: str | Path, data: Any, *, stamp: bool = True) -> Pat
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_error(path: str | Path, error: OSError) -> AsmixError:
-    """An ``OSError`` raised while writing ``path`` as the one-line error a user sees."""
-    return AsmixError(f"cannot write {path}: {error.strerror or error}")
+def write_error(path: str | Path, error: OSError) -> RunFailed:
+    """An ``OSError`` raised while writing ``path`` (disk full, folder gone) as the one-line error a user sees."""
+    return RunFailed(f"cannot write {path}: {error.strerror or error}")
 
 
 def check_writable_file(path: str | Path) -> Path:

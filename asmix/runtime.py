@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -12,7 +12,46 @@ from torch import nn
 from asmix.errors import AsmixError
 
 ProgressFn = Callable[[str, int, int], None]
-"""Progress callback: (task description, completed units, total units)."""
+"""Progress callback: (task description, completed units, total units). A display may also have a
+``stage(StageEvent)`` method, which receives where a long attack is inside a unit (``stage_reporter``)."""
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """Where an attack is inside one batch, from what it already computed: ``stage`` (``apgd-t``...) has finished
+    ``step`` of its ``total`` steps (restarts or target classes, ``unit``) and ``robust`` of the batch's ``examples``
+    are still classified correctly; ``task`` names the work (set by the experiment)."""
+
+    stage: str
+    step: int
+    total: int
+    robust: int
+    examples: int
+    unit: str = "step"
+    task: str = ""
+
+    def line(self) -> str:
+        """``task: stage 2/9 targets, 120/256 robust``."""
+        steps = "done" if self.step >= self.total else f"{self.step}/{self.total} {self.unit}s"
+        head = f"{self.task}: " if self.task else ""
+        return f"{head}{self.stage} {steps}, {self.robust}/{self.examples} robust"
+
+
+StageFn = Callable[[StageEvent], None]
+"""Callback for ``StageEvent``s; attacks take one as ``on_stage`` (default ``no_stage``)."""
+
+
+def no_stage(event: StageEvent) -> None:
+    """The default ``StageFn``: attacks report to it and nothing happens."""
+
+
+def stage_reporter(progress: ProgressFn | None, task: str) -> StageFn:
+    """``progress.stage`` with ``task`` filled in where the display has one (asmix's CLI displays do); else
+    ``no_stage``, so a plain progress function sees only finished units."""
+    stage = getattr(progress, "stage", None)
+    if stage is None:
+        return no_stage
+    return lambda event: stage(replace(event, task=task))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

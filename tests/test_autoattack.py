@@ -285,3 +285,48 @@ def test_adaptive_attack_beats_a_mixer_that_only_flags_large_perturbations():
     assert worst.trail[ADAPTIVE_STAGES[-1]] <= 0.25
     lite = autoattack_lite(mixed, x, y, eps=0.1, budget=budget)
     assert lite.trail[ADAPTIVE_STAGES[-1]] <= 0.25
+
+
+def stage_lines(events) -> list[str]:
+    return [event.line() for event in events]
+
+
+def assert_robust_never_grows(events, examples: int) -> None:
+    counts = [event.robust for event in events]
+    assert all(event.examples == examples for event in events)
+    assert all(a >= b for a, b in zip(counts, counts[1:])), stage_lines(events)
+
+
+def test_standard_autoattack_reports_each_stage_and_target_with_its_robust_count(data):
+    x, y = data
+    events = []
+    run = standard_autoattack(tiny_linear(0), x, y, eps=0.05, seed=3, square_queries=30, on_stage=events.append)
+    assert_robust_never_grows(events, len(x))
+    finished = [event for event in events if event.step == event.total]
+    assert [event.stage for event in finished] == list(run.stages)
+    assert [event.robust for event in finished] == run.robust.sum(0).tolist()  # the run's own counts
+    targets = [event for event in events if event.stage == "apgd-t" and event.step < event.total]
+    assert targets and targets[0].step == 0 and targets[0].total == 9 and targets[0].unit == "target"
+    assert [event.step for event in targets] == list(range(len(targets)))
+    assert stage_lines(events)[0] == f"clean done, {len(x)}/{len(x)} robust"
+    assert f"apgd-t 0/9 targets, {run.robust[:, 1].sum()}/{len(x)} robust" in stage_lines(events)
+    with torch.no_grad():  # reporting leaves the package attacks as they were: same numbers without it
+        again = standard_autoattack(tiny_linear(0), x, y, eps=0.05, seed=3, square_queries=30)
+    assert torch.equal(again.robust, run.robust) and torch.equal(again.x_adv, run.x_adv)
+
+
+def test_adaptive_autoattack_reports_the_adaptive_stages_after_the_standard_ones(data):
+    x, _ = data
+    mixed = adaptive_mix()
+    y = predicted(mixed, x)
+    events = []
+    budget = AttackBudget(apgd_steps=10, target_classes=2, square_queries=20)
+    run = adaptive_autoattack(mixed, x, y, eps=0.04, seed=1, budget=budget, on_stage=events.append)
+    assert_robust_never_grows(events, len(x))
+    finished = [event for event in events if event.step == event.total]
+    assert [event.stage for event in finished] == list(run.stages)
+    assert [event.robust for event in finished] == run.robust.sum(0).tolist()
+    order = list(dict.fromkeys(event.stage for event in events))
+    assert order == ["clean", "apgd-ce", "apgd-t", "fab-t", "square", *ADAPTIVE_STAGES]
+    targets = [event.step for event in events if event.stage == "apgd-t-alpha" and event.unit == "target"]
+    assert targets[0] == 0 and all(event.total in (1, 2) for event in events if event.stage == "apgd-t-alpha")

@@ -198,8 +198,8 @@ def test_unwritable_outputs_stop_before_any_work(monkeypatch, capsys, tmp_path, 
 
 
 def last_line_error(code, out, err):
-    """After the work, stderr also holds the progress display: the error is its one last line."""
-    assert code == 2 and "Traceback" not in err + out and err.count("asmix: error: ") == 1
+    """After the work, stderr also holds the progress display: the error is its one last line (a failed run)."""
+    assert code == 1 and "Traceback" not in err + out and err.count("asmix: error: ") == 1
     return err.strip().splitlines()[-1]
 
 
@@ -403,3 +403,71 @@ def test_a_robustbench_name_in_a_fresh_process_is_one_line():
         [sys.executable, "-m", "asmix", "sweep-alpha", "--rob", "Nonexistent2099"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr and "Nonexistent2099" in done.stderr
+
+
+SWEEP = ["sweep-alpha", "--n-examples", "4", "--alphas", "0,1", "--steps", "1", "--device", "cpu"]
+
+
+def failing_sweep(monkeypatch, error: BaseException) -> None:
+    import asmix.experiments.sweep
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(asmix.experiments.sweep, "sweep_alpha", fail)
+
+
+def only_line(code, out, err):
+    assert "Traceback" not in err + out and len(err.strip().splitlines()) == 1, err
+    return code, err.strip()
+
+
+def test_a_bad_option_value_exits_2(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "sweep-alpha", "--batch-size", "many")
+    assert code == 2 and "Invalid value" in err and "Traceback" not in err + out
+
+
+def test_out_of_memory_exits_1_with_the_batch_size_hint(monkeypatch, capsys):
+    import torch
+
+    failing_sweep(monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
+    code, line = only_line(*run_cli(monkeypatch, capsys, *SWEEP))
+    assert (code, line) == (1, "asmix: error: out of memory on the GPU: rerun with a smaller --batch-size")
+    failing_sweep(
+        monkeypatch,
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"
+        ),
+    )
+    code, line = only_line(*run_cli(monkeypatch, capsys, *SWEEP))
+    assert (code, line) == (1, "asmix: error: out of memory in main memory: rerun with a smaller --batch-size")
+
+
+def test_ctrl_c_exits_130(monkeypatch, capsys):
+    failing_sweep(monkeypatch, KeyboardInterrupt())
+    assert only_line(*run_cli(monkeypatch, capsys, *SWEEP)) == (130, "asmix: interrupted")
+
+
+def test_a_crash_and_a_full_disk_mid_run_exit_1(monkeypatch, capsys, tmp_path):
+    failing_sweep(monkeypatch, ValueError("attack exploded\nsecond line"))
+    code, line = only_line(*run_cli(monkeypatch, capsys, *SWEEP))
+    assert code == 1 and line.startswith("asmix: error: unexpected ValueError: attack exploded; rerun with --debug")
+    failing_sweep(monkeypatch, OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.parts")))
+    code, line = only_line(*run_cli(monkeypatch, capsys, *SWEEP))
+    assert (code, line) == (1, f"asmix: error: No space left on device: {tmp_path / 'x.parts'}")
+
+
+def test_a_download_failure_exits_1(monkeypatch, capsys, tmp_path):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    args = ["--dataset", "mnist", "--data-dir", str(tmp_path)]
+    code, line = only_line(*run_cli(monkeypatch, capsys, *SWEEP, *args))
+    assert code == 1 and line == (
+        f"asmix: error: MNIST not found in {tmp_path / 'MNIST'} and the download failed; put the raw files there"
+    )

@@ -683,3 +683,27 @@ def test_robustbench_with_a_mixer_runs_aa_adaptive_for_external(monkeypatch, cap
     assert float(info["external"]) <= float(info["autoattack_acc"]) and info["number_forward_passes"] == 2
     claim = (tmp_path / "rb" / "asmix_mixed.md").read_text()
     assert f"| adaptive AutoAttack (aa-adaptive, `external`) accuracy | {info['external']}% |" in claim
+
+
+def test_a_batch_log_shows_autoattack_stages_inside_a_batch(monkeypatch, capsys):
+    import functools
+
+    import asmix.cli.progress
+
+    now = [0.0]
+
+    def clock() -> float:  # every look at the clock is 31 seconds later: each report is due
+        now[0] += 31.0
+        return now[0]
+
+    plain = functools.partial(asmix.cli.progress.PlainProgress, clock=clock)
+    monkeypatch.setattr(asmix.cli.progress, "PlainProgress", plain)
+    args = ["--attack", "aa", "--n-examples", "3", "--square-queries", "5", "--eps", "0.3", "--device", "cpu"]
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", *args)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    stages = [line for line in lines if line.startswith("evaluate batch 1/1, mixed aa: ")]
+    assert stages[0].startswith("evaluate batch 1/1, mixed aa: clean done, ") and stages[0].endswith("/3 robust")
+    assert "evaluate batch 1/1, mixed aa: apgd-ce 0/1 restarts, " in "\n".join(stages)
+    assert stages[-1].startswith("evaluate batch 1/1, mixed aa: square done, ")
+    assert lines.index(stages[-1]) < next(k for k, line in enumerate(lines) if line.startswith("evaluate: 3/3"))

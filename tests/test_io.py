@@ -6,6 +6,7 @@ import pytest
 
 import asmix.io
 from asmix import AsmixError
+from asmix.errors import RunFailed
 from asmix.io import atomic_write, atomic_write_text, check_writable_dir, check_writable_file, load_sealed, save_sealed
 
 
@@ -43,7 +44,7 @@ def test_a_failed_write_is_one_error_naming_the_path_and_leaves_no_temporary(tmp
         temporary.write_text("partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(AsmixError, match=f"cannot write {tmp_path / 'r.json'}: No space left on device$"):
+    with pytest.raises(RunFailed, match=f"cannot write {tmp_path / 'r.json'}: No space left on device$"):
         atomic_write(tmp_path / "r.json", disk_full)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
 

@@ -449,9 +449,7 @@ def test_mixer_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded.run(x, std, rob).alpha, mixer.run(x, std, rob).alpha)
-    with pytest.raises(
-        AsmixError, match=r"not in the local Hugging Face cache .*`hf download asmix-org/other`"
-    ):
+    with pytest.raises(AsmixError, match=r"not in the local Hugging Face cache .*`hf download asmix-org/other`"):
         load_mixer("hf:asmix-org/other")
     with pytest.raises(AsmixError, match="use hf:ORG/NAME"):
         load_mixer("hf:no-slash")

@@ -124,3 +124,38 @@ def test_batch_logs_get_plain_lines_and_terminals_get_bars():
     assert log.getvalue().startswith("clean g: 100/100 (100%), ")
     with progress_display(Console(file=io.StringIO(), force_terminal=True)) as progress:
         assert not isinstance(progress, PlainProgress)
+
+
+def test_stage_lines_come_every_thirty_seconds_without_another_line():
+    from asmix.runtime import StageEvent
+
+    lines, now = [], [0.0]
+    progress = PlainProgress(lines.append, clock=lambda: now[0])
+    for second, robust in ((10, 90), (31, 80), (45, 70), (62, 60)):
+        now[0] = float(second)
+        progress.stage(StageEvent("apgd-t", second // 10, 9, robust, 100, "target", "evaluate batch 1/2, mixed aa"))
+    assert lines == [
+        "evaluate batch 1/2, mixed aa: apgd-t 3/9 targets, 80/100 robust",
+        "evaluate batch 1/2, mixed aa: apgd-t 6/9 targets, 60/100 robust",
+    ]
+    now[0] = 70.0
+    progress("evaluate", 100, 200)  # a task line counts as a line: the next stage line waits 30 s from it
+    now[0] = 95.0
+    progress.stage(StageEvent("square", 1, 1, 50, 100, task="evaluate batch 2/2, mixed aa"))
+    assert len(lines) == 3
+
+
+def test_a_terminal_shows_the_stage_as_one_bar():
+    import io
+
+    from rich.console import Console
+
+    from asmix.cli.progress import progress_display
+    from asmix.runtime import StageEvent
+
+    with progress_display(Console(file=io.StringIO(), force_terminal=True)) as progress:
+        progress.stage(StageEvent("apgd-ce", 0, 1, 9, 10, "restart", "evaluate batch 1/1, mixed aa"))
+        progress.stage(StageEvent("apgd-t", 4, 9, 7, 10, "target", "evaluate batch 1/1, mixed aa"))
+        bars = progress.progress.tasks
+    assert [bar.description for bar in bars] == ["evaluate batch 1/1, mixed aa: apgd-t 4/9 targets, 7/10 robust"]
+    assert (bars[0].completed, bars[0].total) == (4, 9)

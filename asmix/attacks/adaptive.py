@@ -17,6 +17,7 @@ from asmix.checks import threat_model_name
 from asmix.compat import autoattack_package
 from asmix.errors import AsmixError
 from asmix.mixing import MixParts
+from asmix.runtime import StageEvent, StageFn, no_stage
 
 _AA = autoattack_package()  # imported here, where the attacks that subclass it are defined
 
@@ -177,8 +178,15 @@ def lite_budget(square_queries: int = 300) -> AttackBudget:
 FULL_BUDGET = AttackBudget()
 LITE_BUDGET = lite_budget()
 
-StageFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-"""(x, y, seed) -> the stage's final point per example (its adversarial example where it succeeded)."""
+StepFn = Callable[[int, int, int], None]
+"""(steps done, total steps, examples still robust): a stage's report between its steps (APGD-T's target classes)."""
+
+AttackStage = Callable[[torch.Tensor, torch.Tensor, int, StepFn], torch.Tensor]
+"""(x, y, seed, on_step) -> the stage's final point per example (its adversarial example where it succeeded)."""
+
+
+def _no_step(done: int, total: int, robust: int) -> None:
+    """The ``StepFn`` of a caller that does not follow a stage's steps."""
 
 
 def _apgd_point(
@@ -204,23 +212,25 @@ def alpha_first_point(
     )
 
 
-def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudget) -> dict[str, StageFn]:
+def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudget) -> dict[str, AttackStage]:
     settings = dict(eps=float(eps), norm=norm, alpha_weight=budget.alpha_weight, n_iter=budget.apgd_steps)
 
-    def apgd_ce(x, y, seed):
+    def apgd_ce(x, y, seed, on_step):
         return _apgd_point(AlphaAPGD(mixed, loss="ce", seed=seed, device=x.device, **settings), x, y, seed)
 
-    def apgd_t(x, y, seed):
+    def apgd_t(x, y, seed, on_step):
         attack = AlphaAPGDTargeted(
             mixed, seed=seed, device=x.device, n_target_classes=budget.target_classes, **settings
         )
         with torch.no_grad():
             order = mixed(x).sort(dim=1)[1]
         point, fooled = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for rank in range(2, min(budget.target_classes, order.shape[1] - 1) + 2):
+        targets = min(budget.target_classes, order.shape[1] - 1)
+        for rank in range(2, targets + 2):
             left = (~fooled).nonzero().flatten()
             if not len(left):
                 break
+            on_step(rank - 2, targets, len(left))
             attack.y_target = order[left, -rank]
             candidate = _apgd_point(attack, x[left], y[left], seed + rank)
             with torch.no_grad():
@@ -230,10 +240,10 @@ def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudg
             fooled[left[now_fooled]] = True
         return point
 
-    def alpha_first(x, y, seed):
+    def alpha_first(x, y, seed, on_step):
         return alpha_first_point(mixed, x, y, seed, **settings)
 
-    def square(x, y, seed):
+    def square(x, y, seed, on_step):
         attack = AlphaSquare(
             mixed,
             eps=eps,
@@ -272,7 +282,7 @@ def stage_points(
     points = {}
     for name in stages:
         with restored_rng(x.device):
-            points[name] = functions[name](x, y, seed + 1000 * (ADAPTIVE_STAGES.index(name) + 1))
+            points[name] = functions[name](x, y, seed + 1000 * (ADAPTIVE_STAGES.index(name) + 1), _no_step)
     return points
 
 
@@ -286,11 +296,13 @@ def adaptive_attack(
     seed: int = 0,
     budget: AttackBudget = FULL_BUDGET,
     start: AutoAttackRun | None = None,
+    on_stage: StageFn = no_stage,
 ) -> AutoAttackRun:
     """The adaptive stages (``ADAPTIVE_STAGES``) on ``mixed``, each on the examples still robust after the ones
     before it, from ``start``'s survivors (e.g. a standard AutoAttack run on the same batch). At a fixed alpha the
     blended losses are the plain ones and alpha-first is skipped; the trail holds the accuracy after each stage
-    and, per example, the alpha at the point it ended on."""
+    and, per example, the alpha at the point it ended on. ``on_stage`` hears the robust count as each stage starts,
+    between APGD-T's target classes, and after each stage."""
     adaptive = bool(getattr(mixed, "adaptive", False))
     functions = _stage_functions(mixed, eps, norm, budget)
     device = x.device
@@ -303,11 +315,18 @@ def adaptive_attack(
     flags, alphas, names = [start.robust.cpu()], [start.alpha.cpu()], list(start.stages)
     for offset, name in enumerate(ADAPTIVE_STAGES):
         alpha = torch.full((len(x),), float("nan"))
+        unit = "target" if name == "apgd-t-alpha" else "step"
+
+        def on_step(done: int, total: int, left: int, name=name, unit=unit) -> None:
+            on_stage(StageEvent(name, done, total, left, len(x), unit))
+
         if name != "alpha-first" or adaptive:
             index = robust.nonzero().flatten()
             if len(index):
+                if name != "apgd-t-alpha":  # APGD-T reports before each target class
+                    on_step(0, 1, len(index))
                 with restored_rng(device):
-                    point = functions[name](x[index], y[index], seed + 1000 * (offset + 1))
+                    point = functions[name](x[index], y[index], seed + 1000 * (offset + 1), on_step)
                 with torch.no_grad():
                     logits, point_alpha = mixed(point, return_alpha=True)
                 fooled = logits.argmax(1) != y[index]
@@ -317,6 +336,7 @@ def adaptive_attack(
         flags.append(robust.cpu().unsqueeze(1))
         alphas.append(alpha.unsqueeze(1))
         names.append(name)
+        on_step(1, 1, int(robust.sum()))
     return AutoAttackRun(x_adv, torch.cat(flags, 1), tuple(names), torch.cat(alphas, 1))
 
 
@@ -336,15 +356,19 @@ def adaptive_autoattack(
     seed: int = 0,
     budget: AttackBudget = FULL_BUDGET,
     standard: AutoAttackRun | None = None,
+    on_stage: StageFn = no_stage,
 ) -> AutoAttackRun:
     """Setting D, the strongest asmix knows: standard AutoAttack, then every adaptive stage on the examples
     it left robust; an example is robust only if it survives all of them. ``standard`` reuses a standard
-    run on the same batch. Where alpha is fixed there is nothing adaptive to add: the result is ``standard``."""
+    run on the same batch. Where alpha is fixed there is nothing adaptive to add: the result is ``standard``.
+    ``on_stage`` hears every stage's progress (``standard_autoattack``, ``adaptive_attack``)."""
     if standard is None:
-        standard = standard_autoattack(mixed, x, y, eps=eps, norm=norm, seed=seed, square_queries=budget.square_queries)
+        standard = standard_autoattack(
+            mixed, x, y, eps=eps, norm=norm, seed=seed, square_queries=budget.square_queries, on_stage=on_stage
+        )
     if not getattr(mixed, "adaptive", False):
         return standard
-    return adaptive_attack(mixed, x, y, eps=eps, norm=norm, seed=seed, budget=budget, start=standard)
+    return adaptive_attack(mixed, x, y, eps=eps, norm=norm, seed=seed, budget=budget, start=standard, on_stage=on_stage)
 
 
 def autoattack_lite(
@@ -356,7 +380,8 @@ def autoattack_lite(
     norm: str = "linf",
     seed: int = 0,
     budget: AttackBudget = LITE_BUDGET,
+    on_stage: StageFn = no_stage,
 ) -> AutoAttackRun:
     """A quick worst case used to choose and judge mixers: the adaptive APGD-CE, APGD-T (few targets),
     alpha-first and Square (few queries) stages, end to end through the mixing network."""
-    return adaptive_attack(mixed, x, y, eps=eps, norm=norm, seed=seed, budget=budget)
+    return adaptive_attack(mixed, x, y, eps=eps, norm=norm, seed=seed, budget=budget, on_stage=on_stage)

@@ -5,7 +5,8 @@ unreliable" flag (Section 5). The attacks are the AutoAttack package's (``pyauto
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from asmix.checks import threat_model_name
 from asmix.compat import autoattack_package
 from asmix.errors import AsmixError
+from asmix.runtime import StageEvent, StageFn, no_stage
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 """The standard AutoAttack ensemble, in the package's order."""
@@ -86,11 +88,13 @@ def standard_autoattack(
     seed: int = 0,
     attacks: Sequence[str] = STANDARD_ATTACKS,
     square_queries: int = SQUARE_QUERIES,
+    on_stage: StageFn = no_stage,
 ) -> AutoAttackRun:
     """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2020) on ``model``'s logits: the package's
     ``run_standard_evaluation`` once per attack on the examples still robust, so the accuracy after each is known.
     ``seed`` seeds every attack (a batch's outcome is the same in any run; torch's global generator is restored after);
-    ``square_queries`` below the standard 5000 makes a quicker, weaker check."""
+    ``square_queries`` below the standard 5000 makes a quicker, weaker check. ``on_stage`` hears the robust count
+    after the clean pass, at each restart or target class of an attack, and after each attack."""
     aa_module = autoattack_package()
     unknown = set(attacks) - set(STANDARD_ATTACKS)
     if unknown:
@@ -108,6 +112,7 @@ def standard_autoattack(
         logits, alpha = _logits_and_alpha(model, x)
     robust = logits.argmax(1) == y
     flags, alphas = [robust.clone()], [alpha]
+    on_stage(StageEvent("clean", 1, 1, int(robust.sum()), len(x)))
     x_adv = x.clone()
     with restored_rng(device):
         for attack in attacks:
@@ -115,7 +120,8 @@ def standard_autoattack(
             alpha = torch.full((len(x),), float("nan"))
             if len(index):
                 adversary.attacks_to_run = [attack]
-                x_attack, _ = adversary.run_standard_evaluation(x[index], y[index], batch_size=len(index))
+                with reporting_runs(_package_attack(adversary, attack), attack, len(x), on_stage):
+                    x_attack, _ = adversary.run_standard_evaluation(x[index], y[index], batch_size=len(index))
                 with torch.no_grad():
                     logits, alpha[index.cpu()] = _logits_and_alpha(model, x_attack)
                 fooled = logits.argmax(1) != y[index]
@@ -123,7 +129,51 @@ def standard_autoattack(
                 robust[index[fooled]] = False
             flags.append(robust.clone())
             alphas.append(alpha)
+            total, unit = _steps(_package_attack(adversary, attack))
+            on_stage(StageEvent(attack, total, total, int(robust.sum()), len(x), unit))
     return AutoAttackRun(x_adv, torch.stack(flags, 1).cpu(), ("clean", *attacks), torch.stack(alphas, 1))
+
+
+def _package_attack(adversary, attack: str):
+    """The package's attack object that ``run_standard_evaluation`` runs for ``attack``."""
+    return {"apgd-ce": adversary.apgd, "apgd-t": adversary.apgd_targeted, "fab-t": adversary.fab}.get(
+        attack, adversary.square
+    )
+
+
+def _steps(package_attack) -> tuple[int, str]:
+    """How many single runs a package attack makes at most, and what one is: target classes times restarts for a
+    targeted attack (``run_standard_evaluation`` sets FAB-T to one restart), else restarts."""
+    package = autoattack_package()
+    targeted = getattr(package_attack, "targeted", False) or isinstance(
+        package_attack, package.autopgd_base.APGDAttack_targeted
+    )
+    if targeted:
+        return package_attack.n_target_classes * package_attack.n_restarts, "target"
+    return package_attack.n_restarts, "restart"
+
+
+@contextmanager
+def reporting_runs(package_attack, stage: str, examples: int, on_stage: StageFn) -> Iterator[None]:
+    """While inside, each single run of ``package_attack`` (a restart, or a target class) reports as it starts: the
+    steps before it are finished and the examples it attacks are the batch's robust ones (the package attacks only
+    those), so no forward pass is added. The attack's own method is restored on the way out."""
+    if on_stage is no_stage:
+        yield
+        return
+    run, done = package_attack.attack_single_run, [0]
+
+    def reported(x: torch.Tensor, *args, **kwargs):
+        total, unit = _steps(package_attack)
+        on_stage(StageEvent(stage, min(done[0], total - 1), total, len(x), examples, unit))
+        done[0] += 1
+        return run(x, *args, **kwargs)
+
+    package_attack.attack_single_run = reported
+    try:
+        yield
+    finally:
+        del package_attack.attack_single_run
 
 
 def _logits_and_alpha(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,11 +8,23 @@ from typing import Annotated
 import typer
 
 DEBUG_ENV = "ASMIX_DEBUG"
+EXIT_FAILED = 1
+"""A run that started and failed: a download, a write (disk full), out of memory, an attack that crashed."""
+EXIT_USAGE = 2
+"""Bad usage or input: an unknown option, a value out of range, a missing or unreadable file."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (SIGINT), as shells report it."""
+EXIT_CODES_HELP = (
+    f"Exit codes: 0 done; {EXIT_FAILED} the run failed (download, disk full, out of memory, a crash); "
+    f"{EXIT_USAGE} bad usage or input; {EXIT_INTERRUPTED} interrupted (Ctrl-C). Errors are one line on stderr; "
+    f"--debug adds the traceback."
+)
 _debug = {"on": False}
 
 app = typer.Typer(
     name="asmix",
     help="Adaptive smoothing: mix an accurate classifier g with a robust classifier h.",
+    epilog=EXIT_CODES_HELP,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
     add_completion=False,

@@ -1,5 +1,6 @@
 """Progress of long commands: rich bars on a terminal; in a batch log (stderr redirected, a SLURM job) one
-plain line per task at most every 30 seconds or 10% of the task, and when it finishes."""
+plain line per task at most every 30 seconds or 10% of the task, and when it finishes. Inside a unit (an attack
+stage, a target class) ``stage`` shows where the work is: one bar on a terminal, a line every 30 seconds in a log."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from asmix.runtime import ProgressFn
+from asmix.runtime import ProgressFn, StageEvent
 
 LOG_INTERVAL_SECONDS = 30.0
 LOG_STEPS = 10
@@ -40,6 +41,17 @@ class PlainProgress:
         # a task is timed from the end of the previous one (or the display's start): callers that report only
         # finished units give their first report after real work
         self._free_since = self.clock()
+        self._last_line = self._free_since
+
+    def stage(self, event: StageEvent) -> None:
+        """A line for ``event`` when no line was written for ``interval`` seconds (a unit that takes minutes)."""
+        now = self.clock()
+        if now - self._last_line >= self.interval:
+            self._write(event.line(), now)
+
+    def _write(self, line: str, now: float) -> None:
+        self.write(line)
+        self._last_line = now
 
     def __call__(self, task: str, completed: int, total: int) -> None:
         now = self.clock()
@@ -63,7 +75,7 @@ class PlainProgress:
             if left is not None
             else "time left unknown"
         )
-        self.write(f"{task}: {completed}/{total} ({100 * share:.0f}%), {rate:.1f}/s, {timing}")
+        self._write(f"{task}: {completed}/{total} ({100 * share:.0f}%), {rate:.1f}/s, {timing}", now)
         log.last_time, log.last_step, log.done = now, step, finished
         if finished:
             self._free_since = now
@@ -88,11 +100,23 @@ def progress_display(console: Console) -> Iterator[ProgressFn]:
         console=console,
         transient=False,
     ) as progress:
-        tasks: dict[str, int] = {}
+        yield _Bars(progress)
 
-        def update(task: str, completed: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(task, total=total)
-            progress.update(tasks[task], completed=completed, total=total)
 
-        yield update
+@dataclass
+class _Bars:
+    """A ``ProgressFn`` with one rich bar per task, and one more for the stage inside the current unit."""
+
+    progress: Progress
+    tasks: dict[str, int] = field(default_factory=dict)
+    stage_bar: int | None = None
+
+    def __call__(self, task: str, completed: int, total: int) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.progress.add_task(task, total=total)
+        self.progress.update(self.tasks[task], completed=completed, total=total)
+
+    def stage(self, event: StageEvent) -> None:
+        if self.stage_bar is None:
+            self.stage_bar = self.progress.add_task("", total=event.total)
+        self.progress.update(self.stage_bar, description=event.line(), completed=event.step, total=event.total)

@@ -36,7 +36,7 @@ from asmix.experiments.train.selection import SCALES, attack_pools, cache_pool, 
 from asmix.identity import weights_digest
 from asmix.mixing import HEAD_KEYS, MixedClassifier, check_alpha, freeze
 from asmix.nuts import CLAMP_BIAS_MAX, POWER_MAX, SCALE_MAX, NutsMap
-from asmix.runtime import ProgressFn, RunSettings, batch_slices, predict_logits
+from asmix.runtime import ProgressFn, RunSettings, batch_slices, predict_logits, stage_reporter
 
 CURVE_POINTS = 200
 
@@ -564,8 +564,11 @@ def verify(
         mixed = classifiers[name]
         stages = ("clean", *STANDARD_ATTACKS) + (ADAPTIVE_STAGES if mixed.adaptive else ())
 
-        def attack(part: slice, mixed=mixed) -> dict[str, torch.Tensor]:
+        batches = list(batch_slices(len(x), config.run.batch_size))
+
+        def attack(part: slice, mixed=mixed, name=name, batches=batches) -> dict[str, torch.Tensor]:
             start = time.perf_counter()
+            where = f"AutoAttack on {name}, batch {batches.index(part) + 1}/{len(batches)}"
             run = adaptive_autoattack(
                 mixed,
                 x[part].to(device),
@@ -574,13 +577,13 @@ def verify(
                 norm=config.threat.norm,
                 seed=config.run.seed + part.start,
                 budget=budget,
+                on_stage=stage_reporter(progress, where),
             )
             return {
                 "robust": run.robust.cpu(),
                 "seconds": torch.tensor(time.perf_counter() - start, dtype=torch.float64),
             }
 
-        batches = list(batch_slices(len(x), config.run.batch_size))
         records = run_units(
             batches,
             attack,

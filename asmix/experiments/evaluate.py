@@ -6,6 +6,7 @@ network's detector profile. Each batch is seeded by (seed, attack, model, batch 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
@@ -49,7 +50,17 @@ from asmix.experiments.parts import Parts, ShareProgress, batch_key, fingerprint
 from asmix.experiments.settings import config_dict
 from asmix.io import atomic_write, check_writable_file
 from asmix.mixing import AlphaSource, MixedClassifier, MixSettings, alpha_per_example, check_alpha
-from asmix.runtime import ProgressFn, RunSettings, batch_generator, batch_slices, fraction, top_class_correct
+from asmix.runtime import (
+    ProgressFn,
+    RunSettings,
+    StageFn,
+    batch_generator,
+    batch_slices,
+    fraction,
+    no_stage,
+    stage_reporter,
+    top_class_correct,
+)
 
 EvalAttack = Literal["clean", "pgd", "pgd-graybox", "transfer-std", "transfer-rob", "aa", "aa-adaptive"]
 """Evaluation columns: clean, B (white-box PGD), A (gray-box PGD), transfer from g / h, C, D."""
@@ -201,7 +212,9 @@ def evaluate(
     count = ShareProgress(batches, "evaluate", progress)
     records = run_units(
         batches,
-        lambda part: _evaluate_batch(mixed, x[part], y[part], part.start, config, device),
+        lambda part: _evaluate_batch(
+            mixed, x[part], y[part], part.start, config, device, _batch_stages(progress, part, batches)
+        ),
         key=batch_key,
         parts=parts,
         finished=count,
@@ -253,11 +266,23 @@ def load_examples(path: str | Path) -> dict[str, torch.Tensor]:
         return {key: torch.from_numpy(data[key]) for key in data.files if key != "result_json"}
 
 
+def _batch_stages(progress: ProgressFn | None, part: slice, batches: list[slice]) -> Callable[[str], StageFn]:
+    """Per row and attack, the stage reporter of one batch: ``evaluate batch 2/3, mixed aa-adaptive: ...``."""
+    where = f"evaluate batch {batches.index(part) + 1}/{len(batches)}"
+    return lambda row: stage_reporter(progress, f"{where}, {row}")
+
+
 def _evaluate_batch(
-    mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, start: int, config: EvalConfig, device: torch.device
+    mixed: MixedClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    start: int,
+    config: EvalConfig,
+    device: torch.device,
+    stages: Callable[[str], StageFn] = lambda row: no_stage,
 ) -> dict[str, torch.Tensor]:
     """Every requested (model, attack) on one batch, then a mixer's detector profile points; every attack seeded by
-    (seed, attack, model, start)."""
+    (seed, attack, model, start); ``stages(row)`` reports where AutoAttack is inside the batch."""
     x, y = x.to(device), y.to(device)
     targets = {"mixed": mixed} | ({"std": mixed.std, "rob": mixed.rob} if config.bases else {})
     pgd = config.threat.pgd()
@@ -326,10 +351,18 @@ def _evaluate_batch(
                 aa_seed = batch_generator(config.run.seed, "aa", name, start).initial_seed()
                 threat = dict(eps=config.threat.eps, norm=config.threat.norm, seed=aa_seed)
                 if "aa" not in runs:
-                    runs["aa"] = standard_autoattack(model, x, y, square_queries=config.square_queries, **threat)
+                    runs["aa"] = standard_autoattack(
+                        model, x, y, square_queries=config.square_queries, on_stage=stages(f"{name} aa"), **threat
+                    )
                 if attack == "aa-adaptive" and name == "mixed" and mixed.adaptive:
                     runs[attack] = adaptive_autoattack(
-                        model, x, y, budget=config.adaptive_budget, standard=runs["aa"], **threat
+                        model,
+                        x,
+                        y,
+                        budget=config.adaptive_budget,
+                        standard=runs["aa"],
+                        on_stage=stages(f"{name} aa-adaptive"),
+                        **threat,
                     )
                 elif attack == "aa-adaptive":
                     runs[attack] = _with_skipped_stages(runs["aa"])

@@ -21,7 +21,7 @@ from torch import nn
 
 from asmix.checks import THREAT_MODEL_NAMES, check_norm, threat_model_name
 from asmix.data import dataset_info
-from asmix.errors import AsmixError, AsmixWarning, first_line
+from asmix.errors import AsmixError, AsmixWarning, RunFailed, first_line
 from asmix.models import bit
 from asmix.models.adapters import InputAdapter
 from asmix.models.cache import find_checkpoint, model_dirs, tried_paths
@@ -324,7 +324,7 @@ def _robustbench_error(name: str, error: Exception, paths: list[Path], tried: li
         return AsmixError(f"RobustBench checkpoint {tried_paths(paths)} does not fit {name}: {detail}")
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        return AsmixError(
+        return RunFailed(
             f"cannot load RobustBench model {name}: not found (tried {tried_paths(tried)}) and the download "
             f"failed ({type(error).__name__}); put {', '.join(path.name for path in paths)} in {paths[0].parent}"
         )

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from asmix.compat import hf_cache_dir, hf_download_command, timm_hub_problem
-from asmix.errors import AsmixError, AsmixWarning, first_line
+from asmix.errors import AsmixError, AsmixWarning, RunFailed, first_line
 from asmix.models.adapters import InputAdapter
 from asmix.models.weights import load_weights
 from asmix.preprocessing import Preprocessing, from_timm_config
@@ -108,19 +108,19 @@ def load_timm(name: str, *, dataset: str, num_classes: int, weights: Path | None
 
 def hub_error(name: str, error: Exception) -> AsmixError:
     """One line for a timm model that did not load: timm unable to use huggingface_hub at all, a model neither in
-    the local Hugging Face cache nor downloadable, or another failure (named as it is)."""
+    the local Hugging Face cache nor downloadable (both ``RunFailed``: exit 1), or another failure (named as it is)."""
     problem = timm_hub_problem()
     if problem is not None:
-        return AsmixError(f"cannot load timm:{name}: {problem}")
+        return RunFailed(f"cannot load timm:{name}: {problem}")
     if not _from_the_network(error):
         return AsmixError(f"cannot load timm:{name}: {type(error).__name__}: {first_line(error)}")
     repo = _hub_repo(name)
     if repo is None:
-        return AsmixError(
+        return RunFailed(
             f"cannot download the weights of timm:{name} ({type(error).__name__}: {first_line(error)}); pass a "
             f"state dict with --std-weights/--rob-weights"
         )
-    return AsmixError(
+    return RunFailed(
         f"timm:{name}: {repo} is not in the local Hugging Face cache {hf_cache_dir()} and the hub did not provide it "
         f"({type(error).__name__}); on a machine with internet run `{hf_download_command(repo)}` and copy the cache "
         f"here, or pass a state dict with --std-weights/--rob-weights"

@@ -14,7 +14,7 @@ import torch
 from asmix.attacks.adaptive import LITE_BUDGET, AttackBudget, autoattack_lite
 from asmix.errors import AsmixError
 from asmix.mixing import EvaluationHead, MixedClassifier, mix_logits
-from asmix.runtime import ProgressFn, batch_generator, batch_slices
+from asmix.runtime import ProgressFn, batch_generator, batch_slices, stage_reporter
 
 WIDTHS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 """alpha_max - alpha_min candidates (the authors' ranges are 0.04 to 0.15 wide); ``max_width`` cuts them."""
@@ -125,12 +125,17 @@ def cache_pool(mixed: MixedClassifier, x: torch.Tensor, batch_size: int, device:
 
 def lite_runs(mixed: MixedClassifier, x: torch.Tensor, y: torch.Tensor, *, key: tuple, task: str, **settings):
     """``autoattack_lite`` on ``mixed`` batch by batch (``settings``: eps, norm, batch_size, seed, device, budget,
-    progress), each batch seeded by ``key`` and its start: yields each batch's run."""
+    progress), each batch seeded by ``key`` and its start: yields each batch's run; the stages inside a batch go to
+    the progress display's ``stage``."""
     progress, device = settings.pop("progress", None), settings.pop("device")
     batch_size, seed = settings.pop("batch_size"), settings.pop("seed")
-    for batch in batch_slices(len(x), batch_size):
+    batches = list(batch_slices(len(x), batch_size))
+    for number, batch in enumerate(batches, 1):
         seeded = batch_generator(seed, *key, batch.start).initial_seed() % (2**31)
-        yield autoattack_lite(mixed, x[batch].to(device), y[batch].to(device), seed=seeded, **settings)
+        on_stage = stage_reporter(progress, f"{task}, batch {number}/{len(batches)}")
+        yield autoattack_lite(
+            mixed, x[batch].to(device), y[batch].to(device), seed=seeded, on_stage=on_stage, **settings
+        )
         if progress:
             progress(task, batch.stop, len(x))
 
