@@ -16,10 +16,10 @@ EVALUATE = ("evaluate", "--attack", "clean", "--n-examples", "4", "--detector-bu
 """The cheapest run that loads everything: the pair, the data, a mixer or a calibration."""
 
 
-def one_line(code: int, err: str) -> str:
-    """The one error line of a refused run (exit 2, no traceback)."""
+def one_line(code: int, err: str, exit_code: int = 2) -> str:
+    """The one error line of a refused run (exit 2, no traceback; ``exit_code`` 1 for a run that failed)."""
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("asmix: error: "), err
+    assert code == exit_code and len(lines) == 1 and lines[0].startswith("asmix: error: "), err
     return lines[0]
 
 
@@ -451,11 +451,11 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_its_traceback(monkeypat
 
     monkeypatch.setattr("asmix.cli.evaluate.run_on_pair", broken)
     code, _, err = run_cli(monkeypatch, capfd, *EVALUATE)
-    assert one_line(code, err) == (
+    assert one_line(code, err, exit_code=1) == (  # a crash is a failed run, not bad input
         "asmix: error: unexpected RuntimeError: boom; rerun with --debug (or ASMIX_DEBUG=1) for the traceback"
     )
     code, _, err = run_cli(monkeypatch, capfd, "--debug", *EVALUATE)
-    assert code == 2 and "Traceback" in err and err.strip().endswith("asmix: error: unexpected RuntimeError: boom")
+    assert code == 1 and "Traceback" in err and err.strip().endswith("asmix: error: unexpected RuntimeError: boom")
     code, _, err = run_cli(monkeypatch, capfd, *EVALUATE, "--alpha", "2")  # a user error: its message, one line
     assert one_line(code, err) == "asmix: error: alpha must be in [0, 1], got 2.0"
     monkeypatch.setenv("ASMIX_DEBUG", "1")

@@ -37,6 +37,8 @@ def read_config_block(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as error:
         raise AsmixError(f"cannot read config {path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise AsmixError(f"cannot read config {path}: not UTF-8 text ({first_line(error)})") from error
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
