@@ -48,11 +48,13 @@ def _panel_rank(param) -> int:
 
 class AsmixCommand(TyperCommand):
     """An asmix command: its options in ``--help`` panels in ``PANELS`` order (``--help`` itself under Run), flags
-    without a value type."""
+    without a value type, and its docstring's first paragraph as the one line that lists it."""
 
     def __init__(self, *args, **settings) -> None:
         super().__init__(*args, **settings)
         self.params.sort(key=_panel_rank)  # stable: within a panel, declaration order
+        if self.short_help is None and self.help:  # the docstring's first paragraph, whole (Click cuts it at 45)
+            self.short_help = " ".join(self.help.split("\n\n")[0].split())
 
     def get_help_option(self, ctx):
         option = super().get_help_option(ctx)
