@@ -471,3 +471,64 @@ def test_a_download_failure_exits_1(monkeypatch, capsys, tmp_path):
     assert code == 1 and line == (
         f"asmix: error: MNIST not found in {tmp_path / 'MNIST'} and the download failed; put the raw files there"
     )
+
+
+COMMANDS = ["sweep-alpha", "calibrate", "train-mixer", "evaluate", "margins", "certify"]
+
+
+def test_help_lists_commands_in_workflow_order_with_one_line_each():
+    from typer.testing import CliRunner
+
+    from asmix.cli import app
+
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "3000", "NO_COLOR": "1"})
+    listed = [line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and len(line.split()) > 2]
+    assert [name for name in listed if name in COMMANDS] == COMMANDS
+    for line in result.output.splitlines():
+        if line.split()[1:2] and line.split()[1] in COMMANDS:
+            assert "(A)" not in line and "(B)" not in line and "(C)" not in line and "(D)" not in line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_sits_in_a_named_panel_and_flags_show_no_type(command):
+    import typer.main
+
+    from asmix.cli import app
+
+    click_command = typer.main.get_command(app).commands[command]
+    unpanelled = [parameter.opts[0] for parameter in click_command.params if not parameter.rich_help_panel]
+    assert unpanelled == []
+    shown = _help_of(command)
+    assert "<bool>" not in shown and "Options ─" not in shown  # no catch-all panel: --help sits under Run
+    for parameter in click_command.params:
+        if getattr(parameter, "is_bool_flag", False):
+            assert f"{parameter.opts[0]} {parameter.secondary_opts[0]} " in shown  # --x --no-x, then the help
+
+
+def test_root_help_shows_flags_without_a_type():
+    from typer.testing import CliRunner
+
+    from asmix.cli import app
+
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "3000", "NO_COLOR": "1"})
+    assert result.exit_code == 0 and "--debug" in result.output and "<bool>" not in result.output
+
+
+def test_margins_reads_autoattack_as_aa_and_hides_it(monkeypatch, capsys, tmp_path):
+    def margins_config(attack: str) -> dict:
+        path = tmp_path / f"{attack}.json"
+        run_ok(
+            monkeypatch,
+            capsys,
+            *("margins", "--attacks", attack, "--classifiers", "rob", "--n-examples", "4", "--aa-steps", "1"),
+            *("--target-classes", "0", "--device", "cpu", "--json", str(path)),
+        )
+        return json.loads(path.read_text())
+
+    old, new = margins_config("autoattack"), margins_config("aa")
+    assert old["config"]["attacks"] == new["config"]["attacks"] == ["aa"]
+    assert old["table"] == new["table"] and "autoattack" in json.dumps(new["table"])  # the inputs keep their name
+    shown = _help_of("margins")
+    assert "pgd, aa " in shown and "autoattack" not in shown  # case-sensitive: "AutoAttack" is prose
+    code, _, err = run_cli(monkeypatch, capsys, "margins", "--attacks", "cw", "--n-examples", "4")
+    assert code == 2 and "choose from pgd, aa" in err and "autoattack" not in err

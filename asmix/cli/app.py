@@ -6,6 +6,9 @@ import os
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+from asmix.cli.options import ATTACK, DATA, HEAD, MIX_PANEL, MODELS, OUTPUT, RUN, THREAT, TRAINING
 
 DEBUG_ENV = "ASMIX_DEBUG"
 EXIT_FAILED = 1
@@ -21,14 +24,73 @@ EXIT_CODES_HELP = (
 )
 _debug = {"on": False}
 
+WORKFLOW = ("sweep-alpha", "calibrate", "train-mixer", "evaluate", "margins", "certify")
+"""The commands in the order ``asmix --help`` lists them: the order a study runs them in."""
+
+
+PANELS = (MODELS, DATA, THREAT, TRAINING, ATTACK, MIX_PANEL, HEAD, None, RUN, OUTPUT)
+"""The order of the ``--help`` panels (``asmix.cli.options`` names them); a command's own panels take None's place."""
+
+
+def _flags_without_type(params: list) -> list:
+    """``params`` with each on/off flag shown as ``--x/--no-x`` alone: Typer's rich help would print ``<bool>``
+    after it, as if the flag took a value (an empty metavar shows nothing)."""
+    for param in params:
+        if getattr(param, "is_bool_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+def _panel_rank(param) -> int:
+    panel = getattr(param, "rich_help_panel", None)
+    return PANELS.index(panel if panel in PANELS else None)
+
+
+class AsmixCommand(TyperCommand):
+    """An asmix command: its options in ``--help`` panels in ``PANELS`` order (``--help`` itself under Run), flags
+    without a value type, and its docstring's first paragraph as the one line that lists it."""
+
+    def __init__(self, *args, **settings) -> None:
+        super().__init__(*args, **settings)
+        self.params.sort(key=_panel_rank)  # stable: within a panel, declaration order
+        if self.short_help is None and self.help:  # the docstring's first paragraph, whole (Click cuts it at 45)
+            self.short_help = " ".join(self.help.split("\n\n")[0].split())
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.rich_help_panel = RUN
+        return option
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class AsmixGroup(TyperGroup):
+    """The ``asmix`` group: commands in workflow order (``WORKFLOW``, then any other), flags without a type."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return [name for name in WORKFLOW if name in names] + [name for name in names if name not in WORKFLOW]
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="asmix",
+    cls=AsmixGroup,
     help="Adaptive smoothing: mix an accurate classifier g with a robust classifier h.",
     epilog=EXIT_CODES_HELP,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
     add_completion=False,
 )
+
+
+def command(name: str, **settings):
+    """Register a command on ``app`` (``app.command`` with ``AsmixCommand``)."""
+    return app.command(name, cls=AsmixCommand, **settings)
 
 
 def examples(*commands: str) -> str:

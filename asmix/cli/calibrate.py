@@ -8,13 +8,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from asmix.cli.app import app, examples
+from asmix.cli.app import command, examples
 from asmix.cli.options import (
+    ATTACK,
+    DATA,
+    HEAD,
+    OUTPUT,
     OUTPUT_OPTIONS,
     PAIR_OPTIONS,
     RUN_OPTIONS,
     SharedOptions,
     console,
+    n_examples_option,
     number_parser,
     own,
     print_notes,
@@ -23,11 +28,10 @@ from asmix.cli.options import (
     stdout,
 )
 
-SEARCH = "Search"
-MIXER = "Mixer family"
+SEARCH = "Target and MixedNUTS search"
 CalibrationOut = Annotated[
     Path,
-    typer.Option("--out", rich_help_panel="Output", help="Folder for calibration.json and calibration_tradeoff.png."),
+    typer.Option("--out", rich_help_panel=OUTPUT, help="Folder for calibration.json and calibration_tradeoff.png."),
 ]
 
 
@@ -41,7 +45,7 @@ def _range(text: str, option: str) -> tuple[float, float]:
     return parse_number(parts[0], option), parse_number(parts[1], option)
 
 
-@app.command(
+@command(
     "calibrate",
     epilog=examples(
         "asmix calibrate --target-clean-acc 99",
@@ -55,7 +59,15 @@ def _range(text: str, option: str) -> tuple[float, float]:
     "eps",
     RUN_OPTIONS,
     OUTPUT_OPTIONS,
-    n_examples=500,
+    n_examples=own(
+        n_examples_option(
+            500,
+            "Calibrate on N examples, N > 0 (default 500): the split's last N with --from-end (the default), its "
+            "first N with --from-start.",
+        ),
+        None,
+    ),
+    default_n_examples=500,
     batch_size=250,
     out=own(CalibrationOut, Path("./asmix-calibration")),
 )
@@ -65,6 +77,7 @@ def calibrate_command(
         Optional[float],
         typer.Option(
             "--target-clean-acc",
+            rich_help_panel=SEARCH,
             parser=number_parser("--target-clean-acc"),
             metavar="PCT",
             help="Clean accuracy to keep, in percent (99) or as a fraction (0.99). Default: chosen by gain, as "
@@ -77,6 +90,7 @@ def calibrate_command(
         bool,
         typer.Option(
             "--from-end/--from-start",
+            rich_help_panel=DATA,
             help="Read the last --n-examples of the split (held-out, as train-mixer's) and verify on the --verify "
             "examples before them, so that evaluate, which reads the first examples, reports on images no choice "
             "saw; --from-start reads the first ones and verifies on those after them.",
@@ -115,22 +129,22 @@ def calibrate_command(
         Optional[Path],
         typer.Option(
             "--mixer",
-            rich_help_panel=MIXER,
+            rich_help_panel=HEAD,
             help="Also choose this trained mixer's range and bias (train-mixer folder or hf:ORG/NAME).",
         ),
     ] = None,
     range_min_alpha: Annotated[
-        float, typer.Option("--range-min-alpha", rich_help_panel=MIXER, help="Smallest alpha_min considered.")
+        float, typer.Option("--range-min-alpha", rich_help_panel=HEAD, help="Smallest alpha_min considered.")
     ] = 0.5,
     range_max_width: Annotated[
         float,
-        typer.Option("--range-max-width", rich_help_panel=MIXER, help="Widest alpha_max - alpha_min considered."),
+        typer.Option("--range-max-width", rich_help_panel=HEAD, help="Widest alpha_max - alpha_min considered."),
     ] = 0.2,
     lite_square_queries: Annotated[
         int,
         typer.Option(
             "--lite-square-queries",
-            rich_help_panel=MIXER,
+            rich_help_panel=HEAD,
             help="Square's queries in the AutoAttack-lite pool that scores the heads (standard AutoAttack: 5000).",
         ),
     ] = 300,
@@ -138,20 +152,32 @@ def calibrate_command(
         int,
         typer.Option(
             "--verify",
+            rich_help_panel=ATTACK,
             help="Run AutoAttack (adaptive for the mixer) on this many examples after the calibration ones (0: skip).",
         ),
     ] = 0,
     square_queries: Annotated[
-        int, typer.Option("--square-queries", help="Square's queries in --verify (standard: 5000).")
+        int,
+        typer.Option("--square-queries", rich_help_panel=ATTACK, help="Square's queries in --verify (standard: 5000)."),
     ] = 5000,
     aa_steps: Annotated[
-        int, typer.Option("--aa-steps", help="Iterations of h's min-margin APGD-CE/APGD-T (standard: 100).")
+        int,
+        typer.Option(
+            "--aa-steps",
+            rich_help_panel=ATTACK,
+            help="Iterations of h's min-margin APGD-CE/APGD-T (standard: 100).",
+        ),
     ] = 20,
-    target_classes: Annotated[int, typer.Option("--target-classes", help="APGD-T target classes (standard: 9).")] = 2,
+    target_classes: Annotated[
+        int, typer.Option("--target-classes", rich_help_panel=ATTACK, help="APGD-T target classes (standard: 9).")
+    ] = 2,
 ) -> None:
-    """Choose the fixed alpha, MixedNUTS's (s, p, c, alpha) and, with --mixer, that mixer's range and bias for
-    --target-clean-acc from one pass of cached logits (the last --n-examples of the split); --verify N measures
-    each choice with AutoAttack on the N before them."""
+    """Choose the mix for a target clean accuracy: fixed alpha, MixedNUTS map and a trained mixer's head.
+
+    Chooses the fixed alpha (linear), the fixed alpha with logit scales (tempered), MixedNUTS's (s, p, c, alpha)
+    (nuts) and, with --mixer, that mixer's range and bias (mixer) for --target-clean-acc from one pass of cached
+    logits (the last --n-examples of the split); --verify N measures each choice with AutoAttack on the N before
+    them."""
     from asmix.experiments.calibrate import CalibrateConfig, MixerInput, calibrate
     from asmix.experiments.inputs import load_pair
     from asmix.report.calibrate import (

@@ -7,12 +7,15 @@ from typing import Annotated, Optional
 import typer
 
 from asmix.checks import canonical_norm
-from asmix.cli.app import app, examples
+from asmix.cli.app import command, examples
 from asmix.cli.options import (
     MIX_PANEL,
+    MODELS,
+    OUTPUT,
     OUTPUT_OPTIONS,
     PAIR_OPTIONS,
     RUN_OPTIONS,
+    THREAT,
     SharedOptions,
     alpha_option,
     mixer_pair_check,
@@ -23,11 +26,12 @@ from asmix.cli.options import (
     stdout,
 )
 
+SMOOTHING = "Randomized smoothing"
 SmoothedRob = Annotated[
     str,
     typer.Option(
         "--rob",
-        rich_help_panel="Models",
+        rich_help_panel=MODELS,
         help="Base model of the randomized-smoothing h (or h itself with --lipschitz-const).",
     ),
 ]
@@ -35,7 +39,7 @@ CertifyNorm = Annotated[
     str,
     typer.Option(
         "--norm",
-        rich_help_panel="Threat model",
+        rich_help_panel=THREAT,
         parser=canonical_norm,
         metavar="linf|l2",
         help="Threat model used to pick rb: models (certificates are l_2).",
@@ -46,12 +50,14 @@ CertifyFamily = Annotated[
     typer.Option(
         "--family",
         rich_help_panel=MIX_PANEL,
-        help="Which choice of --calibration: linear (the fixed alpha) or mixer (certified at its alpha_min).",
+        metavar="linear|mixer",
+        help="Which family of --calibration: linear (plain fixed alpha) or mixer (its trained mixer's head, certified "
+        "at its alpha_min); the tempered and nuts families change h's probabilities, which the theorems do not cover.",
     ),
 ]
 
 
-@app.command(
+@command(
     "certify",
     epilog=examples(
         "asmix certify --n-examples 200 --n-samples 1000",
@@ -78,19 +84,24 @@ def certify_command(
         float,
         typer.Option(
             "--sigma",
+            rich_help_panel=SMOOTHING,
             parser=number_parser("--sigma"),
             metavar="SIGMA",
             help="Gaussian smoothing noise of h, a number or a fraction.",
         ),
     ] = 0.25,
     n_samples: Annotated[
-        int, typer.Option("--n-samples", help="Monte Carlo noise samples per example (paper: 10000).")
+        int,
+        typer.Option(
+            "--n-samples", rich_help_panel=SMOOTHING, help="Monte Carlo noise samples per example (paper: 10000)."
+        ),
     ] = 500,
     alpha: alpha_option(0.8, "; ignored with --match-clean-acc") = None,
     match_clean_acc: Annotated[
         bool,
         typer.Option(
             "--match-clean-acc/--no-match-clean-acc",
+            rich_help_panel=MIX_PANEL,
             help="Pick alpha so h_alpha's clean accuracy matches an RS baseline with --baseline-sigma (Fig. 6).",
         ),
     ] = False,
@@ -98,6 +109,7 @@ def certify_command(
         Optional[float],
         typer.Option(
             "--baseline-sigma",
+            rich_help_panel=SMOOTHING,
             parser=number_parser("--baseline-sigma"),
             metavar="SIGMA",
             help="Noise of the baseline RS model (default sigma/2).",
@@ -106,33 +118,49 @@ def certify_command(
     std_hardmax: Annotated[
         bool,
         typer.Option(
-            "--std-hardmax/--no-std-hardmax", help="Use g's one-hot prediction instead of its softmax (App. A.2)."
+            "--std-hardmax/--no-std-hardmax",
+            rich_help_panel=MIX_PANEL,
+            help="Use g's one-hot prediction instead of its softmax (App. A.2).",
         ),
     ] = False,
     confidence: Annotated[
         Optional[float],
         typer.Option(
             "--confidence",
+            rich_help_panel=SMOOTHING,
             help="Clopper-Pearson bounds at this level, e.g. 0.999: certificates hold with this probability.",
         ),
     ] = None,
     lipschitz_const: Annotated[
         Optional[float],
         typer.Option(
-            "--lipschitz-const", help="Thm 3.5 for h itself with this Lipschitz constant of softmax(h) (no smoothing)."
+            "--lipschitz-const",
+            rich_help_panel=SMOOTHING,
+            help="Thm 3.5 for h itself with this Lipschitz constant of softmax(h) (no smoothing).",
         ),
     ] = None,
     smoothing_output: Annotated[
-        str, typer.Option("--smoothing-output", help="probs (smooth softmax, App. A.1) or votes (smooth the argmax).")
+        str,
+        typer.Option(
+            "--smoothing-output",
+            rich_help_panel=SMOOTHING,
+            help="probs (smooth softmax, App. A.1) or votes (smooth the argmax).",
+        ),
     ] = "probs",
     radii: Annotated[
-        str, typer.Option("--radii", help="Radii for the table, e.g. 0,0.25,0.5 or 0,36/255.")
+        str, typer.Option("--radii", rich_help_panel=OUTPUT, help="Radii for the table, e.g. 0,0.25,0.5 or 0,36/255.")
     ] = "0,0.1,0.25,0.5,0.75,1",
     skip: Annotated[
-        int, typer.Option("--skip", help="Certify every K-th of the examples (Cohen et al.'s --skip).")
+        int,
+        typer.Option(
+            "--skip", rich_help_panel=SMOOTHING, help="Certify every K-th of the examples (Cohen et al.'s --skip)."
+        ),
     ] = 1,
 ) -> None:
-    """Certified accuracy vs l_2 radius of h_alpha and of h alone, by Thm 3.5 and Thm A.2 (Figures 6, 7)."""
+    """Certified accuracy vs l_2 radius of the mix with a randomized-smoothing h (Thm 3.5, A.2; Figures 6, 7).
+
+    Certified accuracy of h_alpha and of h alone by Thm 3.5 and Thm A.2; with --lipschitz-const, of h itself with
+    that Lipschitz constant instead of smoothing."""
     from asmix.errors import AsmixError
     from asmix.experiments.certify import CertifyConfig, certify, parse_radii
     from asmix.report.certify import certify_table, write_certify_outputs

@@ -124,6 +124,7 @@ ConfigOption = Annotated[
     Optional[Path],
     typer.Option(
         "--config",
+        rich_help_panel="Run",
         callback=_load,
         is_eager=True,
         help="Take every setting from this file: the config block of an asmix JSON output, or a YAML of the same keys. "

@@ -7,8 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from asmix.cli.app import app, examples
+from asmix.cli.app import command, examples
 from asmix.cli.options import (
+    ATTACK,
+    MIX_PANEL,
+    MODELS,
+    OUTPUT,
     OUTPUT_OPTIONS,
     PAIR_OPTIONS,
     RUN_OPTIONS,
@@ -25,29 +29,43 @@ from asmix.cli.options import (
     write_report,
 )
 
+ROBUSTBENCH = "RobustBench leaderboard"
 DEFAULT_ATTACKS = "clean,pgd,pgd-graybox,transfer-std,transfer-rob,aa,aa-adaptive"
 
 Alpha = alpha_option(0.5)
-Mixer = Annotated[Optional[Path], typer.Option("--mixer", help="Mixing network folder (train-mixer): adaptive alpha.")]
+Mixer = Annotated[
+    Optional[Path],
+    typer.Option("--mixer", rich_help_panel=MIX_PANEL, help="Mixing network folder (train-mixer): adaptive alpha."),
+]
 Attacks = Annotated[
     str,
     typer.Option(
         "--attack",
         "--attacks",
+        rich_help_panel=ATTACK,
         metavar="ATTACK,...",
-        help="Comma list of clean, pgd, pgd-graybox, transfer-std, transfer-rob, aa, aa-adaptive.",
+        help="Comma list of clean, pgd (PGD on the mix, white-box), pgd-graybox (PGD on the mix with the mixer's "
+        "alpha detached), transfer-std and transfer-rob (PGD crafted on g or h), aa (standard AutoAttack), aa-adaptive "
+        "(AutoAttack that also attacks the mixer's alpha).",
     ),
 ]
-Bases = Annotated[bool, typer.Option("--bases/--no-bases", help="Also evaluate g and h alone.")]
+Bases = Annotated[bool, typer.Option("--bases/--no-bases", rich_help_panel=MODELS, help="Also evaluate g and h alone.")]
 AlphaWeight = Annotated[
     float,
-    typer.Option("--alpha-weight", help="w of the adaptive attacks' loss (1 - w) * loss + w * BCE(mixer logit, 1)."),
+    typer.Option(
+        "--alpha-weight",
+        rich_help_panel=ATTACK,
+        help="w of the adaptive attacks' loss (1 - w) * loss + w * BCE(mixer logit, 1).",
+    ),
 ]
-SquareQueries = Annotated[int, typer.Option("--square-queries", help="Square's query budget (standard: 5000).")]
+SquareQueries = Annotated[
+    int, typer.Option("--square-queries", rich_help_panel=ATTACK, help="Square's query budget (standard: 5000).")
+]
 DetectorBudget = Annotated[
     str,
     typer.Option(
         "--detector-budget",
+        rich_help_panel=ATTACK,
         metavar="lite|full|off",
         help="With --mixer, the detector profile: per kind of point (clean, uniform start, PGD, APGD-CE, APGD-T, "
         "alpha-first, Square) the mean alpha and the AUC of the mixer logit against clean inputs. Clean and PGD reuse "
@@ -56,12 +74,17 @@ DetectorBudget = Annotated[
         "off skips it (as does --robustbench). Resumable with --out.",
     ),
 ]
-SaveAdv = Annotated[bool, typer.Option("--save-adv/--no-save-adv", help="Also save the adversarial examples in --out.")]
+SaveAdv = Annotated[
+    bool,
+    typer.Option(
+        "--save-adv/--no-save-adv", rich_help_panel=OUTPUT, help="Also save the adversarial examples in --out."
+    ),
+]
 Out = Annotated[
     Optional[Path],
     typer.Option(
         "--out",
-        rich_help_panel="Output",
+        rich_help_panel=OUTPUT,
         help="Folder for evaluate.json and the per-example results examples.npz; makes the run resumable. "
         "(A .npz or .pt file name still works for one release, with a deprecation note.)",
     ),
@@ -70,6 +93,7 @@ RobustBench = Annotated[
     Optional[Path],
     typer.Option(
         "--robustbench",
+        rich_help_panel=ROBUSTBENCH,
         help=(
             "Run the leaderboard protocol (the full test set, clean and standard AutoAttack at the standard radius; "
             "with a mixer also aa-adaptive, RobustBench's external) and write RobustBench's model_info JSON and a "
@@ -81,6 +105,7 @@ ModelName = Annotated[
     str,
     typer.Option(
         "--model-name",
+        rich_help_panel=ROBUSTBENCH,
         help=(
             "File name of the --robustbench outputs, in RobustBench's style: author, year, first word of the title "
             "(Bai2023Improving)."
@@ -92,13 +117,14 @@ Reported = Annotated[
     Optional[float],
     typer.Option(
         "--reported",
+        rich_help_panel=ROBUSTBENCH,
         help="With --robustbench: the robust accuracy your paper reports, in percent (model_info's reported; "
         "null without it, and a rerun keeps what the file holds).",
     ),
 ]
 
 
-@app.command(
+@command(
     "evaluate",
     epilog=examples(
         "asmix evaluate --alpha 0.8 --attack clean,pgd,aa",
@@ -135,9 +161,10 @@ def evaluate_command(
     model_name: ModelName = "asmix_mixed",
     reported: Reported = None,
 ) -> None:
-    """Accuracy of the mixed classifier (and, with --bases, g and h) clean and under attack: PGD white-box
-    (B) and gray-box (A), transfer from g or h, AutoAttack (C) and adaptive AutoAttack (D); with --mixer, its
-    detector profile."""
+    """Robust accuracy of the mix (and of g and h) under PGD, transfer and AutoAttack (Table 2).
+
+    Accuracy of the mixed classifier (and, with --bases, g and h) clean and under attack: PGD white-box and gray-box,
+    PGD transferred from g or h, AutoAttack and adaptive AutoAttack; with --mixer, its detector profile."""
     from asmix.errors import AsmixError
     from asmix.experiments.evaluate import EXAMPLE_SUFFIXES, EvalConfig, check_out_path, evaluate, parse_attacks
     from asmix.report import write_json

@@ -6,8 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from asmix.cli.app import app, examples
+from asmix.cli.app import command, examples
 from asmix.cli.options import (
+    ATTACK,
+    MODELS,
     OUTPUT_OPTIONS,
     PAIR_OPTIONS,
     RUN_OPTIONS,
@@ -26,7 +28,7 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-@app.command(
+@command(
     "margins",
     epilog=examples(
         "asmix margins",
@@ -55,26 +57,54 @@ def _split(text: str) -> tuple[str, ...]:
 def margins_command(
     shared: SharedOptions,
     attacks: Annotated[
-        str, typer.Option("--attacks", help="Comma list of pgd, autoattack (clean always runs).")
-    ] = "pgd,autoattack",
+        str,
+        typer.Option(
+            "--attacks",
+            rich_help_panel=ATTACK,
+            help="Comma list of pgd, aa (min-margin AutoAttack); clean always runs.",
+        ),
+    ] = "pgd,aa",
     classifiers: Annotated[
         str,
-        typer.Option("--classifiers", help="Comma list of std, rob, mixed (rob is required; mix still means mixed)."),
+        typer.Option(
+            "--classifiers",
+            rich_help_panel=MODELS,
+            help="Comma list of std, rob, mixed (rob is required; mix still means mixed).",
+        ),
     ] = "std,rob,mixed",
-    aa_steps: Annotated[int, typer.Option("--aa-steps", help="APGD iterations (standard AutoAttack: 100).")] = 20,
+    aa_steps: Annotated[
+        int, typer.Option("--aa-steps", rich_help_panel=ATTACK, help="APGD iterations (standard AutoAttack: 100).")
+    ] = 20,
     target_classes: Annotated[
-        int, typer.Option("--target-classes", help="APGD-T target classes (standard AutoAttack: 9; 0 skips APGD-T).")
+        int,
+        typer.Option(
+            "--target-classes",
+            rich_help_panel=ATTACK,
+            help="APGD-T target classes (standard AutoAttack: 9; 0 skips APGD-T).",
+        ),
     ] = 2,
     alpha: alpha_option(0.6, " and of the Lemma 3.2 count") = None,
     lipschitz: Annotated[
         bool,
-        typer.Option("--lipschitz/--no-lipschitz", help="Estimate softmax(h)'s local Lipschitz constant (eq. C.1)."),
+        typer.Option(
+            "--lipschitz/--no-lipschitz",
+            rich_help_panel=ATTACK,
+            help="Estimate softmax(h)'s local Lipschitz constant (eq. C.1) by gradient ascent per class.",
+        ),
     ] = False,
     lipschitz_classes: Annotated[
-        Optional[int], typer.Option("--lipschitz-classes", help="Only the K most likely other classes (many classes).")
+        Optional[int],
+        typer.Option(
+            "--lipschitz-classes",
+            rich_help_panel=ATTACK,
+            help="Only the K most likely other classes (many classes).",
+        ),
     ] = None,
 ) -> None:
-    """Accuracy and confidence gaps of g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs (Table 1)."""
+    """Confidence margins of g, h and the mix on clean, PGD and AutoAttack inputs (Table 1, Lemma 3.2).
+
+    Accuracy and confidence gaps of g, h and h_alpha on clean, PGD and min-margin AutoAttack inputs, the count of
+    Lemma 3.2 and, with --lipschitz, eq. C.1's estimate."""
     from asmix.experiments.margins import MarginsConfig, margins
     from asmix.report.margins import lemma32_table, lipschitz_table, margins_table, write_margins_outputs
 

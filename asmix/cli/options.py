@@ -22,10 +22,10 @@ def number_parser(option: str):
     return lambda text: parse_number(text, option)
 
 
-MODELS, DATA, THREAT, RUN, OUTPUT = "Models", "Data", "Threat model", "Run", "Output"
-"""``--help`` panels of the shared options; a command's own options stay under "Options"."""
-
-MIX_PANEL = "Mix (MixedNUTS / calibration)"
+MODELS, DATA, THREAT, ATTACK, MIX_PANEL = "Models", "Data", "Threat model", "Attack", "Mix"
+HEAD, TRAINING, RUN, OUTPUT = "Head", "Training", "Run", "Output"
+"""``--help`` panels: every option of every command sits in one, shared options (declared here) and a command's
+own (declared in its module) alike."""
 
 
 def _shared(default, *names: str, panel: str, **settings):
@@ -35,14 +35,15 @@ def _shared(default, *names: str, panel: str, **settings):
     return field(default=None, metadata={"option": option, "default": default})
 
 
-def n_examples_option(default: int):
-    """``--n-examples`` of a command whose default is the first ``default`` examples (fewer if the data is smaller)."""
+def n_examples_option(default: int, text: str | None = None):
+    """``--n-examples`` of a command whose default is the first ``default`` examples (fewer if the data is smaller);
+    ``text`` replaces the help of a command that reads other examples."""
     return Annotated[
         Optional[int],
         typer.Option(
             "--n-examples",
             rich_help_panel=DATA,
-            help=f"Use the first N examples, N > 0 and at most the data's size (default: the first {default}).",
+            help=text or f"Use the first N examples, N > 0 and at most the data's size (default: the first {default}).",
         ),
     ]
 
@@ -51,7 +52,9 @@ def alpha_option(default: float, note: str = ""):
     """``--alpha``, the fixed mixing weight of h_alpha, of a command whose default is ``default``."""
     return Annotated[
         Optional[float],
-        typer.Option("--alpha", help=f"Fixed mixing weight of h_alpha{note} (default {default:g})."),
+        typer.Option(
+            "--alpha", rich_help_panel=MIX_PANEL, help=f"Fixed mixing weight of h_alpha{note} (default {default:g})."
+        ),
     ]
 
 
@@ -171,7 +174,9 @@ class SharedOptions:
         "nuts",
         "--family",
         panel=MIX_PANEL,
-        help="Which choice of --calibration: nuts, linear (the fixed alpha) or mixer (its trained mixer's head).",
+        metavar="nuts|tempered|linear|mixer",
+        help="Which family of --calibration: nuts (MixedNUTS: h's logits mapped, fixed alpha), tempered (fixed alpha "
+        "with logit scales of g and h), linear (plain fixed alpha) or mixer (its trained mixer's head).",
     )
     batch_size: int = _shared(256, "--batch-size", panel=RUN, help="Examples per batch.")
     device: str = _shared(
@@ -313,7 +318,7 @@ PAIR_OPTIONS = (
     "rob_weights",
     "trust_code",
 )
-"""The model and data options every command takes."""
+"""The model and data options every command takes (certify declares its own ``--rob``)."""
 THREAT_OPTIONS = ("norm", "eps", "steps", "step_size")
 MIX_OPTIONS = ("mix_space", "std_scale", "rob_scale", "rob_map", "calibration", "family")
 RUN_OPTIONS = ("batch_size", "device", "seed")
@@ -328,15 +333,16 @@ def own(annotation, default):
 def shared_options(*groups: tuple[str, ...] | str, **overrides):
     """Decorator: the command also takes ``--config`` and the shared options named in ``groups`` (declared once in
     ``SharedOptions``); ``overrides`` give a command's default for one (a value; for ``n_examples`` the number
-    of examples taken without it) or its own declaration (``own``).
+    of examples taken without it) or its own declaration (``own``; ``default_n_examples=N`` with an own
+    ``--n-examples``).
     The command receives their values by keyword as one ``SharedOptions`` argument, ``shared``."""
     from asmix.cli.config_file import ConfigOption
 
     names = [name for group in groups for name in ((group,) if isinstance(group, str) else group)]
-    default_n_examples = overrides.get("n_examples")
-    if isinstance(default_n_examples, int):  # the command's own default: the first N examples
+    default_n_examples = overrides.pop("default_n_examples", None) or overrides.get("n_examples")
+    if isinstance(overrides.get("n_examples"), int):  # the command's own default: the first N examples
         overrides["n_examples"] = own(n_examples_option(default_n_examples), None)
-    else:
+    elif not isinstance(default_n_examples, int):
         default_n_examples = None
     declared = {item.name: item.metadata for item in fields(SharedOptions)}
     types = get_type_hints(SharedOptions)

@@ -6,9 +6,11 @@ from typing import Annotated
 
 import typer
 
-from asmix.cli.app import app, examples
+from asmix.cli.app import command, examples
 from asmix.cli.options import (
+    ATTACK,
     MIX_OPTIONS,
+    MIX_PANEL,
     OUTPUT_OPTIONS,
     PAIR_OPTIONS,
     RUN_OPTIONS,
@@ -21,7 +23,7 @@ from asmix.cli.options import (
 )
 
 
-@app.command(
+@command(
     "sweep-alpha",
     epilog=examples(
         "asmix sweep-alpha",
@@ -32,10 +34,22 @@ from asmix.cli.options import (
 @shared_options(PAIR_OPTIONS, THREAT_OPTIONS, RUN_OPTIONS, MIX_OPTIONS, OUTPUT_OPTIONS, batch_size=256)
 def sweep_alpha_command(
     shared: SharedOptions,
-    alphas: Annotated[str, typer.Option("--alphas", help="List 0,0.5,1 or range start:stop:step.")] = "0:1:0.05",
-    attacks: Annotated[str, typer.Option("--attacks", help="Comma list of std, rob, mix.")] = "std,rob,mix",
+    alphas: Annotated[
+        str, typer.Option("--alphas", rich_help_panel=MIX_PANEL, help="List 0,0.5,1 or range start:stop:step.")
+    ] = "0:1:0.05",
+    attacks: Annotated[
+        str,
+        typer.Option(
+            "--attacks",
+            rich_help_panel=ATTACK,
+            help="Comma list of std (PGD crafted on g), rob (crafted on h), mix (crafted on the mix itself).",
+        ),
+    ] = "std,rob,mix",
 ) -> None:
-    """Accuracy vs fixed alpha, clean and under PGD crafted on g (STD), h (ROB) and the mix (MIX)."""
+    """Accuracy of the fixed-alpha mix over a grid of alpha, clean and under PGD (Figures 4, 5).
+
+    --attacks: PGD crafted on g (std) or on h (rob) and transferred to the mix, or crafted on the mix at each alpha
+    (mix)."""
     from asmix.experiments.sweep import SweepConfig, parse_alphas, sweep_alpha
     from asmix.report.sweep import sweep_table, write_sweep_outputs
 

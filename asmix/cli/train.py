@@ -7,9 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from asmix.cli.app import app, examples
+from asmix.cli.app import command, examples
 from asmix.cli.options import (
+    ATTACK,
+    DATA,
+    HEAD,
+    OUTPUT,
     PAIR_OPTIONS,
+    TRAINING,
     SharedOptions,
     check_outputs,
     console,
@@ -22,12 +27,70 @@ from asmix.cli.options import (
     write_report,
 )
 
+MIXER_NETWORK, VALIDATION = "Mixer network", "Validation and verdict"
+PANELS = {
+    TRAINING: (
+        "--setting",
+        "--recipe",
+        "--epochs",
+        "--batch-size",
+        "--accum-steps",
+        "--lr",
+        "--weight-decay",
+        "--ema-decay",
+        "--grad-clip",
+        "--c-ce",
+        "--c-bce",
+        "--c-prod",
+        "--pseudo-labels",
+        "--bf16",
+        "--resume",
+    ),
+    ATTACK: (
+        "--train-attacks",
+        "--train-square-queries",
+        "--eps-max",
+        "--eps-range",
+        "--steps-range",
+        "--apgd-steps-df",
+        "--target-classes",
+        "--attack-bce-max",
+    ),
+    DATA: ("--n-train", "--n-val", "--val-split"),
+    MIXER_NETWORK: (
+        "--scale",
+        "--train-bias",
+        "--mixer-width",
+        "--mixer-blocks",
+        "--mixer-stages",
+        "--clamp-std",
+        "--bn-momentum",
+        "--mixer-inputs",
+        "--std-layers",
+        "--rob-layers",
+    ),
+    HEAD: (
+        "--head-choice",
+        "--alpha-range",
+        "--alpha-bias",
+        "--target-clean-acc",
+        "--range-min-alpha",
+        "--range-max-width",
+        "--lite-square-queries",
+    ),
+    VALIDATION: ("--val-eps", "--val-steps", "--verdict", "--compare"),
+    OUTPUT: ("--out",),
+}
+"""train-mixer's own options by ``--help`` panel."""
+PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
 
 def _option(name: str, text: str, **settings):
-    return typer.Option(name, help=text, **settings)
+    """One of train-mixer's own options, in its ``PANELS`` panel."""
+    return typer.Option(name, help=text, rich_help_panel=PANEL_OF[name.split("/")[0]], **settings)
 
 
-@app.command(
+@command(
     "train-mixer",
     epilog=examples(
         "asmix train-mixer --out runs/mixer",
@@ -44,7 +107,8 @@ def train_mixer_command(
         _option(
             "--setting",
             metavar="C|B|A",
-            text="Training attacks: C APGD-CE + APGD-T copies (the paper's recipe), B white-box PGD, A gray-box PGD.",
+            text="Training attacks, as the paper's settings: C APGD-CE + APGD-T copies (the paper's recipe), "
+            "B white-box PGD, A gray-box PGD (alpha detached).",
         ),
     ] = "C",
     recipe: Annotated[
@@ -103,15 +167,15 @@ def train_mixer_command(
     ] = "oracle",
     eps_max: Annotated[
         Optional[float],
-        typer.Option(
+        _option(
             "--eps-max",
+            "Training attack radius eps, a number or a fraction like 8/255 (default: the dataset's standard eps).",
             parser=number_parser("--eps-max"),
             metavar="EPS",
-            help="Training attack radius eps, a number or a fraction like 8/255 (default: the dataset's standard eps).",
         ),
     ] = None,
     eps_range: Annotated[
-        str, _option("--eps-range", "Radius per example (C) or per batch (A/B) drawn as eps * U(LOW, HIGH).")
+        str, _option("--eps-range", "Radius per example (setting C) or per batch (A, B) drawn as eps * U(LOW, HIGH).")
     ] = "0.4:1.1",
     steps_range: Annotated[
         Optional[str],
@@ -135,11 +199,11 @@ def train_mixer_command(
     ] = 0.4,
     val_eps: Annotated[
         Optional[float],
-        typer.Option(
+        _option(
             "--val-eps",
+            "Validation and verdict radius (default eps-max).",
             parser=number_parser("--val-eps"),
             metavar="EPS",
-            help="Validation and verdict radius (default eps-max).",
         ),
     ] = None,
     val_steps: Annotated[
@@ -266,7 +330,10 @@ def train_mixer_command(
         bool, _option("--resume/--no-resume", "Continue from the checkpoint in --out (train/checkpoint.pt).")
     ] = False,
 ) -> None:
-    """Train the mixing network on clean and attacked images; launch with torchrun for several GPUs."""
+    """Train the mixing network alpha_theta on clean and attacked images (Section 4.4).
+
+    Then choose its evaluation head and judge it against the fixed alpha of equal clean accuracy; launch with
+    torchrun for several GPUs."""
     from asmix import distributed
     from asmix.experiments.inputs import load_pair
     from asmix.experiments.train import TrainConfig, default_run_size, judge, load_train_data, parse_range, train_mixer

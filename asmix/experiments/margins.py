@@ -30,9 +30,13 @@ from asmix.runtime import ProgressFn, RunSettings, batch_generator, batch_slices
 Classifier = Literal["std", "rob", "mixed"]
 """g, h and h_alpha."""
 MODELS: tuple[Classifier, ...] = get_args(Classifier)
-MarginAttack = Literal["pgd", "autoattack"]
-"""PGD (cross-entropy) and the min-margin AutoAttack (APGD-CE + APGD-T, App. D.2)."""
-INPUTS = ("clean", *get_args(MarginAttack))
+MarginAttack = Literal["pgd", "aa"]
+"""PGD (cross-entropy) and the min-margin AutoAttack (APGD-CE + APGD-T, App. D.2), named as in evaluate."""
+ATTACK_ALIASES = {"autoattack": "aa"}
+"""Earlier names of an attack, still read (a config of an earlier result) but no longer shown."""
+INPUT_NAMES: dict[str, str] = {"pgd": "pgd", "aa": "autoattack"}
+"""The inputs each attack makes, as results name them."""
+INPUTS = ("clean", *INPUT_NAMES.values())
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class MarginsConfig:
     """Settings of ``asmix margins``; every CLI option is a field here or in a block. The AutoAttack defaults are
     small for the CPU demo; the standard AutoAttack uses ``aa_steps=100, target_classes=9``."""
 
-    attacks: tuple[MarginAttack, ...] = ("pgd", "autoattack")
+    attacks: tuple[MarginAttack, ...] = ("pgd", "aa")
     classifiers: tuple[Classifier, ...] = MODELS
     threat: ThreatModel = ThreatModel()
     aa_steps: int = 20
@@ -52,6 +56,7 @@ class MarginsConfig:
     run: RunSettings = RunSettings(batch_size=256)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "attacks", tuple(ATTACK_ALIASES.get(name, name) for name in self.attacks))
         check_choices(self.attacks, MarginAttack, "attack")
         if not set(self.classifiers) <= set(MODELS) or "rob" not in self.classifiers:
             raise AsmixError(
@@ -69,7 +74,7 @@ class MarginsConfig:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return ("clean",) + tuple(name for name in INPUTS[1:] if name in self.attacks)
+        return ("clean",) + tuple(inputs for attack, inputs in INPUT_NAMES.items() if attack in self.attacks)
 
 
 def _mean(values: torch.Tensor) -> float | None:
@@ -256,7 +261,7 @@ def _margins_batch(
         inputs = {"clean": x}
         if "pgd" in config.attacks:
             inputs["pgd"] = pgd.perturb(network, x, y, generator=batch_generator(config.run.seed, "pgd", start))
-        if "autoattack" in config.attacks:
+        if "aa" in config.attacks:
             seed = batch_generator(config.run.seed, "apgd", start).initial_seed()
             inputs["autoattack"], _ = min_margin_autoattack(
                 network,
