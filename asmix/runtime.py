@@ -32,7 +32,8 @@ class StageEvent:
 
     def line(self) -> str:
         """``task: stage 2/9 targets, 120/256 robust``."""
-        steps = "done" if self.step >= self.total else f"{self.step}/{self.total} {self.unit}s"
+        units = "queries" if self.unit == "query" else f"{self.unit}s"
+        steps = "done" if self.step >= self.total else f"{self.step}/{self.total} {units}"
         head = f"{self.task}: " if self.task else ""
         return f"{head}{self.stage} {steps}, {self.robust}/{self.examples} robust"
 

@@ -310,6 +310,12 @@ def test_standard_autoattack_reports_each_stage_and_target_with_its_robust_count
     assert [event.step for event in targets] == list(range(len(targets)))
     assert stage_lines(events)[0] == f"clean done, {len(x)}/{len(x)} robust"
     assert f"apgd-t 0/9 targets, {run.robust[:, 1].sum()}/{len(x)} robust" in stage_lines(events)
+    queries = [event for event in events if event.stage == "square" and event.unit == "query"]
+    assert run.robust[:, 3].sum() > 0 and queries  # Square ran, and reported inside its query loop
+    assert all(event.total == 30 for event in queries) and queries[-1].step > queries[0].step
+    assert [event.step for event in queries] == sorted(event.step for event in queries)
+    assert queries[0].robust == run.robust[:, 3].sum().item()
+    assert f"square 1/30 queries, {queries[1].robust}/{len(x)} robust" in stage_lines(events)
     with torch.no_grad():  # reporting leaves the package attacks as they were: same numbers without it
         again = standard_autoattack(tiny_linear(0), x, y, eps=0.05, seed=3, square_queries=30)
     assert torch.equal(again.robust, run.robust) and torch.equal(again.x_adv, run.x_adv)
@@ -328,5 +334,8 @@ def test_adaptive_autoattack_reports_the_adaptive_stages_after_the_standard_ones
     assert [event.robust for event in finished] == run.robust.sum(0).tolist()
     order = list(dict.fromkeys(event.stage for event in events))
     assert order == ["clean", "apgd-ce", "apgd-t", "fab-t", "square", *ADAPTIVE_STAGES]
+    queries = [event for event in events if event.stage == "square-alpha" and event.unit == "query"]
+    assert queries and all(event.total in (1, 20) for event in queries)  # inside Square's loop too (1: done)
+    assert [event.step for event in queries[:3]] == [0, 1, 2]
     targets = [event.step for event in events if event.stage == "apgd-t-alpha" and event.unit == "target"]
     assert targets[0] == 0 and all(event.total in (1, 2) for event in events if event.stage == "apgd-t-alpha")

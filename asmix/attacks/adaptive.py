@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asmix.attacks.autoattack import AutoAttackRun, restored_rng, standard_autoattack
+from asmix.attacks.autoattack import AutoAttackRun, reporting_queries, restored_rng, standard_autoattack
 from asmix.attacks.objectives import alpha_down_term, blend
 from asmix.checks import threat_model_name
 from asmix.compat import autoattack_package
@@ -255,7 +255,8 @@ def _stage_functions(mixed: nn.Module, eps: float, norm: str, budget: AttackBudg
         )
         attack.init_hyperparam(x)
         torch.manual_seed(seed)
-        return attack.attack_single_run(x, y)[1].detach()
+        with reporting_queries(attack, on_step):
+            return attack.attack_single_run(x, y)[1].detach()
 
     return {"apgd-ce-alpha": apgd_ce, "apgd-t-alpha": apgd_t, "alpha-first": alpha_first, "square-alpha": square}
 
@@ -315,7 +316,7 @@ def adaptive_attack(
     flags, alphas, names = [start.robust.cpu()], [start.alpha.cpu()], list(start.stages)
     for offset, name in enumerate(ADAPTIVE_STAGES):
         alpha = torch.full((len(x),), float("nan"))
-        unit = "target" if name == "apgd-t-alpha" else "step"
+        unit = {"apgd-t-alpha": "target", "square-alpha": "query"}.get(name, "step")
 
         def on_step(done: int, total: int, left: int, name=name, unit=unit) -> None:
             on_stage(StageEvent(name, done, total, left, len(x), unit))
@@ -323,7 +324,7 @@ def adaptive_attack(
         if name != "alpha-first" or adaptive:
             index = robust.nonzero().flatten()
             if len(index):
-                if name != "apgd-t-alpha":  # APGD-T reports before each target class
+                if name not in ("apgd-t-alpha", "square-alpha"):  # these report each target class, each query
                     on_step(0, 1, len(index))
                 with restored_rng(device):
                     point = functions[name](x[index], y[index], seed + 1000 * (offset + 1), on_step)

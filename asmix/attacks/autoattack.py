@@ -5,7 +5,7 @@ unreliable" flag (Section 5). The attacks are the AutoAttack package's (``pyauto
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -157,7 +157,8 @@ def _steps(package_attack) -> tuple[int, str]:
 def reporting_runs(package_attack, stage: str, examples: int, on_stage: StageFn) -> Iterator[None]:
     """While inside, each single run of ``package_attack`` (a restart, or a target class) reports as it starts: the
     steps before it are finished and the examples it attacks are the batch's robust ones (the package attacks only
-    those), so no forward pass is added. The attack's own method is restored on the way out."""
+    those), so no forward pass is added; Square, one run of thousands of queries, also reports each query
+    (``reporting_queries``). The attack's own methods are restored on the way out."""
     if on_stage is no_stage:
         yield
         return
@@ -169,11 +170,37 @@ def reporting_runs(package_attack, stage: str, examples: int, on_stage: StageFn)
         done[0] += 1
         return run(x, *args, **kwargs)
 
+    def query(made: int, budget: int, left: int) -> None:
+        on_stage(StageEvent(stage, made, budget, left, examples, "query"))
+
     package_attack.attack_single_run = reported
+    try:
+        if hasattr(package_attack, "margin_and_loss"):  # Square
+            with reporting_queries(package_attack, query):
+                yield
+        else:
+            yield
+    finally:
+        del package_attack.attack_single_run
+
+
+@contextmanager
+def reporting_queries(square, report: Callable[[int, int, int], None]) -> Iterator[None]:
+    """While inside, each query of ``square`` (the package's SquareAttack or a subclass) calls ``report(queries made,
+    query budget, examples still unbroken)``: the examples are the rows the query scores (Square scores only those
+    it has not broken yet), so no forward pass is added. Square's own method is restored on the way out."""
+    score, made = square.margin_and_loss, [0]
+
+    def counted(x: torch.Tensor, y: torch.Tensor):
+        report(min(made[0], square.n_queries - 1), square.n_queries, len(x))
+        made[0] += 1
+        return score(x, y)
+
+    square.margin_and_loss = counted
     try:
         yield
     finally:
-        del package_attack.attack_single_run
+        del square.margin_and_loss
 
 
 def _logits_and_alpha(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
