@@ -227,7 +227,7 @@ def test_verify_runs_standard_autoattack_on_unseen_examples(monkeypatch, capsys,
 @pytest.mark.parametrize(
     "command, extra",
     [
-        ("sweep-alpha", ["--alphas", "0.5", "--attacks", "rob", "--steps", "1"]),
+        ("sweep-alpha", ["--alphas", "0.5", "--attacks", "transfer-rob", "--steps", "1"]),
         ("evaluate", ["--attack", "clean,pgd", "--steps", "1"]),
         ("margins", ["--attacks", "pgd", "--steps", "1", "--classifiers", "rob,mix"]),
         ("certify", ["--n-samples", "8"]),
@@ -518,7 +518,7 @@ def test_calibrate_with_a_mixer_writes_the_mixer_family(mixer_calibration, demo_
 @pytest.mark.parametrize(
     "command, extra",
     [
-        ("sweep-alpha", ["--alphas", "0.5", "--attacks", "rob", "--steps", "1"]),
+        ("sweep-alpha", ["--alphas", "0.5", "--attacks", "transfer-rob", "--steps", "1"]),
         ("evaluate", ["--attack", "clean,pgd", "--steps", "1"]),
         ("margins", ["--attacks", "pgd", "--steps", "1", "--classifiers", "rob,mix"]),
         ("certify", ["--n-samples", "8"]),

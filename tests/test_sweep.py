@@ -36,8 +36,14 @@ def test_bad_alphas(text):
         parse_alphas(text)
 
 
+def test_attacks_are_named_as_in_evaluate_and_the_short_names_still_read():
+    assert SweepConfig(attacks=("transfer-std", "transfer-rob", "pgd")).attacks == ("std", "rob", "mix")
+    assert SweepConfig(attacks=("rob", "pgd")).attacks == ("rob", "mix")  # a config block of an earlier result
+    assert SweepConfig().attacks == ("std", "rob", "mix")
+
+
 def test_bad_configs():
-    with pytest.raises(AsmixError, match="unknown attack"):
+    with pytest.raises(AsmixError, match="unknown attack.s. fgsm: choose from transfer-std, transfer-rob, pgd$"):
         SweepConfig(attacks=("std", "fgsm"))
     with pytest.raises(AsmixError, match="batch size must be positive"):
         SweepConfig(run=RunSettings(batch_size=0))

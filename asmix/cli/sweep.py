@@ -42,14 +42,15 @@ def sweep_alpha_command(
         typer.Option(
             "--attacks",
             rich_help_panel=ATTACK,
-            help="Comma list of std (PGD crafted on g), rob (crafted on h), mix (crafted on the mix itself).",
+            help="Comma list, named as in evaluate: transfer-std (PGD crafted on g, transferred to the mix), "
+            "transfer-rob (crafted on h), pgd (crafted on the mix itself at each alpha).",
         ),
-    ] = "std,rob,mix",
+    ] = "transfer-std,transfer-rob,pgd",
 ) -> None:
     """Accuracy of the fixed-alpha mix over a grid of alpha, clean and under PGD (Figures 4, 5).
 
-    --attacks: PGD crafted on g (std) or on h (rob) and transferred to the mix, or crafted on the mix at each alpha
-    (mix)."""
+    --attacks: PGD crafted on g (transfer-std) or on h (transfer-rob) and transferred to the mix, or crafted on the
+    mix at each alpha (pgd); the table's STD, ROB and MIX columns."""
     from asmix.experiments.sweep import SweepConfig, parse_alphas, sweep_alpha
     from asmix.report.sweep import sweep_table, write_sweep_outputs
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from asmix.attacks.pgd import PGD, AllIteratesCorrect, ThreatModel
-from asmix.checks import check_choices, check_finite
+from asmix.checks import check_finite
 from asmix.errors import AsmixError
 from asmix.experiments.parts import ShareProgress, batch_key, example_count, finish, out_parts, run_units
 from asmix.experiments.settings import config_dict
@@ -22,6 +22,9 @@ from asmix.runtime import ProgressFn, RunSettings, accuracy, batch_generator, ba
 SweepAttack = Literal["std", "rob", "mix"]
 """PGD crafted on g (STD), on h (ROB) or on h_alpha end to end (MIX)."""
 ATTACKS: tuple[SweepAttack, ...] = get_args(SweepAttack)
+ATTACK_NAMES: dict[str, SweepAttack] = {"transfer-std": "std", "transfer-rob": "rob", "pgd": "mix"}
+"""The attacks as ``evaluate`` names them (shown in help and read everywhere); the short names stay the keys of
+results (``std_attack`` ...) and are still read."""
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
@@ -51,7 +54,10 @@ class SweepConfig:
     run: RunSettings = RunSettings(batch_size=256)
 
     def __post_init__(self) -> None:
-        check_choices(self.attacks, SweepAttack, "attack")
+        unknown = [name for name in self.attacks if name not in ATTACK_NAMES and name not in ATTACKS]
+        if unknown:
+            raise AsmixError(f"unknown attack(s) {', '.join(unknown)}: choose from {', '.join(ATTACK_NAMES)}")
+        object.__setattr__(self, "attacks", tuple(ATTACK_NAMES.get(name, name) for name in self.attacks))
         for alpha in self.alphas:
             check_alpha(alpha)
 
