@@ -20,7 +20,8 @@ STD, ROB = "bit-r152", "Wang2023Better_WRN-70-16"
 
 @pytest.fixture(scope="module")
 def paper_pair(tmp_path_factory):
-    """Random-weight state dicts of both architectures as safetensors files, and 2 CIFAR-sized images."""
+    """Random-weight state dicts of both architectures as safetensors files, and 4 CIFAR-sized images (2 to
+    train a mixer on, 2 held out)."""
     import timm
     from safetensors.torch import save_file
 
@@ -39,7 +40,7 @@ def paper_pair(tmp_path_factory):
     save_file({k: v.contiguous() for k, v in rob.state_dict().items()}, folder / "h.safetensors")
     del rob
     rng = np.random.default_rng(0)
-    np.savez(folder / "images.npz", x=rng.random((2, 3, 32, 32), dtype=np.float32), y=np.array([3, 8]))
+    np.savez(folder / "images.npz", x=rng.random((4, 3, 32, 32), dtype=np.float32), y=np.array([3, 8, 0, 6]))
     return folder
 
 
@@ -54,6 +55,7 @@ def _pair_args(folder) -> list[str]:
 def test_the_paper_pair_builds_at_full_size_with_its_default_taps(paper_pair):
     from asmix.mixer import MixingNetwork
     from asmix.mixer.taps import default_layers
+    from asmix.mixing import MixedClassifier
     from asmix.models import load_model
     from asmix.models.adapters import InputAdapter
 
@@ -64,8 +66,9 @@ def test_the_paper_pair_builds_at_full_size_with_its_default_taps(paper_pair):
     assert isinstance(std, InputAdapter) and std.preprocessing.resize == (128, 128)  # g sees 128 px, as the paper's
     assert default_layers(std) == ("stages.0", "stages.1") and default_layers(rob) == ("layer.0", "layer.1")
     x = torch.rand(2, 3, 32, 32)
-    mixer = MixingNetwork.build(std, rob, x)
-    assert mixer(x).shape == (2,)
+    with torch.no_grad():
+        logits, alpha = MixedClassifier(std, rob, MixingNetwork.build(std, rob, x)).eval()(x, return_alpha=True)
+    assert logits.shape == (2, 10) and alpha.shape == (2,) and bool(((alpha >= 0) & (alpha <= 1)).all())
 
 
 def test_sweep_train_and_evaluate_run_on_the_paper_pair(monkeypatch, capsys, tmp_path, paper_pair):
