@@ -179,13 +179,13 @@ def _click_command(name: str):
     return group.commands.get(name) if hasattr(group, "commands") else None
 
 
-def _writer(command: DocCommand, folder: str) -> DocCommand | None:
+def _writer(command: DocCommand, folder: str, runnable: list[DocCommand]) -> DocCommand | None:
     """The runnable command of the same file that writes ``folder`` for ``command``: the last one above it, else
     the first one below it (a results page may show the evaluation before the training)."""
     name = command.reads()[folder]
     writers = [
         other
-        for other in RUNNABLE
+        for other in runnable
         if other.path == command.path and other.name == name and folder in other.writes() and other != command
     ]
     above = [other for other in writers if other.line < command.line]
@@ -199,29 +199,67 @@ def test_docs_have_commands():
     assert all(command.path != "docs/cli.md" for command in COMMANDS)
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=[command.where for command in COMMANDS])
-def test_doc_command_parses_and_says_what_it_needs(command):
-    """Without running anything: the command and its options exist, values convert, the marker names known
-    needs, an unmarked command neither asks for CUDA nor starts torchrun, and what it reads some command above or
-    below it in the same file writes."""
+def problems(command: DocCommand, runnable: list[DocCommand]) -> list[str]:
+    """What is wrong with a doc command, found without running it: an unknown command or option, a missing or bad
+    value, a marker naming an unknown need, an unmarked command that asks for CUDA or starts torchrun, or a folder
+    it reads that no runnable command of its file writes."""
     click_command = _click_command(command.name)
-    assert click_command is not None, f"{command.where}: unknown command {command.name!r} in: {command.text}"
+    if click_command is None:
+        return [f"unknown command {command.name!r}"]
+    found = []
     try:
         click_command.make_context(command.name, list(command.args[1:]))
     except Exception as error:  # click's usage errors: an unknown option, a missing value, a bad value
-        pytest.fail(f"{command.where}: {type(error).__name__}: {error}\n  {command.text}")
+        found.append(f"{type(error).__name__}: {error}")
     unknown = [need for need in command.needs if need not in KNOWN_NEEDS]
-    assert not unknown, f"{command.where}: marker needs {unknown}, known: {sorted(KNOWN_NEEDS)}\n  {command.text}"
+    if unknown:
+        found.append(f"the marker needs {unknown}; known needs: {sorted(KNOWN_NEEDS)}")
     if command.needs:
-        return
-    assert command.launcher != "torchrun", f"{command.where}: torchrun runs several GPUs: mark it # needs: gpu"
-    assert not any(value.startswith("cuda") for value in command.values("--device")), (
-        f"{command.where}: --device cuda without # needs: gpu\n  {command.text}"
+        return found
+    if command.launcher == "torchrun":
+        found.append("torchrun starts several GPU processes: mark it # needs: gpu")
+    if any(value.startswith("cuda") for value in command.values("--device")):
+        found.append("--device cuda without # needs: gpu")
+    for folder, writer in command.reads().items():
+        if _writer(command, folder, runnable) is None:
+            found.append(f"reads {folder}, which no unmarked {writer} of {command.path} writes with --out")
+    return found
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[command.where for command in COMMANDS])
+def test_doc_command_parses_and_says_what_it_needs(command):
+    assert not problems(command, RUNNABLE), f"{command.where}: {command.text}\n" + "\n".join(
+        problems(command, RUNNABLE)
     )
-    for folder in command.reads():
-        assert _writer(command, folder) is not None, (
-            f"{command.where}: reads {folder}, which no unmarked {command.reads()[folder]} of {command.path} writes"
-        )
+
+
+def test_problems_are_found_without_running(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "```bash\n"
+        "asmix sweep-alpha --n-exmples 8\n"
+        "asmix evaluate --steps many\n"
+        "asmix evaluate --attack clean --device cuda\n"
+        "asmix evaluate --mixer runs/mixer  # needs: gpus\n"
+        "asmix evaluate --mixer runs/mixer\n"
+        "asmix train-mixer --out runs/mixer  # needs: weights\n"
+        "torchrun --nproc-per-node 2 -m asmix certify\n"
+        "asmix certify  # need gpu\n"
+        "```\n"
+    )
+    commands = collect(doc, tmp_path)
+    runnable = [command for command in commands if not command.needs]
+    found = [problems(command, runnable) for command in commands]
+    assert "No such option: --n-exmples" in found[0][0]
+    assert found[1][0].startswith("BadParameter:") and "integer" in found[1][0]
+    assert found[2:] == [
+        ["--device cuda without # needs: gpu"],
+        ["the marker needs ['gpus']; known needs: ['gpu', 'weights']"],
+        ["reads runs/mixer, which no unmarked train-mixer of doc.md writes with --out"],
+        [],
+        ["torchrun starts several GPU processes: mark it # needs: gpu"],
+        ["the marker needs [\"<malformed: 'need gpu'>\"]; known needs: ['gpu', 'weights']"],
+    ]
 
 
 def test_collect_reads_fences_prompts_continuations_and_markers(tmp_path):
@@ -266,7 +304,7 @@ def _run(command: DocCommand, doc_runs, tmp_path_factory, monkeypatch, capsys, c
         assert done[command.line] == 0, f"{command.where} failed earlier; {' <- '.join(chain)}"
         return
     for read in sorted(command.reads()):
-        writer = _writer(command, read)
+        writer = _writer(command, read, RUNNABLE)
         assert writer is not None, f"{command.where}: no command of {command.path} writes {read}"
         _run(writer, doc_runs, tmp_path_factory, monkeypatch, capsys, (*chain, command.where))
     args = small_args(command)
