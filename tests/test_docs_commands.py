@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").rglob("*.md") if p != ROOT / "docs" / "cli.md")
 SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
 KNOWN_NEEDS = {"gpu", "weights"}
+SEPARATORS = {"&&", "||", ";", "|"}
 NEEDS = re.compile(r"\s+#\s*(needs?\b.*)$")
 MARKER = re.compile(r"needs: *([a-z]+(?:, *[a-z]+)*) *$")
 READS = {"--mixer": "train-mixer", "--calibration": "calibrate"}
@@ -115,6 +116,8 @@ def _logical_lines(lines: list[str]):
 
 def _asmix_args(tokens: list[str]) -> tuple[str, list[str]] | None:
     """(launcher, asmix arguments) for ``asmix ...``, ``python -m asmix ...`` or ``torchrun ... -m asmix ...``."""
+    if not tokens:
+        return None
     while tokens and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", tokens[0]):
         tokens = tokens[1:]  # environment assignments
     if tokens[:1] == ["asmix"]:
@@ -126,21 +129,34 @@ def _asmix_args(tokens: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _segments(tokens: list[str]):
+    """The simple commands of a line, split at ``&&``, ``||``, ``;`` and ``|``."""
+    segment = []
+    for token in tokens:
+        if token in SEPARATORS:
+            yield segment
+            segment = []
+        else:
+            segment.append(token)
+    yield segment
+
+
 def collect(path: Path, root: Path = ROOT) -> list[DocCommand]:
-    """The fenced asmix commands of one markdown file, in order."""
+    """The fenced asmix commands of one markdown file, in order (also those chained after ``&&``); a line's
+    ``# needs:`` marker applies to each."""
     commands = []
     for line, text in _logical_lines(path.read_text().splitlines()):
         command = text[2:] if text.startswith("$ ") else text
-        found = _asmix_args(shlex.split(command, comments=True)) if command else None
-        if found is None:
-            continue
         comment = NEEDS.search(command)
         marker = MARKER.fullmatch(comment.group(1)) if comment else None
         needs = tuple(need.strip() for need in marker.group(1).split(",")) if marker else ()
         if comment and not marker:
             needs = (f"<malformed: {comment.group(1)!r}>",)
-        launcher, args = found
-        commands.append(DocCommand(str(path.relative_to(root)), line, text, tuple(args), needs, launcher))
+        for segment in _segments(shlex.split(command, comments=True)):
+            found = _asmix_args(segment)
+            if found is not None:
+                launcher, args = found
+                commands.append(DocCommand(str(path.relative_to(root)), line, text, tuple(args), needs, launcher))
     return commands
 
 
@@ -194,7 +210,7 @@ def _writer(command: DocCommand, folder: str, runnable: list[DocCommand]) -> Doc
 
 
 def test_docs_have_commands():
-    counts = {path: sum(command.path == path for command in COMMANDS) for path in ("README.md", "docs/workflow.md")}
+    counts = {path: sum(command.path == path for command in RUNNABLE) for path in ("README.md", "docs/workflow.md")}
     assert all(counts.values()), counts
     assert all(command.path != "docs/cli.md" for command in COMMANDS)
 
@@ -269,6 +285,7 @@ def test_collect_reads_fences_prompts_continuations_and_markers(tmp_path):
         "```python\nasmix = 1\n```\n"
         "```console\n$ asmix evaluate \\\n  --alpha 0.5  # a comment\n"
         "python -m asmix certify --device cuda  # needs: gpu\n"
+        "pip install . && asmix sweep-alpha\n"
         "torchrun --nproc-per-node 2 -m asmix evaluate  # needs: gpus\n"
         "asmix margins  # need: gpu\n```\n"
     )
@@ -276,8 +293,9 @@ def test_collect_reads_fences_prompts_continuations_and_markers(tmp_path):
     assert found == [
         (6, "asmix", ("evaluate", "--alpha", "0.5"), ()),
         (8, "python", ("certify", "--device", "cuda"), ("gpu",)),
-        (9, "torchrun", ("evaluate",), ("gpus",)),
-        (10, "asmix", ("margins",), ("<malformed: 'need: gpu'>",)),
+        (9, "asmix", ("sweep-alpha",), ()),
+        (10, "torchrun", ("evaluate",), ("gpus",)),
+        (11, "asmix", ("margins",), ("<malformed: 'need: gpu'>",)),
     ]
 
 
@@ -300,8 +318,8 @@ def doc_runs(tmp_path_factory):
 
 def _run(command: DocCommand, doc_runs, tmp_path_factory, monkeypatch, capsys, chain: tuple = ()) -> None:
     folder, done = doc_runs.setdefault(command.path, (tmp_path_factory.mktemp("doc"), {}))
-    if command.line in done:
-        assert done[command.line] == 0, f"{command.where} failed earlier; {' <- '.join(chain)}"
+    if command in done:
+        assert done[command] == 0, f"{command.where} failed earlier; {' <- '.join(chain)}"
         return
     for read in sorted(command.reads()):
         writer = _writer(command, read, RUNNABLE)
@@ -311,7 +329,7 @@ def _run(command: DocCommand, doc_runs, tmp_path_factory, monkeypatch, capsys, c
     monkeypatch.chdir(folder)
     started = time.perf_counter()
     code, out, err = run_cli(monkeypatch, capsys, *args)
-    done[command.line] = code or 0
+    done[command] = code or 0
     print(f"{command.where}: {time.perf_counter() - started:.1f} s: asmix {shlex.join(args)}")
     assert code in (0, None), (
         f"{command.where} exited {code}{' (needed by ' + chain[-1] + ')' if chain else ''}\n"
