@@ -33,6 +33,18 @@ def _fwd_bwd_seconds(model, x: torch.Tensor, repeats: int) -> list[float]:
     return times
 
 
+def median_fwd_bwd(models: dict, x: torch.Tensor, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of a forward + backward pass of each named model on ``x``, after ``warmup`` passes each; the
+    models take turns, so load changes hit all of them alike."""
+    for model in models.values():
+        _fwd_bwd_seconds(model, x, warmup)
+    samples = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            samples[name] += _fwd_bwd_seconds(model, x, 1)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def bench_overhead(device: torch.device, batch_size: int, repeats: int) -> None:
     import timm
 
@@ -46,14 +58,7 @@ def bench_overhead(device: torch.device, batch_size: int, repeats: int) -> None:
     x = torch.rand(batch_size, 3, 32, 32, device=device)
     mixer = MixingNetwork.build(std, rob, x).to(device).eval()
     mixed = MixedClassifier(std, rob, alpha=mixer).eval()
-    for model in (std, rob, mixed):  # warm-up
-        _fwd_bwd_seconds(model, x, 2)
-    samples = {"g": [], "h": [], "mixed": []}
-    for _ in range(repeats):  # interleaved, so load changes hit all three alike
-        samples["g"] += _fwd_bwd_seconds(std, x, 1)
-        samples["h"] += _fwd_bwd_seconds(rob, x, 1)
-        samples["mixed"] += _fwd_bwd_seconds(mixed, x, 1)
-    median = {name: statistics.median(values) for name, values in samples.items()}
+    median = median_fwd_bwd({"g": std, "h": rob, "mixed": mixed}, x, repeats, warmup=2)
     parameters = sum(p.numel() for p in mixer.parameters())
     print(
         f"timm resnet18 pair, 32x32, batch {batch_size}, {device}, mixer width {mixer.width} ({parameters:,} "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_mixer import _fwd_bwd_seconds  # noqa: E402
+from bench_mixer import median_fwd_bwd  # noqa: E402
 
 STD, ROB = "bit-r152", "Wang2023Better_WRN-70-16"
 
@@ -123,14 +122,7 @@ def bench_overhead(std, rob, device: torch.device, batch_size: int, repeats: int
     mixer = MixingNetwork.build(std, rob, x).to(device).eval()
     mixed = MixedClassifier(std, rob, alpha=mixer).eval()
     with PeakMemory(device) as memory:
-        for model in (std, rob, mixed):  # warm-up
-            _fwd_bwd_seconds(model, x, 1)
-        samples = {"g": [], "h": [], "mixed": []}
-        for _ in range(repeats):  # interleaved, so load changes hit all three alike
-            samples["g"] += _fwd_bwd_seconds(std, x, 1)
-            samples["h"] += _fwd_bwd_seconds(rob, x, 1)
-            samples["mixed"] += _fwd_bwd_seconds(mixed, x, 1)
-    median = {name: statistics.median(values) for name, values in samples.items()}
+        median = median_fwd_bwd({"g": std, "h": rob, "mixed": mixed}, x, repeats)
     for name, seconds in median.items():
         print(f"  fwd+bwd {name:6s} {1000 * seconds:9.1f} ms (batch {batch_size})")
     ratio = median["mixed"] / (median["g"] + median["h"])
