@@ -21,6 +21,16 @@ def test_changelog_has_an_unreleased_section():
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
 
 
+def test_the_version_is_one_number_in_pyproject_the_package_the_citation_and_the_changelog():
+    import asmix
+
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert asmix.__version__ == version
+    assert f"\nversion: {version}\n" in (ROOT / "CITATION.cff").read_text()
+    released = re.findall(r"^## \[(\d[^\]]*)\]", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert released[0] == version  # the newest released section
+
+
 def test_import_asmix_has_no_side_effects():
     # importing asmix loads neither an experiment nor AutoAttack, and asmix's attacks never alias
     # ``autoattack`` in sys.modules (only import_robustbench does, for RobustBench's sake)
